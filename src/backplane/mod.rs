@@ -1,0 +1,226 @@
+//! The backplane: how an event reaches the sockets of every node.
+//!
+//! Redis Streams model: a fixed number of shard streams (`fanout:bp:{<n>}`, see
+//! [`crate::redis::keys::backplane_shard`]). Every cross-node event is an [`Envelope`] — a list of
+//! room [`Action`]s — appended with `XADD MAXLEN ~` to the shard of its routing key (a chat id,
+//! a user id). One routing key always maps to one shard, and one stream is totally ordered, so
+//! everything about one chat (its messages, typing, membership changes, deletion) is seen by
+//! every node in the same order. Every node, the sending node included, reads all shards on its
+//! own blocking connection ([`reader`]) and applies the actions to its local sockets
+//! ([`deliver`]); sockets stay in socketioxide's local adapter, so delivery is an in-memory room
+//! lookup.
+//!
+//! Guarantees: an envelope whose `XADD` returned is applied by every node that is reading at
+//! that time, exactly once, in stream order. A reader that loses Redis resumes from the last id
+//! it applied, so nothing is skipped while the node lives; a starting node begins at the newest
+//! entry (it has no sockets that could have missed anything).
+
+pub mod deliver;
+pub mod reader;
+
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::redis::keys;
+
+/// One thing a node does to its local sockets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+// Externally tagged (`{"emit": {..}}`): an internally tagged enum buffers its content, and
+// a buffered value cannot become the `RawValue` that spares delivery a re-parse.
+#[serde(rename_all = "camelCase")]
+pub enum Action {
+    /// Emit `event` with `data` to the local sockets in any of `rooms` (each socket once),
+    /// except those in any of `except`, and except socket `exceptSid` on the node that published
+    /// the envelope.
+    #[serde(rename_all = "camelCase")]
+    Emit {
+        /// Target rooms.
+        rooms: Vec<String>,
+        /// Rooms whose sockets are skipped.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        except: Vec<String>,
+        /// The socket that caused the event, skipped on its own node (e.g. the typist).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        except_sid: Option<String>,
+        /// Socket.IO event name.
+        event: String,
+        /// Event payload, kept as raw JSON so a node forwards it without re-parsing.
+        data: Box<RawValue>,
+    },
+    /// Make the local sockets in any of `of` join the rooms `join`.
+    Join {
+        /// Selector rooms (e.g. `user:{id}`).
+        of: Vec<String>,
+        /// Rooms to join.
+        join: Vec<String>,
+    },
+    /// Make the local sockets in any of `of` leave the rooms `leave`.
+    Leave {
+        /// Selector rooms.
+        of: Vec<String>,
+        /// Rooms to leave.
+        leave: Vec<String>,
+    },
+}
+
+impl Action {
+    /// An [`Action::Emit`] with a serializable payload.
+    pub fn emit(
+        rooms: Vec<String>,
+        event: &str,
+        data: &impl Serialize,
+    ) -> Result<Action, serde_json::Error> {
+        Ok(Action::Emit {
+            rooms,
+            except: Vec::new(),
+            except_sid: None,
+            event: event.to_owned(),
+            data: serde_json::value::to_raw_value(data)?,
+        })
+    }
+}
+
+/// What one stream entry carries: actions applied in order, atomically with respect to other
+/// entries.
+pub type Envelope = Vec<Action>;
+
+/// Stream field holding the JSON envelope.
+pub const FIELD_ENVELOPE: &str = "e";
+/// Stream field holding the publishing node's id.
+pub const FIELD_ORIGIN: &str = "n";
+
+/// Errors of [`Backplane::publish`].
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The envelope could not be serialized (a bug).
+    #[error("envelope serialization: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// Redis refused or was unreachable.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// The publishing half of the backplane.
+#[derive(Clone)]
+pub struct Backplane {
+    conn: ConnectionManager,
+    node_id: String,
+    shards: u16,
+    maxlen: u64,
+}
+
+impl Backplane {
+    /// A publisher over the node's shared command connection.
+    pub fn new(conn: ConnectionManager, node_id: String, shards: u16, maxlen: u64) -> Self {
+        Backplane {
+            conn,
+            node_id,
+            shards,
+            maxlen,
+        }
+    }
+
+    /// Number of shard streams.
+    pub fn shards(&self) -> u16 {
+        self.shards
+    }
+
+    /// Appends `envelope` to the shard of `routing_key`; returns the stream entry id.
+    pub async fn publish(
+        &self,
+        routing_key: &str,
+        envelope: &Envelope,
+    ) -> Result<String, PublishError> {
+        let body = serde_json::to_string(envelope)?;
+        let key = keys::backplane_shard(shard_of(routing_key, self.shards));
+        let mut conn = self.conn.clone();
+        let id: String = redis::cmd("XADD")
+            .arg(&key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.maxlen)
+            .arg("*")
+            .arg(FIELD_ORIGIN)
+            .arg(&self.node_id)
+            .arg(FIELD_ENVELOPE)
+            .arg(body)
+            .query_async(&mut conn)
+            .await?;
+        Ok(id)
+    }
+
+    /// Like [`publish`](Self::publish), retried a few times over about a second: used after a
+    /// message is already accepted into history, where giving up would only delay receivers
+    /// until their next gap check.
+    pub async fn publish_with_retry(
+        &self,
+        routing_key: &str,
+        envelope: &Envelope,
+    ) -> Result<String, PublishError> {
+        let mut delay = std::time::Duration::from_millis(50);
+        let mut attempt = 0;
+        loop {
+            match self.publish(routing_key, envelope).await {
+                Ok(id) => return Ok(id),
+                Err(PublishError::Redis(e)) if attempt < 4 && crate::error::is_unavailable(&e) => {
+                    attempt += 1;
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// The shard of a routing key: FNV-1a, stable across nodes, builds and restarts.
+pub fn shard_of(routing_key: &str, shards: u16) -> u16 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in routing_key.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % u64::from(shards.max(1))) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_is_stable_and_in_range() {
+        assert_eq!(shard_of("chat:42", 8), shard_of("chat:42", 8));
+        for i in 0..1000 {
+            assert!(shard_of(&format!("c{i}"), 8) < 8);
+        }
+        // Spread: 1000 keys over 8 shards should touch every shard.
+        let mut seen = [false; 8];
+        for i in 0..1000 {
+            seen[shard_of(&format!("c{i}"), 8) as usize] = true;
+        }
+        assert!(seen.iter().all(|s| *s));
+    }
+
+    #[test]
+    fn envelope_round_trips() {
+        let env: Envelope = vec![
+            Action::Join {
+                of: vec!["user:a".into()],
+                join: vec!["chat:1".into()],
+            },
+            Action::emit(vec!["chat:1".into()], "chat:created", &serde_json::json!({"x": 1}))
+                .unwrap(),
+        ];
+        let s = serde_json::to_string(&env).unwrap();
+        let back: Envelope = serde_json::from_str(&s).unwrap();
+        assert_eq!(back.len(), 2);
+        match &back[1] {
+            Action::Emit { event, data, .. } => {
+                assert_eq!(event, "chat:created");
+                assert_eq!(data.get(), r#"{"x":1}"#);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,487 @@
+//! Minimal Socket.IO v4 (Engine.IO v4) client over a raw websocket, used by the integration
+//! tests and the load generator.
+//!
+//! Only the default namespace `/`, text packets and the websocket transport are supported.
+//! A background task owns the read half of the websocket: it answers Engine.IO pings, routes
+//! acknowledgements to their waiters and queues server events for [`Client::next_event`].
+
+use std::collections::{HashMap, VecDeque};
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Event = (String, Value);
+
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Options for [`Client::connect`].
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// Auth object sent as the namespace CONNECT payload (e.g. `{"token": "..."}`).
+    pub auth: Option<Value>,
+    /// Extra HTTP headers on the websocket upgrade (e.g. `Authorization: Bearer ..`).
+    pub headers: Vec<(String, String)>,
+    /// Extra query parameters appended to the URL (percent-encoded by the client).
+    pub query: Vec<(String, String)>,
+    /// Limit for the whole connect (TCP, upgrade, namespace CONNECT); 5 s when `None`.
+    pub connect_timeout: Option<Duration>,
+}
+
+/// Errors returned by [`Client`].
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Network I/O error.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// Websocket transport error.
+    #[error("websocket error: {0}")]
+    WebSocket(#[source] Box<tungstenite::Error>),
+    /// The URL, a header or a query parameter could not be used.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The server refused the namespace CONNECT (CONNECT_ERROR) with this message.
+    #[error("connection refused: {0}")]
+    Refused(String),
+    /// The operation did not complete in time.
+    #[error("timed out")]
+    Timeout,
+    /// The connection is closed.
+    #[error("connection closed")]
+    Closed,
+    /// The server sent something that does not follow the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl From<tungstenite::Error> for ClientError {
+    fn from(e: tungstenite::Error) -> Self {
+        match e {
+            tungstenite::Error::Io(e) => Self::Io(e),
+            tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
+                Self::Closed
+            }
+            e => Self::WebSocket(Box::new(e)),
+        }
+    }
+}
+
+/// State shared between the [`Client`] and its reader task.
+struct Shared {
+    writer: tokio::sync::Mutex<SplitSink<Ws, Message>>,
+    acks: Mutex<HashMap<u64, oneshot::Sender<Value>>>,
+    closed: watch::Sender<bool>,
+}
+
+impl Shared {
+    async fn send(&self, msg: Message) -> Result<(), ClientError> {
+        if *self.closed.borrow() {
+            return Err(ClientError::Closed);
+        }
+        Ok(self.writer.lock().await.send(msg).await?)
+    }
+
+    fn acks(&self) -> MutexGuard<'_, HashMap<u64, oneshot::Sender<Value>>> {
+        self.acks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks the connection closed, then drops every ack waiter (they see [`ClientError::Closed`]).
+    fn mark_closed(&self) {
+        self.closed.send_replace(true);
+        self.acks().clear();
+    }
+}
+
+/// A Socket.IO v4 client connected to the default namespace `/`.
+pub struct Client {
+    sid: String,
+    shared: Arc<Shared>,
+    events: mpsc::UnboundedReceiver<Event>,
+    pending: VecDeque<Event>,
+    next_ack: AtomicU64,
+    reader: JoinHandle<()>,
+}
+
+impl Client {
+    /// Connects to `base_url` (like `http://127.0.0.1:3000`, `http://` or `ws://`) and joins the
+    /// namespace `/`. Resolves only when the namespace CONNECT succeeded; a CONNECT_ERROR gives
+    /// [`ClientError::Refused`] with the server's message.
+    pub async fn connect(base_url: &str, opts: ConnectOptions) -> Result<Client, ClientError> {
+        let request = build_request(base_url, &opts)?;
+        let limit = opts.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let (ws, sid, liveness) = timeout(limit, handshake(request, opts.auth.as_ref()))
+            .await
+            .map_err(|_| ClientError::Timeout)??;
+        let (writer, reader) = ws.split();
+        let shared = Arc::new(Shared {
+            writer: tokio::sync::Mutex::new(writer),
+            acks: Mutex::new(HashMap::new()),
+            closed: watch::Sender::new(false),
+        });
+        let (tx, events) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(read_loop(reader, Arc::clone(&shared), tx, liveness));
+        Ok(Client {
+            sid,
+            shared,
+            events,
+            pending: VecDeque::new(),
+            next_ack: AtomicU64::new(0),
+            reader,
+        })
+    }
+
+    /// The Socket.IO session id from the server's CONNECT answer.
+    pub fn sid(&self) -> &str {
+        &self.sid
+    }
+
+    /// Emits `event` with one argument, without asking for an ack.
+    pub async fn emit(&self, event: &str, data: Value) -> Result<(), ClientError> {
+        self.emit_args(event, vec![data]).await
+    }
+
+    /// Emits `event` with zero or more arguments, without asking for an ack.
+    pub async fn emit_args(&self, event: &str, args: Vec<Value>) -> Result<(), ClientError> {
+        let packet = format!("42{}", event_array(event, args));
+        self.shared.send(Message::text(packet)).await
+    }
+
+    /// Emits `event` with one argument and waits up to `timeout` for the ack; returns the ack's
+    /// first argument (`Null` if it has none).
+    pub async fn emit_with_ack(
+        &self,
+        event: &str,
+        data: Value,
+        timeout: Duration,
+    ) -> Result<Value, ClientError> {
+        self.emit_args_with_ack(event, vec![data], timeout).await
+    }
+
+    /// Emits `event` with zero or more arguments and waits up to `timeout` for the ack; returns
+    /// the ack's first argument (`Null` if it has none).
+    pub async fn emit_args_with_ack(
+        &self,
+        event: &str,
+        args: Vec<Value>,
+        timeout: Duration,
+    ) -> Result<Value, ClientError> {
+        let id = self.next_ack.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        // Registered before the closed check in `send`, so a concurrent close cannot strand it.
+        self.shared.acks().insert(id, tx);
+        let packet = format!("42{id}{}", event_array(event, args));
+        let result = timeout_at(Instant::now() + timeout, async {
+            self.shared.send(Message::text(packet)).await?;
+            rx.await.map_err(|_| ClientError::Closed)
+        })
+        .await
+        .unwrap_or(Err(ClientError::Timeout));
+        self.shared.acks().remove(&id);
+        result
+    }
+
+    /// Sends a raw Engine.IO text frame as is (for hostile-input tests).
+    pub async fn send_raw(&self, text: String) -> Result<(), ClientError> {
+        self.shared.send(Message::text(text)).await
+    }
+
+    /// Sends a raw binary websocket frame as is (for hostile-input tests).
+    pub async fn send_raw_binary(&self, bytes: Vec<u8>) -> Result<(), ClientError> {
+        self.shared.send(Message::binary(bytes)).await
+    }
+
+    /// Next server->client event (name, first argument or `Null`), in arrival order; `None` on
+    /// timeout or when closed and drained.
+    pub async fn next_event(&mut self, timeout: Duration) -> Option<(String, Value)> {
+        if let Some(event) = self.pending.pop_front() {
+            return Some(event);
+        }
+        timeout_at(Instant::now() + timeout, self.events.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Skips events of other names until one named `name` arrives and returns its first
+    /// argument; skipped events stay queued for [`Client::next_event`]. `None` on timeout/close.
+    pub async fn wait_for(&mut self, name: &str, timeout: Duration) -> Option<Value> {
+        if let Some(pos) = self.pending.iter().position(|(n, _)| n == name) {
+            return self.pending.remove(pos).map(|(_, data)| data);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (n, data) = timeout_at(deadline, self.events.recv()).await.ok()??;
+            if n == name {
+                return Some(data);
+            }
+            self.pending.push_back((n, data));
+        }
+    }
+
+    /// Collects the first argument of every event named `name` arriving within `window`
+    /// (including already queued ones); other events stay queued.
+    pub async fn collect(&mut self, name: &str, window: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + window;
+        let (matching, others): (VecDeque<Event>, VecDeque<Event>) =
+            self.pending.drain(..).partition(|(n, _)| n == name);
+        self.pending = others;
+        let mut out: Vec<Value> = matching.into_iter().map(|(_, data)| data).collect();
+        while let Ok(Some((n, data))) = timeout_at(deadline, self.events.recv()).await {
+            if n == name {
+                out.push(data);
+            } else {
+                self.pending.push_back((n, data));
+            }
+        }
+        out
+    }
+
+    /// True once the server disconnected us (`41` packet, Engine.IO close, websocket closed or
+    /// no ping from the server within `pingInterval + pingTimeout`).
+    pub fn is_closed(&self) -> bool {
+        *self.shared.closed.borrow()
+    }
+
+    /// Waits until closed, up to `timeout`; returns whether it closed.
+    pub async fn wait_closed(&self, timeout: Duration) -> bool {
+        let mut closed = self.shared.closed.subscribe();
+        matches!(
+            timeout_at(Instant::now() + timeout, closed.wait_for(|c| *c)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Sends the Socket.IO disconnect (`41`) and closes the websocket.
+    pub async fn close(self) {
+        // Bounded, so an unresponsive server cannot hang the caller; the reader stops on drop.
+        let _ = timeout(CLOSE_TIMEOUT, async {
+            let _ = self.shared.send(Message::text("41")).await;
+            let _ = self.shared.writer.lock().await.close().await;
+        })
+        .await;
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Engine.IO OPEN packet payload (the fields we use).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OpenPacket {
+    ping_interval: u64,
+    ping_timeout: u64,
+}
+
+/// Builds the websocket upgrade request: URL, query and extra headers.
+fn build_request(base_url: &str, opts: &ConnectOptions) -> Result<Request, ClientError> {
+    let base = base_url.trim_end_matches('/');
+    let base = if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if base.starts_with("ws://") || base.starts_with("wss://") {
+        base.to_owned()
+    } else {
+        return Err(ClientError::InvalidRequest(format!(
+            "unsupported URL scheme: {base_url}"
+        )));
+    };
+    let mut url = format!("{base}/socket.io/?EIO=4&transport=websocket");
+    for (key, value) in &opts.query {
+        url.push_str(&format!(
+            "&{}={}",
+            percent_encode(key),
+            percent_encode(value)
+        ));
+    }
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| ClientError::InvalidRequest(format!("{url}: {e}")))?;
+    for (name, value) in &opts.headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| ClientError::InvalidRequest(format!("header name {name:?}: {e}")))?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|e| ClientError::InvalidRequest(format!("header {name}: {e}")))?;
+        request.headers_mut().append(name, value);
+    }
+    Ok(request)
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Opens the websocket, reads the Engine.IO OPEN and joins namespace `/`.
+/// Returns the stream, the Socket.IO sid and the liveness limit (pingInterval + pingTimeout).
+async fn handshake(
+    request: Request,
+    auth: Option<&Value>,
+) -> Result<(Ws, String, Duration), ClientError> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await?;
+    let open = next_text(&mut ws).await?;
+    let open: OpenPacket = open
+        .strip_prefix('0')
+        .and_then(|body| serde_json::from_str(body).ok())
+        .ok_or_else(|| ClientError::Protocol(format!("expected Engine.IO OPEN, got {open:?}")))?;
+    let liveness = Duration::from_millis(open.ping_interval.saturating_add(open.ping_timeout));
+    let connect = match auth {
+        Some(auth) => format!("40{auth}"),
+        None => "40".to_owned(),
+    };
+    ws.send(Message::text(connect)).await?;
+    loop {
+        let text = next_text(&mut ws).await?;
+        if let Some(body) = text.strip_prefix("40") {
+            let sid = serde_json::from_str::<Value>(body)
+                .ok()
+                .and_then(|v| v.get("sid")?.as_str().map(str::to_owned))
+                .ok_or_else(|| ClientError::Protocol(format!("bad CONNECT answer {text:?}")))?;
+            return Ok((ws, sid, liveness));
+        } else if let Some(body) = text.strip_prefix("44") {
+            let message = serde_json::from_str::<Value>(body)
+                .ok()
+                .and_then(|v| v.get("message")?.as_str().map(str::to_owned))
+                .unwrap_or_else(|| body.to_owned());
+            return Err(ClientError::Refused(message));
+        } else if let Some(payload) = text.strip_prefix('2') {
+            ws.send(Message::text(format!("3{payload}"))).await?;
+        } else if text == "1" || text.starts_with("41") {
+            return Err(ClientError::Closed);
+        } else {
+            tracing::debug!(packet = %text, "ignoring packet before namespace CONNECT");
+        }
+    }
+}
+
+/// Next text frame of the websocket, skipping control and binary frames.
+async fn next_text(ws: &mut Ws) -> Result<String, ClientError> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
+            Some(Ok(Message::Close(_))) | None => return Err(ClientError::Closed),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+        }
+    }
+}
+
+/// Reader task: runs until the connection ends, then marks the client closed.
+async fn read_loop(
+    mut reader: SplitStream<Ws>,
+    shared: Arc<Shared>,
+    events: mpsc::UnboundedSender<Event>,
+    liveness: Duration,
+) {
+    // Ends on read error, end of stream, or no traffic within pingInterval + pingTimeout.
+    while let Ok(Some(Ok(msg))) = timeout(liveness, reader.next()).await {
+        let flow = match msg {
+            Message::Text(text) => handle_engine_packet(&shared, &events, text.as_str()).await,
+            Message::Close(_) => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        };
+        if flow.is_break() {
+            break;
+        }
+    }
+    shared.mark_closed();
+}
+
+/// Handles one Engine.IO text packet; `Break` means the connection is over.
+async fn handle_engine_packet(
+    shared: &Shared,
+    events: &mpsc::UnboundedSender<Event>,
+    text: &str,
+) -> ControlFlow<()> {
+    if let Some(payload) = text.strip_prefix('2') {
+        let pong = shared.send(Message::text(format!("3{payload}"))).await;
+        return if pong.is_ok() {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
+        };
+    } else if text.starts_with('1') {
+        return ControlFlow::Break(());
+    } else if let Some(packet) = text.strip_prefix('4') {
+        return handle_socketio_packet(shared, events, packet);
+    } else {
+        tracing::debug!(packet = %text, "ignoring Engine.IO packet");
+    }
+    ControlFlow::Continue(())
+}
+
+/// Handles one Socket.IO packet of namespace `/`; `Break` means the server disconnected us.
+fn handle_socketio_packet(
+    shared: &Shared,
+    events: &mpsc::UnboundedSender<Event>,
+    packet: &str,
+) -> ControlFlow<()> {
+    let mut chars = packet.chars();
+    let kind = chars.next();
+    let rest = chars.as_str();
+    if rest.starts_with('/') {
+        tracing::debug!(%packet, "ignoring packet of another namespace");
+        return ControlFlow::Continue(());
+    }
+    match (kind, parse_args(rest)) {
+        (Some('1'), _) => return ControlFlow::Break(()),
+        (Some('2'), Some((_, args))) => {
+            let mut args = args.into_iter();
+            if let Some(Value::String(name)) = args.next() {
+                let _ = events.send((name, args.next().unwrap_or(Value::Null)));
+            } else {
+                tracing::debug!(%packet, "ignoring event without a name");
+            }
+        }
+        (Some('3'), Some((Some(id), args))) => {
+            if let Some(waiter) = shared.acks().remove(&id) {
+                let _ = waiter.send(args.into_iter().next().unwrap_or(Value::Null));
+            }
+        }
+        _ => tracing::debug!(%packet, "ignoring Socket.IO packet"),
+    }
+    ControlFlow::Continue(())
+}
+
+/// Parses `[id]<json array>` (the part of an EVENT/ACK packet after its type).
+fn parse_args(rest: &str) -> Option<(Option<u64>, Vec<Value>)> {
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let (id, json) = rest.split_at(digits);
+    let id = (!id.is_empty()).then(|| id.parse()).transpose().ok()?;
+    Some((id, serde_json::from_str(json).ok()?))
+}
+
+/// The JSON array `["event", args...]` of an EVENT packet.
+fn event_array(event: &str, args: Vec<Value>) -> Value {
+    let mut array = Vec::with_capacity(args.len() + 1);
+    array.push(Value::String(event.to_owned()));
+    array.extend(args);
+    Value::Array(array)
+}

@@ -1,0 +1,356 @@
+//! Every setting of a node in one typed struct, read from flags and environment variables.
+//!
+//! Each field is both a `--flag` and an `ENV_VAR` (PROTOCOL.md §7). [`Config::load`] turns any
+//! parse or validation failure into one line naming the setting, so a bad deployment fails at
+//! start-up instead of at the first client.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// JWT signature algorithms a node can be pinned to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "UPPER")]
+pub enum JwtAlgorithm {
+    /// HMAC-SHA256 with a shared secret (`JWT_SECRET`).
+    HS256,
+    /// RSA PKCS#1 v1.5 SHA-256 with a PEM public key (`JWT_PUBLIC_KEY_FILE`).
+    RS256,
+    /// ECDSA P-256 SHA-256 with a PEM public key (`JWT_PUBLIC_KEY_FILE`).
+    ES256,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The configuration of one node. Defaults are those of PROTOCOL.md §7.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "fanout", version, about = "fanout: a Socket.IO gateway node")]
+pub struct Config {
+    /// Listening address for both ports.
+    #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0")]
+    pub bind_addr: IpAddr,
+
+    /// Public port: Socket.IO, /healthz, /readyz.
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+
+    /// Internal port: /metrics and /api/v1/*.
+    #[arg(long, env = "ADMIN_PORT", default_value_t = 9100)]
+    pub admin_port: u16,
+
+    /// Redis URL; when absent it is built from REDIS_HOST/PORT/PASSWORD/DB.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Redis host (used when REDIS_URL is not set).
+    #[arg(long, env = "REDIS_HOST", default_value = "127.0.0.1")]
+    pub redis_host: String,
+
+    /// Redis port (used when REDIS_URL is not set).
+    #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
+    pub redis_port: u16,
+
+    /// Redis password (used when REDIS_URL is not set).
+    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+
+    /// Redis database number (used when REDIS_URL is not set).
+    #[arg(long, env = "REDIS_DB", default_value_t = 0)]
+    pub redis_db: u32,
+
+    /// HS256 secret. Exactly one of JWT_SECRET and JWT_PUBLIC_KEY_FILE must be set.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key for RS256/ES256.
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// The one accepted algorithm; defaults to HS256 with a secret, RS256 with a key file.
+    #[arg(long, env = "JWT_ALGORITHM")]
+    pub jwt_algorithm: Option<JwtAlgorithm>,
+
+    /// Required `iss` claim, checked only when set.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim, checked only when set.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock leeway for `exp`/`nbf`, in seconds.
+    #[arg(long, env = "JWT_LEEWAY_SECS", default_value_t = 5)]
+    pub jwt_leeway_secs: u64,
+
+    /// Bearer key of the internal API.
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    pub api_key: String,
+
+    /// This node's id (default: a fresh UUID).
+    #[arg(long, env = "NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Presence key TTL in seconds.
+    #[arg(long, env = "PRESENCE_TTL_SECS", default_value_t = 60)]
+    pub presence_ttl_secs: u64,
+
+    /// Allowed CORS origins for polling, comma-separated; empty allows any.
+    #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Routed services, `name=stream,...` (stream defaults to `events:<name>`).
+    #[arg(long, env = "SERVICES", default_value = "")]
+    pub services: String,
+
+    /// Maximum `content` size of a chat message, in bytes.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 16384)]
+    pub max_message_bytes: usize,
+
+    /// Messages kept per chat history stream (approximate trim).
+    #[arg(long, env = "HISTORY_MAXLEN", default_value_t = 1000)]
+    pub history_maxlen: u64,
+
+    /// Idle lifetime of a chat's history, in seconds (refreshed by every message).
+    #[arg(long, env = "HISTORY_TTL_SECS", default_value_t = 86400)]
+    pub history_ttl_secs: u64,
+
+    /// How long a `clientMsgId` is remembered for deduplication, in seconds.
+    #[arg(long, env = "DEDUP_TTL_SECS", default_value_t = 86400)]
+    pub dedup_ttl_secs: u64,
+
+    /// Number of backplane shard streams. Every node of a cluster must use the same value.
+    #[arg(long, env = "BACKPLANE_SHARDS", default_value_t = 8)]
+    pub backplane_shards: u16,
+
+    /// Approximate MAXLEN of each backplane shard stream.
+    #[arg(long, env = "BACKPLANE_MAXLEN", default_value_t = 100_000)]
+    pub backplane_maxlen: u64,
+
+    /// Per-socket event budget, events per second.
+    #[arg(long, env = "RATE_LIMIT_PER_SEC", default_value_t = 100)]
+    pub rate_limit_per_sec: u32,
+
+    /// Per-socket event burst.
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 200)]
+    pub rate_limit_burst: u32,
+
+    /// Largest websocket message a client may send, in bytes.
+    #[arg(long, env = "WS_MAX_MESSAGE_BYTES", default_value_t = 65536)]
+    pub ws_max_message_bytes: usize,
+
+    /// Outgoing packets buffered per socket before emits to it fail.
+    #[arg(long, env = "SOCKET_BUFFER_PACKETS", default_value_t = 1024)]
+    pub socket_buffer_packets: usize,
+
+    /// Seconds a draining node waits before exiting.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Where a node gets its JWT verification key from, after validation.
+#[derive(Debug, Clone)]
+pub enum JwtKey {
+    /// HS256 shared secret.
+    Secret(String),
+    /// PEM-encoded public key and its algorithm.
+    PublicKeyPem(Vec<u8>, JwtAlgorithm),
+}
+
+impl Config {
+    /// Parses flags and environment, validates, and returns the config or one line naming the
+    /// bad setting.
+    pub fn load() -> Result<Config, String> {
+        let config = match Config::try_parse() {
+            Ok(c) => c,
+            Err(e) => {
+                use clap::error::ErrorKind;
+                if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                    e.exit();
+                }
+                return Err(one_line(&e.render().to_string()));
+            }
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses from an explicit argument list (tests, embedding); environment variables still
+    /// apply for flags not given.
+    pub fn try_from_args<I, T>(args: I) -> Result<Config, String>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let config = Config::try_parse_from(args).map_err(|e| one_line(&e.render().to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks combinations clap cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        self.jwt_key()?;
+        if self.api_key.trim().is_empty() {
+            return Err("invalid setting API_KEY: must not be empty".into());
+        }
+        if self.backplane_shards == 0 {
+            return Err("invalid setting BACKPLANE_SHARDS: must be at least 1".into());
+        }
+        if self.max_message_bytes == 0 {
+            return Err("invalid setting MAX_MESSAGE_BYTES: must be at least 1".into());
+        }
+        if self.history_maxlen == 0 {
+            return Err("invalid setting HISTORY_MAXLEN: must be at least 1".into());
+        }
+        if self.rate_limit_per_sec == 0 || self.rate_limit_burst == 0 {
+            return Err(
+                "invalid setting RATE_LIMIT_PER_SEC/RATE_LIMIT_BURST: must be at least 1".into(),
+            );
+        }
+        if self.presence_ttl_secs < 2 {
+            return Err("invalid setting PRESENCE_TTL_SECS: must be at least 2".into());
+        }
+        if let Some(id) = &self.node_id
+            && !crate::validate::is_valid_id(id)
+        {
+            return Err("invalid setting NODE_ID: 1-128 characters of [A-Za-z0-9_.:@-]".into());
+        }
+        crate::redis::parse_url(&self.redis_url()).map_err(|e| format!("invalid setting REDIS_URL: {e}"))?;
+        Ok(())
+    }
+
+    /// The JWT key with its algorithm, or the line naming what is wrong.
+    pub fn jwt_key(&self) -> Result<JwtKey, String> {
+        match (&self.jwt_secret, &self.jwt_public_key_file) {
+            (Some(_), Some(_)) => Err(
+                "invalid setting JWT_SECRET/JWT_PUBLIC_KEY_FILE: set exactly one of them".into(),
+            ),
+            (None, None) => {
+                Err("missing setting JWT_SECRET (or JWT_PUBLIC_KEY_FILE with JWT_ALGORITHM)".into())
+            }
+            (Some(secret), None) => match self.jwt_algorithm.unwrap_or(JwtAlgorithm::HS256) {
+                JwtAlgorithm::HS256 if secret.is_empty() => {
+                    Err("invalid setting JWT_SECRET: must not be empty".into())
+                }
+                JwtAlgorithm::HS256 => Ok(JwtKey::Secret(secret.clone())),
+                other => Err(format!(
+                    "invalid setting JWT_ALGORITHM: {other:?} needs JWT_PUBLIC_KEY_FILE, not JWT_SECRET"
+                )),
+            },
+            (None, Some(path)) => {
+                let alg = self.jwt_algorithm.unwrap_or(JwtAlgorithm::RS256);
+                if alg == JwtAlgorithm::HS256 {
+                    return Err(
+                        "invalid setting JWT_ALGORITHM: HS256 needs JWT_SECRET, not a public key"
+                            .into(),
+                    );
+                }
+                let pem = std::fs::read(path).map_err(|e| {
+                    format!("invalid setting JWT_PUBLIC_KEY_FILE: {}: {e}", path.display())
+                })?;
+                Ok(JwtKey::PublicKeyPem(pem, alg))
+            }
+        }
+    }
+
+    /// The effective Redis URL.
+    pub fn redis_url(&self) -> String {
+        if let Some(url) = &self.redis_url {
+            return url.clone();
+        }
+        match &self.redis_password {
+            Some(pw) => format!(
+                "redis://:{}@{}:{}/{}",
+                pw, self.redis_host, self.redis_port, self.redis_db
+            ),
+            None => format!(
+                "redis://{}:{}/{}",
+                self.redis_host, self.redis_port, self.redis_db
+            ),
+        }
+    }
+
+    /// Presence key TTL as a duration.
+    pub fn presence_ttl(&self) -> Duration {
+        Duration::from_secs(self.presence_ttl_secs)
+    }
+}
+
+/// Collapses clap's multi-line error into one line (up to the usage block).
+fn one_line(rendered: &str) -> String {
+    rendered
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Vec<&'static str> {
+        vec!["fanout", "--api-key", "k", "--jwt-secret", "s"]
+    }
+
+    #[test]
+    fn defaults_follow_the_protocol() {
+        let c = Config::try_from_args(base()).expect("valid");
+        assert_eq!(c.port, 3000);
+        assert_eq!(c.admin_port, 9100);
+        assert_eq!(c.presence_ttl_secs, 60);
+        assert_eq!(c.max_message_bytes, 16384);
+        assert_eq!(c.history_maxlen, 1000);
+        assert_eq!(c.history_ttl_secs, 86400);
+        assert_eq!(c.shutdown_grace_secs, 10);
+        assert_eq!(c.redis_url(), "redis://127.0.0.1:6379/0");
+    }
+
+    #[test]
+    fn missing_api_key_is_one_line_naming_it() {
+        let e = Config::try_from_args(["fanout", "--jwt-secret", "s"]).unwrap_err();
+        assert!(!e.contains('\n'), "{e}");
+        assert!(e.contains("--api-key"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_the_flag() {
+        let mut args = base();
+        args.extend(["--port", "notaport"]);
+        let e = Config::try_from_args(args).unwrap_err();
+        assert!(!e.contains('\n'), "{e}");
+        assert!(e.contains("--port"), "{e}");
+    }
+
+    #[test]
+    fn jwt_settings_must_be_consistent() {
+        let e = Config::try_from_args(["fanout", "--api-key", "k"]).unwrap_err();
+        assert!(e.contains("JWT_SECRET"), "{e}");
+        let mut args = base();
+        args.extend(["--jwt-algorithm", "RS256"]);
+        let e = Config::try_from_args(args).unwrap_err();
+        assert!(e.contains("JWT_ALGORITHM"), "{e}");
+    }
+
+    #[test]
+    fn redis_url_from_parts() {
+        let mut args = base();
+        args.extend(["--redis-host", "h", "--redis-port", "1", "--redis-password", "p"]);
+        let c = Config::try_from_args(args).expect("valid");
+        assert_eq!(c.redis_url(), "redis://:p@h:1/0");
+    }
+}

@@ -1,0 +1,133 @@
+//! Client-facing error codes (PROTOCOL.md §2) and the ACK bodies built from them.
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// The error codes a client can see, and nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// Missing or ill-typed field, id of the wrong form, content too long.
+    InvalidPayload,
+    /// Unknown event name, or a routed event for an unregistered service.
+    InvalidEvent,
+    /// The user is not a member of that chat.
+    Forbidden,
+    /// The socket exceeded its event budget.
+    RateLimited,
+    /// Redis could not be reached; nothing was accepted, retry is safe.
+    Unavailable,
+    /// Anything else; the message carries a correlation id that is also logged.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The wire form, e.g. `INVALID_PAYLOAD`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidPayload => "INVALID_PAYLOAD",
+            ErrorCode::InvalidEvent => "INVALID_EVENT",
+            ErrorCode::Forbidden => "FORBIDDEN",
+            ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::Internal => "INTERNAL",
+        }
+    }
+}
+
+/// A failed client request: a code and a human message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct ClientError {
+    /// The protocol error code.
+    pub code: ErrorCode,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl ClientError {
+    /// Builds an error.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ClientError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// `INVALID_PAYLOAD` with a message.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidPayload, message)
+    }
+
+    /// `UNAVAILABLE`: Redis could not be reached.
+    pub fn unavailable() -> Self {
+        Self::new(
+            ErrorCode::Unavailable,
+            "the gateway could not reach its store; nothing was accepted, retry is safe",
+        )
+    }
+
+    /// `INTERNAL`, logged with a fresh correlation id that the message carries.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        let correlation = uuid::Uuid::new_v4();
+        tracing::error!(%correlation, %cause, "internal error");
+        Self::new(
+            ErrorCode::Internal,
+            format!("internal error (correlation id {correlation})"),
+        )
+    }
+
+    /// Maps a Redis error: connection-level failures are `UNAVAILABLE`, the rest `INTERNAL`.
+    pub fn from_redis(e: &redis::RedisError) -> Self {
+        if is_unavailable(e) {
+            Self::unavailable()
+        } else {
+            Self::internal(e)
+        }
+    }
+
+    /// The `error` object of an ACK.
+    pub fn to_json(&self) -> Value {
+        json!({ "code": self.code.as_str(), "message": self.message })
+    }
+
+    /// A failure ACK `{ success: false, error }`.
+    pub fn ack(&self) -> Value {
+        json!({ "success": false, "error": self.to_json() })
+    }
+}
+
+/// True for errors that mean "Redis is not reachable or not serving right now" — retry is
+/// safe — as opposed to an error in what we sent (a script or type error: our bug, `INTERNAL`).
+pub fn is_unavailable(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind as K, ServerErrorKind as S};
+    !matches!(
+        e.kind(),
+        K::Parse
+            | K::UnexpectedReturnType
+            | K::InvalidClientConfig
+            | K::Server(
+                S::ResponseError
+                    | S::ExecAbort
+                    | S::NoScript
+                    | S::CrossSlot
+                    | S::Moved
+                    | S::Ask
+                    | S::NoSub
+                    | S::NoPerm
+            )
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_ack_has_the_protocol_shape() {
+        let a = ClientError::invalid("content must be a string").ack();
+        assert_eq!(a["success"], false);
+        assert_eq!(a["error"]["code"], "INVALID_PAYLOAD");
+        assert_eq!(a["error"]["message"], "content must be a string");
+    }
+}

@@ -1,0 +1,239 @@
+//! Chat events (PROTOCOL.md §3) and their inbound aliases.
+
+use serde_json::{Map, Value, json};
+use socketioxide::extract::{SocketRef, State, TryData};
+
+use super::{App, Responder};
+use crate::chat::{
+    HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, MESSAGE_TYPES, SendRequest, chat_room,
+};
+use crate::error::ClientError;
+use crate::validate::{self, MAX_CLIENT_MSG_ID_LEN, is_valid_id};
+
+/// Registers the chat handlers on a socket (before its first await).
+pub fn register(s: &SocketRef) {
+    s.on("chat:join", join);
+    s.on("join-chat", join);
+    s.on("joinRoom", join_room);
+    s.on("chat:leave", leave);
+    s.on("leave-chat", leave);
+    s.on("chat:send", send);
+    s.on("sendMessage", send_message);
+    s.on("chat:typing", typing);
+    s.on("chat:read", read);
+    s.on("chat:history", history);
+}
+
+type Payload = TryData<Value>;
+
+/// The payload as an object; a payload that is missing or not JSON counts as `null`.
+fn payload(data: &Payload) -> Result<&Map<String, Value>, ClientError> {
+    match &data.0 {
+        Ok(v) => validate::object(v),
+        Err(_) => Err(ClientError::invalid("payload must be a JSON object")),
+    }
+}
+
+async fn join(r: Responder, State(app): State<App>, data: Payload) {
+    do_join(r, app, data, "chatId").await;
+}
+
+async fn join_room(r: Responder, State(app): State<App>, data: Payload) {
+    do_join(r, app, data, "roomId").await;
+}
+
+async fn do_join(r: Responder, app: App, data: Payload, id_field: &str) {
+    let result = async {
+        let chat_id = validate::id_field(payload(&data)?, id_field)?;
+        let user = identity(&r)?;
+        app.chats.require_member(&user, &chat_id).await?;
+        r.socket().join(chat_room(&chat_id));
+        Ok::<_, ClientError>(json!({ "success": true, "chatId": chat_id }))
+    }
+    .await;
+    r.reply(result);
+}
+
+async fn leave(r: Responder, data: Payload) {
+    let result = validate::id_field_of(payload(&data), "chatId").map(|chat_id| {
+        r.socket().leave(chat_room(&chat_id));
+        json!({ "success": true, "chatId": chat_id })
+    });
+    r.reply(result);
+}
+
+async fn send(r: Responder, State(app): State<App>, data: Payload) {
+    do_send(r, app, data, "chatId").await;
+}
+
+async fn send_message(r: Responder, State(app): State<App>, data: Payload) {
+    do_send(r, app, data, "roomId").await;
+}
+
+async fn do_send(r: Responder, app: App, data: Payload, id_field: &str) {
+    // Echo the clientMsgId in a failure ACK whenever it was readable.
+    let client_msg_id = data
+        .0
+        .as_ref()
+        .ok()
+        .and_then(|v| v.get("clientMsgId"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let result = async {
+        let req = parse_send(payload(&data)?, id_field, app.max_message_bytes)?;
+        let user = identity(&r)?;
+        let accepted = app.chats.send(&user, &req).await?;
+        Ok::<_, ClientError>(json!({
+            "success": true,
+            "status": "ACCEPTED",
+            "clientMsgId": req.client_msg_id,
+            "messageId": accepted.message_id,
+            "chatId": req.chat_id,
+            "offset": accepted.offset,
+            "epoch": accepted.epoch,
+            "createdAt": accepted.created_at,
+        }))
+    }
+    .await;
+    match result {
+        Ok(body) => r.ok(body),
+        Err(e) => {
+            let body = json!({
+                "success": false,
+                "status": "FAILED",
+                "clientMsgId": client_msg_id,
+                "error": e.to_json(),
+            });
+            r.fail_with(e, body);
+        }
+    }
+}
+
+/// Validates a `chat:send` payload (PROTOCOL.md §3).
+pub fn parse_send(
+    obj: &Map<String, Value>,
+    id_field: &str,
+    max_bytes: usize,
+) -> Result<SendRequest, ClientError> {
+    let chat_id = validate::id_field(obj, id_field)?;
+    let content = match obj.get("content") {
+        Some(Value::String(s)) if s.is_empty() => {
+            return Err(ClientError::invalid("content must not be empty"));
+        }
+        Some(Value::String(s)) if s.len() > max_bytes => {
+            return Err(ClientError::invalid(format!(
+                "content is {} bytes, more than the {max_bytes} allowed",
+                s.len()
+            )));
+        }
+        Some(Value::String(s)) => s.clone(),
+        None | Some(Value::Null) => return Err(ClientError::invalid("content is required")),
+        Some(_) => return Err(ClientError::invalid("content must be a string")),
+    };
+    let client_msg_id = match validate::opt_str(obj, "clientMsgId")? {
+        None => None,
+        Some(id) if id.len() <= MAX_CLIENT_MSG_ID_LEN && is_valid_id(id) => Some(id.to_owned()),
+        Some(_) => {
+            return Err(ClientError::invalid(
+                "clientMsgId must be 1-64 characters of [A-Za-z0-9_.:@-]",
+            ));
+        }
+    };
+    let kind = match validate::opt_str(obj, "type")? {
+        None => "text".to_owned(),
+        Some(t) if MESSAGE_TYPES.contains(&t) => t.to_owned(),
+        Some(_) => {
+            return Err(ClientError::invalid(
+                "type must be one of text, image, file, system",
+            ));
+        }
+    };
+    Ok(SendRequest {
+        chat_id,
+        content,
+        client_msg_id,
+        kind,
+    })
+}
+
+async fn typing(r: Responder, State(app): State<App>, data: Payload) {
+    let result = async {
+        let obj = payload(&data)?;
+        let chat_id = validate::id_field(obj, "chatId")?;
+        let is_typing = validate::bool_field(obj, "isTyping")?;
+        let user = identity(&r)?;
+        let sid = r.socket().id.to_string();
+        app.chats.typing(&user, &sid, &chat_id, is_typing).await?;
+        Ok::<_, ClientError>(json!({ "success": true }))
+    }
+    .await;
+    r.reply(result);
+}
+
+async fn read(r: Responder, State(app): State<App>, data: Payload) {
+    let result = async {
+        let obj = payload(&data)?;
+        let chat_id = validate::id_field(obj, "chatId")?;
+        let message_id = validate::id_field(obj, "messageId")?;
+        let user = identity(&r)?;
+        app.chats.read(&user, &chat_id, &message_id).await?;
+        Ok::<_, ClientError>(json!({ "success": true }))
+    }
+    .await;
+    r.reply(result);
+}
+
+async fn history(r: Responder, State(app): State<App>, data: Payload) {
+    let result = async {
+        let obj = payload(&data)?;
+        let chat_id = validate::id_field(obj, "chatId")?;
+        let since = validate::opt_u64(obj, "since")?;
+        let epoch = validate::opt_str(obj, "epoch")?;
+        let limit = validate::opt_u64(obj, "limit")?
+            .map(|l| l.clamp(1, u64::from(HISTORY_MAX_LIMIT)) as u32)
+            .unwrap_or(HISTORY_DEFAULT_LIMIT);
+        let user = identity(&r)?;
+        let h = app.chats.history(&user, &chat_id, since, epoch, limit).await?;
+        Ok(json!({
+            "success": true,
+            "messages": h.messages,
+            "offset": h.offset,
+            "epoch": h.epoch,
+            "reset": h.reset,
+        }))
+        .map_err(|e: ClientError| e)
+    }
+    .await;
+    r.reply(result);
+}
+
+fn identity(r: &Responder) -> Result<String, ClientError> {
+    r.identity()
+        .map(|i| i.user_id.clone())
+        .ok_or_else(|| ClientError::internal(&"socket without identity"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn send_validation() {
+        let ok = parse_send(&obj(json!({"chatId": "c", "content": "hi"})), "chatId", 10).unwrap();
+        assert_eq!(ok.kind, "text");
+        assert_eq!(ok.client_msg_id, None);
+        let e = |v| parse_send(&obj(v), "chatId", 10).unwrap_err().message;
+        assert_eq!(e(json!({"content": "hi"})), "chatId is required");
+        assert_eq!(e(json!({"chatId": "c"})), "content is required");
+        assert_eq!(e(json!({"chatId": "c", "content": 5})), "content must be a string");
+        assert_eq!(e(json!({"chatId": "c", "content": ""})), "content must not be empty");
+        assert!(e(json!({"chatId": "c", "content": "x".repeat(11)})).contains("11 bytes"));
+        assert!(e(json!({"chatId": "c", "content": "x", "type": "video"})).contains("type"));
+        assert!(e(json!({"chatId": "c", "content": "x", "clientMsgId": "a".repeat(65)})).contains("clientMsgId"));
+        assert!(e(json!({"chatId": "c d", "content": "x"})).contains("chatId"));
+    }
+}

@@ -1,0 +1,276 @@
+//! The Socket.IO side of a node: the handshake (JWT in a connect middleware), the connect
+//! sequence of PROTOCOL.md §1, and one file per event family. Handlers stay thin: they parse
+//! and validate a payload, call the domain ([`crate::chat`]) and answer with an ACK — or, when
+//! the client asked for none and the event failed, with an `error` event.
+
+pub mod chat;
+pub mod presence;
+pub mod routing;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use socketioxide::adapter::LocalAdapter;
+use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
+use socketioxide::handler::{ConnectHandler, FromMessageParts};
+use socketioxide::layer::SocketIoLayer;
+use socketioxide::socket::{DisconnectReason, Socket};
+use socketioxide::SocketIo;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{AuthError, Authenticator, Identity, bearer};
+use crate::chat::{Chats, chat_room, role_room, user_room};
+use crate::clock;
+use crate::error::ClientError;
+
+/// Everything a handler may use, shared by all sockets of the node.
+#[derive(Clone)]
+pub struct App {
+    /// Chat domain service.
+    pub chats: Chats,
+    /// Token verifier.
+    pub auth: Authenticator,
+    /// This node's id.
+    pub node_id: Arc<str>,
+    /// MAX_MESSAGE_BYTES.
+    pub max_message_bytes: usize,
+    /// Readiness flags: handshakes are refused until the backplane reader runs.
+    pub health: Arc<crate::health::Health>,
+    /// Tracks per-socket background tasks (the token expiry timers).
+    pub tasks: TaskTracker,
+    /// Fires when the node shuts down.
+    pub shutdown: CancellationToken,
+}
+
+/// Socket.IO limits taken from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct IoLimits {
+    /// Largest websocket message, bytes.
+    pub ws_max_message_bytes: usize,
+    /// Outgoing packets buffered per socket.
+    pub socket_buffer_packets: usize,
+}
+
+/// Builds the Socket.IO layer with the default namespace and its handlers.
+pub fn build(app: App, limits: IoLimits) -> (SocketIoLayer, SocketIo) {
+    let (layer, io) = SocketIo::builder()
+        .with_state(app)
+        .ws_max_message_size(limits.ws_max_message_bytes)
+        .max_payload(limits.ws_max_message_bytes as u64)
+        .max_buffer_size(limits.socket_buffer_packets)
+        .ping_interval(Duration::from_secs(25))
+        .ping_timeout(Duration::from_secs(20))
+        .connect_timeout(Duration::from_secs(10))
+        .build_layer();
+    io.ns("/", on_connect.with(authenticate));
+    (layer, io)
+}
+
+/// The user's chats read at the handshake, joined by the connect handler.
+#[derive(Clone)]
+struct InitialChats(Arc<Vec<String>>);
+
+/// Connect middleware: verifies the token (from `auth.token`, else the `Authorization: Bearer`
+/// header; never the query string) and reads the user's chats, so the socket is in all its
+/// rooms when the client's `connect` fires. A refusal becomes the client's `connect_error`.
+async fn authenticate(
+    s: SocketRef,
+    State(app): State<App>,
+    TryData(auth): TryData<Value>,
+) -> Result<(), HandshakeError> {
+    let from_auth = auth
+        .ok()
+        .as_ref()
+        .and_then(|a| a.get("token"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let token = match from_auth {
+        Some(t) => t,
+        None => s
+            .req_parts()
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(bearer)
+            .map(str::to_owned)
+            .ok_or(HandshakeError::Auth(AuthError::Missing))?,
+    };
+    let identity = app.auth.verify(&token).map_err(HandshakeError::Auth)?;
+    // A socket accepted before the reader is positioned could miss its first messages.
+    if !app.health.reader_running() || app.health.draining() {
+        return Err(HandshakeError::Unavailable);
+    }
+    let chats = app.chats.chats_of(&identity.user_id).await.map_err(|e| {
+        tracing::warn!(error = %e, "handshake refused: redis unavailable");
+        HandshakeError::Unavailable
+    })?;
+    s.extensions.insert(Arc::new(identity));
+    s.extensions.insert(InitialChats(Arc::new(chats)));
+    Ok(())
+}
+
+/// Why a handshake was refused; `Display` is the `connect_error` message.
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error("{0}")]
+    Auth(AuthError),
+    #[error("UNAVAILABLE: the gateway could not reach its store; retry")]
+    Unavailable,
+}
+
+async fn on_connect(s: SocketRef, State(app): State<App>) {
+    // Handlers first, before any await: events that arrive earlier would be dropped.
+    chat::register(&s);
+    presence::register(&s);
+    routing::register(&s);
+
+    let Some(identity) = s.extensions.get::<Arc<Identity>>() else {
+        // Only reachable if the middleware did not run; never serve an anonymous socket.
+        s.disconnect().ok();
+        return;
+    };
+    let mut rooms = vec![user_room(&identity.user_id)];
+    if let Some(role) = &identity.role_context_id {
+        rooms.push(role_room(role));
+    }
+    if let Some(InitialChats(chats)) = s.extensions.remove::<InitialChats>() {
+        rooms.extend(chats.iter().map(|c| chat_room(c)));
+    }
+    s.join(rooms);
+
+    let expiry = app.shutdown.child_token();
+    s.extensions.insert(ExpiryTimer(expiry.clone()));
+    s.on_disconnect(on_disconnect);
+    app.tasks
+        .spawn(expire_session(s.clone(), identity.exp, app.auth.leeway_secs(), expiry));
+
+    // A membership change published between the handshake's read and the room joins above
+    // would be missed; one more read closes that window.
+    reconcile_chats(&s, &app, &identity).await;
+    tracing::debug!(sid = %s.id, user = %identity.user_id, transport = ?s.transport_type(), "connected");
+}
+
+async fn reconcile_chats(s: &SocketRef, app: &App, identity: &Identity) {
+    let Ok(chats) = app.chats.chats_of(&identity.user_id).await else {
+        return;
+    };
+    let want: std::collections::HashSet<String> = chats.iter().map(|c| chat_room(c)).collect();
+    let have: Vec<String> = s
+        .rooms()
+        .into_iter()
+        .map(|r| r.to_string())
+        .filter(|r| r.starts_with("chat:"))
+        .collect();
+    let stale: Vec<String> = have.iter().filter(|r| !want.contains(*r)).cloned().collect();
+    if !stale.is_empty() {
+        s.leave(stale);
+    }
+    s.join(want.into_iter().collect::<Vec<_>>());
+}
+
+#[derive(Clone)]
+struct ExpiryTimer(CancellationToken);
+
+async fn on_disconnect(s: SocketRef, reason: DisconnectReason) {
+    if let Some(ExpiryTimer(t)) = s.extensions.get::<ExpiryTimer>() {
+        t.cancel();
+    }
+    tracing::debug!(sid = %s.id, ?reason, "disconnected");
+}
+
+/// Emits `session:expired` and disconnects once `exp + leeway` has passed.
+async fn expire_session(s: SocketRef, exp: u64, leeway: u64, cancel: CancellationToken) {
+    let deadline_ms = (exp + leeway).saturating_mul(1000);
+    let wait = Duration::from_millis(deadline_ms.saturating_sub(clock::now_ms()));
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = tokio::time::sleep(wait) => {
+            s.emit("session:expired", &json!({ "timestamp": clock::now_iso() })).ok();
+            s.disconnect().ok();
+        }
+    }
+}
+
+/// How a handler answers: the ACK callback when the client sent one, else an `error` event on
+/// failure (PROTOCOL.md §2). Extracted once per event, before the payload.
+pub struct Responder {
+    socket: SocketRef,
+    ack: AckSender,
+    has_ack: bool,
+    event: String,
+}
+
+impl FromMessageParts<LocalAdapter> for Responder {
+    type Error = Infallible;
+
+    fn from_message_parts(
+        s: &Arc<Socket<LocalAdapter>>,
+        v: &mut socketioxide::handler::Value,
+        ack_id: &Option<i64>,
+    ) -> Result<Self, Infallible> {
+        let event = Event::from_message_parts(s, v, ack_id)
+            .map(|e| e.0)
+            .unwrap_or_default();
+        let Ok(socket) = SocketRef::from_message_parts(s, v, ack_id);
+        let Ok(ack) = AckSender::from_message_parts(s, v, ack_id);
+        Ok(Responder {
+            socket,
+            ack,
+            has_ack: ack_id.is_some(),
+            event,
+        })
+    }
+}
+
+impl Responder {
+    /// The socket that sent the event.
+    pub fn socket(&self) -> &SocketRef {
+        &self.socket
+    }
+
+    /// The name of the event being answered.
+    pub fn event_name(&self) -> &str {
+        &self.event
+    }
+
+    /// The verified identity of the socket's user.
+    pub fn identity(&self) -> Option<Arc<Identity>> {
+        self.socket.extensions.get::<Arc<Identity>>()
+    }
+
+    /// Answers success with `body`.
+    pub fn ok(self, body: Value) {
+        self.ack.send(&body).ok();
+    }
+
+    /// Answers failure with the standard failure ACK.
+    pub fn fail(self, err: ClientError) {
+        let body = err.ack();
+        self.fail_with(err, body);
+    }
+
+    /// Answers failure with a custom ACK body (e.g. `chat:send`'s `status: FAILED`).
+    pub fn fail_with(self, err: ClientError, ack_body: Value) {
+        if self.has_ack {
+            self.ack.send(&ack_body).ok();
+        } else {
+            self.socket
+                .emit(
+                    "error",
+                    &json!({ "event": self.event, "code": err.code.as_str(), "message": err.message }),
+                )
+                .ok();
+        }
+    }
+
+    /// Answers with `result`: `ok(body)` or `fail(err)`.
+    pub fn reply(self, result: Result<Value, ClientError>) {
+        match result {
+            Ok(body) => self.ok(body),
+            Err(e) => self.fail(e),
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! fanout: a real-time gateway node. Clients speak Socket.IO to any node; Redis is the shared
+//! brain.
+//!
+//! Data flows one way — socket event → [`gateway`] handler → domain logic ([`chat`]) → Redis
+//! (a script from `lua/`, or an `XADD` to the [`backplane`]) → the backplane reader on every
+//! node → local room delivery. The modules:
+//!
+//! - [`config`]: every setting, from flags and environment.
+//! - [`auth`]: JWT verification at the handshake.
+//! - [`gateway`]: Socket.IO handlers, one file per event family.
+//! - [`chat`]: chat domain logic and membership.
+//! - [`backplane`]: Redis Streams between nodes: publish, reader loop, local delivery.
+//! - [`api`]: the internal HTTP API.
+//! - [`redis`]: connections, scripts, and every key name.
+//! - [`client`]: a minimal Socket.IO client for tests and the load generator.
+//!
+//! [`run`] starts a node on listeners the caller bound (tests bind port 0).
+
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod auth;
+pub mod backplane;
+pub mod chat;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod health;
+pub mod redis;
+pub mod server;
+pub mod validate;
+
+pub use config::Config;
+pub use server::{Listeners, RunError, run};

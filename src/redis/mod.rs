@@ -1,0 +1,53 @@
+//! Redis access: connections, the Lua scripts, and (in [`keys`]) every key name.
+//!
+//! A node holds one multiplexed [`ConnectionManager`] for ordinary commands — Redis is
+//! single-threaded, so one pipelined connection carries a node's whole load and reconnects by
+//! itself — and opens a dedicated connection without a response timeout for each blocking
+//! reader (an `XREAD BLOCK` on the shared connection would stall every command behind it).
+
+pub mod keys;
+pub mod scripts;
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client};
+
+/// How long an ordinary command may take before the caller gets `UNAVAILABLE`.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a connection attempt may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Parses and checks a Redis URL.
+pub fn parse_url(url: &str) -> redis::RedisResult<Client> {
+    Client::open(url)
+}
+
+/// The shared, self-reconnecting connection for ordinary commands. Created lazily, so a node
+/// starts (and reports not-ready) while Redis is down.
+pub fn command_connection(client: &Client) -> redis::RedisResult<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(COMMAND_TIMEOUT))
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        // Fail fast while Redis is away: callers answer UNAVAILABLE and the next command
+        // tries again, instead of every caller waiting through a long retry schedule.
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_lazy_with_config(client.clone(), config)
+}
+
+/// A dedicated connection for blocking reads: no response timeout, never shared.
+pub async fn blocking_connection(client: &Client) -> redis::RedisResult<MultiplexedConnection> {
+    let config = AsyncConnectionConfig::new()
+        .set_response_timeout(None)
+        .set_connection_timeout(Some(CONNECT_TIMEOUT));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
+/// True when Redis answers PING within the command timeout.
+pub async fn ping(conn: &mut ConnectionManager) -> bool {
+    let res: redis::RedisResult<String> = redis::cmd("PING").query_async(conn).await;
+    res.is_ok()
+}

@@ -1,0 +1,211 @@
+//! Wiring and lifetime of one node: builds the services, serves both ports, runs the background
+//! tasks, and shuts everything down in order when the root token is cancelled.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use redis::aio::ConnectionManager;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::api::{self, ApiState};
+use crate::auth::Authenticator;
+use crate::backplane::{Backplane, reader};
+use crate::chat::{ChatSettings, Chats};
+use crate::config::Config;
+use crate::gateway::{self, App, IoLimits};
+use crate::health::Health;
+
+/// The two listening sockets of a node.
+pub struct Listeners {
+    /// Public port: Socket.IO, /healthz, /readyz.
+    pub public: TcpListener,
+    /// Internal port: /api/v1, /metrics.
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds `BIND_ADDR:PORT` and `BIND_ADDR:ADMIN_PORT`.
+    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        Ok(Listeners {
+            public: TcpListener::bind(SocketAddr::new(config.bind_addr, config.port)).await?,
+            admin: TcpListener::bind(SocketAddr::new(config.bind_addr, config.admin_port)).await?,
+        })
+    }
+}
+
+/// Why a node stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A setting was rejected.
+    #[error("{0}")]
+    Config(String),
+    /// Serving failed.
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Clone)]
+struct PublicState {
+    conn: ConnectionManager,
+    health: Arc<Health>,
+}
+
+/// Runs a node until `shutdown` is cancelled, then drains and returns.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    config.validate().map_err(RunError::Config)?;
+    let node_id: Arc<str> = config
+        .node_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+        .into();
+    let client = crate::redis::parse_url(&config.redis_url())
+        .map_err(|e| RunError::Config(format!("invalid setting REDIS_URL: {e}")))?;
+    let conn = crate::redis::command_connection(&client)
+        .map_err(|e| RunError::Config(format!("invalid setting REDIS_URL: {e}")))?;
+    let auth = Authenticator::from_config(&config).map_err(RunError::Config)?;
+
+    let health = Arc::new(Health::default());
+    let tasks = TaskTracker::new();
+    let backplane = Backplane::new(
+        conn.clone(),
+        node_id.to_string(),
+        config.backplane_shards,
+        config.backplane_maxlen,
+    );
+    let chats = Chats::new(
+        conn.clone(),
+        backplane.clone(),
+        ChatSettings {
+            history_maxlen: config.history_maxlen,
+            history_ttl_secs: config.history_ttl_secs,
+            dedup_ttl_secs: config.dedup_ttl_secs,
+        },
+    );
+    let app = App {
+        chats: chats.clone(),
+        auth,
+        node_id: node_id.clone(),
+        max_message_bytes: config.max_message_bytes,
+        health: health.clone(),
+        tasks: tasks.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let (io_layer, io) = gateway::build(
+        app,
+        IoLimits {
+            ws_max_message_bytes: config.ws_max_message_bytes,
+            socket_buffer_packets: config.socket_buffer_packets,
+        },
+    );
+
+    // The reader positions itself at the newest entries before the node reports ready; the
+    // handshake refuses sockets until then, so none can miss an entry.
+    let reader_stop = CancellationToken::new();
+    tasks.spawn(reader::run(
+        client.clone(),
+        io.clone(),
+        node_id.clone(),
+        config.backplane_shards,
+        health.clone(),
+        reader_stop.clone(),
+    ));
+
+    let public = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(PublicState {
+            conn: conn.clone(),
+            health: health.clone(),
+        })
+        .layer(io_layer)
+        .layer(cors(&config.cors_origins));
+    let admin = api::router(ApiState {
+        chats,
+        api_key: config.api_key.clone().into(),
+    });
+
+    tracing::info!(
+        node = %node_id,
+        public = %listeners.public.local_addr()?,
+        admin = %listeners.admin.local_addr()?,
+        "fanout node started"
+    );
+
+    // Servers stop once the sockets are closed; the drain task closes them.
+    let servers_stop = CancellationToken::new();
+    let public_srv = axum::serve(listeners.public, public)
+        .with_graceful_shutdown(servers_stop.clone().cancelled_owned());
+    let admin_srv = axum::serve(listeners.admin, admin)
+        .with_graceful_shutdown(servers_stop.clone().cancelled_owned());
+    let serving = tokio::spawn(async move { tokio::try_join!(public_srv, admin_srv).map(|_| ()) });
+
+    shutdown.cancelled().await;
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    tracing::info!(node = %node_id, "draining");
+    health.set_draining();
+    let drain = async {
+        io.close().await;
+        servers_stop.cancel();
+        reader_stop.cancel();
+        tasks.close();
+        tasks.wait().await;
+    };
+    if tokio::time::timeout(grace, drain).await.is_err() {
+        tracing::warn!("drain did not finish within SHUTDOWN_GRACE_SECS; exiting anyway");
+        servers_stop.cancel();
+        reader_stop.cancel();
+    }
+    match tokio::time::timeout(Duration::from_secs(1), serving).await {
+        Ok(Ok(Err(e))) => return Err(RunError::Io(e)),
+        Ok(_) | Err(_) => {}
+    }
+    tracing::info!(node = %node_id, "stopped");
+    Ok(())
+}
+
+/// 200 when Redis answers and the backplane reader is reading; 503 otherwise.
+async fn readyz(State(st): State<PublicState>) -> impl IntoResponse {
+    let mut conn = st.conn.clone();
+    let redis_ok = crate::redis::ping(&mut conn).await;
+    let reader = st.health.reader_running();
+    let draining = st.health.draining();
+    let ready = redis_ok && reader && !draining;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(json!({ "ready": ready, "redis": redis_ok, "backplaneReader": reader, "draining": draining })),
+    )
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter(|o| !o.is_empty())
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    if origins.is_empty() {
+        CorsLayer::permissive()
+    } else {
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_credentials(true)
+    }
+}

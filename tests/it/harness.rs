@@ -1,0 +1,416 @@
+//! Test harness: private `redis-server` processes on free ports, fanout nodes in-process (or as
+//! processes of the built binary), tokens, Socket.IO clients and a tiny HTTP client. Everything
+//! it starts is killed when its handle drops.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fanout::client::{Client, ConnectOptions};
+use fanout::{Config, Listeners};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// The JWT secret every test node uses.
+pub const SECRET: &str = "test-secret";
+/// The API key every test node uses.
+pub const API_KEY: &str = "test-api-key";
+/// Default wait for an event that should arrive.
+pub const WAIT: Duration = Duration::from_secs(5);
+/// Window in which an event that should NOT arrive is watched for.
+pub const QUIET: Duration = Duration::from_millis(600);
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A private redis-server on a free port, killed on drop.
+pub struct Redis {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Redis {
+    /// Starts redis-server with keyspace notifications on and no persistence.
+    pub async fn start() -> Redis {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut r = Redis {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        r.spawn().await;
+        r
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--notify-keyspace-events",
+                "Ex",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (make test installs it)");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if self.ping().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn ping(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
+        let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+            return false;
+        };
+        redis::cmd("PING").query_async::<String>(&mut c).await.is_ok()
+    }
+
+    /// A fresh connection for assertions.
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection")
+    }
+
+    /// Kills the server (its data is lost: no persistence).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+
+    /// Starts it again, empty, on the same port.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Per-node settings a test may change.
+#[derive(Clone, Debug, Default)]
+pub struct NodeOpts {
+    pub extra: Vec<(String, String)>,
+}
+
+impl NodeOpts {
+    pub fn with(mut self, flag: &str, value: &str) -> Self {
+        self.extra.push((flag.to_owned(), value.to_owned()));
+        self
+    }
+}
+
+fn config_args(redis_url: &str, node_id: &str, port: u16, admin: u16, opts: &NodeOpts) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "fanout",
+        "--bind-addr",
+        "127.0.0.1",
+        "--redis-url",
+        redis_url,
+        "--jwt-secret",
+        SECRET,
+        "--api-key",
+        API_KEY,
+        "--node-id",
+        node_id,
+        "--port",
+        &port.to_string(),
+        "--admin-port",
+        &admin.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for (k, v) in &opts.extra {
+        args.push(format!("--{k}"));
+        args.push(v.clone());
+    }
+    args
+}
+
+/// A fanout node running inside the test's runtime.
+pub struct Node {
+    pub id: String,
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<Result<(), fanout::RunError>>>,
+}
+
+impl Node {
+    /// Starts a node on free ports and waits until it is ready.
+    pub async fn start(redis: &Redis, id: &str) -> Node {
+        Self::start_with(redis, id, NodeOpts::default()).await
+    }
+
+    /// Starts a node with extra flags (`("history-maxlen", "5")`).
+    pub async fn start_with(redis: &Redis, id: &str, opts: NodeOpts) -> Node {
+        init_logs();
+        let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (pa, aa) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
+        let config = Config::try_from_args(config_args(&redis.url(), id, pa.port(), aa.port(), &opts))
+            .expect("test config");
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(fanout::run(config, Listeners { public, admin }, stop.clone()));
+        let node = Node {
+            id: id.to_owned(),
+            public: pa,
+            admin: aa,
+            stop,
+            task: Some(task),
+        };
+        node.wait_ready().await;
+        node
+    }
+
+    /// `http://127.0.0.1:<public port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.public)
+    }
+
+    pub async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if http(self.public, "GET", "/readyz", None, None).await.map(|r| r.0) == Some(200) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("node {} never became ready", self.id);
+    }
+
+    /// Stops the node and waits for it to finish.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.task.take() {
+            let r = tokio::time::timeout(Duration::from_secs(15), t).await;
+            assert!(r.is_ok(), "node {} did not stop", self.id);
+        }
+    }
+
+    /// Internal API call with the right key.
+    pub async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let auth = format!("Bearer {API_KEY}");
+        http(self.admin, method, path, body.map(|b| b.to_string()).as_deref(), Some(&auth))
+            .await
+            .expect("api reachable")
+    }
+
+    /// Creates a chat with members through the API.
+    pub async fn create_chat(&self, chat_id: &str, members: &[&str]) {
+        let (status, body) = self
+            .api("POST", "/api/v1/chats", Some(json!({ "chatId": chat_id, "members": members })))
+            .await;
+        assert_eq!(status, 201, "create chat: {body}");
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// A fanout node as a separate OS process of the built binary (for kill -9 tests).
+pub struct NodeProcess {
+    pub id: String,
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+    child: Option<Child>,
+}
+
+impl NodeProcess {
+    pub async fn spawn(redis: &Redis, id: &str, opts: NodeOpts) -> NodeProcess {
+        let (port, admin) = (free_port(), free_port());
+        let args = config_args(&redis.url(), id, port, admin, &opts);
+        let child = Command::new(env!("CARGO_BIN_EXE_fanout"))
+            .args(&args[1..])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn fanout binary");
+        let p = NodeProcess {
+            id: id.to_owned(),
+            public: SocketAddr::from(([127, 0, 0, 1], port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin)),
+            child: Some(child),
+        };
+        for _ in 0..400 {
+            if http(p.public, "GET", "/readyz", None, None).await.map(|r| r.0) == Some(200) {
+                return p;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("node process {id} never became ready");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.public)
+    }
+
+    /// SIGKILL: no drain, no cleanup.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        Command::new("kill").args(["-TERM", &c.id().to_string()]).status().ok();
+        c.wait().ok()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Logs of in-process nodes go to the test output when `RUST_LOG` is set.
+pub fn init_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var("RUST_LOG").is_ok() {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .init();
+        }
+    });
+}
+
+/// A valid token for `user`, one hour.
+pub fn token(user: &str) -> String {
+    fanout::auth::mint_hs256(SECRET, user, fanout::auth::now_secs() + 3600, None).expect("mint")
+}
+
+/// Connects `user` to a node with `auth.token`.
+pub async fn connect(url: &str, user: &str) -> Client {
+    Client::connect(url, ConnectOptions {
+        auth: Some(json!({ "token": token(user) })),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("connect {user}: {e}"))
+}
+
+/// Emits with an ACK and returns it (panics on timeout: every event must be answered).
+pub async fn ack(c: &Client, event: &str, data: Value) -> Value {
+    c.emit_with_ack(event, data, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{event} ack: {e}"))
+}
+
+/// A minimal HTTP/1.1 request; returns status and JSON body (Null when not JSON).
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    authorization: Option<&str>,
+) -> Option<(u16, Value)> {
+    let raw = http_raw(addr, method, path, body.map(str::as_bytes), authorization, "application/json").await?;
+    Some((raw.0, serde_json::from_str(&raw.1).unwrap_or(Value::Null)))
+}
+
+/// Like [`http`] with a raw body; returns status and body text.
+pub async fn http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    authorization: Option<&str>,
+    content_type: &str,
+) -> Option<(u16, String)> {
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let body = body.unwrap_or(b"");
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if let Some(a) = authorization {
+            req.push_str(&format!("Authorization: {a}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        s.write_all(body).await.ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf).to_string();
+        let status: u16 = text.split_whitespace().nth(1)?.parse().ok()?;
+        let (head, rest) = text.split_once("\r\n\r\n")?;
+        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            dechunk(rest)
+        } else {
+            rest.to_owned()
+        };
+        Some((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut).await.ok()?
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Repo root (for scripts and fixtures).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}

@@ -1,0 +1,6 @@
+//! Integration tests: real redis-server processes, real nodes on real sockets, real
+//! Socket.IO clients. One test binary (faster to build than one per file).
+
+mod harness;
+
+mod chat;
