@@ -1,9 +1,11 @@
--- chat_send: accept one chat message atomically (membership, dedup, offset, history append).
+-- chat_send: accept one chat message atomically — membership, dedup, offset, history append,
+-- and the backplane envelope that carries it to every node.
 --
--- KEYS[1] = chat:{<chatId>}:members   SET of member user ids
--- KEYS[2] = chat:{<chatId>}:meta      HASH seq (last offset), epoch
--- KEYS[3] = chat:{<chatId>}:log       STREAM of messages, entry id 0-<offset>
--- KEYS[4] = chat:{<chatId>}:dedup:<sender>|<clientMsgId>  STRING (unused when ARGV[3] == '')
+-- KEYS[1] = fanout:{s<n>}:chat:<chatId>:members   SET of member user ids
+-- KEYS[2] = fanout:{s<n>}:chat:<chatId>:meta      HASH seq (last offset), epoch
+-- KEYS[3] = fanout:{s<n>}:chat:<chatId>:log       STREAM of messages, entry id 0-<offset>
+-- KEYS[4] = fanout:{s<n>}:chat:<chatId>:dedup:<sender>|<clientMsgId>  STRING (unused when ARGV[3] == '')
+-- KEYS[5] = fanout:{s<n>}:bp                      STREAM: the chat's backplane shard
 -- ARGV[1] = sender user id
 -- ARGV[2] = message id (UUIDv7 chosen by the node)
 -- ARGV[3] = clientMsgId, or '' when the client sent none
@@ -14,12 +16,18 @@
 -- ARGV[8] = HISTORY_MAXLEN (exact trim)
 -- ARGV[9] = HISTORY_TTL_SECS (the log's idle lifetime, refreshed on every append)
 -- ARGV[10] = dedup TTL in seconds
+-- ARGV[11] = chat id
+-- ARGV[12] = the chat's room name (chat:<chatId>)
+-- ARGV[13] = publishing node id (stream field n)
+-- ARGV[14] = backplane MAXLEN (approximate trim)
 --
 -- returns {'forbidden'}                                      sender is not a member
---      or {'dup', messageId, offset, epoch, createdAt}        same (sender, clientMsgId) seen: first ACK again
---      or {'new', messageId, offset, epoch, createdAt}        appended with this offset
+--      or {'dup', messageId, offset, epoch, createdAt}        same (sender, clientMsgId) seen: first ACK again, nothing published
+--      or {'new', messageId, offset, epoch, createdAt}        appended to history and published
 --
--- All keys share the chat's hash tag, so this runs on one slot of a Redis Cluster too.
+-- Every key carries the shard's hash tag, so this runs on one slot of a Redis Cluster too.
+-- Appending to history and to the shard stream in one step is what keeps delivery order equal
+-- to offset order on every node.
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then
   return {'forbidden'}
 end
@@ -47,5 +55,13 @@ redis.call('EXPIRE', KEYS[3], ARGV[9])
 if ARGV[3] ~= '' then
   redis.call('SET', KEYS[4], cjson.encode({ARGV[2], offset, epoch, ARGV[6]}), 'EX', ARGV[10])
 end
+
+local message = {
+  id = ARGV[2], chatId = ARGV[11], senderId = ARGV[1],
+  clientMsgId = (ARGV[3] ~= '' and ARGV[3]) or cjson.null,
+  type = ARGV[4], content = ARGV[5], createdAt = ARGV[6], offset = offset, epoch = epoch,
+}
+local envelope = cjson.encode({{emit = {rooms = {ARGV[12]}, event = 'chat:message', data = message}}})
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[14], '*', 'n', ARGV[13], 'e', envelope)
 
 return {'new', ARGV[2], offset, epoch, ARGV[6]}

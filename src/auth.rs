@@ -28,7 +28,9 @@ pub struct Identity {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
     /// No token in `auth.token` nor in the Authorization header.
-    #[error("UNAUTHORIZED: missing token (send it as auth.token or an Authorization: Bearer header)")]
+    #[error(
+        "UNAUTHORIZED: missing token (send it as auth.token or an Authorization: Bearer header)"
+    )]
     Missing,
     /// `exp` has passed.
     #[error("UNAUTHORIZED: token expired")]
@@ -96,16 +98,24 @@ impl Authenticator {
         let mut validation = Validation::new(alg);
         validation.leeway = config.jwt_leeway_secs;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured issuer/audience must also be present: a token without it is refused.
+        let mut required = vec!["exp", "sub"];
         match &config.jwt_issuer {
-            Some(iss) => validation.set_issuer(&[iss]),
+            Some(iss) => {
+                validation.set_issuer(&[iss]);
+                required.push("iss");
+            }
             None => validation.iss = None,
         }
         match &config.jwt_audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             // PROTOCOL.md §8: when no audience is configured, a token's `aud` is not checked.
             None => validation.validate_aud = false,
         }
+        validation.set_required_spec_claims(&required);
         Ok(Authenticator { key, validation })
     }
 
@@ -116,8 +126,8 @@ impl Authenticator {
 
     /// Verifies a token and returns who it belongs to.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let data = decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
-            match e.kind() {
+        let data =
+            decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 ErrorKind::InvalidSignature => AuthError::BadSignature,
@@ -128,8 +138,7 @@ impl Authenticator {
                 ErrorKind::InvalidAudience => AuthError::WrongClaim("audience"),
                 ErrorKind::MissingRequiredClaim(c) => AuthError::Invalid(format!("missing {c}")),
                 _ => AuthError::Invalid(e.to_string()),
-            }
-        })?;
+            })?;
         let c = data.claims;
         if !is_valid_id(&c.sub) {
             return Err(AuthError::Invalid(
@@ -232,7 +241,11 @@ mod tests {
                 b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
             let mut out = String::new();
             for chunk in input.chunks(3) {
-                let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+                let b = [
+                    chunk[0],
+                    *chunk.get(1).unwrap_or(&0),
+                    *chunk.get(2).unwrap_or(&0),
+                ];
                 let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
                 for i in 0..=chunk.len() {
                     out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);

@@ -227,7 +227,8 @@ impl Config {
         {
             return Err("invalid setting NODE_ID: 1-128 characters of [A-Za-z0-9_.:@-]".into());
         }
-        crate::redis::parse_url(&self.redis_url()).map_err(|e| format!("invalid setting REDIS_URL: {e}"))?;
+        crate::redis::parse_url(&self.redis_url())
+            .map_err(|e| format!("invalid setting REDIS_URL: {e}"))?;
         Ok(())
     }
 
@@ -258,7 +259,10 @@ impl Config {
                     );
                 }
                 let pem = std::fs::read(path).map_err(|e| {
-                    format!("invalid setting JWT_PUBLIC_KEY_FILE: {}: {e}", path.display())
+                    format!(
+                        "invalid setting JWT_PUBLIC_KEY_FILE: {}: {e}",
+                        path.display()
+                    )
                 })?;
                 Ok(JwtKey::PublicKeyPem(pem, alg))
             }
@@ -349,7 +353,14 @@ mod tests {
     #[test]
     fn redis_url_from_parts() {
         let mut args = base();
-        args.extend(["--redis-host", "h", "--redis-port", "1", "--redis-password", "p"]);
+        args.extend([
+            "--redis-host",
+            "h",
+            "--redis-port",
+            "1",
+            "--redis-password",
+            "p",
+        ]);
         let c = Config::try_from_args(args).expect("valid");
         assert_eq!(c.redis_url(), "redis://:p@h:1/0");
     }

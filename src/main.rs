@@ -23,7 +23,10 @@ async fn main() -> std::process::ExitCode {
     let listeners = match Listeners::bind(&config).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("fanout: cannot listen on {}:{}/{}: {e}", config.bind_addr, config.port, config.admin_port);
+            eprintln!(
+                "fanout: cannot listen on {}:{}/{}: {e}",
+                config.bind_addr, config.port, config.admin_port
+            );
             return std::process::ExitCode::from(1);
         }
     };

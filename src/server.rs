@@ -169,9 +169,8 @@ pub async fn run(
         servers_stop.cancel();
         reader_stop.cancel();
     }
-    match tokio::time::timeout(Duration::from_secs(1), serving).await {
-        Ok(Ok(Err(e))) => return Err(RunError::Io(e)),
-        Ok(_) | Err(_) => {}
+    if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(1), serving).await {
+        return Err(RunError::Io(e));
     }
     tracing::info!(node = %node_id, "stopped");
     Ok(())
@@ -191,7 +190,9 @@ async fn readyz(State(st): State<PublicState>) -> impl IntoResponse {
     };
     (
         status,
-        axum::Json(json!({ "ready": ready, "redis": redis_ok, "backplaneReader": reader, "draining": draining })),
+        axum::Json(
+            json!({ "ready": ready, "redis": redis_ok, "backplaneReader": reader, "draining": draining }),
+        ),
     )
 }
 

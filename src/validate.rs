@@ -46,7 +46,10 @@ pub fn id_field_of(
 }
 
 /// An optional string field (`null` counts as absent).
-pub fn opt_str<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<Option<&'a str>, ClientError> {
+pub fn opt_str<'a>(
+    obj: &'a Map<String, Value>,
+    field: &str,
+) -> Result<Option<&'a str>, ClientError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -95,10 +98,18 @@ mod tests {
     fn fields_name_themselves() {
         let v = json!({"chatId": 5, "n": -1, "b": "x"});
         let o = object(&v).unwrap();
-        assert_eq!(id_field(o, "chatId").unwrap_err().message, "chatId must be a string");
+        assert_eq!(
+            id_field(o, "chatId").unwrap_err().message,
+            "chatId must be a string"
+        );
         assert_eq!(id_field(o, "x").unwrap_err().message, "x is required");
         assert!(opt_u64(o, "n").unwrap_err().message.contains("n must be"));
-        assert!(bool_field(o, "b").unwrap_err().message.contains("b must be a boolean"));
+        assert!(
+            bool_field(o, "b")
+                .unwrap_err()
+                .message
+                .contains("b must be a boolean")
+        );
         assert!(object(&json!([1])).is_err());
     }
 }

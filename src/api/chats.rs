@@ -9,11 +9,18 @@ use serde_json::json;
 use super::{ApiError, ApiState, id_list, json_body, path_id};
 
 /// `POST /api/v1/chats {chatId, members}` → 201; emits `chat:created`.
-pub async fn create(State(st): State<ApiState>, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+pub async fn create(
+    State(st): State<ApiState>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
     let body = json_body(&body)?;
     let chat_id = match body.get("chatId").and_then(|v| v.as_str()) {
         Some(id) => path_id(id, "chatId")?,
-        None => return Err(ApiError::bad_request("chatId is required and must be a string")),
+        None => {
+            return Err(ApiError::bad_request(
+                "chatId is required and must be a string",
+            ));
+        }
     };
     let members = id_list(&body, "members")?;
     st.chats.create_chat(&chat_id, &members).await?;
@@ -67,8 +74,12 @@ pub async fn remove_member(
     let chat_id = path_id(&chat_id, "chatId")?;
     let user_id = path_id(&user_id, "userId")?;
     if st.chats.remove_member(&chat_id, &user_id).await? {
-        Ok(axum::Json(json!({ "chatId": chat_id, "userId": user_id, "removed": true })))
+        Ok(axum::Json(
+            json!({ "chatId": chat_id, "userId": user_id, "removed": true }),
+        ))
     } else {
-        Err(ApiError::not_found(format!("{user_id} is not a member of chat {chat_id}")))
+        Err(ApiError::not_found(format!(
+            "{user_id} is not a member of chat {chat_id}"
+        )))
     }
 }

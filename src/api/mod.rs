@@ -63,8 +63,9 @@ async fn require_key(State(state): State<ApiState>, req: Request, next: Next) ->
         Some(key) if constant_time_eq(key.as_bytes(), state.api_key.as_bytes()) => {
             next.run(req).await
         }
-        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "wrong API key")
-            .into_response(),
+        Some(_) => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "wrong API key").into_response()
+        }
         None => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "UNAUTHORIZED",
@@ -125,9 +126,7 @@ impl From<MembershipError> for ApiError {
     fn from(e: MembershipError) -> Self {
         let unavailable = match &e {
             MembershipError::Redis(r) => is_unavailable(r),
-            MembershipError::Publish(crate::backplane::PublishError::Redis(r)) => {
-                is_unavailable(r)
-            }
+            MembershipError::Publish(crate::backplane::PublishError::Redis(r)) => is_unavailable(r),
             MembershipError::Publish(_) => false,
         };
         if unavailable {
@@ -155,7 +154,10 @@ pub fn json_body(body: &Bytes) -> Result<serde_json::Map<String, Value>, ApiErro
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "PAYLOAD_TOO_LARGE",
-            format!("body is {} bytes, more than the {BODY_LIMIT} allowed", body.len()),
+            format!(
+                "body is {} bytes, more than the {BODY_LIMIT} allowed",
+                body.len()
+            ),
         ));
     }
     let value: Value = serde_json::from_slice(body)

@@ -1,6 +1,6 @@
 //! The backplane: how an event reaches the sockets of every node.
 //!
-//! Redis Streams model: a fixed number of shard streams (`fanout:bp:{<n>}`, see
+//! Redis Streams model: a fixed number of shard streams (`fanout:{s<n>}:bp`, see
 //! [`crate::redis::keys::backplane_shard`]). Every cross-node event is an [`Envelope`] — a list of
 //! room [`Action`]s — appended with `XADD MAXLEN ~` to the shard of its routing key (a chat id,
 //! a user id). One routing key always maps to one shard, and one stream is totally ordered, so
@@ -126,6 +126,16 @@ impl Backplane {
         self.shards
     }
 
+    /// The publishing node's id (stream field `n`).
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Approximate MAXLEN of each shard stream.
+    pub fn maxlen(&self) -> u64 {
+        self.maxlen
+    }
+
     /// Appends `envelope` to the shard of `routing_key`; returns the stream entry id.
     pub async fn publish(
         &self,
@@ -133,7 +143,7 @@ impl Backplane {
         envelope: &Envelope,
     ) -> Result<String, PublishError> {
         let body = serde_json::to_string(envelope)?;
-        let key = keys::backplane_shard(shard_of(routing_key, self.shards));
+        let key = keys::backplane_shard(keys::shard_of(routing_key, self.shards));
         let mut conn = self.conn.clone();
         let id: String = redis::cmd("XADD")
             .arg(&key)
@@ -149,58 +159,11 @@ impl Backplane {
             .await?;
         Ok(id)
     }
-
-    /// Like [`publish`](Self::publish), retried a few times over about a second: used after a
-    /// message is already accepted into history, where giving up would only delay receivers
-    /// until their next gap check.
-    pub async fn publish_with_retry(
-        &self,
-        routing_key: &str,
-        envelope: &Envelope,
-    ) -> Result<String, PublishError> {
-        let mut delay = std::time::Duration::from_millis(50);
-        let mut attempt = 0;
-        loop {
-            match self.publish(routing_key, envelope).await {
-                Ok(id) => return Ok(id),
-                Err(PublishError::Redis(e)) if attempt < 4 && crate::error::is_unavailable(&e) => {
-                    attempt += 1;
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-}
-
-/// The shard of a routing key: FNV-1a, stable across nodes, builds and restarts.
-pub fn shard_of(routing_key: &str, shards: u16) -> u16 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in routing_key.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    (h % u64::from(shards.max(1))) as u16
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shard_is_stable_and_in_range() {
-        assert_eq!(shard_of("chat:42", 8), shard_of("chat:42", 8));
-        for i in 0..1000 {
-            assert!(shard_of(&format!("c{i}"), 8) < 8);
-        }
-        // Spread: 1000 keys over 8 shards should touch every shard.
-        let mut seen = [false; 8];
-        for i in 0..1000 {
-            seen[shard_of(&format!("c{i}"), 8) as usize] = true;
-        }
-        assert!(seen.iter().all(|s| *s));
-    }
 
     #[test]
     fn envelope_round_trips() {
@@ -209,8 +172,12 @@ mod tests {
                 of: vec!["user:a".into()],
                 join: vec!["chat:1".into()],
             },
-            Action::emit(vec!["chat:1".into()], "chat:created", &serde_json::json!({"x": 1}))
-                .unwrap(),
+            Action::emit(
+                vec!["chat:1".into()],
+                "chat:created",
+                &serde_json::json!({"x": 1}),
+            )
+            .unwrap(),
         ];
         let s = serde_json::to_string(&env).unwrap();
         let back: Envelope = serde_json::from_str(&s).unwrap();

@@ -139,7 +139,9 @@ async fn apply(io: &SocketIo, node_id: &str, entry: &StreamId) {
     match serde_json::from_str::<Envelope>(&body) {
         Ok(actions) => deliver::apply(io, node_id, &origin, &actions).await,
         // A newer node may publish an action this build does not know: skip it, keep reading.
-        Err(e) => tracing::warn!(id = %entry.id, error = %e, "undecodable backplane entry; skipped"),
+        Err(e) => {
+            tracing::warn!(id = %entry.id, error = %e, "undecodable backplane entry; skipped")
+        }
     }
 }
 

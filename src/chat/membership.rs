@@ -42,7 +42,11 @@ struct ChatDeleted<'a> {
 impl Chats {
     /// Creates a chat (or adds to an existing one) and emits `chat:created` to each member's
     /// sockets, which also join the chat's room.
-    pub async fn create_chat(&self, chat_id: &str, members: &[String]) -> Result<(), MembershipError> {
+    pub async fn create_chat(
+        &self,
+        chat_id: &str,
+        members: &[String],
+    ) -> Result<(), MembershipError> {
         self.store_members(chat_id, members).await?;
         let user_rooms: Vec<String> = members.iter().map(|u| user_room(u)).collect();
         let created = ChatCreated {
@@ -62,7 +66,11 @@ impl Chats {
     }
 
     /// Adds members; their live sockets on every node join the chat's room.
-    pub async fn add_members(&self, chat_id: &str, users: &[String]) -> Result<(), MembershipError> {
+    pub async fn add_members(
+        &self,
+        chat_id: &str,
+        users: &[String],
+    ) -> Result<(), MembershipError> {
         self.store_members(chat_id, users).await?;
         let envelope = vec![Action::Join {
             of: users.iter().map(|u| user_room(u)).collect(),
@@ -77,7 +85,7 @@ impl Chats {
         let mut conn = self.conn.clone();
         let (removed, _): (i64, i64) = redis::pipe()
             .cmd("SREM")
-            .arg(keys::chat_members(chat_id))
+            .arg(self.keys(chat_id).members())
             .arg(user)
             .cmd("SREM")
             .arg(keys::user_chats(user))
@@ -98,7 +106,7 @@ impl Chats {
     pub async fn members(&self, chat_id: &str) -> Result<Vec<String>, MembershipError> {
         let mut conn = self.conn.clone();
         let mut users: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys::chat_members(chat_id))
+            .arg(self.keys(chat_id).members())
             .query_async(&mut conn)
             .await?;
         users.sort();
@@ -108,23 +116,25 @@ impl Chats {
     /// Deletes a chat: its members, sequence and history; emits `chat:deleted` to the room and
     /// makes every socket leave it. Returns false if the chat did not exist.
     pub async fn delete_chat(&self, chat_id: &str) -> Result<bool, MembershipError> {
+        let k = self.keys(chat_id);
         let mut conn = self.conn.clone();
         let (members, meta_exists): (Vec<String>, bool) = redis::pipe()
             .cmd("SMEMBERS")
-            .arg(keys::chat_members(chat_id))
+            .arg(k.members())
             .cmd("EXISTS")
-            .arg(keys::chat_meta(chat_id))
+            .arg(k.meta())
             .query_async(&mut conn)
             .await?;
         if members.is_empty() && !meta_exists {
             return Ok(false);
         }
         // The chat's own keys go first, so a send racing the deletion is refused as FORBIDDEN.
+        // Its dedup keys are left to expire.
         let mut pipe = redis::pipe();
         pipe.cmd("DEL")
-            .arg(keys::chat_members(chat_id))
-            .arg(keys::chat_meta(chat_id))
-            .arg(keys::chat_log(chat_id))
+            .arg(k.members())
+            .arg(k.meta())
+            .arg(k.log())
             .ignore();
         for user in &members {
             pipe.cmd("SREM")
@@ -139,7 +149,8 @@ impl Chats {
         };
         let room = chat_room(chat_id);
         let envelope = vec![
-            Action::emit(vec![room.clone()], "chat:deleted", &deleted).map_err(PublishError::from)?,
+            Action::emit(vec![room.clone()], "chat:deleted", &deleted)
+                .map_err(PublishError::from)?,
             Action::Leave {
                 of: vec![room.clone()],
                 leave: vec![room],
@@ -155,7 +166,7 @@ impl Chats {
         }
         let mut pipe = redis::pipe();
         pipe.cmd("SADD")
-            .arg(keys::chat_members(chat_id))
+            .arg(self.keys(chat_id).members())
             .arg(users)
             .ignore();
         for user in users {

@@ -2,9 +2,10 @@
 //! belongs to which chat. It never sees a socket: the gateway hands it validated requests and
 //! turns its results into ACKs.
 //!
-//! A `chat:send` costs two Redis round trips: `chat_send.lua` (membership, dedup, offset,
-//! history append — atomic on the chat's slot) and the backplane `XADD` to the chat's shard.
-//! The message is ACCEPTED once the script returned: it is in history whatever happens next.
+//! A `chat:send` costs one Redis round trip: `chat_send.lua` checks membership and dedup,
+//! assigns the offset, appends to history and to the chat's backplane shard, atomically on one
+//! slot. The message is ACCEPTED once the script returned: it is in history and on its way to
+//! every node, in offset order.
 
 pub mod membership;
 
@@ -134,11 +135,16 @@ impl Chats {
         }
     }
 
+    /// The Redis keys of a chat in this deployment.
+    pub(crate) fn keys(&self, chat_id: &str) -> keys::ChatKeys {
+        keys::ChatKeys::new(chat_id, self.backplane.shards())
+    }
+
     /// `FORBIDDEN` unless `user` is a member of `chat_id`.
     pub async fn require_member(&self, user: &str, chat_id: &str) -> Result<(), ClientError> {
         let mut conn = self.conn.clone();
         let member: bool = redis::cmd("SISMEMBER")
-            .arg(keys::chat_members(chat_id))
+            .arg(self.keys(chat_id).members())
             .arg(user)
             .query_async(&mut conn)
             .await
@@ -176,6 +182,9 @@ impl Chats {
             history_maxlen: self.settings.history_maxlen,
             history_ttl_secs: self.settings.history_ttl_secs,
             dedup_ttl_secs: self.settings.dedup_ttl_secs,
+            shards: self.backplane.shards(),
+            node_id: self.backplane.node_id(),
+            backplane_maxlen: self.backplane.maxlen(),
         });
         let mut conn = self.conn.clone();
         let reply: Vec<Value> = scripts::invoke(&scripts::CHAT_SEND, &mut conn, call)
@@ -195,32 +204,6 @@ impl Chats {
             })
         })()
         .ok_or_else(|| ClientError::internal(&format!("unexpected chat_send reply {reply:?}")))?;
-        if accepted.duplicate {
-            return Ok(accepted);
-        }
-        let message = ChatMessage {
-            id: accepted.message_id.clone(),
-            chat_id: req.chat_id.clone(),
-            sender_id: sender.to_owned(),
-            client_msg_id: req.client_msg_id.clone(),
-            kind: req.kind.clone(),
-            content: req.content.clone(),
-            created_at: accepted.created_at.clone(),
-            offset: accepted.offset,
-            epoch: accepted.epoch.clone(),
-        };
-        let action = Action::emit(vec![chat_room(&req.chat_id)], "chat:message", &message)
-            .map_err(|e| ClientError::internal(&e))?;
-        if let Err(e) = self
-            .backplane
-            .publish_with_retry(&req.chat_id, &vec![action])
-            .await
-        {
-            // Accepted is already true (the message is in history); receivers see the gap at the
-            // next message and fetch it with chat:history.
-            tracing::error!(chat = %req.chat_id, offset = accepted.offset, error = %e,
-                "accepted message could not be published live");
-        }
         Ok(accepted)
     }
 
@@ -234,7 +217,7 @@ impl Chats {
         limit: u32,
     ) -> Result<History, ClientError> {
         let limit = limit.clamp(1, HISTORY_MAX_LIMIT);
-        let call = scripts::chat_history_call(reader, chat_id, since, epoch, limit);
+        let call = scripts::chat_history_call(&self.keys(chat_id), reader, since, epoch, limit);
         let mut conn = self.conn.clone();
         let reply: Vec<Value> = scripts::invoke(&scripts::CHAT_HISTORY, &mut conn, call)
             .await
@@ -242,8 +225,9 @@ impl Chats {
         if reply.first().and_then(as_string).as_deref() == Some("forbidden") {
             return Err(forbidden(chat_id));
         }
-        parse_history(chat_id, &reply)
-            .ok_or_else(|| ClientError::internal(&format!("unexpected chat_history reply {reply:?}")))
+        parse_history(chat_id, &reply).ok_or_else(|| {
+            ClientError::internal(&format!("unexpected chat_history reply {reply:?}"))
+        })
     }
 
     /// Publishes a typing indicator to the chat's room, except the typing socket.
@@ -267,7 +251,12 @@ impl Chats {
     }
 
     /// Publishes a read receipt to the whole chat room, the reader's socket included.
-    pub async fn read(&self, user: &str, chat_id: &str, message_id: &str) -> Result<(), ClientError> {
+    pub async fn read(
+        &self,
+        user: &str,
+        chat_id: &str,
+        message_id: &str,
+    ) -> Result<(), ClientError> {
         self.require_member(user, chat_id).await?;
         let data = serde_json::json!({
             "chatId": chat_id,

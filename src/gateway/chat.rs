@@ -193,7 +193,10 @@ async fn history(r: Responder, State(app): State<App>, data: Payload) {
             .map(|l| l.clamp(1, u64::from(HISTORY_MAX_LIMIT)) as u32)
             .unwrap_or(HISTORY_DEFAULT_LIMIT);
         let user = identity(&r)?;
-        let h = app.chats.history(&user, &chat_id, since, epoch, limit).await?;
+        let h = app
+            .chats
+            .history(&user, &chat_id, since, epoch, limit)
+            .await?;
         Ok(json!({
             "success": true,
             "messages": h.messages,
@@ -229,11 +232,20 @@ mod tests {
         let e = |v| parse_send(&obj(v), "chatId", 10).unwrap_err().message;
         assert_eq!(e(json!({"content": "hi"})), "chatId is required");
         assert_eq!(e(json!({"chatId": "c"})), "content is required");
-        assert_eq!(e(json!({"chatId": "c", "content": 5})), "content must be a string");
-        assert_eq!(e(json!({"chatId": "c", "content": ""})), "content must not be empty");
+        assert_eq!(
+            e(json!({"chatId": "c", "content": 5})),
+            "content must be a string"
+        );
+        assert_eq!(
+            e(json!({"chatId": "c", "content": ""})),
+            "content must not be empty"
+        );
         assert!(e(json!({"chatId": "c", "content": "x".repeat(11)})).contains("11 bytes"));
         assert!(e(json!({"chatId": "c", "content": "x", "type": "video"})).contains("type"));
-        assert!(e(json!({"chatId": "c", "content": "x", "clientMsgId": "a".repeat(65)})).contains("clientMsgId"));
+        assert!(
+            e(json!({"chatId": "c", "content": "x", "clientMsgId": "a".repeat(65)}))
+                .contains("clientMsgId")
+        );
         assert!(e(json!({"chatId": "c d", "content": "x"})).contains("chatId"));
     }
 }

@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use socketioxide::SocketIo;
 use socketioxide::adapter::LocalAdapter;
 use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
 use socketioxide::handler::{ConnectHandler, FromMessageParts};
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::{DisconnectReason, Socket};
-use socketioxide::SocketIo;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -69,13 +69,12 @@ pub fn build(app: App, limits: IoLimits) -> (SocketIoLayer, SocketIo) {
     (layer, io)
 }
 
-/// The user's chats read at the handshake, joined by the connect handler.
-#[derive(Clone)]
-struct InitialChats(Arc<Vec<String>>);
-
 /// Connect middleware: verifies the token (from `auth.token`, else the `Authorization: Bearer`
-/// header; never the query string) and reads the user's chats, so the socket is in all its
-/// rooms when the client's `connect` fires. A refusal becomes the client's `connect_error`.
+/// header; never the query string), reads the user's chats, then registers the event handlers
+/// and joins the socket's rooms — all before socketioxide sends the CONNECT packet. The connect
+/// handler runs later, as a separate task, so events a client sends right after its `connect`
+/// fired would otherwise find no handler and be dropped. A refusal becomes the client's
+/// `connect_error`, and socketioxide removes the socket from any room it joined here.
 async fn authenticate(
     s: SocketRef,
     State(app): State<App>,
@@ -107,10 +106,26 @@ async fn authenticate(
         tracing::warn!(error = %e, "handshake refused: redis unavailable");
         HandshakeError::Unavailable
     })?;
+
+    chat::register(&s);
+    presence::register(&s);
+    routing::register(&s);
+    s.on_disconnect(on_disconnect);
+
+    let mut rooms = vec![user_room(&identity.user_id)];
+    if let Some(role) = &identity.role_context_id {
+        rooms.push(role_room(role));
+    }
+    rooms.extend(chats.iter().map(|c| chat_room(c)));
+    s.join(rooms);
     s.extensions.insert(Arc::new(identity));
     s.extensions.insert(InitialChats(Arc::new(chats)));
     Ok(())
 }
+
+/// The chats read at the handshake, kept until the connect handler's second read.
+#[derive(Clone)]
+struct InitialChats(Arc<Vec<String>>);
 
 /// Why a handshake was refused; `Display` is the `connect_error` message.
 #[derive(Debug, thiserror::Error)]
@@ -121,54 +136,55 @@ enum HandshakeError {
     Unavailable,
 }
 
+/// Runs once the socket is connected: starts its token-expiry timer and re-reads its chats.
 async fn on_connect(s: SocketRef, State(app): State<App>) {
-    // Handlers first, before any await: events that arrive earlier would be dropped.
-    chat::register(&s);
-    presence::register(&s);
-    routing::register(&s);
-
     let Some(identity) = s.extensions.get::<Arc<Identity>>() else {
         // Only reachable if the middleware did not run; never serve an anonymous socket.
         s.disconnect().ok();
         return;
     };
-    let mut rooms = vec![user_room(&identity.user_id)];
-    if let Some(role) = &identity.role_context_id {
-        rooms.push(role_room(role));
-    }
-    if let Some(InitialChats(chats)) = s.extensions.remove::<InitialChats>() {
-        rooms.extend(chats.iter().map(|c| chat_room(c)));
-    }
-    s.join(rooms);
-
     let expiry = app.shutdown.child_token();
     s.extensions.insert(ExpiryTimer(expiry.clone()));
-    s.on_disconnect(on_disconnect);
-    app.tasks
-        .spawn(expire_session(s.clone(), identity.exp, app.auth.leeway_secs(), expiry));
+    app.tasks.spawn(expire_session(
+        s.clone(),
+        identity.exp,
+        app.auth.leeway_secs(),
+        expiry,
+    ));
 
-    // A membership change published between the handshake's read and the room joins above
-    // would be missed; one more read closes that window.
+    // A membership change published between the handshake's read and the room joins would be
+    // missed; one more read closes that window.
     reconcile_chats(&s, &app, &identity).await;
     tracing::debug!(sid = %s.id, user = %identity.user_id, transport = ?s.transport_type(), "connected");
 }
 
+/// Applies membership changes that happened between the handshake's read of the user's chats
+/// and the socket joining its `user:` room (the backplane Join/Leave for them was applied before
+/// the socket could be selected by it). Only the difference is applied, so a `chat:leave` the
+/// client already sent is not undone.
 async fn reconcile_chats(s: &SocketRef, app: &App, identity: &Identity) {
-    let Ok(chats) = app.chats.chats_of(&identity.user_id).await else {
+    let Some(InitialChats(initial)) = s.extensions.remove::<InitialChats>() else {
         return;
     };
-    let want: std::collections::HashSet<String> = chats.iter().map(|c| chat_room(c)).collect();
-    let have: Vec<String> = s
-        .rooms()
-        .into_iter()
-        .map(|r| r.to_string())
-        .filter(|r| r.starts_with("chat:"))
+    let Ok(now) = app.chats.chats_of(&identity.user_id).await else {
+        return;
+    };
+    let added: Vec<String> = now
+        .iter()
+        .filter(|c| !initial.contains(c))
+        .map(|c| chat_room(c))
         .collect();
-    let stale: Vec<String> = have.iter().filter(|r| !want.contains(*r)).cloned().collect();
-    if !stale.is_empty() {
-        s.leave(stale);
+    let removed: Vec<String> = initial
+        .iter()
+        .filter(|c| !now.contains(c))
+        .map(|c| chat_room(c))
+        .collect();
+    if !added.is_empty() {
+        s.join(added);
     }
-    s.join(want.into_iter().collect::<Vec<_>>());
+    if !removed.is_empty() {
+        s.leave(removed);
+    }
 }
 
 #[derive(Clone)]

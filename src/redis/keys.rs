@@ -1,28 +1,74 @@
 //! Every Redis key and stream name fanout uses, built in this one place.
 //!
-//! Keys of one chat share the hash tag `{<chatId>}`, keys of one user share `{<userId>}`, so every
-//! Lua script touches a single hash slot and the layout runs unchanged on Redis Cluster. Ids are
-//! validated to `[A-Za-z0-9_.:@-]` before they reach here, so they can never contain a brace and
-//! break a tag; `|` (outside that set) separates the two ids of a dedup key unambiguously.
+//! Hash tags decide which keys share a Redis Cluster slot (only keys of one slot may meet in a
+//! script). A chat's keys share the tag of its backplane shard, `{s<n>}`: `chat_send.lua` appends
+//! to the chat's history AND to the shard stream in one atomic step, which is what makes every
+//! node deliver a chat's messages in offset order (two separate writes from two nodes could land
+//! in the shard stream in the other order). A user's keys share the tag `{<userId>}`.
+//!
+//! Ids are validated to `[A-Za-z0-9_.:@-]` before they reach here, so they never contain a brace
+//! that would change a tag; `|` (outside that set) separates the two ids of a dedup key.
+//!
+//! `BACKPLANE_SHARDS` therefore fixes where chat data lives: every node of a deployment must use
+//! the same value, and changing it orphans existing chat keys.
 
-/// SET of the user ids that are members of a chat.
-pub fn chat_members(chat_id: &str) -> String {
-    format!("chat:{{{chat_id}}}:members")
+/// The shard of a routing key (a chat id, a user id): FNV-1a, stable across nodes, builds and
+/// restarts.
+pub fn shard_of(routing_key: &str, shards: u16) -> u16 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in routing_key.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % u64::from(shards.max(1))) as u16
 }
 
-/// HASH of a chat's sequence: `seq` (last offset, HINCRBY) and `epoch` (life of the sequence).
-pub fn chat_meta(chat_id: &str) -> String {
-    format!("chat:{{{chat_id}}}:meta")
+/// STREAM of backplane shard `n`: every node reads all shards.
+pub fn backplane_shard(n: u16) -> String {
+    format!("fanout:{{s{n}}}:bp")
 }
 
-/// STREAM of a chat's retained messages; entry id `0-<offset>`.
-pub fn chat_log(chat_id: &str) -> String {
-    format!("chat:{{{chat_id}}}:log")
+/// The keys of one chat, all on the slot of its shard.
+#[derive(Debug, Clone)]
+pub struct ChatKeys {
+    prefix: String,
+    shard: u16,
 }
 
-/// STRING remembering the ACK of `(sender, clientMsgId)` in one chat, with a TTL.
-pub fn chat_dedup(chat_id: &str, sender: &str, client_msg_id: &str) -> String {
-    format!("chat:{{{chat_id}}}:dedup:{sender}|{client_msg_id}")
+impl ChatKeys {
+    /// The keys of `chat_id` in a deployment with `shards` backplane shards.
+    pub fn new(chat_id: &str, shards: u16) -> ChatKeys {
+        let shard = shard_of(chat_id, shards);
+        ChatKeys {
+            prefix: format!("fanout:{{s{shard}}}:chat:{chat_id}"),
+            shard,
+        }
+    }
+
+    /// SET of the user ids that are members of the chat.
+    pub fn members(&self) -> String {
+        format!("{}:members", self.prefix)
+    }
+
+    /// HASH of the chat's sequence: `seq` (last offset) and `epoch` (life of the sequence).
+    pub fn meta(&self) -> String {
+        format!("{}:meta", self.prefix)
+    }
+
+    /// STREAM of the chat's retained messages; entry id `0-<offset>`.
+    pub fn log(&self) -> String {
+        format!("{}:log", self.prefix)
+    }
+
+    /// STRING remembering the ACK of `(sender, clientMsgId)` in this chat, with a TTL.
+    pub fn dedup(&self, sender: &str, client_msg_id: &str) -> String {
+        format!("{}:dedup:{sender}|{client_msg_id}", self.prefix)
+    }
+
+    /// The backplane shard stream the chat's events travel on.
+    pub fn stream(&self) -> String {
+        backplane_shard(self.shard)
+    }
 }
 
 /// SET of the chat ids a user is a member of.
@@ -30,27 +76,38 @@ pub fn user_chats(user_id: &str) -> String {
     format!("user:{{{user_id}}}:chats")
 }
 
-/// STREAM of backplane shard `n`: every node reads all shards.
-pub fn backplane_shard(n: u16) -> String {
-    format!("fanout:bp:{{{n}}}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn tag(key: &str) -> &str {
+        let start = key.find('{').expect("tag");
+        let end = key[start..].find('}').expect("tag end") + start;
+        &key[start + 1..end]
+    }
+
     #[test]
-    fn chat_keys_share_one_hash_tag() {
-        for k in [
-            chat_members("42"),
-            chat_meta("42"),
-            chat_log("42"),
-            chat_dedup("42", "u:1", "m-1"),
-        ] {
-            assert!(k.starts_with("chat:{42}:"), "{k}");
+    fn a_chats_keys_and_its_stream_share_one_hash_tag() {
+        let k = ChatKeys::new("42", 8);
+        let t = tag(&k.stream()).to_owned();
+        for key in [k.members(), k.meta(), k.log(), k.dedup("u:1", "m-1")] {
+            assert_eq!(tag(&key), t, "{key}");
+            assert!(key.contains(":chat:42:"), "{key}");
         }
-        assert_eq!(chat_dedup("c", "a:b", "c"), "chat:{c}:dedup:a:b|c");
+        assert!(k.dedup("a:b", "c").ends_with(":dedup:a:b|c"));
         assert_eq!(user_chats("7"), "user:{7}:chats");
-        assert_eq!(backplane_shard(3), "fanout:bp:{3}");
+        assert_eq!(backplane_shard(3), "fanout:{s3}:bp");
+    }
+
+    #[test]
+    fn shard_is_stable_spread_and_in_range() {
+        assert_eq!(shard_of("chat:42", 8), shard_of("chat:42", 8));
+        let mut seen = [false; 8];
+        for i in 0..1000 {
+            let s = shard_of(&format!("c{i}"), 8);
+            assert!(s < 8);
+            seen[s as usize] = true;
+        }
+        assert!(seen.iter().all(|s| *s));
     }
 }

@@ -40,16 +40,24 @@ pub struct SendArgs<'a> {
     pub history_ttl_secs: u64,
     /// Dedup window in seconds.
     pub dedup_ttl_secs: u64,
+    /// Backplane shard count (decides the keys' hash tag).
+    pub shards: u16,
+    /// Publishing node id.
+    pub node_id: &'a str,
+    /// Backplane MAXLEN.
+    pub backplane_maxlen: u64,
 }
 
 /// KEYS and ARGV of `chat_send.lua`.
 pub fn chat_send_call(a: &SendArgs<'_>) -> (Vec<String>, Vec<String>) {
     let cmid = a.client_msg_id.unwrap_or("");
+    let k = keys::ChatKeys::new(a.chat_id, a.shards);
     let keys = vec![
-        keys::chat_members(a.chat_id),
-        keys::chat_meta(a.chat_id),
-        keys::chat_log(a.chat_id),
-        keys::chat_dedup(a.chat_id, a.sender, cmid),
+        k.members(),
+        k.meta(),
+        k.log(),
+        k.dedup(a.sender, cmid),
+        k.stream(),
     ];
     let args = vec![
         a.sender.to_owned(),
@@ -62,24 +70,24 @@ pub fn chat_send_call(a: &SendArgs<'_>) -> (Vec<String>, Vec<String>) {
         a.history_maxlen.to_string(),
         a.history_ttl_secs.to_string(),
         a.dedup_ttl_secs.to_string(),
+        a.chat_id.to_owned(),
+        format!("chat:{}", a.chat_id),
+        a.node_id.to_owned(),
+        a.backplane_maxlen.to_string(),
     ];
     (keys, args)
 }
 
 /// KEYS and ARGV of `chat_history.lua`.
 pub fn chat_history_call(
+    k: &keys::ChatKeys,
     reader: &str,
-    chat_id: &str,
     since: Option<u64>,
     epoch: Option<&str>,
     limit: u32,
 ) -> (Vec<String>, Vec<String>) {
     (
-        vec![
-            keys::chat_members(chat_id),
-            keys::chat_meta(chat_id),
-            keys::chat_log(chat_id),
-        ],
+        vec![k.members(), k.meta(), k.log()],
         vec![
             since.map(|s| s.to_string()).unwrap_or_default(),
             epoch.unwrap_or("").to_owned(),
@@ -127,20 +135,43 @@ mod tests {
             history_maxlen: 10,
             history_ttl_secs: 20,
             dedup_ttl_secs: 30,
+            shards: 1,
+            node_id: "n1",
+            backplane_maxlen: 40,
         });
         assert_eq!(
             k,
-            ["chat:{c1}:members", "chat:{c1}:meta", "chat:{c1}:log", "chat:{c1}:dedup:u1|"]
+            [
+                "fanout:{s0}:chat:c1:members",
+                "fanout:{s0}:chat:c1:meta",
+                "fanout:{s0}:chat:c1:log",
+                "fanout:{s0}:chat:c1:dedup:u1|",
+                "fanout:{s0}:bp"
+            ]
         );
-        assert_eq!(a, ["u1", "m", "", "text", "hi", "t", "e", "10", "20", "30"]);
+        assert_eq!(
+            a,
+            [
+                "u1", "m", "", "text", "hi", "t", "e", "10", "20", "30", "c1", "chat:c1", "n1",
+                "40"
+            ]
+        );
     }
 
     #[test]
     fn history_call_uses_empty_strings_for_absent_values() {
-        let (k, a) = chat_history_call("u", "c", None, None, 100);
-        assert_eq!(k, ["chat:{c}:members", "chat:{c}:meta", "chat:{c}:log"]);
+        let ck = keys::ChatKeys::new("c", 1);
+        let (k, a) = chat_history_call(&ck, "u", None, None, 100);
+        assert_eq!(
+            k,
+            [
+                "fanout:{s0}:chat:c:members",
+                "fanout:{s0}:chat:c:meta",
+                "fanout:{s0}:chat:c:log"
+            ]
+        );
         assert_eq!(a, ["", "", "100", "u"]);
-        let (_, a) = chat_history_call("u", "c", Some(5), Some("ep"), 7);
+        let (_, a) = chat_history_call(&ck, "u", Some(5), Some("ep"), 7);
         assert_eq!(a, ["5", "ep", "7", "u"]);
     }
 }

@@ -93,7 +93,10 @@ impl Redis {
         let Ok(mut c) = client.get_multiplexed_async_connection().await else {
             return false;
         };
-        redis::cmd("PING").query_async::<String>(&mut c).await.is_ok()
+        redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .is_ok()
     }
 
     /// A fresh connection for assertions.
@@ -139,7 +142,13 @@ impl NodeOpts {
     }
 }
 
-fn config_args(redis_url: &str, node_id: &str, port: u16, admin: u16, opts: &NodeOpts) -> Vec<String> {
+fn config_args(
+    redis_url: &str,
+    node_id: &str,
+    port: u16,
+    admin: u16,
+    opts: &NodeOpts,
+) -> Vec<String> {
     let mut args: Vec<String> = [
         "fanout",
         "--bind-addr",
@@ -185,13 +194,22 @@ impl Node {
     /// Starts a node with extra flags (`("history-maxlen", "5")`).
     pub async fn start_with(redis: &Redis, id: &str, opts: NodeOpts) -> Node {
         init_logs();
-        let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let public = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let (pa, aa) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
-        let config = Config::try_from_args(config_args(&redis.url(), id, pa.port(), aa.port(), &opts))
-            .expect("test config");
+        let config =
+            Config::try_from_args(config_args(&redis.url(), id, pa.port(), aa.port(), &opts))
+                .expect("test config");
         let stop = CancellationToken::new();
-        let task = tokio::spawn(fanout::run(config, Listeners { public, admin }, stop.clone()));
+        let task = tokio::spawn(fanout::run(
+            config,
+            Listeners { public, admin },
+            stop.clone(),
+        ));
         let node = Node {
             id: id.to_owned(),
             public: pa,
@@ -210,7 +228,11 @@ impl Node {
 
     pub async fn wait_ready(&self) {
         for _ in 0..200 {
-            if http(self.public, "GET", "/readyz", None, None).await.map(|r| r.0) == Some(200) {
+            if http(self.public, "GET", "/readyz", None, None)
+                .await
+                .map(|r| r.0)
+                == Some(200)
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -230,15 +252,25 @@ impl Node {
     /// Internal API call with the right key.
     pub async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let auth = format!("Bearer {API_KEY}");
-        http(self.admin, method, path, body.map(|b| b.to_string()).as_deref(), Some(&auth))
-            .await
-            .expect("api reachable")
+        http(
+            self.admin,
+            method,
+            path,
+            body.map(|b| b.to_string()).as_deref(),
+            Some(&auth),
+        )
+        .await
+        .expect("api reachable")
     }
 
     /// Creates a chat with members through the API.
     pub async fn create_chat(&self, chat_id: &str, members: &[&str]) {
         let (status, body) = self
-            .api("POST", "/api/v1/chats", Some(json!({ "chatId": chat_id, "members": members })))
+            .api(
+                "POST",
+                "/api/v1/chats",
+                Some(json!({ "chatId": chat_id, "members": members })),
+            )
             .await;
         assert_eq!(status, 201, "create chat: {body}");
     }
@@ -279,7 +311,11 @@ impl NodeProcess {
             child: Some(child),
         };
         for _ in 0..400 {
-            if http(p.public, "GET", "/readyz", None, None).await.map(|r| r.0) == Some(200) {
+            if http(p.public, "GET", "/readyz", None, None)
+                .await
+                .map(|r| r.0)
+                == Some(200)
+            {
                 return p;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -302,7 +338,10 @@ impl NodeProcess {
     /// SIGTERM and wait for the exit status.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
-        Command::new("kill").args(["-TERM", &c.id().to_string()]).status().ok();
+        Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .ok();
         c.wait().ok()
     }
 }
@@ -333,10 +372,13 @@ pub fn token(user: &str) -> String {
 
 /// Connects `user` to a node with `auth.token`.
 pub async fn connect(url: &str, user: &str) -> Client {
-    Client::connect(url, ConnectOptions {
-        auth: Some(json!({ "token": token(user) })),
-        ..Default::default()
-    })
+    Client::connect(
+        url,
+        ConnectOptions {
+            auth: Some(json!({ "token": token(user) })),
+            ..Default::default()
+        },
+    )
     .await
     .unwrap_or_else(|e| panic!("connect {user}: {e}"))
 }
@@ -356,7 +398,15 @@ pub async fn http(
     body: Option<&str>,
     authorization: Option<&str>,
 ) -> Option<(u16, Value)> {
-    let raw = http_raw(addr, method, path, body.map(str::as_bytes), authorization, "application/json").await?;
+    let raw = http_raw(
+        addr,
+        method,
+        path,
+        body.map(str::as_bytes),
+        authorization,
+        "application/json",
+    )
+    .await?;
     Some((raw.0, serde_json::from_str(&raw.1).unwrap_or(Value::Null)))
 }
 
@@ -387,20 +437,27 @@ pub async fn http_raw(
         let text = String::from_utf8_lossy(&buf).to_string();
         let status: u16 = text.split_whitespace().nth(1)?.parse().ok()?;
         let (head, rest) = text.split_once("\r\n\r\n")?;
-        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             dechunk(rest)
         } else {
             rest.to_owned()
         };
         Some((status, body))
     };
-    tokio::time::timeout(Duration::from_secs(10), fut).await.ok()?
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .ok()?
 }
 
 fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || rest.len() < n {
             break;
         }

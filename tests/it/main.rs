@@ -3,4 +3,6 @@
 
 mod harness;
 
+mod auth;
 mod chat;
+mod interop_js;

@@ -1,0 +1,70 @@
+# fanout -- developer entry points.
+#
+#   make up      start a local cluster: Redis + NODES nodes + HAProxy
+#                (e.g. `make up NODES=5 LB_PORT=8081`; Ctrl-C stops it)
+#   make test    what CI runs (.ci/run): fmt check, clippy, tests
+#
+# Settings for `make up` are passed through to deploy/up.sh as environment
+# variables (see the top of that script for the full list and defaults).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+
+# Variables given on the command line (`make up NODES=5`) or present in the
+# environment are exported to the recipes by make itself, so deploy/up.sh sees
+# NODES, NODE_BASE_PORT, ADMIN_BASE_PORT, REDIS_PORT, LB_PORT, STATS_PORT,
+# BIND_ADDR, JWT_SECRET, API_KEY, RUST_LOG, LOG_FORMAT, RUN_DIR, SKIP_BUILD,
+# READY_TIMEOUT, ... without listing them here (an explicit `export` would
+# also export unset ones as empty strings).
+
+.PHONY: help up test build fmt clippy clean-run deploy-check rust-components
+
+help:
+	@echo "make up          start Redis + NODES (default 3) nodes + HAProxy on :8080 (Ctrl-C stops)"
+	@echo "make test        install redis-server if needed, cargo fmt --check, clippy -D warnings, cargo test"
+	@echo "make build       cargo build --release --bins"
+	@echo "make fmt         cargo fmt --all"
+	@echo "make clippy      cargo clippy --all-targets -- -D warnings"
+	@echo "make clean-run   remove .run/ (logs, Redis data of the local cluster)"
+	@echo "make deploy-check  bash -n the scripts and validate deploy/haproxy.cfg"
+
+up:
+	deploy/up.sh
+
+# The test harness starts its own redis-server processes (found on PATH),
+# so redis-server is the only system dependency of the tests.
+test: rust-components
+	deploy/install-deps.sh redis-server
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) test --all-targets -- --test-threads=2
+
+# rustfmt/clippy are missing from rustup's "minimal" profile.
+rust-components:
+	@if ! $(CARGO) fmt --version >/dev/null 2>&1; then rustup component add rustfmt; fi
+	@if ! $(CARGO) clippy --version >/dev/null 2>&1; then rustup component add clippy; fi
+
+build:
+	$(CARGO) build --release --bins
+
+fmt:
+	$(CARGO) fmt --all
+
+clippy:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+clean-run:
+	@if [[ -f .run/up.pid ]] && kill -0 "$$(cat .run/up.pid)" 2>/dev/null; then \
+		echo "deploy/up.sh (pid $$(cat .run/up.pid)) is still running; stop it first (Ctrl-C)" >&2; exit 1; fi
+	rm -rf .run
+
+# Static checks of the deploy scripts/config (no cargo, no binaries needed).
+deploy-check:
+	bash -n deploy/up.sh
+	bash -n deploy/install-deps.sh
+	bash -n .ci/run
+	haproxy -c -f deploy/haproxy.cfg
+	FANOUT_DNS_NAME=fanout haproxy -c -f deploy/haproxy.cfg

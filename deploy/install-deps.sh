@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Install the system tools the local cluster and the test suite need, with
+# apt-get, but only those that are missing. Idempotent: when everything is
+# there it does nothing (and never runs `apt-get update`).
+#
+#   deploy/install-deps.sh                  # all: redis-server haproxy curl
+#   deploy/install-deps.sh redis-server     # only what `make test` needs
+#
+# Tools (command checked with `command -v` -> Debian package):
+#   redis-server -> redis-server  (also brings redis-cli via redis-tools)
+#   haproxy      -> haproxy
+#   curl         -> curl          (used by deploy/up.sh for readiness checks)
+#
+# Services are NOT started by the package install (a temporary
+# /usr/sbin/policy-rc.d denies it), so no system-wide Redis grabs port 6379:
+# deploy/up.sh and the tests start their own redis-server processes.
+set -euo pipefail
+
+declare -A PKG_OF=([redis-server]=redis-server [haproxy]=haproxy [curl]=curl)
+
+if [[ $# -gt 0 ]]; then
+    wanted=("$@")
+else
+    wanted=(redis-server haproxy curl)
+fi
+
+missing_pkgs=()
+for tool in "${wanted[@]}"; do
+    pkg=${PKG_OF[$tool]:-}
+    if [[ -z $pkg ]]; then
+        echo "install-deps: unknown tool '$tool' (known: ${!PKG_OF[*]})" >&2
+        exit 2
+    fi
+    if command -v "$tool" >/dev/null 2>&1; then
+        echo "install-deps: $tool: already installed ($(command -v "$tool"))"
+    else
+        missing_pkgs+=("$pkg")
+    fi
+done
+
+if [[ ${#missing_pkgs[@]} -eq 0 ]]; then
+    exit 0
+fi
+
+echo "install-deps: missing: ${missing_pkgs[*]}"
+
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "install-deps: apt-get not found; please install these yourself: ${missing_pkgs[*]}" >&2
+    exit 1
+fi
+
+SUDO=()
+if [[ $(id -u) -ne 0 ]]; then
+    if command -v sudo >/dev/null 2>&1; then
+        SUDO=(sudo)
+    else
+        echo "install-deps: not root and sudo is not available; run as root or install: ${missing_pkgs[*]}" >&2
+        exit 1
+    fi
+fi
+
+# Keep the packages' init scripts / systemd units from starting daemons
+# (notably a system redis-server on 6379) during the install.
+POLICY=/usr/sbin/policy-rc.d
+policy_created=0
+cleanup_policy() {
+    if [[ $policy_created -eq 1 ]]; then
+        "${SUDO[@]}" rm -f "$POLICY"
+    fi
+}
+trap cleanup_policy EXIT
+if [[ ! -e $POLICY ]]; then
+    printf '#!/bin/sh\n# temporary, created by fanout deploy/install-deps.sh\nexit 101\n' |
+        "${SUDO[@]}" tee "$POLICY" >/dev/null
+    "${SUDO[@]}" chmod 0755 "$POLICY"
+    policy_created=1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+echo "install-deps: apt-get update"
+"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+echo "install-deps: apt-get install ${missing_pkgs[*]}"
+"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+    "${missing_pkgs[@]}" >/dev/null
+
+status=0
+for tool in "${wanted[@]}"; do
+    if command -v "$tool" >/dev/null 2>&1; then
+        :
+    else
+        echo "install-deps: $tool still not found after installing ${PKG_OF[$tool]}" >&2
+        status=1
+    fi
+done
+[[ $status -eq 0 ]] || exit "$status"
+
+for pkg in "${missing_pkgs[@]}"; do
+    version=$(dpkg-query -W -f='${Version}' "$pkg" 2>/dev/null || echo '?')
+    echo "install-deps: installed $pkg $version"
+done

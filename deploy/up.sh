@@ -1,0 +1,419 @@
+#!/usr/bin/env bash
+# Start a local fanout cluster: 1 Redis + NODES gateway nodes + HAProxy.
+# Runs in the foreground; Ctrl-C stops everything (nodes, then HAProxy, then
+# Redis) and exits 0. Usually run as `make up` (e.g. `make up NODES=5`).
+#
+# Settings (environment variables, defaults in brackets):
+#   NODES [3]            number of gateway nodes
+#   NODE_BASE_PORT [3000] node i listens on NODE_BASE_PORT+i (3001, 3002, ...)
+#   ADMIN_BASE_PORT [9100] node i's admin API on ADMIN_BASE_PORT+i (9101, ...)
+#   REDIS_PORT [6379]    first port tried for Redis (6380, 6381... if taken)
+#   LB_PORT [8080]       HAProxy public port (what clients connect to)
+#   STATS_PORT [8404]    HAProxy stats page (http://127.0.0.1:8404/)
+#   BIND_ADDR [127.0.0.1] address the nodes and HAProxy listen on
+#   JWT_SECRET [dev-secret-change-me]   API_KEY [dev-api-key]
+#   RUST_LOG [info]      LOG_FORMAT [text]
+#   RUN_DIR [.run]       logs, Redis data, generated haproxy.cfg, env file
+#   READY_TIMEOUT [30]   seconds to wait for each node's /readyz
+#   SKIP_BUILD [0]       1 = do not run `cargo build --release --bins`
+#   FANOUT_BIN_DIR [${CARGO_TARGET_DIR:-target}/release]  where the binaries are
+#   WITH_PROMETHEUS [0]  not supported yet
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+NODES=${NODES:-3}
+NODE_BASE_PORT=${NODE_BASE_PORT:-3000}
+ADMIN_BASE_PORT=${ADMIN_BASE_PORT:-9100}
+REDIS_PORT=${REDIS_PORT:-6379}
+LB_PORT=${LB_PORT:-8080}
+STATS_PORT=${STATS_PORT:-8404}
+BIND_ADDR=${BIND_ADDR:-127.0.0.1}
+JWT_SECRET=${JWT_SECRET:-dev-secret-change-me}
+API_KEY=${API_KEY:-dev-api-key}
+RUST_LOG=${RUST_LOG:-info}
+LOG_FORMAT=${LOG_FORMAT:-text}
+RUN_DIR=${RUN_DIR:-.run}
+READY_TIMEOUT=${READY_TIMEOUT:-30}
+SKIP_BUILD=${SKIP_BUILD:-0}
+WITH_PROMETHEUS=${WITH_PROMETHEUS:-0}
+
+case $RUN_DIR in /*) ;; *) RUN_DIR="$ROOT/$RUN_DIR" ;; esac
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+case $TARGET_DIR in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
+BIN_DIR=${FANOUT_BIN_DIR:-$TARGET_DIR/release}
+
+log() { printf '[up] %s\n' "$*"; }
+die() { printf '[up] ERROR: %s\n' "$*" >&2; exit 1; }
+
+is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+for v in NODES NODE_BASE_PORT ADMIN_BASE_PORT REDIS_PORT LB_PORT STATS_PORT READY_TIMEOUT; do
+    is_uint "${!v}" || die "$v must be a non-negative integer (got '${!v}')"
+done
+((NODES >= 1 && NODES <= 99)) || die "NODES must be between 1 and 99 (got $NODES)"
+
+if [[ $WITH_PROMETHEUS == 1 ]]; then
+    # TODO(prometheus): start Prometheus scraping each node's ADMIN_PORT/metrics
+    # (and HAProxy's :$STATS_PORT/metrics); added by a later issue.
+    log "WITH_PROMETHEUS=1 is not supported yet (a later issue adds it); continuing without it."
+fi
+
+# Is something accepting TCP connections on 127.0.0.1:$1 ?
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# ----------------------------------------------------------------------------
+# Process bookkeeping and shutdown
+# ----------------------------------------------------------------------------
+NODE_PIDS=()
+HAPROXY_PID=""
+REDIS_PID=""
+CLEANED_UP=0
+LOCK_FILE="$RUN_DIR/up.pid"
+PIDS_FILE="$RUN_DIR/pids" # "<name> <pid>" per child, to clean up after a crash
+
+# Start "$@" in the background in its own session, so that Ctrl-C in the
+# terminal reaches only this script, which then stops the children in order.
+# Output goes to the file $LOG. Sets SPAWNED_PID.
+spawn() {
+    local logfile=$1
+    shift
+    if command -v setsid >/dev/null 2>&1; then
+        setsid "$@" >>"$logfile" 2>&1 </dev/null &
+    else
+        "$@" >>"$logfile" 2>&1 </dev/null &
+    fi
+    SPAWNED_PID=$!
+    echo "$(basename "$1") $SPAWNED_PID" >>"$PIDS_FILE"
+}
+
+# stop_pids SIGNAL GRACE_SECS NAME PID... : signal, wait up to GRACE, then KILL.
+stop_pids() {
+    local sig=$1 grace=$2 name=$3
+    shift 3
+    local pids=() p
+    for p in "$@"; do
+        [[ -n $p ]] && kill -0 "$p" 2>/dev/null && pids+=("$p")
+    done
+    ((${#pids[@]})) || return 0
+    log "stopping $name (SIG$sig) ..."
+    kill -s "$sig" "${pids[@]}" 2>/dev/null || true
+    local deadline=$((SECONDS + grace)) alive
+    while :; do
+        alive=()
+        for p in "${pids[@]}"; do
+            kill -0 "$p" 2>/dev/null && alive+=("$p")
+        done
+        ((${#alive[@]})) || break
+        if ((SECONDS >= deadline)); then
+            log "$name still running after ${grace}s, sending SIGKILL to ${alive[*]}"
+            kill -s KILL "${alive[@]}" 2>/dev/null || true
+            break
+        fi
+        sleep 0.2
+    done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+
+cleanup() {
+    ((CLEANED_UP)) && return 0
+    CLEANED_UP=1
+    trap '' INT TERM
+    stop_pids TERM 20 "nodes" "${NODE_PIDS[@]}"
+    stop_pids TERM 5 "haproxy" "$HAPROXY_PID"
+    stop_pids TERM 10 "redis" "$REDIS_PID"
+    rm -f "$LOCK_FILE" "$PIDS_FILE"
+}
+on_signal() {
+    echo
+    log "shutting down ..."
+    cleanup
+    log "all stopped (logs are in $RUN_DIR)"
+    exit 0
+}
+on_exit() {
+    local rc=$?
+    if ((!CLEANED_UP)) && { ((${#NODE_PIDS[@]})) || [[ -n $HAPROXY_PID$REDIS_PID ]]; }; then
+        cleanup
+    fi
+    exit "$rc"
+}
+trap on_signal INT TERM
+trap on_exit EXIT
+
+# ----------------------------------------------------------------------------
+# 1. Dependencies, build, run dir
+# ----------------------------------------------------------------------------
+mkdir -p "$RUN_DIR"
+if [[ -f $LOCK_FILE ]]; then
+    other=$(cat "$LOCK_FILE" 2>/dev/null || true)
+    if [[ -n $other ]] && kill -0 "$other" 2>/dev/null; then
+        die "a cluster started by deploy/up.sh (pid $other) is already running with RUN_DIR=$RUN_DIR; stop it first (Ctrl-C in its terminal or: kill $other)"
+    fi
+    rm -f "$LOCK_FILE"
+fi
+# A previous up.sh that was killed hard (SIGKILL, closed terminal...) may have
+# left its children running: stop those (only pids it recorded, and only if
+# they still run one of our programs).
+if [[ -f $PIDS_FILE ]]; then
+    stale=()
+    while read -r _ pid; do
+        [[ $pid =~ ^[0-9]+$ ]] || continue
+        kill -0 "$pid" 2>/dev/null || continue
+        cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)
+        case $cmd in *redis-server* | *haproxy* | *fanout*) stale+=("$pid") ;; esac
+    done <"$PIDS_FILE"
+    if ((${#stale[@]})); then
+        log "stopping leftovers of a previous run that did not shut down: pids ${stale[*]}"
+        kill -s TERM "${stale[@]}" 2>/dev/null || true
+        for _ in $(seq 1 50); do
+            alive=()
+            for pid in "${stale[@]}"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
+            ((${#alive[@]})) || break
+            sleep 0.2
+        done
+        ((${#alive[@]})) && kill -s KILL "${alive[@]}" 2>/dev/null
+    fi
+    rm -f "$PIDS_FILE"
+fi
+echo $$ >"$LOCK_FILE"
+
+"$ROOT/deploy/install-deps.sh" redis-server haproxy curl
+
+if [[ $SKIP_BUILD != 1 ]]; then
+    log "cargo build --release --bins"
+    cargo build --release --bins
+fi
+FANOUT_BIN="$BIN_DIR/fanout"
+TOKEN_BIN="$BIN_DIR/fanout-token"
+[[ -x $FANOUT_BIN ]] || die "node binary not found: $FANOUT_BIN (build with: cargo build --release --bins)"
+
+mkdir -p "$RUN_DIR/redis"
+# Keep the previous run's logs around as *.log.prev.
+for f in "$RUN_DIR"/*.log; do
+    [[ -e $f ]] && mv -f "$f" "$f.prev"
+done
+
+# ----------------------------------------------------------------------------
+# 2. Ports
+# ----------------------------------------------------------------------------
+node_port() { echo $((NODE_BASE_PORT + $1)); }
+admin_port() { echo $((ADMIN_BASE_PORT + $1)); }
+
+busy=()
+for ((i = 1; i <= NODES; i++)); do
+    port_in_use "$(node_port "$i")" && busy+=("$(node_port "$i") (node-$i)")
+    port_in_use "$(admin_port "$i")" && busy+=("$(admin_port "$i") (node-$i admin)")
+done
+port_in_use "$LB_PORT" && busy+=("$LB_PORT (LB_PORT)")
+port_in_use "$STATS_PORT" && busy+=("$STATS_PORT (STATS_PORT)")
+if ((${#busy[@]})); then
+    die "ports already in use: ${busy[*]}; free them or choose others (NODE_BASE_PORT, ADMIN_BASE_PORT, LB_PORT, STATS_PORT)"
+fi
+
+requested_redis_port=$REDIS_PORT
+for ((tries = 0; tries < 50; tries++)); do
+    port_in_use "$REDIS_PORT" || break
+    REDIS_PORT=$((REDIS_PORT + 1))
+done
+port_in_use "$REDIS_PORT" && die "no free port for Redis in $requested_redis_port..$REDIS_PORT"
+if ((REDIS_PORT != requested_redis_port)); then
+    log "port $requested_redis_port is already taken by another process; using $REDIS_PORT for Redis instead"
+fi
+REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+
+# ----------------------------------------------------------------------------
+# 3. Redis
+# ----------------------------------------------------------------------------
+log "starting redis-server on 127.0.0.1:$REDIS_PORT (data: $RUN_DIR/redis, log: $RUN_DIR/redis.log)"
+spawn "$RUN_DIR/redis.log" redis-server "$ROOT/deploy/redis.conf" \
+    --port "$REDIS_PORT" --dir "$RUN_DIR/redis"
+REDIS_PID=$SPAWNED_PID
+
+redis_ping() {
+    # Plain RESP over bash's /dev/tcp: no redis-cli needed.
+    local reply=""
+    exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT" || return 1
+    printf 'PING\r\n' >&3
+    IFS= read -r -t 2 reply <&3 || true
+    exec 3>&- 3<&-
+    [[ $reply == "+PONG"* ]]
+}
+deadline=$((SECONDS + 15))
+until redis_ping 2>/dev/null; do
+    if ! kill -0 "$REDIS_PID" 2>/dev/null; then
+        tail -n 20 "$RUN_DIR/redis.log" >&2 || true
+        die "redis-server exited during startup (log above: $RUN_DIR/redis.log)"
+    fi
+    ((SECONDS < deadline)) || die "redis-server did not answer PING within 15s (see $RUN_DIR/redis.log)"
+    sleep 0.2
+done
+
+# ----------------------------------------------------------------------------
+# 4. Nodes
+# ----------------------------------------------------------------------------
+for ((i = 1; i <= NODES; i++)); do
+    log "starting node-$i on $BIND_ADDR:$(node_port "$i") (admin $(admin_port "$i"), log: $RUN_DIR/node-$i.log)"
+    spawn "$RUN_DIR/node-$i.log" env \
+        PORT="$(node_port "$i")" \
+        ADMIN_PORT="$(admin_port "$i")" \
+        BIND_ADDR="$BIND_ADDR" \
+        REDIS_URL="$REDIS_URL" \
+        JWT_SECRET="$JWT_SECRET" \
+        API_KEY="$API_KEY" \
+        NODE_ID="node-$i" \
+        RUST_LOG="$RUST_LOG" \
+        LOG_FORMAT="$LOG_FORMAT" \
+        "$FANOUT_BIN"
+    NODE_PIDS+=("$SPAWNED_PID")
+done
+
+http_status() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" 2>/dev/null || true; }
+
+fail_node() {
+    local i=$1 why=$2
+    {
+        echo "----- last 30 lines of $RUN_DIR/node-$i.log -----"
+        tail -n 30 "$RUN_DIR/node-$i.log" 2>/dev/null || true
+        echo "-----"
+    } >&2
+    die "node-$i $why"
+}
+
+start_time=$SECONDS
+for ((i = 1; i <= NODES; i++)); do
+    url="http://127.0.0.1:$(node_port "$i")/readyz"
+    pid=${NODE_PIDS[i - 1]}
+    while :; do
+        code=$(http_status "$url")
+        [[ $code == 200 ]] && break
+        if ! kill -0 "$pid" 2>/dev/null; then
+            wait "$pid" 2>/dev/null && rc=0 || rc=$?
+            fail_node "$i" "exited during startup (exit status $rc)"
+        fi
+        if ((SECONDS - start_time >= READY_TIMEOUT)); then
+            fail_node "$i" "not ready after ${READY_TIMEOUT}s: GET $url -> ${code:-no answer}"
+        fi
+        sleep 0.3
+    done
+    log "node-$i is ready"
+done
+
+# ----------------------------------------------------------------------------
+# 5. HAProxy (config = deploy/haproxy.cfg + generated server lines)
+# ----------------------------------------------------------------------------
+HAPROXY_CFG="$RUN_DIR/haproxy.cfg"
+{
+    echo "# GENERATED by deploy/up.sh -- do not edit; edit deploy/haproxy.cfg instead."
+    cat "$ROOT/deploy/haproxy.cfg"
+    for ((i = 1; i <= NODES; i++)); do
+        echo "    server node-$i 127.0.0.1:$(node_port "$i") cookie node-$i"
+    done
+} >"$HAPROXY_CFG"
+
+export LB_PORT LB_BIND_ADDR="$BIND_ADDR" STATS_PORT STATS_BIND_ADDR=127.0.0.1
+unset FANOUT_DNS_NAME
+haproxy -c -q -f "$HAPROXY_CFG" || die "generated $HAPROXY_CFG is invalid (see above)"
+log "starting haproxy on $BIND_ADDR:$LB_PORT (stats 127.0.0.1:$STATS_PORT, log: $RUN_DIR/haproxy.log)"
+# -db: stay in the foreground (we supervise it).
+spawn "$RUN_DIR/haproxy.log" haproxy -db -f "$HAPROXY_CFG"
+HAPROXY_PID=$SPAWNED_PID
+
+deadline=$((SECONDS + 15))
+until [[ $(http_status "http://127.0.0.1:$LB_PORT/readyz") == 200 ]]; do
+    if ! kill -0 "$HAPROXY_PID" 2>/dev/null; then
+        tail -n 20 "$RUN_DIR/haproxy.log" >&2 || true
+        die "haproxy exited during startup (log above: $RUN_DIR/haproxy.log)"
+    fi
+    ((SECONDS < deadline)) || die "GET http://127.0.0.1:$LB_PORT/readyz through haproxy is not 200 after 15s (see $RUN_DIR/haproxy.log)"
+    sleep 0.3
+done
+
+# ----------------------------------------------------------------------------
+# 6. Tell the user how to use it
+# ----------------------------------------------------------------------------
+printf -v Q_SECRET '%q' "$JWT_SECRET"
+if [[ $BIN_DIR == "$ROOT/target/release" ]]; then
+    TOKEN_CMD="target/release/fanout-token"
+else
+    TOKEN_CMD=$TOKEN_BIN
+fi
+mint() {
+    if [[ -x $TOKEN_BIN ]]; then
+        "$TOKEN_BIN" --secret "$JWT_SECRET" --sub "$1" 2>/dev/null || echo "(fanout-token failed)"
+    else
+        echo "(fanout-token not built: $TOKEN_BIN)"
+    fi
+}
+TOKEN_ALICE=$(mint alice)
+TOKEN_BOB=$(mint bob)
+ADMIN_URL="http://127.0.0.1:$(admin_port 1)"
+
+# Same values for other shells: `source .run/env`
+{
+    printf 'export API_KEY=%q\n' "$API_KEY"
+    printf 'export JWT_SECRET=%q\n' "$JWT_SECRET"
+    printf 'export FANOUT_URL=%q\n' "http://127.0.0.1:$LB_PORT"
+    printf 'export FANOUT_ADMIN_URL=%q\n' "$ADMIN_URL"
+    printf 'export REDIS_URL=%q\n' "$REDIS_URL"
+    printf 'export TOKEN_ALICE=%q\n' "$TOKEN_ALICE"
+    printf 'export TOKEN_BOB=%q\n' "$TOKEN_BOB"
+} >"$RUN_DIR/env"
+
+cat <<EOF
+
+========================================================================
+ fanout local cluster is up ($NODES node(s))
+
+ Client URL (Socket.IO via HAProxy):  http://127.0.0.1:$LB_PORT   (path /socket.io/)
+ HAProxy stats:                       http://127.0.0.1:$STATS_PORT/
+ Redis:                               $REDIS_URL
+EOF
+for ((i = 1; i <= NODES; i++)); do
+    printf ' node-%-3s public http://127.0.0.1:%s   admin http://127.0.0.1:%s  (metrics: /metrics)\n' \
+        "$i" "$(node_port "$i")" "$(admin_port "$i")"
+done
+cat <<EOF
+
+ API key:     $API_KEY
+ JWT secret:  $JWT_SECRET
+
+ Mint a token for a user:
+   $TOKEN_CMD --secret $Q_SECRET --sub <userId> [--ttl-secs 3600] [--role <roleContextId>]
+
+ Ready-made tokens (1 h):
+   alice: $TOKEN_ALICE
+   bob:   $TOKEN_BOB
+
+ Create a chat:
+   curl -X POST -H "Authorization: Bearer $API_KEY" -H 'content-type: application/json' \\
+        -d '{"chatId":"general","members":["alice","bob"]}' $ADMIN_URL/api/v1/chats
+
+ The values above are also in $RUN_DIR/env (source it in another shell).
+ Logs: $RUN_DIR/{redis,haproxy,node-N}.log      Stop: Ctrl-C
+========================================================================
+
+EOF
+
+# ----------------------------------------------------------------------------
+# 7. Supervise until Ctrl-C. A child that dies is reported, the rest keep
+#    running (killing a node on purpose to watch failover is a valid use).
+# ----------------------------------------------------------------------------
+declare -A REPORTED=()
+report_if_dead() {
+    local name=$1 pid=$2 logfile=$3 rc
+    [[ -n $pid && -z ${REPORTED[$name]:-} ]] || return 0
+    kill -0 "$pid" 2>/dev/null && return 0
+    wait "$pid" 2>/dev/null && rc=0 || rc=$?
+    REPORTED[$name]=1
+    log "WARNING: $name (pid $pid) exited with status $rc; see $logfile"
+}
+while :; do
+    for ((i = 1; i <= NODES; i++)); do
+        report_if_dead "node-$i" "${NODE_PIDS[i - 1]}" "$RUN_DIR/node-$i.log"
+    done
+    report_if_dead haproxy "$HAPROXY_PID" "$RUN_DIR/haproxy.log"
+    report_if_dead redis "$REDIS_PID" "$RUN_DIR/redis.log"
+    sleep 1 &
+    wait $! || true
+done
