@@ -216,3 +216,88 @@ async fn session_expired_is_emitted_and_the_socket_closed_when_exp_passes() {
         "socket closed after session:expired"
     );
 }
+
+/// Generates a key pair with the openssl CLI (Debian base has it; `make test` installs it if
+/// missing) and returns (private PEM, public PEM path).
+fn keypair(dir: &std::path::Path, kind: &str) -> (Vec<u8>, std::path::PathBuf) {
+    let private = dir.join(format!("{kind}.key"));
+    let public = dir.join(format!("{kind}.pub"));
+    let gen_args: Vec<&str> = match kind {
+        "rsa" => vec![
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ],
+        _ => vec![
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ],
+    };
+    let ok = std::process::Command::new("openssl")
+        .args(&gen_args)
+        .arg("-out")
+        .arg(&private)
+        .status()
+        .expect("openssl on PATH")
+        .success();
+    assert!(ok, "openssl genpkey");
+    let ok = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .expect("openssl")
+        .success();
+    assert!(ok, "openssl pkey -pubout");
+    (std::fs::read(&private).expect("private key"), public)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rs256_and_es256_public_keys_pin_their_algorithm() {
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let now = fanout::auth::now_secs();
+    let claims = json!({"sub": "alice", "exp": now + 60});
+    for (kind, alg) in [("rsa", Algorithm::RS256), ("ec", Algorithm::ES256)] {
+        let (private, public) = keypair(dir.path(), kind);
+        let opts = NodeOpts::default()
+            .with("jwt-public-key-file", public.to_str().unwrap())
+            .with(
+                "jwt-algorithm",
+                if kind == "rsa" { "RS256" } else { "ES256" },
+            );
+        // NodeOpts adds flags; the harness's --jwt-secret must not be combined with a key file.
+        let node = Node::start_with_key_file(&redis, kind, opts).await;
+        let key = if kind == "rsa" {
+            EncodingKey::from_rsa_pem(&private).unwrap()
+        } else {
+            EncodingKey::from_ec_pem(&private).unwrap()
+        };
+        let good = jsonwebtoken::encode(&Header::new(alg), &claims, &key).unwrap();
+        Client::connect(&node.url(), with_auth(&good))
+            .await
+            .expect("signed with the private key");
+        // HS-vs-RS confusion: an HS256 token whose "secret" is the public key.
+        let pem = std::fs::read(&public).unwrap();
+        let forged = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(&pem),
+        )
+        .unwrap();
+        let msg = refused(&node.url(), with_auth(&forged)).await;
+        assert_eq!(msg, "UNAUTHORIZED: algorithm not allowed", "{kind}");
+        let hs = fanout::auth::mint_hs256(SECRET, "alice", now + 60, None).unwrap();
+        assert!(
+            refused(&node.url(), with_auth(&hs))
+                .await
+                .starts_with("UNAUTHORIZED")
+        );
+    }
+}

@@ -193,6 +193,15 @@ impl Node {
 
     /// Starts a node with extra flags (`("history-maxlen", "5")`).
     pub async fn start_with(redis: &Redis, id: &str, opts: NodeOpts) -> Node {
+        Self::start_args(redis, id, opts, true).await
+    }
+
+    /// Starts a node verifying tokens with the key file given in `opts` (no HS256 secret).
+    pub async fn start_with_key_file(redis: &Redis, id: &str, opts: NodeOpts) -> Node {
+        Self::start_args(redis, id, opts, false).await
+    }
+
+    async fn start_args(redis: &Redis, id: &str, opts: NodeOpts, with_secret: bool) -> Node {
         init_logs();
         let public = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -201,9 +210,15 @@ impl Node {
             .await
             .expect("bind");
         let (pa, aa) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
-        let config =
-            Config::try_from_args(config_args(&redis.url(), id, pa.port(), aa.port(), &opts))
-                .expect("test config");
+        let mut args = config_args(&redis.url(), id, pa.port(), aa.port(), &opts);
+        if !with_secret {
+            let i = args
+                .iter()
+                .position(|a| a == "--jwt-secret")
+                .expect("secret flag");
+            args.drain(i..i + 2);
+        }
+        let config = Config::try_from_args(args).expect("test config");
         let stop = CancellationToken::new();
         let task = tokio::spawn(fanout::run(
             config,

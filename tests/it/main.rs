@@ -4,5 +4,9 @@
 mod harness;
 
 mod auth;
+mod bad_input;
 mod chat;
 mod interop_js;
+mod membership;
+mod outage;
+mod startup;
