@@ -24,9 +24,12 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     )
 }
 
+/// Flags, environment, and what the error line must name.
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
 #[test]
 fn missing_and_bad_settings_stop_start_up_with_one_line() {
-    let cases: [(&[&str], &[(&str, &str)], &str); 5] = [
+    let cases: [Case; 5] = [
         (&[], &[("JWT_SECRET", "s")], "--api-key"),
         (&[], &[("API_KEY", "k")], "JWT_SECRET"),
         (
