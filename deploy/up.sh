@@ -340,7 +340,7 @@ else
 fi
 mint() {
     if [[ -x $TOKEN_BIN ]]; then
-        "$TOKEN_BIN" --secret "$JWT_SECRET" --sub "$1" 2>/dev/null || echo "(fanout-token failed)"
+        "$TOKEN_BIN" --secret "$JWT_SECRET" --sub "$1" --ttl-secs 86400 2>/dev/null || echo "(fanout-token failed)"
     else
         echo "(fanout-token not built: $TOKEN_BIN)"
     fi
@@ -381,7 +381,7 @@ cat <<EOF
  Mint a token for a user:
    $TOKEN_CMD --secret $Q_SECRET --sub <userId> [--ttl-secs 3600] [--role <roleContextId>]
 
- Ready-made tokens (1 h):
+ Ready-made tokens (valid 24 h):
    alice: $TOKEN_ALICE
    bob:   $TOKEN_BOB
 

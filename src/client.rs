@@ -4,8 +4,15 @@
 //! Only the default namespace `/`, text packets and the websocket transport are supported.
 //! A background task owns the read half of the websocket: it answers Engine.IO pings, routes
 //! acknowledgements to their waiters and queues server events for [`Client::next_event`].
+//!
+//! For load generation, [`ConnectOptions`] can also bind the TCP socket to a chosen local
+//! address (to spread many connections over source addresses of 127.0.0.0/8), disable Nagle's
+//! algorithm, shrink the websocket buffers, and hand server events to a [`RawEventHandler`] as
+//! raw JSON text, so a receiver parses each event once, into its own types.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -15,13 +22,14 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -42,6 +50,44 @@ pub struct ConnectOptions {
     pub query: Vec<(String, String)>,
     /// Limit for the whole connect (TCP, upgrade, namespace CONNECT); 5 s when `None`.
     pub connect_timeout: Option<Duration>,
+    /// Local address to bind the TCP socket to before connecting (port chosen by the kernel),
+    /// e.g. one of 127.0.0.0/8 to get another ~28k ephemeral ports. `ws://` URLs only.
+    pub local_addr: Option<IpAddr>,
+    /// Sets `TCP_NODELAY` on the socket (small frames leave at once). `ws://` URLs only.
+    pub tcp_nodelay: bool,
+    /// Websocket settings (e.g. a small `read_buffer_size` for very many connections);
+    /// tungstenite's defaults when `None`. `ws://` URLs only.
+    pub ws_config: Option<WebSocketConfig>,
+    /// Receives every server event as raw text before it is parsed; see [`RawEventHandler`].
+    pub raw_events: Option<RawEventHandler>,
+}
+
+impl ConnectOptions {
+    /// Whether the connect needs our own TCP socket instead of `connect_async`.
+    fn custom_socket(&self) -> bool {
+        self.local_addr.is_some() || self.tcp_nodelay || self.ws_config.is_some()
+    }
+}
+
+/// A callback that sees each server->client EVENT packet of namespace `/` as the raw JSON array
+/// text `["name", arg, ...]` (any ack id stripped), on the connection's reader task, before the
+/// client parses it. Returning `true` consumes the event (it is neither parsed nor queued for
+/// [`Client::next_event`]); `false` lets it take the normal path. It must be quick: it runs
+/// inline with the reading of the socket.
+#[derive(Clone)]
+pub struct RawEventHandler(Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl RawEventHandler {
+    /// Wraps a callback.
+    pub fn new(f: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+}
+
+impl fmt::Debug for RawEventHandler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RawEventHandler")
+    }
 }
 
 /// Errors returned by [`Client`].
@@ -87,6 +133,7 @@ struct Shared {
     writer: tokio::sync::Mutex<SplitSink<Ws, Message>>,
     acks: Mutex<HashMap<u64, oneshot::Sender<Value>>>,
     closed: watch::Sender<bool>,
+    raw_events: Option<RawEventHandler>,
 }
 
 impl Shared {
@@ -125,7 +172,7 @@ impl Client {
     pub async fn connect(base_url: &str, opts: ConnectOptions) -> Result<Client, ClientError> {
         let request = build_request(base_url, &opts)?;
         let limit = opts.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-        let (ws, sid, liveness) = timeout(limit, handshake(request, opts.auth.as_ref()))
+        let (ws, sid, liveness) = timeout(limit, handshake(request, &opts))
             .await
             .map_err(|_| ClientError::Timeout)??;
         let (writer, reader) = ws.split();
@@ -133,6 +180,7 @@ impl Client {
             writer: tokio::sync::Mutex::new(writer),
             acks: Mutex::new(HashMap::new()),
             closed: watch::Sender::new(false),
+            raw_events: opts.raw_events.clone(),
         });
         let (tx, events) = mpsc::unbounded_channel();
         let reader = tokio::spawn(read_loop(reader, Arc::clone(&shared), tx, liveness));
@@ -339,13 +387,67 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
+/// Opens the websocket on a TCP socket of our own: bound to `opts.local_addr` when set, with
+/// `TCP_NODELAY` and the websocket settings of `opts`.
+async fn open_custom(request: Request, opts: &ConnectOptions) -> Result<Ws, ClientError> {
+    let uri = request.uri();
+    if uri.scheme_str() != Some("ws") {
+        return Err(ClientError::InvalidRequest(
+            "local_addr, tcp_nodelay and ws_config need a ws:// (or http://) URL".to_owned(),
+        ));
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| ClientError::InvalidRequest(format!("no host in {uri}")))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(80);
+    let mut candidates: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    if let Some(local) = opts.local_addr {
+        candidates.retain(|a| a.is_ipv4() == local.is_ipv4());
+    }
+    let mut last_err = None;
+    for addr in candidates {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(local) = opts.local_addr {
+            socket.bind(SocketAddr::new(local, 0))?;
+        }
+        match socket.connect(addr).await {
+            Ok(stream) => {
+                if opts.tcp_nodelay {
+                    stream.set_nodelay(true)?;
+                }
+                let (ws, _) = tokio_tungstenite::client_async_with_config(
+                    request,
+                    MaybeTlsStream::Plain(stream),
+                    opts.ws_config,
+                )
+                .await?;
+                return Ok(ws);
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err.map(ClientError::Io).unwrap_or_else(|| {
+        ClientError::InvalidRequest(format!("no usable address for {host}:{port}"))
+    }))
+}
+
 /// Opens the websocket, reads the Engine.IO OPEN and joins namespace `/`.
 /// Returns the stream, the Socket.IO sid and the liveness limit (pingInterval + pingTimeout).
 async fn handshake(
     request: Request,
-    auth: Option<&Value>,
+    opts: &ConnectOptions,
 ) -> Result<(Ws, String, Duration), ClientError> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await?;
+    let auth = opts.auth.as_ref();
+    let mut ws = if opts.custom_socket() {
+        open_custom(request, opts).await?
+    } else {
+        tokio_tungstenite::connect_async(request).await?.0
+    };
     let open = next_text(&mut ws).await?;
     let open: OpenPacket = open
         .strip_prefix('0')
@@ -449,6 +551,12 @@ fn handle_socketio_packet(
     if rest.starts_with('/') {
         tracing::debug!(%packet, "ignoring packet of another namespace");
         return ControlFlow::Continue(());
+    }
+    if let (Some('2'), Some(handler)) = (kind, &shared.raw_events) {
+        let array = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+        if (handler.0)(array) {
+            return ControlFlow::Continue(());
+        }
     }
     match (kind, parse_args(rest)) {
         (Some('1'), _) => return ControlFlow::Break(()),

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 #[derive(Debug, Default)]
 pub struct Health {
     reader_running: AtomicBool,
+    keyspace_ok: AtomicBool,
     draining: AtomicBool,
 }
 
@@ -18,6 +19,16 @@ impl Health {
     /// Whether the backplane reader is currently reading.
     pub fn reader_running(&self) -> bool {
         self.reader_running.load(Ordering::Relaxed)
+    }
+
+    /// Set by the keyspace listener: whether Redis sends the expired-key events presence needs.
+    pub fn set_keyspace_ok(&self, v: bool) {
+        self.keyspace_ok.store(v, Ordering::Relaxed);
+    }
+
+    /// Whether presence expiry detection works.
+    pub fn keyspace_ok(&self) -> bool {
+        self.keyspace_ok.load(Ordering::Relaxed)
     }
 
     /// Set once when the node starts draining; readiness stays off from then on.

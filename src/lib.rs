@@ -9,6 +9,7 @@
 //! - [`auth`]: JWT verification at the handshake.
 //! - [`gateway`]: Socket.IO handlers, one file per event family.
 //! - [`chat`]: chat domain logic and membership.
+//! - [`presence`]: user-level presence: scripts, expiry listener, sweep.
 //! - [`backplane`]: Redis Streams between nodes: publish, reader loop, local delivery.
 //! - [`api`]: the internal HTTP API.
 //! - [`redis`]: connections, scripts, and every key name.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod health;
+pub mod presence;
 pub mod redis;
 pub mod server;
 pub mod validate;

@@ -19,7 +19,9 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::api::{self, ApiState};
 use crate::auth::Authenticator;
+use crate::backplane::deliver::Deliverer;
 use crate::backplane::{Backplane, reader};
+use crate::presence::{Presence, listener, sweep};
 use crate::chat::{ChatSettings, Chats};
 use crate::config::Config;
 use crate::gateway::{self, App, IoLimits};
@@ -95,8 +97,15 @@ pub async fn run(
             dedup_ttl_secs: config.dedup_ttl_secs,
         },
     );
+    let presence = Presence::new(
+        conn.clone(),
+        backplane.clone(),
+        chats.clone(),
+        config.presence_ttl(),
+    );
     let app = App {
         chats: chats.clone(),
+        presence: presence.clone(),
         auth,
         node_id: node_id.clone(),
         max_message_bytes: config.max_message_bytes,
@@ -117,11 +126,29 @@ pub async fn run(
     let reader_stop = CancellationToken::new();
     tasks.spawn(reader::run(
         client.clone(),
-        io.clone(),
-        node_id.clone(),
+        Arc::new(Deliverer::new(io.clone(), node_id.to_string())),
         config.backplane_shards,
         health.clone(),
         reader_stop.clone(),
+    ));
+    // Presence keeps working until the sockets are gone: the drain removes them first.
+    let presence_stop = CancellationToken::new();
+    tasks.spawn(gateway::presence::run_refresher(
+        io.clone(),
+        presence.clone(),
+        presence_stop.clone(),
+    ));
+    tasks.spawn(listener::run(
+        client.clone(),
+        presence.clone(),
+        health.clone(),
+        presence_stop.clone(),
+    ));
+    tasks.spawn(sweep::run(
+        conn.clone(),
+        presence.clone(),
+        node_id.to_string(),
+        presence_stop.clone(),
     ));
 
     let public = Router::new()
@@ -135,6 +162,7 @@ pub async fn run(
         .layer(cors(&config.cors_origins));
     let admin = api::router(ApiState {
         chats,
+        presence: presence.clone(),
         api_key: config.api_key.clone().into(),
     });
 
@@ -158,6 +186,11 @@ pub async fn run(
     tracing::info!(node = %node_id, "draining");
     health.set_draining();
     let drain = async {
+        // Presence first, while Redis and the backplane still carry the offline events.
+        if let Err(e) = gateway::presence::remove_all(&io, &presence).await {
+            tracing::warn!(error = %e, "drain could not remove every presence field; they expire");
+        }
+        presence_stop.cancel();
         io.close().await;
         servers_stop.cancel();
         reader_stop.cancel();
@@ -168,6 +201,7 @@ pub async fn run(
         tracing::warn!("drain did not finish within SHUTDOWN_GRACE_SECS; exiting anyway");
         servers_stop.cancel();
         reader_stop.cancel();
+        presence_stop.cancel();
     }
     if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(1), serving).await {
         return Err(RunError::Io(e));
@@ -176,13 +210,15 @@ pub async fn run(
     Ok(())
 }
 
-/// 200 when Redis answers and the backplane reader is reading; 503 otherwise.
+/// 200 when Redis answers, the backplane reader is reading and Redis sends the expiry events
+/// presence needs; 503 otherwise (and while draining).
 async fn readyz(State(st): State<PublicState>) -> impl IntoResponse {
     let mut conn = st.conn.clone();
     let redis_ok = crate::redis::ping(&mut conn).await;
     let reader = st.health.reader_running();
+    let keyspace = st.health.keyspace_ok();
     let draining = st.health.draining();
-    let ready = redis_ok && reader && !draining;
+    let ready = redis_ok && reader && keyspace && !draining;
     let status = if ready {
         StatusCode::OK
     } else {

@@ -17,7 +17,9 @@ use axum::routing::{delete, post, put};
 use serde_json::{Value, json};
 
 use crate::chat::Chats;
+use crate::backplane::PublishError;
 use crate::chat::membership::MembershipError;
+use crate::presence::PresenceError;
 use crate::error::is_unavailable;
 
 /// Largest accepted request body (PROTOCOL.md §8).
@@ -28,6 +30,8 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub struct ApiState {
     /// Chat and membership service.
     pub chats: Chats,
+    /// Presence service (membership changes introduce new peers).
+    pub presence: crate::presence::Presence,
     /// The bearer key every route requires.
     pub api_key: std::sync::Arc<str>,
 }
@@ -126,9 +130,27 @@ impl From<MembershipError> for ApiError {
     fn from(e: MembershipError) -> Self {
         let unavailable = match &e {
             MembershipError::Redis(r) => is_unavailable(r),
-            MembershipError::Publish(crate::backplane::PublishError::Redis(r)) => is_unavailable(r),
+            MembershipError::Publish(PublishError::Redis(r)) => is_unavailable(r),
             MembershipError::Publish(_) => false,
         };
+        ApiError::from_cause(unavailable, &e)
+    }
+}
+
+impl From<PresenceError> for ApiError {
+    fn from(e: PresenceError) -> Self {
+        let unavailable = match &e {
+            PresenceError::Redis(r) => is_unavailable(r),
+            PresenceError::Publish(PublishError::Redis(r)) => is_unavailable(r),
+            PresenceError::Publish(_) => false,
+        };
+        ApiError::from_cause(unavailable, &e)
+    }
+}
+
+impl ApiError {
+    /// 503 when Redis is unreachable, else 500 with a correlation id that is also logged.
+    fn from_cause(unavailable: bool, e: &dyn std::fmt::Display) -> Self {
         if unavailable {
             tracing::warn!(error = %e, "api: redis unavailable");
             ApiError::new(

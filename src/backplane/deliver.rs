@@ -1,49 +1,134 @@
 //! Applying backplane actions to this node's sockets (socketioxide's local adapter).
 
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
+use serde_json::value::RawValue;
 use socketioxide::SocketIo;
 use socketioxide::socket::Sid;
 
 use super::Action;
 
-/// Applies `actions` in order. `origin` is the publishing node, used for `except_sid`.
-pub async fn apply(io: &SocketIo, node_id: &str, origin: &str, actions: &[Action]) {
-    for action in actions {
-        match action {
-            Action::Emit {
-                rooms,
-                except,
-                except_sid,
-                event,
-                data,
-            } => {
-                let sender = except_sid
-                    .as_deref()
-                    .filter(|_| origin == node_id)
-                    .and_then(|sid| Sid::from_str(sid).ok())
-                    .and_then(|sid| io.get_socket(sid));
-                // `socket.to(..)` is a broadcast that skips that socket; `io.to(..)` skips none.
-                let op = match &sender {
-                    Some(s) => s.to(rooms.clone()),
-                    None => io.to(rooms.clone()),
-                };
-                let res = op.except(except.clone()).emit(event, data).await;
-                if let Err(e) = res {
-                    // Only per-socket failures (a full send buffer, a closing socket) land here.
-                    tracing::debug!(event = %event, error = %e, "local delivery incomplete");
+/// Versions older than this are forgotten; a transition that late is implausible.
+const VERSION_MEMORY: Duration = Duration::from_secs(600);
+/// Above this many remembered users, forgotten entries are purged on insert.
+const VERSION_PURGE_AT: usize = 100_000;
+
+/// The node-local side of delivery: the socket.io handle and what this node needs to remember
+/// across entries (the last presence version applied per user).
+pub struct Deliverer {
+    io: SocketIo,
+    node_id: String,
+    versions: Mutex<HashMap<String, (u64, Instant)>>,
+}
+
+impl Deliverer {
+    /// A deliverer for this node's sockets.
+    pub fn new(io: SocketIo, node_id: String) -> Self {
+        Deliverer {
+            io,
+            node_id,
+            versions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Applies `actions` in order. `origin` is the publishing node, used for `except_sid`.
+    pub async fn apply(&self, origin: &str, actions: &[Action]) {
+        for action in actions {
+            match action {
+                Action::Emit {
+                    rooms,
+                    except,
+                    except_sid,
+                    event,
+                    data,
+                } => {
+                    let sender = except_sid
+                        .as_deref()
+                        .filter(|_| origin == self.node_id)
+                        .and_then(|sid| Sid::from_str(sid).ok())
+                        .and_then(|sid| self.io.get_socket(sid));
+                    // `socket.to(..)` is a broadcast that skips that socket; `io.to(..)` skips none.
+                    let op = match &sender {
+                        Some(s) => s.to(rooms.clone()),
+                        None => self.io.to(rooms.clone()),
+                    };
+                    self.emit(op.except(except.clone()), event, data).await;
                 }
-            }
-            Action::Join { of, join } => {
-                if let Err(e) = io.to(of.clone()).join(join.clone()).await {
-                    tracing::debug!(error = %e, "local join failed");
+                Action::Presence {
+                    user,
+                    version,
+                    rooms,
+                    event,
+                    data,
+                } => {
+                    if self.accept_version(user, *version) {
+                        self.emit(self.io.to(rooms.clone()), event, data).await;
+                    }
                 }
-            }
-            Action::Leave { of, leave } => {
-                if let Err(e) = io.to(of.clone()).leave(leave.clone()).await {
-                    tracing::debug!(error = %e, "local leave failed");
+                Action::Join { of, join } => {
+                    if let Err(e) = self.io.to(of.clone()).join(join.clone()).await {
+                        tracing::debug!(error = %e, "local join failed");
+                    }
+                }
+                Action::Leave { of, leave } => {
+                    if let Err(e) = self.io.to(of.clone()).leave(leave.clone()).await {
+                        tracing::debug!(error = %e, "local leave failed");
+                    }
                 }
             }
         }
+    }
+
+    async fn emit(
+        &self,
+        op: socketioxide::operators::BroadcastOperators,
+        event: &str,
+        data: &RawValue,
+    ) {
+        if let Err(e) = op.emit(event, data).await {
+            // Only per-socket failures (a full send buffer, a closing socket) land here.
+            tracing::debug!(event = %event, error = %e, "local delivery incomplete");
+        }
+    }
+
+    /// Whether a presence transition of `user` at `version` should be shown: not if this node
+    /// applied a newer one, nor if the last one applied had the same parity (same state: the
+    /// peers already show it). The version is remembered either way when it is newer.
+    fn accept_version(&self, user: &str, version: u64) -> bool {
+        let now = Instant::now();
+        let mut versions = match self.versions.lock() {
+            Ok(v) => v,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let decision = match versions.get(user) {
+            Some((last, _)) if *last >= version => return false,
+            Some((last, _)) => (version - last) % 2 == 1,
+            None => true,
+        };
+        if versions.len() >= VERSION_PURGE_AT {
+            versions.retain(|_, (_, at)| now.duration_since(*at) < VERSION_MEMORY);
+        }
+        versions.insert(user.to_owned(), (version, now));
+        decision
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn presence_versions_never_show_the_same_state_twice() {
+        let (_layer, io) = SocketIo::new_layer();
+        let d = Deliverer::new(io, "n".into());
+        assert!(d.accept_version("u", 11)); // online
+        assert!(!d.accept_version("u", 11)); // same again
+        assert!(!d.accept_version("u", 10)); // older offline arrives late
+        assert!(!d.accept_version("u", 13)); // online again, but 12 (offline) never arrived
+        assert!(d.accept_version("u", 14)); // offline
+        assert!(d.accept_version("v", 4)); // another user, first seen
     }
 }

@@ -48,6 +48,20 @@ pub enum Action {
         /// Event payload, kept as raw JSON so a node forwards it without re-parsing.
         data: Box<RawValue>,
     },
+    /// A presence transition of `user`: emitted to `rooms` (the user's peers) unless this node
+    /// already applied a newer version of that user, or one of the same parity (same state).
+    Presence {
+        /// Whose transition.
+        user: String,
+        /// Transition version (odd = online).
+        version: u64,
+        /// The peers' `user:` rooms.
+        rooms: Vec<String>,
+        /// `presence:online` or `presence:offline`.
+        event: String,
+        /// Event payload.
+        data: Box<RawValue>,
+    },
     /// Make the local sockets in any of `of` join the rooms `join`.
     Join {
         /// Selector rooms (e.g. `user:{id}`).

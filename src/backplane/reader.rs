@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
-use socketioxide::SocketIo;
 use tokio_util::sync::CancellationToken;
 
-use super::{Envelope, FIELD_ENVELOPE, FIELD_ORIGIN, deliver};
+use super::deliver::Deliverer;
+use super::{Envelope, FIELD_ENVELOPE, FIELD_ORIGIN};
 use crate::health::Health;
 use crate::redis::{blocking_connection, keys};
 
@@ -58,8 +58,7 @@ impl Cursor {
 /// until Redis answers), then reads every shard from there and delivers each entry locally.
 pub async fn run(
     client: redis::Client,
-    io: SocketIo,
-    node_id: Arc<str>,
+    deliverer: Arc<Deliverer>,
     shards: u16,
     health: Arc<Health>,
     cancel: CancellationToken,
@@ -112,7 +111,7 @@ pub async fn run(
                             continue;
                         };
                         for entry in &stream.ids {
-                            apply(&io, &node_id, entry).await;
+                            apply(&deliverer, entry).await;
                             cursor.ids[pos].clone_from(&entry.id);
                         }
                     }
@@ -130,14 +129,14 @@ pub async fn run(
     tracing::debug!("backplane reader stopped");
 }
 
-async fn apply(io: &SocketIo, node_id: &str, entry: &StreamId) {
+async fn apply(deliverer: &Deliverer, entry: &StreamId) {
     let origin: String = entry.get(FIELD_ORIGIN).unwrap_or_default();
     let Some(body) = entry.get::<String>(FIELD_ENVELOPE) else {
         tracing::warn!(id = %entry.id, "backplane entry without envelope; skipped");
         return;
     };
     match serde_json::from_str::<Envelope>(&body) {
-        Ok(actions) => deliver::apply(io, node_id, &origin, &actions).await,
+        Ok(actions) => deliverer.apply(&origin, &actions).await,
         // A newer node may publish an action this build does not know: skip it, keep reading.
         Err(e) => {
             tracing::warn!(id = %entry.id, error = %e, "undecodable backplane entry; skipped")

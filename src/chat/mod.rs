@@ -140,6 +140,11 @@ impl Chats {
         keys::ChatKeys::new(chat_id, self.backplane.shards())
     }
 
+    /// The members SET key of a chat (presence reads it to find peers).
+    pub(crate) fn members_key(&self, chat_id: &str) -> String {
+        self.keys(chat_id).members()
+    }
+
     /// `FORBIDDEN` unless `user` is a member of `chat_id`.
     pub async fn require_member(&self, user: &str, chat_id: &str) -> Result<(), ClientError> {
         let mut conn = self.conn.clone();

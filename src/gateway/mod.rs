@@ -31,6 +31,8 @@ use crate::error::ClientError;
 pub struct App {
     /// Chat domain service.
     pub chats: Chats,
+    /// Presence service.
+    pub presence: crate::presence::Presence,
     /// Token verifier.
     pub auth: Authenticator,
     /// This node's id.
@@ -120,8 +122,13 @@ async fn authenticate(
     s.join(rooms);
     s.extensions.insert(Arc::new(identity));
     s.extensions.insert(InitialChats(Arc::new(chats)));
+    s.extensions.insert(ConnectedAt(clock::now_iso().into()));
     Ok(())
 }
+
+/// When the socket connected (ISO 8601), for its presence field.
+#[derive(Clone)]
+pub struct ConnectedAt(pub Arc<str>);
 
 /// The chats read at the handshake, kept until the connect handler's second read.
 #[derive(Clone)]
@@ -155,6 +162,7 @@ async fn on_connect(s: SocketRef, State(app): State<App>) {
     // A membership change published between the handshake's read and the room joins would be
     // missed; one more read closes that window.
     reconcile_chats(&s, &app, &identity).await;
+    presence::on_connect(&s, &app, &identity).await;
     tracing::debug!(sid = %s.id, user = %identity.user_id, transport = ?s.transport_type(), "connected");
 }
 
@@ -190,11 +198,12 @@ async fn reconcile_chats(s: &SocketRef, app: &App, identity: &Identity) {
 #[derive(Clone)]
 struct ExpiryTimer(CancellationToken);
 
-async fn on_disconnect(s: SocketRef, reason: DisconnectReason) {
+async fn on_disconnect(s: SocketRef, reason: DisconnectReason, State(app): State<App>) {
     if let Some(ExpiryTimer(t)) = s.extensions.get::<ExpiryTimer>() {
         t.cancel();
     }
     tracing::debug!(sid = %s.id, ?reason, "disconnected");
+    presence::on_disconnect(&s, &app, reason).await;
 }
 
 /// Emits `session:expired` and disconnects once `exp + leeway` has passed.

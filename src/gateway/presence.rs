@@ -1,17 +1,176 @@
-//! Presence events (PROTOCOL.md §4). The core gateway answers `presence:ping` and its alias
-//! `heartbeat`; user-level presence state arrives with the presence subsystem.
+//! Presence events (PROTOCOL.md §4) and this node's side of presence: registering sockets at
+//! connect, removing them at a clean disconnect, and refreshing the live ones.
 
-use serde_json::json;
-use socketioxide::extract::SocketRef;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
-use super::Responder;
+use serde_json::{Value, json};
+use socketioxide::SocketIo;
+use socketioxide::extract::{SocketRef, State, TryData};
+use socketioxide::socket::DisconnectReason;
+use tokio_util::sync::CancellationToken;
+
+use super::{App, ConnectedAt, Responder};
+use crate::auth::Identity;
+use crate::error::ClientError;
+use crate::presence::{LocalSocket, Presence, PresenceError};
+use crate::validate;
+
+/// Most user ids one `presence:query` may ask about.
+pub const MAX_QUERY_USERS: usize = 1000;
 
 /// Registers the presence handlers on a socket (before its first await).
 pub fn register(s: &SocketRef) {
     s.on("presence:ping", ping);
     s.on("heartbeat", ping);
+    s.on("presence:query", query);
 }
 
-async fn ping(r: Responder) {
-    r.ok(json!({ "success": true }));
+fn local_socket(s: &SocketRef) -> Option<LocalSocket> {
+    let ConnectedAt(at) = s.extensions.get::<ConnectedAt>()?;
+    Some(LocalSocket {
+        sid: s.id.to_string(),
+        connected_at: at.to_string(),
+    })
+}
+
+/// Connect sequence steps 2–3: register in presence (peers hear `presence:online` if this is the
+/// user's first socket), then send this socket its online peers.
+pub async fn on_connect(s: &SocketRef, app: &App, identity: &Identity) {
+    let Some(me) = local_socket(s) else { return };
+    if let Err(e) = app.presence.connect(&identity.user_id, &me).await {
+        // The periodic refresh registers the socket once Redis answers again.
+        tracing::warn!(error = %e, "presence registration failed; refresh will retry");
+    }
+    match app.presence.online_peers(&identity.user_id).await {
+        Ok(users) => {
+            s.emit("presence:bulk-online", &json!({ "users": users })).ok();
+        }
+        Err(e) => tracing::warn!(error = %e, "presence:bulk-online unavailable"),
+    }
+}
+
+/// A clean disconnect removes the socket's presence field at once (`reason: disconnected`); an
+/// unclean one (the transport broke, pings stopped) leaves it to expire like a crash would
+/// (`reason: expired`), as PROTOCOL.md §4 reads.
+pub async fn on_disconnect(s: &SocketRef, app: &App, reason: DisconnectReason) {
+    if matches!(
+        reason,
+        DisconnectReason::TransportError | DisconnectReason::HeartbeatTimeout
+    ) {
+        return;
+    }
+    let Some(identity) = s.extensions.get::<Arc<Identity>>() else {
+        return;
+    };
+    if let Err(e) = app.presence.disconnect(&identity.user_id, &s.id.to_string()).await {
+        tracing::warn!(error = %e, "presence removal failed; the field expires instead");
+    }
+}
+
+/// This node's live sockets grouped by user.
+pub fn local_sockets(io: &SocketIo) -> Vec<(String, Vec<LocalSocket>)> {
+    let mut by_user: HashMap<String, Vec<LocalSocket>> = HashMap::new();
+    for s in io.sockets() {
+        let (Some(identity), Some(me)) = (s.extensions.get::<Arc<Identity>>(), local_socket(&s))
+        else {
+            continue;
+        };
+        by_user.entry(identity.user_id.clone()).or_default().push(me);
+    }
+    by_user.into_iter().collect()
+}
+
+/// Refreshes every local socket's presence each TTL/3, so an idle but connected client never
+/// expires whether or not it sends `presence:ping`. One pipeline per tick for the whole node.
+pub async fn run_refresher(io: SocketIo, presence: Presence, cancel: CancellationToken) {
+    let period = (presence.ttl() / 3).max(Duration::from_millis(500));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let groups = local_sockets(&io);
+        for chunk in groups.chunks(1000) {
+            if let Err(e) = presence.refresh(chunk).await {
+                tracing::warn!(error = %e, "presence refresh failed; retrying next tick");
+                break;
+            }
+        }
+    }
+}
+
+/// Removes every local socket's presence (drain), announcing users left with no socket.
+pub async fn remove_all(io: &SocketIo, presence: &Presence) -> Result<(), PresenceError> {
+    for (user, sockets) in local_sockets(io) {
+        for socket in sockets {
+            presence.disconnect(&user, &socket.sid).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn ping(r: Responder, State(app): State<App>, io: SocketIo) {
+    let result = async {
+        let identity = r
+            .identity()
+            .ok_or_else(|| ClientError::internal(&"socket without identity"))?;
+        let room = crate::chat::user_room(&identity.user_id);
+        let mine: Vec<LocalSocket> = io.to(room).sockets().iter().filter_map(local_socket).collect();
+        app.presence
+            .refresh(&[(identity.user_id.clone(), mine)])
+            .await
+            .map_err(|e| presence_error(&e))?;
+        Ok::<_, ClientError>(json!({ "success": true }))
+    }
+    .await;
+    r.reply(result);
+}
+
+async fn query(r: Responder, State(app): State<App>, TryData(data): TryData<Value>) {
+    let result = async {
+        let payload = data.map_err(|_| ClientError::invalid("payload must be a JSON object"))?;
+        let obj = validate::object(&payload)?;
+        let Some(Value::Array(items)) = obj.get("userIds") else {
+            return Err(ClientError::invalid("userIds is required and must be an array"));
+        };
+        if items.len() > MAX_QUERY_USERS {
+            return Err(ClientError::invalid(format!(
+                "userIds has {} entries, more than the {MAX_QUERY_USERS} allowed",
+                items.len()
+            )));
+        }
+        let mut ids = Vec::with_capacity(items.len());
+        for item in items {
+            match item.as_str() {
+                Some(id) if validate::is_valid_id(id) => ids.push(id.to_owned()),
+                _ => return Err(ClientError::invalid("userIds must contain only valid ids")),
+            }
+        }
+        let identity = r
+            .identity()
+            .ok_or_else(|| ClientError::internal(&"socket without identity"))?;
+        let online = app
+            .presence
+            .query(&identity.user_id, &ids)
+            .await
+            .map_err(|e| presence_error(&e))?;
+        Ok(json!({ "success": true, "online": online }))
+    }
+    .await;
+    r.reply(result);
+}
+
+fn presence_error(e: &PresenceError) -> ClientError {
+    match e {
+        PresenceError::Redis(r) => ClientError::from_redis(r),
+        PresenceError::Publish(crate::backplane::PublishError::Redis(r)) => {
+            ClientError::from_redis(r)
+        }
+        other => ClientError::internal(other),
+    }
 }

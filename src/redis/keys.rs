@@ -76,6 +76,29 @@ pub fn user_chats(user_id: &str) -> String {
     format!("user:{{{user_id}}}:chats")
 }
 
+/// HASH of a user's live sockets (PROTOCOL.md §4): field = socket id, value = JSON
+/// `{nodeId, connectedAt, lastSeen}`, key TTL `PRESENCE_TTL_SECS`.
+pub fn presence_user(user_id: &str) -> String {
+    format!("presence:user:{{{user_id}}}")
+}
+
+/// The user id in a [`presence_user`] key name (from a keyspace notification), if it is one.
+pub fn presence_user_id(key: &str) -> Option<&str> {
+    key.strip_prefix("presence:user:{")?.strip_suffix('}')
+}
+
+/// STRING: a user's presence transition version; odd = online, even = offline.
+pub fn presence_state(user_id: &str) -> String {
+    format!("presence:state:{{{user_id}}}")
+}
+
+/// ZSET: user id -> the time (ms) its presence key expires unless refreshed; the sweep's
+/// backstop index for expiries whose keyspace notification nobody received.
+pub const PRESENCE_DEADLINES: &str = "presence:deadlines";
+
+/// STRING: the node currently allowed to sweep (short PX lease).
+pub const PRESENCE_SWEEP_LOCK: &str = "presence:sweep-lock";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +120,14 @@ mod tests {
         assert!(k.dedup("a:b", "c").ends_with(":dedup:a:b|c"));
         assert_eq!(user_chats("7"), "user:{7}:chats");
         assert_eq!(backplane_shard(3), "fanout:{s3}:bp");
+    }
+
+    #[test]
+    fn presence_keys_follow_the_protocol() {
+        assert_eq!(presence_user("42"), "presence:user:{42}");
+        assert_eq!(presence_user_id("presence:user:{42}"), Some("42"));
+        assert_eq!(presence_user_id("presence:state:{42}"), None);
+        assert_eq!(tag(&presence_state("42")), "42");
     }
 
     #[test]

@@ -15,6 +15,84 @@ pub static CHAT_SEND: LazyLock<Script> =
 pub static CHAT_HISTORY: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../lua/chat_history.lua")));
 
+/// `lua/presence_connect.lua`: register a socket; did the user come online?
+pub static PRESENCE_CONNECT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../../lua/presence_connect.lua")));
+
+/// `lua/presence_disconnect.lua`: remove a socket; did the user go offline?
+pub static PRESENCE_DISCONNECT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../../lua/presence_disconnect.lua")));
+
+/// `lua/presence_refresh.lua`: keep a node's sockets of a user registered, prune dead fields.
+pub static PRESENCE_REFRESH: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../../lua/presence_refresh.lua")));
+
+/// `lua/presence_claim.lua`: turn an expiry into exactly one offline transition.
+pub static PRESENCE_CLAIM: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../../lua/presence_claim.lua")));
+
+/// KEYS and ARGV of `presence_connect.lua`.
+pub fn presence_connect_call(
+    user: &str,
+    sid: &str,
+    field_json: &str,
+    ttl_ms: u64,
+    now_ms: u64,
+) -> (Vec<String>, Vec<String>) {
+    (
+        vec![keys::presence_user(user), keys::presence_state(user)],
+        vec![
+            sid.to_owned(),
+            field_json.to_owned(),
+            ttl_ms.to_string(),
+            now_ms.to_string(),
+        ],
+    )
+}
+
+/// KEYS and ARGV of `presence_disconnect.lua`.
+pub fn presence_disconnect_call(
+    user: &str,
+    sid: &str,
+    offline_memory_secs: u64,
+) -> (Vec<String>, Vec<String>) {
+    (
+        vec![keys::presence_user(user), keys::presence_state(user)],
+        vec![sid.to_owned(), offline_memory_secs.to_string()],
+    )
+}
+
+/// KEYS and ARGV of `presence_refresh.lua`; `fields` are (socket id, field JSON).
+pub fn presence_refresh_call(
+    user: &str,
+    ttl_ms: u64,
+    now_ms: u64,
+    prune_before_ms: u64,
+    fields: &[(String, String)],
+) -> (Vec<String>, Vec<String>) {
+    let mut args = vec![
+        ttl_ms.to_string(),
+        now_ms.to_string(),
+        prune_before_ms.to_string(),
+    ];
+    for (sid, json) in fields {
+        args.push(sid.clone());
+        args.push(json.clone());
+    }
+    (
+        vec![keys::presence_user(user), keys::presence_state(user)],
+        args,
+    )
+}
+
+/// KEYS and ARGV of `presence_claim.lua`.
+pub fn presence_claim_call(user: &str, offline_memory_secs: u64) -> (Vec<String>, Vec<String>) {
+    (
+        vec![keys::presence_user(user), keys::presence_state(user)],
+        vec![offline_memory_secs.to_string()],
+    )
+}
+
 /// Everything `chat_send.lua` needs besides the keys derived from the chat and sender.
 #[derive(Debug, Clone)]
 pub struct SendArgs<'a> {
@@ -95,6 +173,38 @@ pub fn chat_history_call(
             reader.to_owned(),
         ],
     )
+}
+
+/// Adds a script call to a pipeline (EVALSHA; run [`load_all`] first so the SHA is known).
+pub fn pipe_invoke(
+    pipe: &mut redis::Pipeline,
+    script: &Script,
+    (keys, args): (Vec<String>, Vec<String>),
+) {
+    pipe.cmd("EVALSHA")
+        .arg(script.get_hash())
+        .arg(keys.len())
+        .arg(keys)
+        .arg(args);
+}
+
+/// Loads every script into Redis's script cache (after a restart the cache is empty; single
+/// invocations reload on NOSCRIPT by themselves, pipelined EVALSHAs do not).
+pub async fn load_all<C>(conn: &mut C) -> redis::RedisResult<()>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    for script in [
+        &*CHAT_SEND,
+        &*CHAT_HISTORY,
+        &*PRESENCE_CONNECT,
+        &*PRESENCE_DISCONNECT,
+        &*PRESENCE_REFRESH,
+        &*PRESENCE_CLAIM,
+    ] {
+        let _: String = script.prepare_invoke().load_async(conn).await?;
+    }
+    Ok(())
 }
 
 /// Runs a script with the given keys and args on `conn` (EVALSHA, reloading on NOSCRIPT).

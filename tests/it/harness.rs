@@ -278,6 +278,20 @@ impl Node {
         .expect("api reachable")
     }
 
+    /// Creates a chat, retrying while the node reconnects to a restarted Redis (503).
+    pub async fn create_chat_when_ready(&self, chat_id: &str, members: &[&str]) {
+        for _ in 0..100 {
+            let (status, _) = self
+                .api("POST", "/api/v1/chats", Some(json!({ "chatId": chat_id, "members": members })))
+                .await;
+            if status == 201 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("chat {chat_id} could not be created within 10 s");
+    }
+
     /// Creates a chat with members through the API.
     pub async fn create_chat(&self, chat_id: &str, members: &[&str]) {
         let (status, body) = self

@@ -10,3 +10,4 @@ mod interop_js;
 mod membership;
 mod outage;
 mod startup;
+mod presence;

@@ -71,7 +71,7 @@ async fn redis_stopped_gives_unavailable_and_503_then_everything_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ready, "nodes ready again after Redis returned");
-    a.create_chat("c", &["alice", "bob"]).await;
+    a.create_chat_when_ready("c", &["alice", "bob"]).await;
     let mut sent = None;
     for _ in 0..20 {
         let r = ack(

@@ -1,0 +1,975 @@
+//! `fanout-bench`: a load generator for a fanout cluster, speaking Engine.IO v4 / Socket.IO over
+//! websocket through [`fanout::client`] (tokio-tungstenite underneath, no heavy client crate).
+//!
+//! One run: create rooms through the server API (`POST /api/v1/chats`, fresh chat ids per run),
+//! connect `--clients` sockets round-robin over `--url`s (spread over source addresses of
+//! 127.0.0.0/8 when there are more than one source port range can hold), let `--senders` of them
+//! send `chat:send` with an ACK at a total `--rate`, and let every client account for the
+//! `chat:message` events it receives. Each message's content carries its sender, sequence
+//! number and send time, so receivers measure end-to-end latency and count lost, duplicated and
+//! reordered messages per (sender, room). Messages sent during `--warmup` are excluded from the
+//! figures. Traffic goes only to loopback URLs unless `--allow-remote`.
+//!
+//! Output: a progress line per second on stderr, a human summary on stdout, and with `--out`
+//! a JSON file with every figure and the exact command line.
+
+mod admin;
+mod stats;
+mod sys;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::Parser;
+use fanout::client::{Client, ClientError, ConnectOptions, RawEventHandler};
+use futures_util::stream::{self, FuturesUnordered, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use tokio::time::{Instant, sleep, sleep_until, timeout_at};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+
+use stats::{Receivers, RecvState, histogram, lock, now_us};
+
+/// Load generator for a fanout cluster (Socket.IO over websocket).
+#[derive(Parser, Debug)]
+#[command(name = "fanout-bench", version)]
+struct Args {
+    /// Public URL of a node (repeat or comma-separate); clients are spread round-robin.
+    #[arg(long = "url", required = true, value_delimiter = ',')]
+    urls: Vec<String>,
+    /// Internal API URL of one node (rooms are created and deleted there).
+    #[arg(long)]
+    admin_url: String,
+    /// The nodes' API_KEY (Bearer auth of the server API).
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    api_key: String,
+    /// The nodes' JWT_SECRET: the bench mints an HS256 token per client.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    jwt_secret: String,
+    /// Number of client connections.
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    /// Members per room.
+    #[arg(long, default_value_t = 10)]
+    room_size: usize,
+    /// Number of rooms; default clients / room-size (rounded up), so each client is in one room.
+    /// Room r has clients r*room_size .. r*room_size+room_size-1 (mod clients).
+    #[arg(long)]
+    rooms: Option<usize>,
+    /// Number of sending clients, spread over the rooms first (sender k sends to room k % rooms).
+    #[arg(long, default_value_t = 10)]
+    senders: usize,
+    /// Total send rate in messages per second, split evenly over the senders.
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Size of each message's content in bytes (at least the ~40-byte header).
+    #[arg(long, default_value_t = 100)]
+    payload_bytes: usize,
+    /// Seconds of sending before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Seconds of measured sending.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds to wait for deliveries after the last ACK before counting losses.
+    #[arg(long, default_value_t = 3.0)]
+    grace: f64,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Source addresses 127.0.0.1 .. 127.0.0.N used round-robin (each has its own ~28k
+    /// ephemeral ports); 0 = as many as the client count needs.
+    #[arg(long, default_value_t = 0)]
+    source_ips: u32,
+    /// Connects in flight at once.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// Seconds allowed for one connect (TCP, upgrade, namespace CONNECT).
+    #[arg(long, default_value_t = 10.0)]
+    connect_timeout: f64,
+    /// Seconds allowed for connecting all clients; the run goes on with those connected.
+    #[arg(long, default_value_t = 300.0)]
+    connect_budget: f64,
+    /// Unacknowledged sends allowed per sender; a send due while at the cap is skipped and
+    /// counted.
+    #[arg(long, default_value_t = 64)]
+    max_inflight: usize,
+    /// Seconds to wait for an ACK.
+    #[arg(long, default_value_t = 10.0)]
+    ack_timeout: f64,
+    /// Also report the CPU use of these processes (e.g. the nodes and redis) over the measured
+    /// window, from /proc/<pid>/stat.
+    #[arg(long = "watch-pid", value_delimiter = ',')]
+    watch_pids: Vec<u32>,
+    /// Tokio worker threads (default: number of CPUs).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Do not delete the run's rooms at the end.
+    #[arg(long)]
+    keep_rooms: bool,
+    /// Allow URLs outside loopback (never needed for local benchmarks).
+    #[arg(long)]
+    allow_remote: bool,
+    /// Run id used in chat ids and clientMsgIds (default: random).
+    #[arg(long)]
+    run_id: Option<String>,
+}
+
+/// Who is in which room and who sends where.
+struct Plan {
+    /// Client indexes of each room's members.
+    members: Vec<Vec<u32>>,
+    /// (client, room) of each sender.
+    senders: Vec<(u32, u32)>,
+}
+
+impl Plan {
+    fn new(a: &Args) -> Plan {
+        let rooms = a.rooms.unwrap_or(a.clients.div_ceil(a.room_size));
+        let members = (0..rooms)
+            .map(|r| {
+                (0..a.room_size)
+                    .map(|j| ((r * a.room_size + j) % a.clients) as u32)
+                    .collect()
+            })
+            .collect();
+        let senders = (0..a.senders)
+            .map(|k| {
+                let room = k % rooms;
+                let j = (k / rooms) % a.room_size;
+                ((((room * a.room_size) + j) % a.clients) as u32, room as u32)
+            })
+            .collect();
+        Plan { members, senders }
+    }
+}
+
+fn user_id(client: u32) -> String {
+    format!("bench-u{client}")
+}
+
+/// Counters for the progress line.
+#[derive(Default)]
+struct Counters {
+    connected: AtomicU64,
+    connect_failed: AtomicU64,
+    sent: AtomicU64,
+    acked: AtomicU64,
+    nacked: AtomicU64,
+    skipped: AtomicU64,
+    phase: AtomicU8,
+}
+
+const PHASES: [&str; 7] = [
+    "rooms", "connect", "warm-up", "measure", "drain", "close", "done",
+];
+
+/// Per-sequence status of a sender's messages.
+const ACCEPTED: u8 = 1;
+const FAILED: u8 = 2;
+const MEASURED: u8 = 0x80;
+
+/// What one sender did.
+struct SenderResult {
+    room: u32,
+    /// Status of each sequence number: ACCEPTED / FAILED / 0 (no ACK), | MEASURED.
+    status: Vec<u8>,
+    sent_measured: u64,
+    sent_warmup: u64,
+    accepted_measured: u64,
+    accepted_warmup: u64,
+    nack_codes: HashMap<String, u64>,
+    ack_timeouts: u64,
+    ack_errors: u64,
+    skipped: u64,
+    ack_hist: Histogram<u64>,
+    /// How late sends left relative to their schedule (µs).
+    lag_hist: Histogram<u64>,
+}
+
+/// Timing of the send phase.
+#[derive(Clone, Copy)]
+struct Schedule {
+    start: Instant,
+    warm_end: Instant,
+    end: Instant,
+    interval: Duration,
+}
+
+struct SenderCtx {
+    k: u32,
+    room: u32,
+    chat_id: String,
+    run_id: String,
+    payload_bytes: usize,
+    max_inflight: usize,
+    ack_timeout: Duration,
+}
+
+async fn run_sender(
+    client: Arc<Client>,
+    cx: SenderCtx,
+    sched: Schedule,
+    counters: Arc<Counters>,
+) -> SenderResult {
+    let mut r = SenderResult {
+        room: cx.room,
+        status: Vec::new(),
+        sent_measured: 0,
+        sent_warmup: 0,
+        accepted_measured: 0,
+        accepted_warmup: 0,
+        nack_codes: HashMap::new(),
+        ack_timeouts: 0,
+        ack_errors: 0,
+        skipped: 0,
+        ack_hist: histogram(),
+        lag_hist: histogram(),
+    };
+    let client = &*client;
+    let mut inflight = FuturesUnordered::new();
+    // Senders are staggered over one interval so the total rate is smooth.
+    let mut next = sched.start;
+    loop {
+        if next >= sched.end && inflight.is_empty() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            Some((q, measured, res, lat)) = inflight.next(), if !inflight.is_empty() => {
+                let res: Result<Value, ClientError> = res;
+                let lat: Duration = lat;
+                let q: u64 = q;
+                match res {
+                    Ok(ack) if ack["success"] == true => {
+                        r.status[q as usize] |= ACCEPTED;
+                        counters.acked.fetch_add(1, Ordering::Relaxed);
+                        if measured {
+                            r.accepted_measured += 1;
+                            r.ack_hist.saturating_record((lat.as_micros() as u64).max(1));
+                        } else {
+                            r.accepted_warmup += 1;
+                        }
+                    }
+                    Ok(ack) => {
+                        r.status[q as usize] |= FAILED;
+                        counters.nacked.fetch_add(1, Ordering::Relaxed);
+                        let code = ack["error"]["code"].as_str().unwrap_or("UNKNOWN").to_owned();
+                        *r.nack_codes.entry(code).or_default() += 1;
+                    }
+                    Err(ClientError::Timeout) => r.ack_timeouts += 1,
+                    Err(_) => r.ack_errors += 1,
+                }
+            }
+            _ = sleep_until(next), if next < sched.end => {
+                let now = Instant::now();
+                while next <= now && next < sched.end {
+                    let lag = now.saturating_duration_since(next);
+                    next += sched.interval;
+                    if inflight.len() >= cx.max_inflight || client.is_closed() {
+                        r.skipped += 1;
+                        counters.skipped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    r.lag_hist.saturating_record((lag.as_micros() as u64).max(1));
+                    let q = r.status.len() as u64;
+                    let t = now_us();
+                    let measured = now >= sched.warm_end;
+                    r.status.push(if measured { MEASURED } else { 0 });
+                    if measured {
+                        r.sent_measured += 1;
+                    } else {
+                        r.sent_warmup += 1;
+                    }
+                    counters.sent.fetch_add(1, Ordering::Relaxed);
+                    let data = json!({
+                        "chatId": cx.chat_id,
+                        "content": stats::content(cx.k, q, t, cx.payload_bytes),
+                        "clientMsgId": format!("{}-{}-{q}", cx.run_id, cx.k),
+                    });
+                    let ack_timeout = cx.ack_timeout;
+                    inflight.push(async move {
+                        let t0 = std::time::Instant::now();
+                        let res = client.emit_with_ack("chat:send", data, ack_timeout).await;
+                        (q, measured, res, t0.elapsed())
+                    });
+                }
+            }
+        }
+    }
+    r
+}
+
+/// A histogram's figures in milliseconds.
+fn ms(h: &Histogram<u64>) -> Value {
+    if h.is_empty() {
+        return json!({ "count": 0 });
+    }
+    let f = |us: u64| (us as f64 / 1000.0 * 1000.0).round() / 1000.0;
+    json!({
+        "count": h.len(),
+        "mean": (h.mean() / 1000.0 * 1000.0).round() / 1000.0,
+        "p50": f(h.value_at_quantile(0.50)),
+        "p90": f(h.value_at_quantile(0.90)),
+        "p99": f(h.value_at_quantile(0.99)),
+        "p999": f(h.value_at_quantile(0.999)),
+        "max": f(h.max()),
+    })
+}
+
+fn fmt_ms(v: &Value, key: &str) -> String {
+    v.get(key)
+        .and_then(Value::as_f64)
+        .map(|x| format!("{x:.2}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Machine facts for the report.
+fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_owned());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kb = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok());
+    json!({
+        "nproc": sys::nproc(),
+        "cpu_model": model,
+        "mem_total_gib": mem_kb.map(|kb| (kb as f64 / 1048576.0 * 10.0).round() / 10.0),
+    })
+}
+
+fn validate(a: &Args) -> Result<(), String> {
+    let bad = |m: &str| Err(m.to_owned());
+    if a.clients == 0 || a.room_size == 0 {
+        return bad("--clients and --room-size must be at least 1");
+    }
+    if a.room_size > a.clients {
+        return bad("--room-size cannot exceed --clients");
+    }
+    if a.rooms == Some(0) {
+        return bad("--rooms must be at least 1");
+    }
+    let rooms = a.rooms.unwrap_or(a.clients.div_ceil(a.room_size));
+    if a.senders > rooms * a.room_size {
+        return bad("--senders cannot exceed rooms * room-size");
+    }
+    if a.senders > 0 && !(a.rate > 0.0 && a.rate.is_finite()) {
+        return bad("--rate must be a positive number");
+    }
+    if a.senders > 0 && a.senders as f64 / a.rate > 3600.0 {
+        return bad("--rate too small for that many senders");
+    }
+    for (name, v, max) in [
+        ("--warmup", a.warmup, 3600.0),
+        ("--duration", a.duration, 3600.0),
+        ("--grace", a.grace, 600.0),
+        ("--connect-timeout", a.connect_timeout, 600.0),
+        ("--connect-budget", a.connect_budget, 3600.0),
+        ("--ack-timeout", a.ack_timeout, 600.0),
+    ] {
+        if !(0.0..=max).contains(&v) {
+            return Err(format!("{name} must be between 0 and {max} seconds"));
+        }
+    }
+    if a.duration <= 0.0 {
+        return bad("--duration must be positive");
+    }
+    if a.max_inflight == 0 || a.connect_concurrency == 0 {
+        return bad("--max-inflight and --connect-concurrency must be at least 1");
+    }
+    if a.source_ips > 65_536 {
+        return bad("--source-ips: at most 65536 addresses of 127.0.0.0/8");
+    }
+    if let Some(id) = &a.run_id
+        && (id.is_empty()
+            || id.len() > 24
+            || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+    {
+        return bad("--run-id: 1-24 characters of [A-Za-z0-9_]");
+    }
+    for url in a.urls.iter().chain([&a.admin_url]) {
+        let u = sys::parse_url(url)?;
+        if !a.allow_remote && !sys::is_loopback_host(&u.host) {
+            return Err(format!(
+                "{url}: not a loopback address (127.0.0.0/8, ::1, localhost); \
+                 refusing without --allow-remote"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(e) = validate(&args) {
+        eprintln!("fanout-bench: {e}");
+        return ExitCode::from(2);
+    }
+    let threads = args.threads.unwrap_or_else(sys::nproc).max(1);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fanout-bench: runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(args, threads)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fanout-bench: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Progress line once a second until `stop`.
+async fn progress(
+    counters: Arc<Counters>,
+    recv: Arc<Receivers>,
+    clients: usize,
+    stop: CancellationToken,
+) {
+    let t0 = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let (mut last_cpu, mut last_t, mut last_ev) = (sys::cpu_secs("self"), Instant::now(), 0u64);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        let cpu = sys::cpu_secs("self");
+        let dt = now.duration_since(last_t).as_secs_f64().max(1e-3);
+        let cpu_pct = match (cpu, last_cpu) {
+            (Some(c), Some(l)) => format!("{:.0}%", (c - l) / dt * 100.0),
+            _ => "?".into(),
+        };
+        let ev = recv.events();
+        let c = &counters;
+        let phase = PHASES[usize::from(c.phase.load(Ordering::Relaxed)).min(PHASES.len() - 1)];
+        eprintln!(
+            "[{:6.1}s {phase:>7}] conns {}/{clients} (failed {}) | sent {} acked {} nack {} \
+             skipped {} | delivered {} ({:.0}/s) | gen cpu {cpu_pct}",
+            t0.elapsed().as_secs_f64(),
+            c.connected.load(Ordering::Relaxed),
+            c.connect_failed.load(Ordering::Relaxed),
+            c.sent.load(Ordering::Relaxed),
+            c.acked.load(Ordering::Relaxed),
+            c.nacked.load(Ordering::Relaxed),
+            c.skipped.load(Ordering::Relaxed),
+            ev,
+            (ev - last_ev) as f64 / dt,
+        );
+        (last_cpu, last_t, last_ev) = (cpu, now, ev);
+    }
+}
+
+/// CPU seconds of this process and of the watched ones.
+fn cpu_snapshot(pids: &[u32]) -> (Option<f64>, Vec<Option<f64>>) {
+    (
+        sys::cpu_secs("self"),
+        pids.iter().map(|p| sys::cpu_secs(&p.to_string())).collect(),
+    )
+}
+
+async fn run(args: Args, threads: usize) -> Result<(), String> {
+    now_us(); // fixes the time base
+    let command: Vec<String> = std::env::args().collect();
+    let cpu_start = sys::cpu_secs("self");
+    let wall_start = Instant::now();
+    let started_unix = fanout::auth::now_secs();
+
+    // --- limits and source addresses
+    let nofile = sys::raise_nofile(args.clients as u64 + 1024);
+    if nofile.soft < args.clients as u64 + 64 {
+        return Err(format!(
+            "RLIMIT_NOFILE is {} (hard {}), too low for {} clients; raise the hard limit \
+             (ulimit -Hn) or run as root",
+            nofile.soft, nofile.hard, args.clients
+        ));
+    }
+    let ports = sys::ephemeral_ports();
+    let usable = ports * 9 / 10;
+    let source_ips = if args.source_ips == 0 {
+        (args.clients as u64).div_ceil(usable).max(1) as u32
+    } else {
+        args.source_ips
+    };
+    if args.clients as u64 > u64::from(source_ips) * usable {
+        eprintln!(
+            "fanout-bench: warning: {} clients over {source_ips} source address(es) with {ports} \
+             ephemeral ports each: connects will fail for lack of ports",
+            args.clients
+        );
+    }
+
+    let run_id = args.run_id.clone().unwrap_or_else(|| {
+        uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
+    });
+    let recv = Arc::new(Receivers::new(&run_id));
+    let plan = Plan::new(&args);
+    let rooms = plan.members.len();
+    let counters = Arc::new(Counters::default());
+    let admin_url = sys::parse_url(&args.admin_url)?;
+    let admin = admin::Admin {
+        host: admin_url.host,
+        port: admin_url.port,
+        prefix: admin_url.path,
+        api_key: args.api_key.clone(),
+    };
+    eprintln!(
+        "fanout-bench: run {run_id}: {} clients over {} node(s), {rooms} rooms of {}, {} senders \
+         at {} msg/s total, {} B payloads, warm-up {}s, measure {}s; nofile {}/{}, {source_ips} \
+         source address(es), {threads} worker threads",
+        args.clients,
+        args.urls.len(),
+        args.room_size,
+        args.senders,
+        args.rate,
+        args.payload_bytes,
+        args.warmup,
+        args.duration,
+        nofile.soft,
+        nofile.hard
+    );
+
+    let stop_progress = CancellationToken::new();
+    let progress_task = tokio::spawn(progress(
+        Arc::clone(&counters),
+        Arc::clone(&recv),
+        args.clients,
+        stop_progress.clone(),
+    ));
+
+    // --- rooms
+    let setup_start = Instant::now();
+    let created: Vec<Result<u32, String>> = stream::iter(0..rooms as u32)
+        .map(|r| {
+            let admin = &admin;
+            let recv = &recv;
+            let plan = &plan;
+            async move {
+                let members: Vec<String> = plan.members[r as usize]
+                    .iter()
+                    .map(|&c| user_id(c))
+                    .collect();
+                let body = json!({ "chatId": recv.chat_id(r), "members": members });
+                match admin.call("POST", "/api/v1/chats", Some(&body)).await {
+                    Ok((201, _)) => Ok(r),
+                    Ok((status, body)) => Err(format!("create room {r}: {status} {body}")),
+                    Err(e) => Err(format!("create room {r}: {e}")),
+                }
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let created_rooms: Vec<u32> = created.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
+    if let Some(Err(e)) = created.iter().find(|r| r.is_err()) {
+        stop_progress.cancel();
+        delete_rooms(&admin, &recv, &created_rooms).await;
+        return Err(e.clone());
+    }
+    let setup_secs = setup_start.elapsed().as_secs_f64();
+
+    // --- connect
+    counters.phase.store(1, Ordering::Relaxed);
+    let exp = fanout::auth::now_secs()
+        + (args.warmup + args.duration + args.grace + args.connect_budget + args.ack_timeout)
+            as u64
+        + 3600;
+    let connect_deadline = Instant::now() + Duration::from_secs_f64(args.connect_budget);
+    let connect_timeout = Duration::from_secs_f64(args.connect_timeout);
+    let states: Vec<Arc<Mutex<RecvState>>> = (0..args.clients)
+        .map(|_| Arc::new(Mutex::new(RecvState::default())))
+        .collect();
+    let connect_start = Instant::now();
+    let results: Vec<(usize, Result<Client, String>, Duration)> = stream::iter(0..args.clients)
+        .map(|i| {
+            let (args, recv, states, counters) = (&args, &recv, &states, &counters);
+            async move {
+                let t0 = Instant::now();
+                let token = fanout::auth::mint_hs256(&args.jwt_secret, &user_id(i as u32), exp, None)
+                    .map_err(|e| format!("mint token: {e}"));
+                let (recv2, state) = (Arc::clone(recv), Arc::clone(&states[i]));
+                let handler = RawEventHandler::new(move |text: &str| {
+                    recv2.on_event(i, &state, text);
+                    true
+                });
+                let res = match token {
+                    Err(e) => Err(e),
+                    Ok(token) => {
+                        let opts = ConnectOptions {
+                            auth: Some(json!({ "token": token })),
+                            connect_timeout: Some(connect_timeout),
+                            local_addr: (source_ips > 1)
+                                .then(|| sys::source_ip(i as u32 % source_ips)),
+                            tcp_nodelay: true,
+                            ws_config: Some(WebSocketConfig::default().read_buffer_size(16 * 1024)),
+                            raw_events: Some(handler),
+                            ..Default::default()
+                        };
+                        let url = &args.urls[i % args.urls.len()];
+                        match timeout_at(connect_deadline, Client::connect(url, opts)).await {
+                            Ok(Ok(c)) => Ok(c),
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Err(_) => Err("connect budget exhausted".to_owned()),
+                        }
+                    }
+                };
+                match &res {
+                    Ok(_) => counters.connected.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => counters.connect_failed.fetch_add(1, Ordering::Relaxed),
+                };
+                (i, res, t0.elapsed())
+            }
+        })
+        .buffer_unordered(args.connect_concurrency)
+        .collect()
+        .await;
+    let connect_secs = connect_start.elapsed().as_secs_f64();
+    let mut clients: Vec<Option<Arc<Client>>> = (0..args.clients).map(|_| None).collect();
+    let mut connect_hist = histogram();
+    let mut connect_errors: BTreeMap<String, u64> = BTreeMap::new();
+    for (i, res, lat) in results {
+        match res {
+            Ok(c) => {
+                connect_hist.saturating_record((lat.as_micros() as u64).max(1));
+                clients[i] = Some(Arc::new(c));
+            }
+            Err(e) => {
+                // Group errors by their text without numbers (ports, addresses).
+                let key: String = e.chars().filter(|c| !c.is_ascii_digit()).take(120).collect();
+                *connect_errors.entry(key).or_default() += 1;
+            }
+        }
+    }
+    let connected = clients.iter().filter(|c| c.is_some()).count();
+    eprintln!(
+        "fanout-bench: connected {connected}/{} in {connect_secs:.2}s ({:.0}/s)",
+        args.clients,
+        connected as f64 / connect_secs.max(1e-6)
+    );
+    for (e, n) in &connect_errors {
+        eprintln!("fanout-bench:   connect error x{n}: {e}");
+    }
+
+    // --- send
+    let mut sender_results = Vec::new();
+    let mut senders_unconnected = 0u64;
+    let mut window_cpu = None;
+    if connected > 0 {
+        // Let connect-time presence traffic settle.
+        sleep(Duration::from_millis(500)).await;
+        let interval = if args.senders > 0 {
+            Duration::from_secs_f64(args.senders as f64 / args.rate)
+        } else {
+            Duration::from_secs(1)
+        };
+        let t0 = Instant::now() + Duration::from_millis(50);
+        let warm_end = t0 + interval + Duration::from_secs_f64(args.warmup);
+        let end = warm_end + Duration::from_secs_f64(args.duration);
+        let to_us = |i: Instant| now_us() + i.saturating_duration_since(Instant::now()).as_micros() as u64;
+        recv.warm_end_us.store(to_us(warm_end), Ordering::Relaxed);
+        recv.end_us.store(to_us(end), Ordering::Relaxed);
+        counters.phase.store(2, Ordering::Relaxed);
+        let mut tasks = Vec::new();
+        for (k, &(client, room)) in plan.senders.iter().enumerate() {
+            let Some(c) = clients[client as usize].clone() else {
+                senders_unconnected += 1;
+                continue;
+            };
+            // Stagger the senders' first sends over one interval.
+            let start = t0 + interval.mul_f64(k as f64 / args.senders as f64);
+            let sched = Schedule {
+                start,
+                warm_end,
+                end,
+                interval,
+            };
+            let cx = SenderCtx {
+                k: k as u32,
+                room,
+                chat_id: recv.chat_id(room),
+                run_id: run_id.clone(),
+                payload_bytes: args.payload_bytes,
+                max_inflight: args.max_inflight,
+                ack_timeout: Duration::from_secs_f64(args.ack_timeout),
+            };
+            tasks.push((k, tokio::spawn(run_sender(c, cx, sched, Arc::clone(&counters)))));
+        }
+        // CPU of this process and the watched ones over the measured window.
+        sleep_until(warm_end).await;
+        counters.phase.store(3, Ordering::Relaxed);
+        let cpu_a = cpu_snapshot(&args.watch_pids);
+        let wall_a = Instant::now();
+        sleep_until(end).await;
+        let cpu_b = cpu_snapshot(&args.watch_pids);
+        window_cpu = Some((cpu_a, cpu_b, wall_a.elapsed().as_secs_f64()));
+        counters.phase.store(4, Ordering::Relaxed);
+        for (k, t) in tasks {
+            match t.await {
+                Ok(r) => sender_results.push((k, r)),
+                Err(e) => return Err(format!("sender {k} failed: {e}")),
+            }
+        }
+        sleep(Duration::from_secs_f64(args.grace)).await;
+    }
+
+    // --- account
+    counters.phase.store(5, Ordering::Relaxed);
+    let still_open = clients.iter().flatten().filter(|c| !c.is_closed()).count();
+    let (deliv_hist, measured_deliveries, warmup_deliveries) = recv.merged();
+    let mut ack_hist = histogram();
+    let mut lag_hist = histogram();
+    let mut nack_codes: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut sent_m, mut sent_w, mut acc_m, mut acc_w) = (0u64, 0u64, 0u64, 0u64);
+    let (mut ack_timeouts, mut ack_errors, mut skipped) = (0u64, 0u64, 0u64);
+    let (mut expected, mut expected_connected, mut lost, mut received_ok) = (0u64, 0u64, 0u64, 0u64);
+    let (mut unreachable, mut without_ack, mut after_nack, mut dup, mut reordered) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    for (k, r) in &sender_results {
+        ack_hist.add(&r.ack_hist).expect("same bounds");
+        lag_hist.add(&r.lag_hist).expect("same bounds");
+        for (c, n) in &r.nack_codes {
+            *nack_codes.entry(c.clone()).or_default() += n;
+        }
+        sent_m += r.sent_measured;
+        sent_w += r.sent_warmup;
+        acc_m += r.accepted_measured;
+        acc_w += r.accepted_warmup;
+        ack_timeouts += r.ack_timeouts;
+        ack_errors += r.ack_errors;
+        skipped += r.skipped;
+        let members = &plan.members[r.room as usize];
+        expected += r.accepted_measured * members.len() as u64;
+        let key = (u64::from(r.room) << 32) | *k as u64;
+        for &m in members {
+            if clients[m as usize].is_none() {
+                unreachable += r.accepted_measured;
+                continue;
+            }
+            expected_connected += r.accepted_measured;
+            let st = lock(&states[m as usize]);
+            let track = st.tracks.get(&key);
+            for (q, &s) in r.status.iter().enumerate() {
+                let got = track.is_some_and(|t| t.received.get(q as u64));
+                if s & MEASURED != 0 && s & ACCEPTED != 0 {
+                    if got {
+                        received_ok += 1;
+                    } else {
+                        lost += 1;
+                    }
+                } else if got && s & MEASURED != 0 {
+                    if s & FAILED != 0 {
+                        after_nack += 1;
+                    } else {
+                        without_ack += 1;
+                    }
+                }
+            }
+            if let Some(t) = track {
+                dup += t.dup;
+                reordered += t.reordered;
+            }
+        }
+    }
+    let (mut offset_gaps, mut offset_regressions) = (0u64, 0u64);
+    for s in &states {
+        let s = lock(s);
+        offset_gaps += s.offset_gaps;
+        offset_regressions += s.offset_regressions;
+    }
+
+    // --- close
+    stop_progress.cancel();
+    let _ = progress_task.await;
+    let close_start = Instant::now();
+    stream::iter(clients.into_iter().flatten())
+        .for_each_concurrent(512, |c| async move {
+            if let Ok(c) = Arc::try_unwrap(c) {
+                c.close().await;
+            }
+        })
+        .await;
+    let close_secs = close_start.elapsed().as_secs_f64();
+    if !args.keep_rooms {
+        delete_rooms(&admin, &recv, &created_rooms).await;
+    }
+    let cpu_end = sys::cpu_secs("self");
+    let wall_total = wall_start.elapsed().as_secs_f64();
+
+    // --- report
+    let (gen_window, watched) = match &window_cpu {
+        Some(((a_self, a_pids), (b_self, b_pids), secs)) => {
+            let pct = |a: &Option<f64>, b: &Option<f64>| match (a, b) {
+                (Some(a), Some(b)) => Some(((b - a) / secs * 1000.0).round() / 10.0),
+                _ => None,
+            };
+            let watched: Vec<Value> = args
+                .watch_pids
+                .iter()
+                .zip(a_pids.iter().zip(b_pids))
+                .map(|(pid, (a, b))| {
+                    let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .map(|s| s.trim().to_owned())
+                        .ok();
+                    json!({ "pid": pid, "comm": name, "cpu_pct_of_one_core": pct(a, b) })
+                })
+                .collect();
+            (pct(a_self, b_self), watched)
+        }
+        None => (None, Vec::new()),
+    };
+    let gen_total = match (cpu_start, cpu_end) {
+        (Some(a), Some(b)) => Some(((b - a) * 1000.0).round() / 1000.0),
+        _ => None,
+    };
+    let deliveries_per_sec = measured_deliveries as f64 / args.duration;
+    let ack = ms(&ack_hist);
+    let deliv = ms(&deliv_hist);
+    let lag = ms(&lag_hist);
+    let saturated = gen_window.is_some_and(|p| p > 85.0 * threads as f64)
+        || (lag_hist.len() > 0 && lag_hist.value_at_quantile(0.99) > 50_000);
+    let report = json!({
+        "command": command,
+        "run_id": run_id,
+        "started_unix": started_unix,
+        "machine": machine(),
+        "config": {
+            "urls": args.urls, "admin_url": args.admin_url, "clients": args.clients,
+            "rooms": rooms, "room_size": args.room_size, "senders": args.senders,
+            "rate": args.rate, "payload_bytes": args.payload_bytes, "warmup_secs": args.warmup,
+            "duration_secs": args.duration, "grace_secs": args.grace,
+            "max_inflight": args.max_inflight, "threads": threads,
+        },
+        "limits": { "nofile_soft": nofile.soft, "nofile_hard": nofile.hard,
+                    "source_ips": source_ips, "ephemeral_ports_per_ip": ports },
+        "setup": { "rooms_created": created_rooms.len(), "secs": setup_secs },
+        "connect": {
+            "clients": args.clients, "connected": connected,
+            "failed": args.clients - connected, "errors": connect_errors,
+            "secs": connect_secs, "rate_per_sec": connected as f64 / connect_secs.max(1e-6),
+            "latency_ms": ms(&connect_hist),
+            "still_open_at_end": still_open,
+        },
+        "send": {
+            "senders_started": sender_results.len(), "senders_unconnected": senders_unconnected,
+            "target_rate": args.rate,
+            "sent": sent_m, "sent_warmup": sent_w,
+            "acked": acc_m, "acked_warmup": acc_w,
+            "rate_per_sec": sent_m as f64 / args.duration,
+            "nacked": nack_codes, "ack_timeouts": ack_timeouts, "ack_transport_errors": ack_errors,
+            "skipped_inflight_cap": skipped,
+            "ack_latency_ms": ack, "schedule_lag_ms": lag,
+        },
+        "delivery": {
+            "expected": expected, "expected_on_connected": expected_connected,
+            "expected_on_failed_connections": unreachable,
+            "actual": measured_deliveries, "received_of_expected": received_ok,
+            "warmup_deliveries": warmup_deliveries,
+            "per_sec": deliveries_per_sec,
+            "latency_ms": deliv,
+            "lost": lost, "duplicated": dup, "reordered": reordered,
+            "offset_gaps": offset_gaps, "offset_regressions": offset_regressions,
+            "delivered_without_ack": without_ack, "delivered_after_failed_ack": after_nack,
+            "other_events": recv.other_events.load(Ordering::Relaxed),
+            "foreign_chat_messages": recv.foreign.load(Ordering::Relaxed),
+            "parse_errors": recv.parse_errors.load(Ordering::Relaxed),
+        },
+        "generator": {
+            "cpu_secs_total": gen_total, "wall_secs_total": wall_total,
+            "cpu_pct_of_one_core_measured": gen_window,
+            "saturation_suspected": saturated,
+            "close_secs": close_secs,
+        },
+        "watched": watched,
+    });
+
+    println!("== fanout-bench run {run_id} ==");
+    println!(
+        "connect:   {connected}/{} clients in {connect_secs:.2}s = {:.0}/s (connect p50 {} ms, p99 {} ms){}",
+        args.clients,
+        connected as f64 / connect_secs.max(1e-6),
+        fmt_ms(&report["connect"]["latency_ms"], "p50"),
+        fmt_ms(&report["connect"]["latency_ms"], "p99"),
+        if connected < args.clients { " — SOME FAILED" } else { "" }
+    );
+    println!(
+        "send:      sent {sent_m} ({:.0}/s of {} target), acked {acc_m}, nacked {:?}, ack timeouts {ack_timeouts}, skipped {skipped} (+{sent_w} in warm-up)",
+        sent_m as f64 / args.duration,
+        args.rate,
+        nack_codes
+    );
+    println!(
+        "ack:       p50 {} ms, p99 {} ms, max {} ms",
+        fmt_ms(&ack, "p50"),
+        fmt_ms(&ack, "p99"),
+        fmt_ms(&ack, "max")
+    );
+    println!(
+        "delivery:  expected {expected}, actual {measured_deliveries} ({deliveries_per_sec:.0}/s), lost {lost}, dup {dup}, reordered {reordered}, offset gaps {offset_gaps}, offset regressions {offset_regressions}"
+    );
+    println!(
+        "latency:   p50 {} ms, p90 {} ms, p99 {} ms, p99.9 {} ms, max {} ms",
+        fmt_ms(&deliv, "p50"),
+        fmt_ms(&deliv, "p90"),
+        fmt_ms(&deliv, "p99"),
+        fmt_ms(&deliv, "p999"),
+        fmt_ms(&deliv, "max")
+    );
+    println!(
+        "generator: cpu {} s total, {}% of one core while measuring ({threads} threads){}",
+        gen_total.map(|v| format!("{v:.2}")).unwrap_or("?".into()),
+        gen_window.map(|v| format!("{v:.1}")).unwrap_or("?".into()),
+        if saturated { " — GENERATOR MAY BE SATURATED: figures bound the generator, not the server" } else { "" }
+    );
+    for w in &report["watched"].as_array().cloned().unwrap_or_default() {
+        println!(
+            "watched:   pid {} ({}): {}% of one core while measuring",
+            w["pid"],
+            w["comm"].as_str().unwrap_or("?"),
+            w["cpu_pct_of_one_core"]
+        );
+    }
+    if let Some(path) = &args.out {
+        let text = serde_json::to_string_pretty(&report).expect("json");
+        std::fs::write(path, text + "\n").map_err(|e| format!("write {}: {e}", path.display()))?;
+        println!("results:   {}", path.display());
+    }
+    Ok(())
+}
+
+async fn delete_rooms(admin: &admin::Admin, recv: &Receivers, rooms: &[u32]) {
+    let failed: usize = stream::iter(rooms.iter().copied())
+        .map(|r| async move {
+            let path = format!("/api/v1/chats/{}", recv.chat_id(r));
+            match admin.call("DELETE", &path, None).await {
+                Ok((s, _)) if (200..300).contains(&s) || s == 404 => 0,
+                _ => 1,
+            }
+        })
+        .buffer_unordered(16)
+        .fold(0, |a, b| async move { a + b })
+        .await;
+    if failed > 0 {
+        eprintln!("fanout-bench: warning: {failed} room(s) could not be deleted");
+    }
+}

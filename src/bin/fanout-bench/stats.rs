@@ -1,0 +1,286 @@
+//! Receiver-side accounting: every `chat:message` a bench client receives is parsed once, from
+//! the raw event text, and checked against its sender's sequence.
+//!
+//! Latencies go into HDR histograms (the `hdrhistogram` crate): a fixed-size log-linear
+//! histogram records each sample in O(1) with bounded relative error (3 significant digits here)
+//! over microseconds to a minute, so p99.9 and max are exact enough at hundreds of thousands of
+//! deliveries per second, where keeping every sample or a sorted reservoir would cost memory and
+//! CPU the generator needs for receiving. Histograms are sharded so the reader tasks of different
+//! worker threads rarely touch the same lock.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+/// Largest latency the histograms track exactly, in µs (a minute); larger ones saturate.
+const HIST_MAX_US: u64 = 60_000_000;
+const SHARDS: usize = 16;
+
+/// Microseconds since the process's time base (a monotonic clock shared by senders and
+/// receivers of this process, so latency = receive time - send time needs no clock sync).
+pub fn now_us() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+/// A latency histogram in µs.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("valid histogram bounds")
+}
+
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A growable bit set indexed by sequence number.
+#[derive(Default, Clone)]
+pub struct Bits(Vec<u64>);
+
+impl Bits {
+    /// Sets bit `i`; returns whether it was already set.
+    pub fn set(&mut self, i: u64) -> bool {
+        let (w, b) = ((i / 64) as usize, i % 64);
+        if w >= self.0.len() {
+            self.0.resize(w + 1, 0);
+        }
+        let was = self.0[w] & (1 << b) != 0;
+        self.0[w] |= 1 << b;
+        was
+    }
+
+    pub fn get(&self, i: u64) -> bool {
+        self.0
+            .get((i / 64) as usize)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+}
+
+/// What one receiver saw from one sender in one room.
+#[derive(Default)]
+pub struct Track {
+    pub received: Bits,
+    /// Highest sequence number seen so far.
+    max_seq: Option<u64>,
+    pub dup: u64,
+    pub reordered: u64,
+}
+
+/// Per-receiver state (one per client), behind an uncontended mutex: only that client's reader
+/// task writes it while the run goes on.
+#[derive(Default)]
+pub struct RecvState {
+    /// Keyed by `(room << 32) | sender`.
+    pub tracks: HashMap<u64, Track>,
+    /// Last chat offset seen per room, to check that every receiver sees offsets in order.
+    last_offset: HashMap<u32, u64>,
+    pub offset_gaps: u64,
+    pub offset_regressions: u64,
+}
+
+/// Counters and the delivery-latency histogram of one shard.
+pub struct Shard {
+    pub hist: Histogram<u64>,
+    /// All `chat:message` events of this run (warm-up included): for the progress line.
+    pub events: u64,
+    /// Measured deliveries, first copies only.
+    pub measured: u64,
+    pub warmup: u64,
+}
+
+/// Everything the receivers share.
+pub struct Receivers {
+    pub shards: Vec<Mutex<Shard>>,
+    /// Chat id prefix of this run, `bench-<runid>-r`.
+    prefix: String,
+    /// Sends stamped in [warm_end_us, end_us) are measured.
+    pub warm_end_us: AtomicU64,
+    pub end_us: AtomicU64,
+    pub other_events: AtomicU64,
+    pub foreign: AtomicU64,
+    pub parse_errors: AtomicU64,
+}
+
+/// The `chat:message` fields the bench reads.
+#[derive(Deserialize)]
+struct ChatMessage<'a> {
+    #[serde(rename = "chatId", borrow)]
+    chat_id: Cow<'a, str>,
+    #[serde(borrow)]
+    content: Cow<'a, str>,
+    offset: Option<u64>,
+}
+
+/// The bench's own message content (padding `p` is skipped).
+#[derive(Deserialize)]
+struct Payload {
+    s: u32,
+    q: u64,
+    t: u64,
+    #[allow(dead_code)]
+    p: Option<IgnoredAny>,
+}
+
+/// Builds the content of message `q` of sender `s` stamped at `t` µs, padded to `bytes`.
+pub fn content(s: u32, q: u64, t: u64, bytes: usize) -> String {
+    let head = format!("{{\"s\":{s},\"q\":{q},\"t\":{t},\"p\":\"");
+    let pad = bytes.saturating_sub(head.len() + 2);
+    let mut c = String::with_capacity(head.len() + pad + 2);
+    c.push_str(&head);
+    c.extend(std::iter::repeat_n('x', pad));
+    c.push_str("\"}");
+    c
+}
+
+impl Receivers {
+    pub fn new(run_id: &str) -> Self {
+        Receivers {
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        hist: histogram(),
+                        events: 0,
+                        measured: 0,
+                        warmup: 0,
+                    })
+                })
+                .collect(),
+            prefix: format!("bench-{run_id}-r"),
+            warm_end_us: AtomicU64::new(u64::MAX),
+            end_us: AtomicU64::new(u64::MAX),
+            other_events: AtomicU64::new(0),
+            foreign: AtomicU64::new(0),
+            parse_errors: AtomicU64::new(0),
+        }
+    }
+
+    pub fn chat_id(&self, room: u32) -> String {
+        format!("{}{room}", self.prefix)
+    }
+
+    /// Handles one raw server event of client `client` (the JSON array text).
+    pub fn on_event(&self, client: usize, state: &Mutex<RecvState>, json: &str) {
+        if !json.starts_with("[\"chat:message\",") {
+            self.other_events.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let now = now_us();
+        let Ok((_, msg)) = serde_json::from_str::<(IgnoredAny, ChatMessage)>(json) else {
+            self.parse_errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let Some(room) = msg
+            .chat_id
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|r| r.parse::<u32>().ok())
+        else {
+            self.foreign.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let Ok(p) = serde_json::from_str::<Payload>(&msg.content) else {
+            self.parse_errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let first = {
+            let mut st = lock(state);
+            if let Some(offset) = msg.offset {
+                let st = &mut *st;
+                match st.last_offset.insert(room, offset) {
+                    Some(last) if offset <= last => st.offset_regressions += 1,
+                    Some(last) if offset > last + 1 => st.offset_gaps += 1,
+                    _ => {}
+                }
+            }
+            let track = st
+                .tracks
+                .entry((u64::from(room) << 32) | u64::from(p.s))
+                .or_default();
+            if track.received.set(p.q) {
+                track.dup += 1;
+                false
+            } else {
+                match track.max_seq {
+                    Some(m) if p.q < m => track.reordered += 1,
+                    _ => track.max_seq = Some(p.q),
+                }
+                true
+            }
+        };
+        let measured = p.t >= self.warm_end_us.load(Ordering::Relaxed)
+            && p.t < self.end_us.load(Ordering::Relaxed);
+        let mut shard = lock(&self.shards[client % SHARDS]);
+        shard.events += 1;
+        if first {
+            if measured {
+                shard.measured += 1;
+                shard.hist.saturating_record(now.saturating_sub(p.t).max(1));
+            } else {
+                shard.warmup += 1;
+            }
+        }
+    }
+
+    /// Sum of all `chat:message` events so far (progress line).
+    pub fn events(&self) -> u64 {
+        self.shards.iter().map(|s| lock(s).events).sum()
+    }
+
+    /// Merged delivery histogram and measured / warm-up counts.
+    pub fn merged(&self) -> (Histogram<u64>, u64, u64) {
+        let mut h = histogram();
+        let (mut measured, mut warmup) = (0, 0);
+        for s in &self.shards {
+            let s = lock(s);
+            h.add(&s.hist).expect("same bounds");
+            measured += s.measured;
+            warmup += s.warmup;
+        }
+        (h, measured, warmup)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_is_padded_and_parsed_back() {
+        let c = content(7, 42, 123_456, 200);
+        assert_eq!(c.len(), 200);
+        let p: Payload = serde_json::from_str(&c).unwrap();
+        assert_eq!((p.s, p.q, p.t), (7, 42, 123_456));
+        assert!(content(1, 1, 1, 0).len() > 10);
+    }
+
+    #[test]
+    fn receiver_counts_dup_reorder_and_offsets() {
+        let r = Receivers::new("x");
+        r.warm_end_us.store(0, Ordering::Relaxed);
+        let st = Mutex::new(RecvState::default());
+        let ev = |q: u64, off: u64| {
+            let m = serde_json::json!({
+                "id": "m", "chatId": "bench-x-r3", "senderId": "u", "clientMsgId": null,
+                "type": "text", "content": content(5, q, now_us(), 64), "createdAt": "",
+                "offset": off, "epoch": "e"
+            });
+            serde_json::json!(["chat:message", m]).to_string()
+        };
+        for (q, off) in [(0, 1), (2, 3), (1, 2), (2, 3)] {
+            r.on_event(0, &st, &ev(q, off));
+        }
+        r.on_event(0, &st, r#"["presence:online",{"userId":"a"}]"#);
+        let s = lock(&st);
+        let t = &s.tracks[&((3u64 << 32) | 5)];
+        assert_eq!((t.dup, t.reordered), (1, 1));
+        assert!(t.received.get(0) && t.received.get(1) && t.received.get(2));
+        assert_eq!((s.offset_gaps, s.offset_regressions), (1, 1));
+        let (_, measured, _) = r.merged();
+        assert_eq!(measured, 3);
+        assert_eq!(r.other_events.load(Ordering::Relaxed), 1);
+    }
+}

@@ -1,0 +1,94 @@
+//! The backstop for lost keyspace notifications: a sorted set of presence deadlines, swept by
+//! one node at a time under a short lease.
+//!
+//! Every connect and refresh records `now + TTL` for the user in `presence:deadlines`. Each
+//! second every node tries to take the lease (`SET NX PX`); the holder claims every user whose
+//! deadline passed. A claim on a user who is still online only moves the deadline to the key's
+//! real expiry; a claim on an expired key emits the one offline transition (unless a
+//! notification listener already did — the script decides). So a missed notification still
+//! yields exactly one `presence:offline` (reason `expired`) about a second after the key expired.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Presence;
+use crate::clock;
+use crate::redis::keys;
+
+/// How often each node tries to sweep.
+pub const INTERVAL: Duration = Duration::from_secs(1);
+/// Users claimed per sweep at most (the rest wait for the next second).
+const BATCH: usize = 500;
+
+/// Runs until `cancel`.
+pub async fn run(
+    conn: redis::aio::ConnectionManager,
+    presence: Presence,
+    node_id: String,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = sweep_once(&conn, &presence, &node_id).await {
+            tracing::debug!(error = %e, "presence sweep failed; next second retries");
+        }
+    }
+}
+
+/// One sweep, if this node gets the lease. Returns how many users were examined.
+pub async fn sweep_once(
+    conn: &redis::aio::ConnectionManager,
+    presence: &Presence,
+    node_id: &str,
+) -> Result<usize, super::PresenceError> {
+    let mut conn = conn.clone();
+    let lease_ms = (INTERVAL.as_millis() as u64) * 3 / 2;
+    let got: Option<String> = redis::cmd("SET")
+        .arg(keys::PRESENCE_SWEEP_LOCK)
+        .arg(node_id)
+        .arg("NX")
+        .arg("PX")
+        .arg(lease_ms)
+        .query_async(&mut conn)
+        .await?;
+    if got.is_none() {
+        return Ok(0);
+    }
+    let now = clock::now_ms();
+    let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+        .arg(keys::PRESENCE_DEADLINES)
+        .arg("-inf")
+        .arg(now)
+        .arg("LIMIT")
+        .arg(0)
+        .arg(BATCH)
+        .query_async(&mut conn)
+        .await?;
+    for user in &due {
+        match presence.claim_expiry(user).await? {
+            // Still online: its key lives on; look again when it would expire.
+            Some(pttl) => {
+                let _: () = redis::cmd("ZADD")
+                    .arg(keys::PRESENCE_DEADLINES)
+                    .arg(now + pttl.max(0) as u64)
+                    .arg(user)
+                    .query_async(&mut conn)
+                    .await?;
+            }
+            None => {
+                let _: () = redis::cmd("ZREM")
+                    .arg(keys::PRESENCE_DEADLINES)
+                    .arg(user)
+                    .query_async(&mut conn)
+                    .await?;
+            }
+        }
+    }
+    Ok(due.len())
+}
