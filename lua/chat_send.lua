@@ -32,15 +32,20 @@ if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then
   return {'forbidden'}
 end
 
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+
+-- A remembered ACK counts only within the chat's current epoch: after the chat was deleted and
+-- re-created (or its sequence lost), the old offset would point at nothing.
 if ARGV[3] ~= '' then
   local prev = redis.call('GET', KEYS[4])
   if prev then
     local p = cjson.decode(prev)
-    return {'dup', p[1], p[2], p[3], p[4]}
+    if p[3] == epoch then
+      return {'dup', p[1], p[2], p[3], p[4]}
+    end
   end
 end
 
-local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not epoch then
   epoch = ARGV[7]
   redis.call('HSET', KEYS[2], 'epoch', epoch)

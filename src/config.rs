@@ -115,7 +115,7 @@ pub struct Config {
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 16384)]
     pub max_message_bytes: usize,
 
-    /// Messages kept per chat history stream (approximate trim).
+    /// Messages kept per chat history stream (exact trim).
     #[arg(long, env = "HISTORY_MAXLEN", default_value_t = 1000)]
     pub history_maxlen: u64,
 
@@ -143,8 +143,9 @@ pub struct Config {
     #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 200)]
     pub rate_limit_burst: u32,
 
-    /// Largest websocket message a client may send, in bytes.
-    #[arg(long, env = "WS_MAX_MESSAGE_BYTES", default_value_t = 65536)]
+    /// Largest websocket message a client may send, in bytes. Keep it above
+    /// 6 × MAX_MESSAGE_BYTES: JSON escaping can grow content up to six-fold (`\u0000`).
+    #[arg(long, env = "WS_MAX_MESSAGE_BYTES", default_value_t = 131072)]
     pub ws_max_message_bytes: usize,
 
     /// Outgoing packets buffered per socket before emits to it fail.
@@ -170,6 +171,22 @@ pub enum JwtKey {
 }
 
 impl Config {
+    /// Risky but legal combinations, as lines to log at start-up.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.ws_max_message_bytes < self.max_message_bytes * 6 + 1024 {
+            w.push(format!(
+                "WS_MAX_MESSAGE_BYTES={} is below 6 x MAX_MESSAGE_BYTES: content that is legal but \
+                 grows when JSON-escaped closes the connection instead of getting INVALID_PAYLOAD",
+                self.ws_max_message_bytes
+            ));
+        }
+        if self.cors_origins.iter().all(|o| o.is_empty()) {
+            w.push("CORS_ORIGINS is empty: any web origin may use long-polling".into());
+        }
+        w
+    }
+
     /// Parses flags and environment, validates, and returns the config or one line naming the
     /// bad setting.
     pub fn load() -> Result<Config, String> {
@@ -213,6 +230,15 @@ impl Config {
         }
         if self.history_maxlen == 0 {
             return Err("invalid setting HISTORY_MAXLEN: must be at least 1".into());
+        }
+        if self.history_ttl_secs == 0 {
+            return Err("invalid setting HISTORY_TTL_SECS: must be at least 1".into());
+        }
+        if self.dedup_ttl_secs == 0 {
+            return Err("invalid setting DEDUP_TTL_SECS: must be at least 1".into());
+        }
+        if self.socket_buffer_packets == 0 {
+            return Err("invalid setting SOCKET_BUFFER_PACKETS: must be at least 1".into());
         }
         if self.rate_limit_per_sec == 0 || self.rate_limit_burst == 0 {
             return Err(

@@ -97,26 +97,25 @@ impl ClientError {
     }
 }
 
-/// True for errors that mean "Redis is not reachable or not serving right now" — retry is
-/// safe — as opposed to an error in what we sent (a script or type error: our bug, `INTERNAL`).
+/// True for errors that mean "Redis is not reachable or not serving right now" (the
+/// connection failed, dropped or timed out; the server is loading, failing over or read-only),
+/// as opposed to an error in what we sent (a script or type error: our bug, `INTERNAL`).
+///
+/// A timeout is ambiguous — the command may have run — which is why retries of `chat:send`
+/// carry a `clientMsgId`.
 pub fn is_unavailable(e: &redis::RedisError) -> bool {
     use redis::{ErrorKind as K, ServerErrorKind as S};
-    !matches!(
-        e.kind(),
-        K::Parse
-            | K::UnexpectedReturnType
-            | K::InvalidClientConfig
-            | K::Server(
-                S::ResponseError
-                    | S::ExecAbort
-                    | S::NoScript
-                    | S::CrossSlot
-                    | S::Moved
-                    | S::Ask
-                    | S::NoSub
-                    | S::NoPerm
-            )
-    )
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            K::Io
+                | K::Server(
+                    S::BusyLoading | S::TryAgain | S::ClusterDown | S::MasterDown | S::ReadOnly
+                )
+        )
 }
 
 #[cfg(test)]

@@ -21,11 +21,11 @@ use crate::api::{self, ApiState};
 use crate::auth::Authenticator;
 use crate::backplane::deliver::Deliverer;
 use crate::backplane::{Backplane, reader};
-use crate::presence::{Presence, listener, sweep};
 use crate::chat::{ChatSettings, Chats};
 use crate::config::Config;
 use crate::gateway::{self, App, IoLimits};
 use crate::health::Health;
+use crate::presence::{Presence, listener, sweep};
 
 /// The two listening sockets of a node.
 pub struct Listeners {
@@ -69,6 +69,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     config.validate().map_err(RunError::Config)?;
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let node_id: Arc<str> = config
         .node_id
         .clone()

@@ -1,6 +1,6 @@
 //! Chat and membership endpoints.
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -9,11 +9,8 @@ use serde_json::json;
 use super::{ApiError, ApiState, id_list, json_body, path_id};
 
 /// `POST /api/v1/chats {chatId, members}` → 201; emits `chat:created`.
-pub async fn create(
-    State(st): State<ApiState>,
-    body: Bytes,
-) -> Result<impl IntoResponse, ApiError> {
-    let body = json_body(&body)?;
+pub async fn create(State(st): State<ApiState>, body: Body) -> Result<impl IntoResponse, ApiError> {
+    let body = json_body(body).await?;
     let chat_id = match body.get("chatId").and_then(|v| v.as_str()) {
         Some(id) => path_id(id, "chatId")?,
         None => {
@@ -49,10 +46,10 @@ pub async fn delete(
 pub async fn add_members(
     State(st): State<ApiState>,
     Path(chat_id): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
     let chat_id = path_id(&chat_id, "chatId")?;
-    let users = id_list(&json_body(&body)?, "userIds")?;
+    let users = id_list(&json_body(body).await?, "userIds")?;
     let before = peers_before(&st, &users).await?;
     st.chats.add_members(&chat_id, &users).await?;
     st.presence.introduce(&chat_id, &before).await?;

@@ -8,7 +8,7 @@
 mod chats;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
@@ -16,11 +16,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post, put};
 use serde_json::{Value, json};
 
-use crate::chat::Chats;
 use crate::backplane::PublishError;
+use crate::chat::Chats;
 use crate::chat::membership::MembershipError;
-use crate::presence::PresenceError;
 use crate::error::is_unavailable;
+use crate::presence::PresenceError;
 
 /// Largest accepted request body (PROTOCOL.md §8).
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -52,8 +52,13 @@ pub fn router(state: ApiState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
         .with_state(state);
     api.fallback(|| async { ApiError::not_found("no such route") })
-        // Our own limit check answers 413 in JSON; this outer one only stops runaway bodies.
-        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT * 16))
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                "this route does not take that method",
+            )
+        })
 }
 
 /// Every `/api/v1/*` route: 401 unless the bearer key matches, compared in constant time.
@@ -170,19 +175,20 @@ impl ApiError {
     }
 }
 
-/// Parses a JSON object body within [`BODY_LIMIT`].
-pub fn json_body(body: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError> {
-    if body.len() > BODY_LIMIT {
-        return Err(ApiError::new(
+/// Reads and parses a JSON object body of at most [`BODY_LIMIT`] bytes (413 above it, in the
+/// same JSON error form as every other failure).
+pub async fn json_body(body: Body) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let too_large = || {
+        ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "PAYLOAD_TOO_LARGE",
-            format!(
-                "body is {} bytes, more than the {BODY_LIMIT} allowed",
-                body.len()
-            ),
-        ));
-    }
-    let value: Value = serde_json::from_slice(body)
+            format!("body is larger than the {BODY_LIMIT} bytes allowed"),
+        )
+    };
+    let bytes: Bytes = axum::body::to_bytes(body, BODY_LIMIT)
+        .await
+        .map_err(|_| too_large())?;
+    let value: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))?;
     match value {
         Value::Object(map) => Ok(map),

@@ -36,7 +36,7 @@ impl Deliverer {
 
     /// Applies `actions` in order. `origin` is the publishing node, used for `except_sid`.
     pub async fn apply(&self, origin: &str, actions: &[Action]) {
-        for action in actions {
+        for action in actions.iter().filter(|a| !a.selects_nobody()) {
             match action {
                 Action::Emit {
                     rooms,

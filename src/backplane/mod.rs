@@ -79,6 +79,15 @@ pub enum Action {
 }
 
 impl Action {
+    /// True when the action names no room. socketioxide reads an empty room list as "every
+    /// socket", so such an action must be skipped, never applied.
+    pub fn selects_nobody(&self) -> bool {
+        match self {
+            Action::Emit { rooms, .. } | Action::Presence { rooms, .. } => rooms.is_empty(),
+            Action::Join { of, .. } | Action::Leave { of, .. } => of.is_empty(),
+        }
+    }
+
     /// An [`Action::Emit`] with a serializable payload.
     pub fn emit(
         rooms: Vec<String>,

@@ -31,7 +31,7 @@ impl Cursor {
     /// that could have missed older ones). A shard that does not exist yet starts at `0-0`, so
     /// its first entry is read.
     pub async fn at_newest(client: &redis::Client, shards: u16) -> redis::RedisResult<Cursor> {
-        let mut conn = blocking_connection(client).await?;
+        let mut conn = blocking_connection(client, Duration::from_millis(BLOCK_MS)).await?;
         let keys: Vec<String> = (0..shards).map(keys::backplane_shard).collect();
         let mut ids = Vec::with_capacity(keys.len());
         for key in &keys {
@@ -79,7 +79,7 @@ pub async fn run(
     'connect: while !cancel.is_cancelled() {
         let mut conn = tokio::select! {
             _ = cancel.cancelled() => break,
-            c = blocking_connection(&client) => match c {
+            c = blocking_connection(&client, Duration::from_millis(BLOCK_MS)) => match c {
                 Ok(c) => c,
                 Err(e) => {
                     health.set_reader_running(false);

@@ -1,6 +1,7 @@
 //! Who belongs to which chat, managed by backends through the server API.
 //!
-//! Membership is two sets — `chat:{<chatId>}:members` and `user:{<userId>}:chats` — which live
+//! Membership is two sets — the chat's `members` (see [`crate::redis::keys::ChatKeys`]) and
+//! `user:{<userId>}:chats` — which live
 //! on different hash slots, so a change is a pipeline of commands rather than one script: the
 //! chat's set is written first (it is what `chat:send` checks), then each user's set (what a
 //! connecting socket reads to join its rooms). Live sockets follow through the backplane: the

@@ -45,7 +45,8 @@ pub async fn on_connect(s: &SocketRef, app: &App, identity: &Identity) {
     }
     match app.presence.online_peers(&identity.user_id).await {
         Ok(users) => {
-            s.emit("presence:bulk-online", &json!({ "users": users })).ok();
+            s.emit("presence:bulk-online", &json!({ "users": users }))
+                .ok();
         }
         Err(e) => tracing::warn!(error = %e, "presence:bulk-online unavailable"),
     }
@@ -64,7 +65,11 @@ pub async fn on_disconnect(s: &SocketRef, app: &App, reason: DisconnectReason) {
     let Some(identity) = s.extensions.get::<Arc<Identity>>() else {
         return;
     };
-    if let Err(e) = app.presence.disconnect(&identity.user_id, &s.id.to_string()).await {
+    if let Err(e) = app
+        .presence
+        .disconnect(&identity.user_id, &s.id.to_string())
+        .await
+    {
         tracing::warn!(error = %e, "presence removal failed; the field expires instead");
     }
 }
@@ -77,7 +82,10 @@ pub fn local_sockets(io: &SocketIo) -> Vec<(String, Vec<LocalSocket>)> {
         else {
             continue;
         };
-        by_user.entry(identity.user_id.clone()).or_default().push(me);
+        by_user
+            .entry(identity.user_id.clone())
+            .or_default()
+            .push(me);
     }
     by_user.into_iter().collect()
 }
@@ -120,7 +128,12 @@ async fn ping(r: Responder, State(app): State<App>, io: SocketIo) {
             .identity()
             .ok_or_else(|| ClientError::internal(&"socket without identity"))?;
         let room = crate::chat::user_room(&identity.user_id);
-        let mine: Vec<LocalSocket> = io.to(room).sockets().iter().filter_map(local_socket).collect();
+        let mine: Vec<LocalSocket> = io
+            .to(room)
+            .sockets()
+            .iter()
+            .filter_map(local_socket)
+            .collect();
         app.presence
             .refresh(&[(identity.user_id.clone(), mine)])
             .await
@@ -136,7 +149,9 @@ async fn query(r: Responder, State(app): State<App>, TryData(data): TryData<Valu
         let payload = data.map_err(|_| ClientError::invalid("payload must be a JSON object"))?;
         let obj = validate::object(&payload)?;
         let Some(Value::Array(items)) = obj.get("userIds") else {
-            return Err(ClientError::invalid("userIds is required and must be an array"));
+            return Err(ClientError::invalid(
+                "userIds is required and must be an array",
+            ));
         };
         if items.len() > MAX_QUERY_USERS {
             return Err(ClientError::invalid(format!(

@@ -257,7 +257,11 @@ impl Presence {
     /// Which of `asked` are online, restricted to `user`'s peers (PROTOCOL.md §8).
     pub async fn query(&self, user: &str, asked: &[String]) -> Result<Vec<String>, PresenceError> {
         let peers: HashSet<String> = self.peers(user).await?.into_iter().collect();
-        let mut wanted: Vec<String> = asked.iter().filter(|u| peers.contains(*u)).cloned().collect();
+        let mut wanted: Vec<String> = asked
+            .iter()
+            .filter(|u| peers.contains(*u))
+            .cloned()
+            .collect();
         wanted.sort();
         wanted.dedup();
         self.online_among(&wanted).await
@@ -322,7 +326,8 @@ impl Presence {
         version: u64,
         reason: OfflineReason,
     ) -> Result<(), PresenceError> {
-        let data = json!({ "userId": user, "timestamp": clock::now_iso(), "reason": reason.as_str() });
+        let data =
+            json!({ "userId": user, "timestamp": clock::now_iso(), "reason": reason.as_str() });
         self.publish_transition(user, version, "presence:offline", data)
             .await
     }

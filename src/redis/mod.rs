@@ -36,10 +36,15 @@ pub fn command_connection(client: &Client) -> redis::RedisResult<ConnectionManag
     ConnectionManager::new_lazy_with_config(client.clone(), config)
 }
 
-/// A dedicated connection for blocking reads: no response timeout, never shared.
-pub async fn blocking_connection(client: &Client) -> redis::RedisResult<MultiplexedConnection> {
+/// A dedicated connection for blocking reads of at most `block`, never shared. Its response
+/// timeout is the block plus a margin (not the default 500 ms, which would cut every block
+/// short, and not none, which would hang forever on a silently dead connection).
+pub async fn blocking_connection(
+    client: &Client,
+    block: Duration,
+) -> redis::RedisResult<MultiplexedConnection> {
     let config = AsyncConnectionConfig::new()
-        .set_response_timeout(None)
+        .set_response_timeout(Some(block + Duration::from_secs(5)))
         .set_connection_timeout(Some(CONNECT_TIMEOUT));
     client
         .get_multiplexed_async_connection_with_config(&config)

@@ -144,7 +144,7 @@ async fn malformed_packets_close_only_that_connection() {
     let big = connect(&a.url(), "alice").await;
     big.send_raw(format!(
         "42[\"chat:send\",{{\"chatId\":\"c\",\"content\":\"{}\"}}]",
-        "y".repeat(70_000)
+        "y".repeat(140_000)
     ))
     .await
     .ok();

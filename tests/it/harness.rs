@@ -282,7 +282,11 @@ impl Node {
     pub async fn create_chat_when_ready(&self, chat_id: &str, members: &[&str]) {
         for _ in 0..100 {
             let (status, _) = self
-                .api("POST", "/api/v1/chats", Some(json!({ "chatId": chat_id, "members": members })))
+                .api(
+                    "POST",
+                    "/api/v1/chats",
+                    Some(json!({ "chatId": chat_id, "members": members })),
+                )
                 .await;
             if status == 201 {
                 return;

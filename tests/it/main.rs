@@ -9,5 +9,5 @@ mod chat;
 mod interop_js;
 mod membership;
 mod outage;
-mod startup;
 mod presence;
+mod startup;

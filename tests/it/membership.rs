@@ -68,6 +68,18 @@ async fn every_api_route_needs_the_key_and_bad_bodies_are_named() {
     assert_eq!(status, 413, "{resp}");
     assert_eq!(resp["error"]["code"], "PAYLOAD_TOO_LARGE");
 
+    let huge = "x".repeat(2 * 1024 * 1024);
+    let (status, resp) = http(a.admin, "POST", "/api/v1/chats", Some(&huge), Some(&key))
+        .await
+        .unwrap();
+    assert_eq!(status, 413, "{resp}");
+    assert_eq!(resp["error"]["code"], "PAYLOAD_TOO_LARGE");
+    let (status, resp) = http(a.admin, "PATCH", "/api/v1/chats", Some("{}"), Some(&key))
+        .await
+        .unwrap();
+    assert_eq!(status, 405);
+    assert_eq!(resp["error"]["code"], "METHOD_NOT_ALLOWED");
+
     // The public port serves neither the API nor metrics.
     let (status, _) = http(a.public, "GET", "/api/v1/chats/c/members", None, Some(&key))
         .await
@@ -234,4 +246,48 @@ async fn deleting_a_chat_emits_chat_deleted_and_stops_delivery() {
     )
     .await;
     assert_eq!(again["offset"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_member_lists_touch_no_socket() {
+    let redis = Redis::start().await;
+    let a = Node::start(&redis, "a").await;
+    a.create_chat("real", &["alice", "bob"]).await;
+    let alice = connect(&a.url(), "alice").await;
+    let mut bob = connect(&a.url(), "bob").await;
+    let mut carol = connect(&a.url(), "carol").await;
+    let (status, _) = a
+        .api(
+            "POST",
+            "/api/v1/chats",
+            Some(json!({"chatId": "empty", "members": []})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, _) = a
+        .api(
+            "PUT",
+            "/api/v1/chats/real/members",
+            Some(json!({"userIds": []})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        carol.collect("chat:created", QUIET).await.is_empty(),
+        "nobody is told of an empty chat"
+    );
+    // Had every socket joined chat:real, carol would now receive its messages.
+    ack(
+        &alice,
+        "chat:send",
+        json!({"chatId": "real", "content": "members only"}),
+    )
+    .await;
+    bob.wait_for("chat:message", WAIT)
+        .await
+        .expect("member receives");
+    assert!(
+        carol.collect("chat:message", QUIET).await.is_empty(),
+        "non-member received"
+    );
 }

@@ -19,7 +19,9 @@ async fn presence_events(c: &mut Client, user: &str, window: Duration) -> Vec<(S
     let deadline = Instant::now() + window;
     let mut out = Vec::new();
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        let Some((name, data)) = c.next_event(left).await else { break };
+        let Some((name, data)) = c.next_event(left).await else {
+            break;
+        };
         if (name == "presence:online" || name == "presence:offline") && data["userId"] == user {
             out.push((name, data));
         }
@@ -48,28 +50,59 @@ async fn peers_on_other_nodes_see_online_and_bulk_lists_exactly_the_online_peers
     a.create_chat("other", &["carol", "erin"]).await;
 
     let mut bob = connect(&b.url(), "bob").await;
-    let bulk = bob.wait_for("presence:bulk-online", WAIT).await.expect("bulk for bob");
+    let bulk = bob
+        .wait_for("presence:bulk-online", WAIT)
+        .await
+        .expect("bulk for bob");
     assert_eq!(bulk, json!({"users": []}));
     let mut carol = connect(&b.url(), "carol").await;
     let dave = connect(&a.url(), "dave").await;
-    let on = bob.wait_for("presence:online", WAIT).await.expect("dave online");
+    let on = bob
+        .wait_for("presence:online", WAIT)
+        .await
+        .expect("dave online");
     assert_eq!(on["userId"], "dave");
     assert!(on["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
 
     let mut alice = connect(&a.url(), "alice").await;
-    let bulk = alice.wait_for("presence:bulk-online", WAIT).await.expect("bulk for alice");
-    assert_eq!(bulk, json!({"users": ["bob", "dave"]}), "online peers only, never alice herself");
-    let on = bob.wait_for("presence:online", WAIT).await.expect("alice online at bob");
+    let bulk = alice
+        .wait_for("presence:bulk-online", WAIT)
+        .await
+        .expect("bulk for alice");
+    assert_eq!(
+        bulk,
+        json!({"users": ["bob", "dave"]}),
+        "online peers only, never alice herself"
+    );
+    let on = bob
+        .wait_for("presence:online", WAIT)
+        .await
+        .expect("alice online at bob");
     assert_eq!(on["userId"], "alice");
     // Non-peers and the user's own sockets hear nothing about alice.
-    assert!(presence_events(&mut carol, "alice", QUIET).await.is_empty(), "non-peer got presence");
-    assert!(presence_events(&mut alice, "alice", QUIET).await.is_empty(), "own presence echoed");
+    assert!(
+        presence_events(&mut carol, "alice", QUIET).await.is_empty(),
+        "non-peer got presence"
+    );
+    assert!(
+        presence_events(&mut alice, "alice", QUIET).await.is_empty(),
+        "own presence echoed"
+    );
 
-    let q = ack(&alice, "presence:query", json!({"userIds": ["bob", "dave", "carol", "nobody"]})).await;
+    let q = ack(
+        &alice,
+        "presence:query",
+        json!({"userIds": ["bob", "dave", "carol", "nobody"]}),
+    )
+    .await;
     assert_eq!(q["success"], true);
     let mut online: Vec<String> = serde_json::from_value(q["online"].clone()).unwrap();
     online.sort();
-    assert_eq!(online, ["bob", "dave"], "carol is online but not a peer: left out");
+    assert_eq!(
+        online,
+        ["bob", "dave"],
+        "carol is online but not a peer: left out"
+    );
     let bad = ack(&alice, "presence:query", json!({"userIds": "bob"})).await;
     assert_eq!(bad["error"]["code"], "INVALID_PAYLOAD");
     drop(dave);
@@ -89,7 +122,12 @@ async fn multi_device_offline_fires_once_when_the_last_socket_closes() {
     assert_eq!(evs[0].0, "presence:online");
 
     phone.close().await;
-    assert!(presence_events(&mut bob, "alice", Duration::from_secs(1)).await.is_empty(), "closing one device emits nothing");
+    assert!(
+        presence_events(&mut bob, "alice", Duration::from_secs(1))
+            .await
+            .is_empty(),
+        "closing one device emits nothing"
+    );
     laptop.close().await;
     let evs = presence_events(&mut bob, "alice", Duration::from_secs(2)).await;
     assert_eq!(evs.len(), 1, "{evs:?}");
@@ -106,15 +144,25 @@ async fn idle_sockets_that_never_ping_stay_online_for_five_ttls() {
     let _alice = connect(&a.url(), "alice").await;
     let mut bob = connect(&b.url(), "bob").await;
     let evs = presence_events(&mut bob, "alice", Duration::from_secs(10)).await;
-    assert!(evs.iter().all(|(n, _)| n == "presence:online"), "idle socket expired: {evs:?}");
+    assert!(
+        evs.iter().all(|(n, _)| n == "presence:online"),
+        "idle socket expired: {evs:?}"
+    );
     let q = ack(&bob, "presence:query", json!({"userIds": ["alice"]})).await;
     assert_eq!(q["online"], json!(["alice"]));
-    assert_eq!(ack(&bob, "presence:ping", json!(null)).await, json!({"success": true}));
+    assert_eq!(
+        ack(&bob, "presence:ping", json!(null)).await,
+        json!({"success": true})
+    );
 }
 
 async fn field_count(redis: &Redis, user: &str) -> usize {
     let mut c = redis.conn().await;
-    redis::cmd("HLEN").arg(format!("presence:user:{{{user}}}")).query_async(&mut c).await.unwrap()
+    redis::cmd("HLEN")
+        .arg(format!("presence:user:{{{user}}}"))
+        .query_async(&mut c)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,19 +176,28 @@ async fn kill_9_of_the_only_node_of_a_user_gives_exactly_one_expired_offline() {
     let mut carol = connect(&c.url(), "carol").await;
     let _alice = connect(&doomed.url(), "alice").await;
     for peer in [&mut bob, &mut carol] {
-        wait_about(peer, "presence:online", "alice", WAIT).await.expect("online");
+        wait_about(peer, "presence:online", "alice", WAIT)
+            .await
+            .expect("online");
     }
     let killed = Instant::now();
     doomed.kill9();
     let limit = Duration::from_secs(2 + 5);
     for peer in [&mut bob, &mut carol] {
-        let ev = wait_about(peer, "presence:offline", "alice", limit).await.expect("offline after kill -9");
+        let ev = wait_about(peer, "presence:offline", "alice", limit)
+            .await
+            .expect("offline after kill -9");
         assert_eq!(ev["userId"], "alice");
         assert_eq!(ev["reason"], "expired");
         assert!(killed.elapsed() <= limit, "took {:?}", killed.elapsed());
     }
     for peer in [&mut bob, &mut carol] {
-        assert!(presence_events(peer, "alice", Duration::from_secs(2)).await.is_empty(), "exactly one offline");
+        assert!(
+            presence_events(peer, "alice", Duration::from_secs(2))
+                .await
+                .is_empty(),
+            "exactly one offline"
+        );
     }
 }
 
@@ -158,7 +215,11 @@ async fn kill_9_with_the_user_alive_elsewhere_emits_nothing_and_prunes_the_dead_
     doomed.kill9();
     let evs = presence_events(&mut bob, "alice", Duration::from_secs(5)).await;
     assert!(evs.is_empty(), "alice never went offline: {evs:?}");
-    assert_eq!(field_count(&redis, "alice").await, 1, "the dead node's field is gone within the TTL");
+    assert_eq!(
+        field_count(&redis, "alice").await,
+        1,
+        "the dead node's field is gone within the TTL"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,12 +233,26 @@ async fn a_lost_notification_still_yields_exactly_one_offline_through_the_sweep(
     bob.wait_for("presence:online", WAIT).await.expect("online");
     // Nobody will hear the expiry: notifications off while the key expires.
     let mut conn = redis.conn().await;
-    let _: () = redis::cmd("CONFIG").arg("SET").arg("notify-keyspace-events").arg("").query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("notify-keyspace-events")
+        .arg("")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     doomed.kill9();
-    let ev = bob.wait_for("presence:offline", Duration::from_secs(2 + 5)).await.expect("sweep emitted offline");
+    let ev = bob
+        .wait_for("presence:offline", Duration::from_secs(2 + 5))
+        .await
+        .expect("sweep emitted offline");
     assert_eq!(ev["userId"], "alice");
     assert_eq!(ev["reason"], "expired");
-    assert!(presence_events(&mut bob, "alice", Duration::from_secs(2)).await.is_empty(), "exactly one");
+    assert!(
+        presence_events(&mut bob, "alice", Duration::from_secs(2))
+            .await
+            .is_empty(),
+        "exactly one"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,10 +267,20 @@ async fn users_who_start_sharing_a_chat_learn_each_others_state() {
     let mut erin = connect(&b.url(), "erin").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     while erin.next_event(Duration::from_millis(50)).await.is_some() {}
-    let (status, _) = a.api("PUT", "/api/v1/chats/x/members", Some(json!({"userIds": ["bob"]}))).await;
+    let (status, _) = a
+        .api(
+            "PUT",
+            "/api/v1/chats/x/members",
+            Some(json!({"userIds": ["bob"]})),
+        )
+        .await;
     assert_eq!(status, 200);
-    wait_about(&mut alice, "presence:online", "bob", WAIT).await.expect("alice learns bob");
-    wait_about(&mut bob, "presence:online", "alice", WAIT).await.expect("bob learns alice");
+    wait_about(&mut alice, "presence:online", "bob", WAIT)
+        .await
+        .expect("alice learns bob");
+    wait_about(&mut bob, "presence:online", "alice", WAIT)
+        .await
+        .expect("bob learns alice");
     // erin already shared a chat with bob: no repeated online.
     assert!(presence_events(&mut erin, "bob", QUIET).await.is_empty());
 }
@@ -212,8 +297,14 @@ async fn redis_restarting_empty_re_registers_without_false_pairs() {
     redis.restart().await;
     a.create_chat_when_ready("c", &["alice", "bob"]).await;
     let evs = presence_events(&mut bob, "alice", Duration::from_secs(5)).await;
-    let offline: Vec<_> = evs.iter().filter(|(n, _)| n == "presence:offline").collect();
-    assert!(offline.is_empty(), "false offline after a Redis restart: {evs:?}");
+    let offline: Vec<_> = evs
+        .iter()
+        .filter(|(n, _)| n == "presence:offline")
+        .collect();
+    assert!(
+        offline.is_empty(),
+        "false offline after a Redis restart: {evs:?}"
+    );
     assert_eq!(field_count(&redis, "alice").await, 1, "re-registered");
 }
 
@@ -244,14 +335,21 @@ async fn churn_of_200_users_on_3_nodes_ends_with_every_view_true_and_no_repeated
     let mut watchers = Vec::new();
     for (r, mut obs) in observers.into_iter().enumerate() {
         watchers.push(tokio::spawn(async move {
-            let bulk = obs.wait_for("presence:bulk-online", WAIT).await.expect("bulk");
+            let bulk = obs
+                .wait_for("presence:bulk-online", WAIT)
+                .await
+                .expect("bulk");
             let mut seen: HashMap<String, Vec<String>> = HashMap::new();
             for u in bulk["users"].as_array().unwrap() {
-                seen.entry(u.as_str().unwrap().to_owned()).or_default().push("presence:online".into());
+                seen.entry(u.as_str().unwrap().to_owned())
+                    .or_default()
+                    .push("presence:online".into());
             }
             let end = Instant::now() + CHURN + Duration::from_secs(10);
             while let Some(left) = end.checked_duration_since(Instant::now()) {
-                let Some((name, data)) = obs.next_event(left).await else { break };
+                let Some((name, data)) = obs.next_event(left).await else {
+                    break;
+                };
                 if name.starts_with("presence:") && name != "presence:bulk-online" {
                     let user = data["userId"].as_str().unwrap().to_owned();
                     seen.entry(user).or_default().push(name);
@@ -265,9 +363,13 @@ async fn churn_of_200_users_on_3_nodes_ends_with_every_view_true_and_no_repeated
     for u in 0..USERS {
         let nodes = nodes.clone();
         churners.push(tokio::spawn(async move {
-            let mut rng = (u as u64).wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let mut rng = (u as u64)
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let mut next = move |n: u64| {
-                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                rng = rng
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 (rng >> 33) % n
             };
             let start = Instant::now();
@@ -303,10 +405,17 @@ async fn churn_of_200_users_on_3_nodes_ends_with_every_view_true_and_no_repeated
             let user = format!("u{}", r * ROOM + i);
             let events = seen.get(&user).cloned().unwrap_or_default();
             for pair in events.windows(2) {
-                assert_ne!(pair[0], pair[1], "obs{r} saw {user} twice in a row: {events:?}");
+                assert_ne!(
+                    pair[0], pair[1],
+                    "obs{r} saw {user} twice in a row: {events:?}"
+                );
             }
             let final_online = events.last().is_some_and(|e| e == "presence:online");
-            assert_eq!(final_online, online.contains(&user), "obs{r}'s view of {user}: {events:?}");
+            assert_eq!(
+                final_online,
+                online.contains(&user),
+                "obs{r}'s view of {user}: {events:?}"
+            );
         }
     }
     drop(keep);
