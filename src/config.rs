@@ -135,6 +135,14 @@ pub struct Config {
     #[arg(long, env = "BACKPLANE_MAXLEN", default_value_t = 100_000)]
     pub backplane_maxlen: u64,
 
+    /// Approximate MAXLEN of each routed service stream.
+    #[arg(long, env = "SERVICE_STREAM_MAXLEN", default_value_t = 100_000)]
+    pub service_stream_maxlen: u64,
+
+    /// How long a `fanout:publish` entry may stay pending with a node before another claims it.
+    #[arg(long, env = "PUBLISH_CLAIM_IDLE_MS", default_value_t = 30_000)]
+    pub publish_claim_idle_ms: u64,
+
     /// Per-socket event budget, events per second.
     #[arg(long, env = "RATE_LIMIT_PER_SEC", default_value_t = 100)]
     pub rate_limit_per_sec: u32,
@@ -295,6 +303,42 @@ impl Config {
         }
     }
 
+    /// The routed services of `SERVICES` (`name=stream,...`; a bare `name` routes to
+    /// `events:<name>`), as (name, stream) pairs.
+    pub fn service_streams(&self) -> Result<Vec<(String, String)>, String> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for item in self
+            .services
+            .split(',')
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+        {
+            let (name, stream) = match item.split_once('=') {
+                Some((n, s)) => (n.trim(), s.trim().to_owned()),
+                None => (item, format!("events:{item}")),
+            };
+            let name_ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !name_ok {
+                return Err(format!(
+                    "invalid setting SERVICES: service name {name:?} must be [A-Za-z0-9_-]+"
+                ));
+            }
+            if stream.is_empty() || stream.contains(char::is_whitespace) {
+                return Err(format!(
+                    "invalid setting SERVICES: stream of {name} must be a non-empty key name"
+                ));
+            }
+            if out.iter().any(|(n, _)| n == name) {
+                return Err(format!("invalid setting SERVICES: {name} is listed twice"));
+            }
+            out.push((name.to_owned(), stream));
+        }
+        Ok(out)
+    }
+
     /// The effective Redis URL.
     pub fn redis_url(&self) -> String {
         if let Some(url) = &self.redis_url {
@@ -374,6 +418,27 @@ mod tests {
         args.extend(["--jwt-algorithm", "RS256"]);
         let e = Config::try_from_args(args).unwrap_err();
         assert!(e.contains("JWT_ALGORITHM"), "{e}");
+    }
+
+    #[test]
+    fn services_parse_with_default_streams() {
+        let mut args = base();
+        args.extend(["--services", "stickyNotes=events:stickyNotes, whiteboard"]);
+        let c = Config::try_from_args(args).expect("valid");
+        assert_eq!(
+            c.service_streams().unwrap(),
+            [
+                ("stickyNotes".to_owned(), "events:stickyNotes".to_owned()),
+                ("whiteboard".to_owned(), "events:whiteboard".to_owned())
+            ]
+        );
+        let mut args = base();
+        args.extend(["--services", "bad name=x"]);
+        assert!(
+            Config::try_from_args(args)
+                .unwrap_err()
+                .contains("SERVICES")
+        );
     }
 
     #[test]

@@ -10,9 +10,11 @@
 //! - [`gateway`]: Socket.IO handlers, one file per event family.
 //! - [`chat`]: chat domain logic and membership.
 //! - [`presence`]: user-level presence: scripts, expiry listener, sweep.
+//! - [`routing`]: `service:module:name` events to the services' streams.
 //! - [`backplane`]: Redis Streams between nodes: publish, reader loop, local delivery.
-//! - [`api`]: the internal HTTP API.
+//! - [`api`]: the internal HTTP API; [`publish`] and [`nodes`] are its domain.
 //! - [`redis`]: connections, scripts, and every key name.
+//! - [`metrics`]: every metric name and help text, the Prometheus exporter, `/metrics`.
 //! - [`client`]: a minimal Socket.IO client for tests and the load generator.
 //!
 //! [`run`] starts a node on listeners the caller bound (tests bind port 0).
@@ -29,8 +31,12 @@ pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod health;
+pub mod metrics;
+pub mod nodes;
 pub mod presence;
+pub mod publish;
 pub mod redis;
+pub mod routing;
 pub mod server;
 pub mod validate;
 

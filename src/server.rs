@@ -69,6 +69,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     config.validate().map_err(RunError::Config)?;
+    let prometheus = crate::metrics::install(); // once per process; later nodes share it
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
@@ -106,9 +107,17 @@ pub async fn run(
         chats.clone(),
         config.presence_ttl(),
     );
+    let router = crate::routing::Router::new(
+        conn.clone(),
+        node_id.clone(),
+        config.service_streams().map_err(RunError::Config)?,
+        config.service_stream_maxlen,
+    );
     let app = App {
         chats: chats.clone(),
         presence: presence.clone(),
+        router,
+        rate_limit: (config.rate_limit_per_sec, config.rate_limit_burst),
         auth,
         node_id: node_id.clone(),
         max_message_bytes: config.max_message_bytes,
@@ -134,6 +143,17 @@ pub async fn run(
         health.clone(),
         reader_stop.clone(),
     ));
+    // Metrics upkeep and the shard-length sampler stop with the reader, at the end of the drain.
+    tasks.spawn(crate::metrics::run_upkeep(
+        prometheus.clone(),
+        reader_stop.clone(),
+    ));
+    tasks.spawn(crate::metrics::sample_streams(
+        conn.clone(),
+        config.backplane_shards,
+        reader_stop.clone(),
+    ));
+    let publisher = crate::publish::Publisher::new(conn.clone(), backplane.clone());
     // Presence keeps working until the sockets are gone: the drain removes them first.
     let presence_stop = CancellationToken::new();
     tasks.spawn(gateway::presence::run_refresher(
@@ -153,6 +173,22 @@ pub async fn run(
         node_id.to_string(),
         presence_stop.clone(),
     ));
+    // The publish-stream consumer stops with the reader: publishing needs no local sockets,
+    // but a draining node should leave the rest of the stream to the nodes that stay.
+    tasks.spawn(crate::publish::consumer::run(
+        client.clone(),
+        conn.clone(),
+        publisher.clone(),
+        node_id.to_string(),
+        Duration::from_millis(config.publish_claim_idle_ms),
+        presence_stop.clone(),
+    ));
+    tasks.spawn(crate::nodes::run_heartbeat(
+        conn.clone(),
+        io.clone(),
+        node_id.to_string(),
+        presence_stop.clone(),
+    ));
 
     let public = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -166,8 +202,12 @@ pub async fn run(
     let admin = api::router(ApiState {
         chats,
         presence: presence.clone(),
+        publisher: publisher.clone(),
+        backplane: backplane.clone(),
+        conn: conn.clone(),
         api_key: config.api_key.clone().into(),
-    });
+    })
+    .route("/metrics", crate::metrics::endpoint(prometheus, io.clone())); // no API key (§8)
 
     tracing::info!(
         node = %node_id,

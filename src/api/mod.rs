@@ -6,6 +6,8 @@
 //! one answers 413 in the same JSON form.
 
 mod chats;
+mod publish;
+mod users;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -13,7 +15,7 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, post, put};
+use axum::routing::{delete, get, post, put};
 use serde_json::{Value, json};
 
 use crate::backplane::PublishError;
@@ -30,15 +32,42 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub struct ApiState {
     /// Chat and membership service.
     pub chats: Chats,
-    /// Presence service (membership changes introduce new peers).
+    /// Presence service (membership changes introduce new peers; presence queries).
     pub presence: crate::presence::Presence,
+    /// Server-side publishing.
+    pub publisher: crate::publish::Publisher,
+    /// Backplane publisher (cluster-wide disconnects).
+    pub backplane: crate::backplane::Backplane,
+    /// Shared Redis connection (node registry).
+    pub conn: redis::aio::ConnectionManager,
     /// The bearer key every route requires.
     pub api_key: std::sync::Arc<str>,
 }
 
+/// Every route of the internal API, as `docs/openapi.yaml` must list it (a test checks both
+/// that the file matches and that the router answers each one).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/api/v1/publish"),
+    ("POST", "/api/v1/chats"),
+    ("DELETE", "/api/v1/chats/{chatId}"),
+    ("PUT", "/api/v1/chats/{chatId}/members"),
+    ("GET", "/api/v1/chats/{chatId}/members"),
+    ("DELETE", "/api/v1/chats/{chatId}/members/{userId}"),
+    ("GET", "/api/v1/presence"),
+    ("POST", "/api/v1/users/{userId}/disconnect"),
+    ("GET", "/api/v1/nodes"),
+];
+
 /// The `/api/v1` router (the caller adds `/metrics` beside it).
 pub fn router(state: ApiState) -> Router {
     let api = Router::new()
+        .route("/api/v1/publish", post(publish::publish))
+        .route("/api/v1/presence", get(users::presence))
+        .route(
+            "/api/v1/users/{user_id}/disconnect",
+            post(users::disconnect),
+        )
+        .route("/api/v1/nodes", get(users::nodes))
         .route("/api/v1/chats", post(chats::create))
         .route("/api/v1/chats/{chat_id}", delete(chats::delete))
         .route(
@@ -139,6 +168,19 @@ impl From<MembershipError> for ApiError {
             MembershipError::Publish(_) => false,
         };
         ApiError::from_cause(unavailable, &e)
+    }
+}
+
+impl From<PublishError> for ApiError {
+    fn from(e: PublishError) -> Self {
+        let unavailable = matches!(&e, PublishError::Redis(r) if is_unavailable(r));
+        ApiError::from_cause(unavailable, &e)
+    }
+}
+
+impl From<redis::RedisError> for ApiError {
+    fn from(e: redis::RedisError) -> Self {
+        ApiError::from_cause(is_unavailable(&e), &e)
     }
 }
 

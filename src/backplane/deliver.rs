@@ -68,6 +68,11 @@ impl Deliverer {
                         self.emit(self.io.to(rooms.clone()), event, data).await;
                     }
                 }
+                Action::Disconnect { of } => {
+                    if let Err(e) = self.io.to(of.clone()).disconnect().await {
+                        tracing::debug!(error = %e, "local disconnect incomplete");
+                    }
+                }
                 Action::Join { of, join } => {
                     if let Err(e) = self.io.to(of.clone()).join(join.clone()).await {
                         tracing::debug!(error = %e, "local join failed");
@@ -88,7 +93,9 @@ impl Deliverer {
         event: &str,
         data: &RawValue,
     ) {
-        if let Err(e) = op.emit(event, data).await {
+        let result = op.emit(event, data).await;
+        crate::metrics::local_emit(event, &result);
+        if let Err(e) = result {
             // Only per-socket failures (a full send buffer, a closing socket) land here.
             tracing::debug!(event = %event, error = %e, "local delivery incomplete");
         }

@@ -62,6 +62,11 @@ pub enum Action {
         /// Event payload.
         data: Box<RawValue>,
     },
+    /// Disconnect the local sockets in any of `of` (e.g. a user's sockets, by the server API).
+    Disconnect {
+        /// Selector rooms.
+        of: Vec<String>,
+    },
     /// Make the local sockets in any of `of` join the rooms `join`.
     Join {
         /// Selector rooms (e.g. `user:{id}`).
@@ -84,7 +89,9 @@ impl Action {
     pub fn selects_nobody(&self) -> bool {
         match self {
             Action::Emit { rooms, .. } | Action::Presence { rooms, .. } => rooms.is_empty(),
-            Action::Join { of, .. } | Action::Leave { of, .. } => of.is_empty(),
+            Action::Join { of, .. } | Action::Leave { of, .. } | Action::Disconnect { of } => {
+                of.is_empty()
+            }
         }
     }
 
@@ -168,8 +175,8 @@ impl Backplane {
         let body = serde_json::to_string(envelope)?;
         let key = keys::backplane_shard(keys::shard_of(routing_key, self.shards));
         let mut conn = self.conn.clone();
-        let id: String = redis::cmd("XADD")
-            .arg(&key)
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(&key)
             .arg("MAXLEN")
             .arg("~")
             .arg(self.maxlen)
@@ -177,9 +184,8 @@ impl Backplane {
             .arg(FIELD_ORIGIN)
             .arg(&self.node_id)
             .arg(FIELD_ENVELOPE)
-            .arg(body)
-            .query_async(&mut conn)
-            .await?;
+            .arg(body);
+        let id: String = crate::metrics::redis_op("xadd", xadd.query_async(&mut conn)).await?;
         Ok(id)
     }
 }

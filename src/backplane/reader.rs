@@ -106,18 +106,21 @@ pub async fn run(
                 Ok(reply) => {
                     health.set_reader_running(true);
                     backoff = BACKOFF_MIN;
+                    crate::metrics::reader_lag(&cursor.keys, reply.as_ref());
                     for stream in reply.map(|r| r.keys).unwrap_or_default() {
                         let Some(pos) = cursor.keys.iter().position(|k| *k == stream.key) else {
                             continue;
                         };
                         for entry in &stream.ids {
                             apply(&deliverer, entry).await;
+                            crate::metrics::entry_applied(&entry.id);
                             cursor.ids[pos].clone_from(&entry.id);
                         }
                     }
                 }
                 Err(e) => {
                     health.set_reader_running(false);
+                    crate::metrics::redis_error("xread", &e);
                     tracing::warn!(error = %e, "backplane reader lost redis; reconnecting");
                     sleep_or_cancel(&mut backoff, &cancel).await;
                     continue 'connect;

@@ -148,10 +148,9 @@ impl Chats {
     /// `FORBIDDEN` unless `user` is a member of `chat_id`.
     pub async fn require_member(&self, user: &str, chat_id: &str) -> Result<(), ClientError> {
         let mut conn = self.conn.clone();
-        let member: bool = redis::cmd("SISMEMBER")
-            .arg(self.keys(chat_id).members())
-            .arg(user)
-            .query_async(&mut conn)
+        let mut cmd = redis::cmd("SISMEMBER");
+        cmd.arg(self.keys(chat_id).members()).arg(user);
+        let member: bool = crate::metrics::redis_op("sismember", cmd.query_async(&mut conn))
             .await
             .map_err(|e| ClientError::from_redis(&e))?;
         if member {
@@ -164,10 +163,9 @@ impl Chats {
     /// The chats `user` is a member of.
     pub async fn chats_of(&self, user: &str) -> Result<Vec<String>, redis::RedisError> {
         let mut conn = self.conn.clone();
-        redis::cmd("SMEMBERS")
-            .arg(keys::user_chats(user))
-            .query_async(&mut conn)
-            .await
+        let mut cmd = redis::cmd("SMEMBERS");
+        cmd.arg(keys::user_chats(user));
+        crate::metrics::redis_op("smembers", cmd.query_async(&mut conn)).await
     }
 
     /// Accepts a message into the chat's history and publishes it to the chat's room.
@@ -209,6 +207,7 @@ impl Chats {
             })
         })()
         .ok_or_else(|| ClientError::internal(&format!("unexpected chat_send reply {reply:?}")))?;
+        crate::metrics::message_accepted(accepted.duplicate);
         Ok(accepted)
     }
 

@@ -7,7 +7,6 @@ pub mod chat;
 pub mod presence;
 pub mod routing;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +32,10 @@ pub struct App {
     pub chats: Chats,
     /// Presence service.
     pub presence: crate::presence::Presence,
+    /// Routed service events.
+    pub router: crate::routing::Router,
+    /// Per-socket event budget: (events per second, burst).
+    pub rate_limit: (u32, u32),
     /// Token verifier.
     pub auth: Authenticator,
     /// This node's id.
@@ -67,7 +70,7 @@ pub fn build(app: App, limits: IoLimits) -> (SocketIoLayer, SocketIo) {
         .ping_timeout(Duration::from_secs(20))
         .connect_timeout(Duration::from_secs(10))
         .build_layer();
-    io.ns("/", on_connect.with(authenticate));
+    io.ns("/", on_connect.with(counted_authenticate));
     (layer, io)
 }
 
@@ -123,8 +126,43 @@ async fn authenticate(
     s.extensions.insert(Arc::new(identity));
     s.extensions.insert(InitialChats(Arc::new(chats)));
     s.extensions.insert(ConnectedAt(clock::now_iso().into()));
+    s.extensions.insert(EventBudget::new(app.rate_limit));
     Ok(())
 }
+
+/// [`authenticate`], counted in [`crate::metrics`]: accepted handshakes by transport, refusals
+/// by reason.
+async fn counted_authenticate(
+    s: SocketRef,
+    app: State<App>,
+    auth: TryData<Value>,
+) -> Result<(), HandshakeError> {
+    let result = authenticate(s.clone(), app, auth).await;
+    match &result {
+        Ok(()) => crate::metrics::connected(s.transport_type()),
+        Err(HandshakeError::Auth(e)) => crate::metrics::refused_auth(e),
+        Err(HandshakeError::Unavailable) => crate::metrics::refused_unavailable(),
+    }
+    result
+}
+
+/// A socket's event budget (PROTOCOL.md §8: `RATE_LIMIT_PER_SEC`, `RATE_LIMIT_BURST`).
+#[derive(Clone)]
+pub struct EventBudget(Arc<governor::DefaultDirectRateLimiter>);
+
+impl EventBudget {
+    fn new((per_sec, burst): (u32, u32)) -> Self {
+        let per_sec = std::num::NonZeroU32::new(per_sec).unwrap_or(std::num::NonZeroU32::MIN);
+        let burst = std::num::NonZeroU32::new(burst).unwrap_or(per_sec);
+        let quota = governor::Quota::per_second(per_sec).allow_burst(burst);
+        EventBudget(Arc::new(governor::RateLimiter::direct(quota)))
+    }
+}
+
+/// The event was over the socket's budget; it was answered `RATE_LIMITED` and not handled.
+#[derive(Debug, thiserror::Error)]
+#[error("event over the socket's budget")]
+pub struct OverBudget;
 
 /// When the socket connected (ISO 8601), for its presence field.
 #[derive(Clone)]
@@ -203,6 +241,7 @@ async fn on_disconnect(s: SocketRef, reason: DisconnectReason, State(app): State
         t.cancel();
     }
     tracing::debug!(sid = %s.id, ?reason, "disconnected");
+    crate::metrics::disconnected(&reason);
     presence::on_disconnect(&s, &app, reason).await;
 }
 
@@ -228,25 +267,41 @@ pub struct Responder {
     event: String,
 }
 
+/// Every handler takes a [`Responder`] first, so the budget is checked here, once for every
+/// event: an event over budget is answered `RATE_LIMITED` and its handler never runs.
 impl FromMessageParts<LocalAdapter> for Responder {
-    type Error = Infallible;
+    type Error = OverBudget;
 
     fn from_message_parts(
         s: &Arc<Socket<LocalAdapter>>,
         v: &mut socketioxide::handler::Value,
         ack_id: &Option<i64>,
-    ) -> Result<Self, Infallible> {
+    ) -> Result<Self, OverBudget> {
         let event = Event::from_message_parts(s, v, ack_id)
             .map(|e| e.0)
             .unwrap_or_default();
-        let Ok(socket) = SocketRef::from_message_parts(s, v, ack_id);
-        let Ok(ack) = AckSender::from_message_parts(s, v, ack_id);
-        Ok(Responder {
+        crate::metrics::event_received(&event);
+        let Ok(socket) = SocketRef::<LocalAdapter>::from_message_parts(s, v, ack_id);
+        let Ok(ack) = AckSender::<LocalAdapter>::from_message_parts(s, v, ack_id);
+        let responder = Responder {
             socket,
             ack,
             has_ack: ack_id.is_some(),
             event,
-        })
+        };
+        let over = s
+            .extensions
+            .get::<EventBudget>()
+            .is_some_and(|EventBudget(limiter)| limiter.check().is_err());
+        if over {
+            crate::metrics::rate_limited(&responder.event);
+            responder.fail(ClientError::new(
+                crate::error::ErrorCode::RateLimited,
+                "too many events: slow down",
+            ));
+            return Err(OverBudget);
+        }
+        Ok(responder)
     }
 }
 
@@ -268,6 +323,7 @@ impl Responder {
 
     /// Answers success with `body`.
     pub fn ok(self, body: Value) {
+        crate::metrics::ack(&self.event, None);
         self.ack.send(&body).ok();
     }
 
@@ -279,6 +335,7 @@ impl Responder {
 
     /// Answers failure with a custom ACK body (e.g. `chat:send`'s `status: FAILED`).
     pub fn fail_with(self, err: ClientError, ack_body: Value) {
+        crate::metrics::ack(&self.event, Some(err.code));
         if self.has_ack {
             self.ack.send(&ack_body).ok();
         } else {

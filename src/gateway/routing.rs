@@ -1,20 +1,35 @@
-//! Events the gateway does not handle itself. Unknown names answer `INVALID_EVENT`; routed
-//! `service:module:name` events to registered services slot in here.
+//! Events the gateway does not handle itself: `service:module:name` events of registered
+//! services are routed to their Redis stream ([`crate::routing`]); any other name answers
+//! `INVALID_EVENT`.
 
-use socketioxide::extract::SocketRef;
+use serde_json::{Value, json};
+use socketioxide::extract::{SocketRef, State, TryData};
 
-use super::Responder;
-use crate::error::{ClientError, ErrorCode};
+use super::{App, Responder};
+use crate::error::ClientError;
+use crate::routing::Origin;
 
 /// Registers the fallback handler on a socket (before its first await).
 pub fn register(s: &SocketRef) {
-    s.on_fallback(unknown);
+    s.on_fallback(route);
 }
 
-async fn unknown(r: Responder) {
-    let name: String = r.event_name().chars().take(64).collect();
-    r.fail(ClientError::new(
-        ErrorCode::InvalidEvent,
-        format!("unknown event {name:?}"),
-    ));
+async fn route(r: Responder, State(app): State<App>, TryData(data): TryData<Value>) {
+    let result = async {
+        app.router.stream_for(r.event_name())?;
+        let identity = r
+            .identity()
+            .ok_or_else(|| ClientError::internal(&"socket without identity"))?;
+        // The client's payload travels untouched; a missing one is `null`.
+        let payload = data.unwrap_or(Value::Null).to_string();
+        let sid = r.socket().id.to_string();
+        let origin = Origin {
+            user_id: &identity.user_id,
+            socket_id: &sid,
+        };
+        let id = app.router.route(r.event_name(), &origin, &payload).await?;
+        Ok::<_, ClientError>(json!({ "success": true, "id": id }))
+    }
+    .await;
+    r.reply(result);
 }

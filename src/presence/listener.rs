@@ -97,6 +97,7 @@ pub async fn run(
                 tracing::warn!("keyspace listener lost redis; resubscribing");
                 break;
             };
+            crate::metrics::keyspace_notification();
             let Ok(key) = msg.get_payload::<String>() else {
                 continue;
             };

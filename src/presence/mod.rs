@@ -72,6 +72,18 @@ pub struct LocalSocket {
     pub connected_at: String,
 }
 
+/// One live socket of a user, as the server API shows it.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SocketInfo {
+    /// Socket id.
+    pub socket_id: String,
+    /// The node holding it.
+    pub node_id: String,
+    /// When it connected.
+    pub connected_at: String,
+}
+
 /// The presence service of one node.
 #[derive(Clone)]
 pub struct Presence {
@@ -122,6 +134,7 @@ impl Presence {
         let version: u64 = scripts::invoke(&scripts::PRESENCE_CONNECT, &mut conn, call).await?;
         self.track_deadlines(&[user.to_owned()], now).await?;
         if version > 0 {
+            crate::metrics::presence_transition("online", "connect");
             self.publish_online(user, version).await?;
         }
         Ok(())
@@ -133,6 +146,7 @@ impl Presence {
         let mut conn = self.conn.clone();
         let version: u64 = scripts::invoke(&scripts::PRESENCE_DISCONNECT, &mut conn, call).await?;
         if version > 0 {
+            crate::metrics::presence_transition("offline", "disconnected");
             let _: () = redis::cmd("ZREM")
                 .arg(keys::PRESENCE_DEADLINES)
                 .arg(user)
@@ -167,7 +181,8 @@ impl Presence {
             scripts::pipe_invoke(&mut pipe, &scripts::PRESENCE_REFRESH, call);
         }
         let mut conn = self.conn.clone();
-        let versions: Vec<u64> = match pipe.query_async(&mut conn).await {
+        let first = pipe.query_async(&mut conn);
+        let versions: Vec<u64> = match crate::metrics::redis_op("refresh_pipeline", first).await {
             Ok(v) => v,
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 // Redis restarted and lost its script cache: load and try once more.
@@ -180,6 +195,7 @@ impl Presence {
         self.track_deadlines(&names, now).await?;
         for ((user, _), version) in users.iter().zip(versions) {
             if version > 0 {
+                crate::metrics::presence_transition("online", "refresh");
                 self.publish_online(user, version).await?;
             }
         }
@@ -194,6 +210,7 @@ impl Presence {
         let (claimed, value): (i64, i64) =
             scripts::invoke(&scripts::PRESENCE_CLAIM, &mut conn, call).await?;
         if claimed == 1 {
+            crate::metrics::presence_transition("offline", "expired");
             let _: () = redis::cmd("ZREM")
                 .arg(keys::PRESENCE_DEADLINES)
                 .arg(user)
@@ -217,7 +234,8 @@ impl Presence {
             pipe.cmd("SMEMBERS").arg(self.chats.members_key(chat));
         }
         let mut conn = self.conn.clone();
-        let lists: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
+        let lists: Vec<Vec<String>> =
+            crate::metrics::redis_op("smembers_pipeline", pipe.query_async(&mut conn)).await?;
         let mut peers: Vec<String> = lists
             .into_iter()
             .flatten()
@@ -239,12 +257,50 @@ impl Presence {
             pipe.cmd("EXISTS").arg(keys::presence_user(u));
         }
         let mut conn = self.conn.clone();
-        let exists: Vec<bool> = pipe.query_async(&mut conn).await?;
+        let exists: Vec<bool> =
+            crate::metrics::redis_op("exists_pipeline", pipe.query_async(&mut conn)).await?;
         Ok(users
             .iter()
             .zip(exists)
             .filter(|(_, e)| *e)
             .map(|(u, _)| u.clone())
+            .collect())
+    }
+
+    /// The live sockets of each of `users` (`GET /api/v1/presence`): fields whose node stopped
+    /// refreshing them are left out.
+    pub async fn sockets_of(
+        &self,
+        users: &[String],
+    ) -> Result<Vec<(String, Vec<SocketInfo>)>, PresenceError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for u in users {
+            pipe.cmd("HGETALL").arg(keys::presence_user(u));
+        }
+        let mut conn = self.conn.clone();
+        let all: Vec<Vec<(String, String)>> = pipe.query_async(&mut conn).await?;
+        let fresh_after = self.prune_before(clock::now_ms());
+        Ok(users
+            .iter()
+            .zip(all)
+            .map(|(u, fields)| {
+                let mut sockets: Vec<SocketInfo> = fields
+                    .into_iter()
+                    .filter_map(|(sid, json)| {
+                        let v: serde_json::Value = serde_json::from_str(&json).ok()?;
+                        (v["lastSeen"].as_u64()? >= fresh_after).then(|| SocketInfo {
+                            socket_id: sid,
+                            node_id: v["nodeId"].as_str().unwrap_or_default().to_owned(),
+                            connected_at: v["connectedAt"].as_str().unwrap_or_default().to_owned(),
+                        })
+                    })
+                    .collect();
+                sockets.sort_by(|a, b| a.socket_id.cmp(&b.socket_id));
+                (u.clone(), sockets)
+            })
             .collect())
     }
 

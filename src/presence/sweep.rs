@@ -70,6 +70,7 @@ pub async fn sweep_once(
         .arg(BATCH)
         .query_async(&mut conn)
         .await?;
+    crate::metrics::sweep_claims(due.len());
     for user in &due {
         match presence.claim_expiry(user).await? {
             // Still online: its key lives on; look again when it would expire.

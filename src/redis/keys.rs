@@ -99,6 +99,21 @@ pub const PRESENCE_DEADLINES: &str = "presence:deadlines";
 /// STRING: the node currently allowed to sweep (short PX lease).
 pub const PRESENCE_SWEEP_LOCK: &str = "presence:sweep-lock";
 
+/// STRING: the backplane entry id of a publish, by its `Idempotency-Key` (or `pending`).
+pub fn publish_idempotency(key: &str) -> String {
+    format!("fanout:idem:{key}")
+}
+
+/// STREAM services may `XADD` publish requests to (field `body` = the JSON body of
+/// `POST /api/v1/publish`); nodes consume it with the [`PUBLISH_GROUP`] consumer group.
+pub const PUBLISH_STREAM: &str = "fanout:publish";
+
+/// Consumer group of the nodes on [`PUBLISH_STREAM`].
+pub const PUBLISH_GROUP: &str = "fanout";
+
+/// HASH of live nodes: node id -> JSON `{nodeId, connections, startedAt, lastSeen, lastSeenMs}`.
+pub const NODES: &str = "fanout:nodes";
+
 #[cfg(test)]
 mod tests {
     use super::*;

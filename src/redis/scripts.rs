@@ -181,6 +181,7 @@ pub fn pipe_invoke(
     script: &Script,
     (keys, args): (Vec<String>, Vec<String>),
 ) {
+    crate::metrics::script_call(name_of(script));
     pipe.cmd("EVALSHA")
         .arg(script.get_hash())
         .arg(keys.len())
@@ -224,7 +225,26 @@ where
     for a in &args {
         inv.arg(a);
     }
-    inv.invoke_async(conn).await
+    let name = name_of(script);
+    crate::metrics::script_call(name);
+    crate::metrics::redis_op(name, inv.invoke_async(conn)).await
+}
+
+/// A script's name for metrics (its `lua/` file name without `.lua`), found by its SHA;
+/// `other` for a script not listed here.
+pub fn name_of(script: &Script) -> &'static str {
+    let scripts: [(&Script, &'static str); 6] = [
+        (&CHAT_SEND, "chat_send"),
+        (&CHAT_HISTORY, "chat_history"),
+        (&PRESENCE_CONNECT, "presence_connect"),
+        (&PRESENCE_DISCONNECT, "presence_disconnect"),
+        (&PRESENCE_REFRESH, "presence_refresh"),
+        (&PRESENCE_CLAIM, "presence_claim"),
+    ];
+    scripts
+        .into_iter()
+        .find(|(s, _)| s.get_hash() == script.get_hash())
+        .map_or("other", |(_, name)| name)
 }
 
 #[cfg(test)]

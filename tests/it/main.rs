@@ -3,11 +3,14 @@
 
 mod harness;
 
+mod api;
 mod auth;
 mod bad_input;
 mod chat;
 mod interop_js;
+mod measure;
 mod membership;
 mod outage;
 mod presence;
+mod routing;
 mod startup;

@@ -1,0 +1,688 @@
+//! Every metric of a node in one place: its name, type, labels and help text ([`ALL`]), the
+//! Prometheus exporter ([`install`]), the `/metrics` endpoint ([`endpoint`]), the background
+//! tasks that keep it fresh, and one-line helpers for the call sites.
+//!
+//! Naming follows Prometheus conventions: a `fanout_` prefix, counters end in `_total`,
+//! durations are `_seconds` histograms (buckets [`SECONDS_BUCKETS`], 0.5 ms to 10 s).
+//!
+//! Labels are bounded: event names are mapped onto a fixed list ([`event_label`], anything else
+//! is `other`, routed `service:module:name` events are `routed`), reasons, codes and operations
+//! come from enums or string constants, shards are `0..BACKPLANE_SHARDS`. A user, chat or socket
+//! id is never a label. The per-node breakdown comes from Prometheus's own `instance` label.
+//!
+//! The `metrics` crate's recorder is process-global by design: [`install`] sets it once per
+//! process and hands every later caller the same handle, so in-process tests that run several
+//! nodes share one set of counters (a test measures deltas around its own workload).
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::{MethodRouter, get};
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use redis::streams::StreamReadReply;
+use socketioxide::socket::DisconnectReason;
+use socketioxide::{BroadcastError, SocketError, SocketIo, TransportType};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::AuthError;
+use crate::error::ErrorCode;
+
+/// What kind of series a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up (resets when the process restarts).
+    Counter,
+    /// A value that goes up and down.
+    Gauge,
+    /// A distribution in buckets (`_bucket`, `_sum`, `_count`).
+    Histogram,
+}
+
+impl Kind {
+    /// The Prometheus `# TYPE` word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One metric: name, type, label names and help text (the `# HELP` line and the row of
+/// docs/operations.md).
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    /// Full Prometheus name.
+    pub name: &'static str,
+    /// Series type.
+    pub kind: Kind,
+    /// Label names (their values are bounded, see the module doc).
+    pub labels: &'static [&'static str],
+    /// One line of meaning.
+    pub help: &'static str,
+}
+
+macro_rules! metric {
+    ($(#[$doc:meta])* $id:ident, $name:literal, $kind:ident, [$($label:literal),*], $help:literal) => {
+        $(#[$doc])*
+        pub const $id: Metric = Metric {
+            name: $name,
+            kind: Kind::$kind,
+            labels: &[$($label),*],
+            help: $help,
+        };
+    };
+}
+
+// ---- connections --------------------------------------------------------------------------
+metric!(
+    /// Live sockets, computed from the node's sockets at each scrape.
+    CONNECTIONS, "fanout_connections", Gauge, ["transport"],
+    "Live Socket.IO connections on this node, by current transport (polling, websocket)."
+);
+metric!(
+    /// Accepted handshakes.
+    CONNECTS, "fanout_connects_total", Counter, ["transport"],
+    "Socket.IO handshakes accepted, by transport at handshake time."
+);
+metric!(
+    /// Refused handshakes.
+    CONNECT_REFUSALS, "fanout_connect_refusals_total", Counter, ["reason"],
+    "Socket.IO handshakes refused (connect_error), by reason: missing_token, expired, not_yet_valid, bad_signature, wrong_algorithm, wrong_claim, invalid_token, unavailable."
+);
+metric!(
+    /// Disconnects.
+    DISCONNECTS, "fanout_disconnects_total", Counter, ["reason"],
+    "Socket disconnects, by socketioxide's reason (transport_close, transport_error, heartbeat_timeout, client_disconnect, server_disconnect, closing_server, ...)."
+);
+
+// ---- client events ------------------------------------------------------------------------
+metric!(
+    /// Client events received.
+    EVENTS_RECEIVED, "fanout_events_received_total", Counter, ["event"],
+    "Client events received, by event name (known names; routed for service:module:name; other)."
+);
+metric!(
+    /// Outcomes of client events.
+    ACKS, "fanout_acks_total", Counter, ["event", "status", "code"],
+    "Answers to client events, by event, status (ok, error) and error code (none when ok); without an ACK id a failure is answered with an error event and counted here too."
+);
+metric!(
+    /// Events over the socket's budget.
+    RATE_LIMITED_EVENTS, "fanout_rate_limited_events_total", Counter, ["event"],
+    "Client events refused with RATE_LIMITED (over the socket's RATE_LIMIT_PER_SEC / RATE_LIMIT_BURST budget), by event."
+);
+
+// ---- chat -----------------------------------------------------------------------------------
+metric!(
+    /// New messages.
+    MESSAGES_ACCEPTED, "fanout_messages_accepted_total", Counter, [],
+    "Chat messages accepted by this node (new ones only, not clientMsgId retries)."
+);
+metric!(
+    /// Deduplicated retries.
+    MESSAGES_DEDUPLICATED, "fanout_messages_deduplicated_total", Counter, [],
+    "chat:send retries answered from the dedup window (same clientMsgId): acknowledged again, not delivered again."
+);
+
+// ---- backplane and delivery -----------------------------------------------------------------
+metric!(
+    /// Entries the reader applied.
+    BACKPLANE_ENTRIES_READ, "fanout_backplane_entries_read_total", Counter, [],
+    "Backplane stream entries read and applied to this node's sockets."
+);
+metric!(
+    /// Local room broadcasts.
+    LOCAL_EMITS, "fanout_local_emits_total", Counter, ["event"],
+    "Backplane events emitted to this node's local rooms: one per room broadcast, however many sockets it reaches."
+);
+metric!(
+    /// Per-socket send failures.
+    SOCKET_SEND_FAILURES, "fanout_socket_send_failures_total", Counter, ["reason"],
+    "Packets not queued to a local socket during a broadcast: buffer_full (SOCKET_BUFFER_PACKETS reached, the packet is dropped for that socket) or closed."
+);
+metric!(
+    /// XADD to local emit.
+    DELIVERY_LATENCY, "fanout_delivery_latency_seconds", Histogram, [],
+    "Time from a backplane entry's XADD (its id's Redis timestamp) to its local emit on this node; includes clock skew between Redis and the node."
+);
+metric!(
+    /// Reader lag in time.
+    BACKPLANE_LAG_SECONDS, "fanout_backplane_lag_seconds", Gauge, ["shard"],
+    "Age of the newest entry the last XREAD returned for the shard (0 when it returned none: caught up)."
+);
+metric!(
+    /// Reader lag in entries.
+    BACKPLANE_LAG_ENTRIES, "fanout_backplane_lag_entries", Gauge, ["shard"],
+    "Entries the last XREAD returned for the shard: the backlog it just caught up on (a lower bound; 1000 = at least one full batch behind)."
+);
+metric!(
+    /// XLEN of each shard.
+    BACKPLANE_STREAM_LENGTH, "fanout_backplane_stream_length", Gauge, ["shard"],
+    "XLEN of each backplane shard stream, sampled every 5 s (capped near BACKPLANE_MAXLEN)."
+);
+
+// ---- redis ----------------------------------------------------------------------------------
+metric!(
+    /// Command latency.
+    REDIS_COMMAND_DURATION, "fanout_redis_command_duration_seconds", Histogram, ["op"],
+    "Latency of Redis commands, by operation: a command (xadd, smembers, ...), a script (chat_send, ...) or a pipeline (..._pipeline). Blocking XREADs are not timed."
+);
+metric!(
+    /// Command errors.
+    REDIS_ERRORS, "fanout_redis_errors_total", Counter, ["op", "kind"],
+    "Failed Redis operations, by operation and kind: timeout, unavailable (connection lost or refused, server loading or read-only), error."
+);
+metric!(
+    /// Script invocations.
+    REDIS_SCRIPT_CALLS, "fanout_redis_script_calls_total", Counter, ["script"],
+    "Lua script invocations (single or pipelined), by script."
+);
+
+// ---- presence -------------------------------------------------------------------------------
+metric!(
+    /// Presence transitions decided here.
+    PRESENCE_TRANSITIONS, "fanout_presence_transitions_total", Counter, ["kind", "reason"],
+    "User presence transitions decided by this node: kind online (reason connect, refresh) or offline (reason disconnected, expired)."
+);
+metric!(
+    /// Keyspace notifications.
+    KEYSPACE_NOTIFICATIONS, "fanout_keyspace_notifications_total", Counter, [],
+    "Expired-key notifications received from Redis (any key; presence keys are claimed)."
+);
+metric!(
+    /// Sweep claims.
+    PRESENCE_SWEEP_CLAIMS, "fanout_presence_sweep_claims_total", Counter, [],
+    "Users past their presence deadline that this node's sweep tried to claim (it holds the sweep lease)."
+);
+
+// ---- process --------------------------------------------------------------------------------
+metric!(
+    /// Build info.
+    BUILD_INFO, "fanout_build_info", Gauge, ["version"],
+    "Always 1; the version label is the crate version of the running node."
+);
+
+/// Every metric, in the order of docs/operations.md.
+pub const ALL: &[Metric] = &[
+    CONNECTIONS,
+    CONNECTS,
+    CONNECT_REFUSALS,
+    DISCONNECTS,
+    EVENTS_RECEIVED,
+    ACKS,
+    RATE_LIMITED_EVENTS,
+    MESSAGES_ACCEPTED,
+    MESSAGES_DEDUPLICATED,
+    BACKPLANE_ENTRIES_READ,
+    LOCAL_EMITS,
+    SOCKET_SEND_FAILURES,
+    DELIVERY_LATENCY,
+    BACKPLANE_LAG_SECONDS,
+    BACKPLANE_LAG_ENTRIES,
+    BACKPLANE_STREAM_LENGTH,
+    REDIS_COMMAND_DURATION,
+    REDIS_ERRORS,
+    REDIS_SCRIPT_CALLS,
+    PRESENCE_TRANSITIONS,
+    KEYSPACE_NOTIFICATIONS,
+    PRESENCE_SWEEP_CLAIMS,
+    BUILD_INFO,
+];
+
+/// Bucket upper bounds of every `_seconds` histogram: 0.5 ms to 10 s.
+pub const SECONDS_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// How often [`run_upkeep`] drains histograms and [`sample_streams`] runs XLEN.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Client event names (and their aliases) that are labels as themselves.
+pub const CLIENT_EVENTS: &[&str] = &[
+    "chat:join",
+    "join-chat",
+    "joinRoom",
+    "chat:leave",
+    "leave-chat",
+    "chat:send",
+    "sendMessage",
+    "chat:typing",
+    "chat:read",
+    "chat:history",
+    "presence:ping",
+    "heartbeat",
+    "presence:query",
+];
+
+/// Server event names carried by the backplane that are labels as themselves.
+pub const SERVER_EVENTS: &[&str] = &[
+    "chat:message",
+    "chat:typing",
+    "chat:read",
+    "chat:created",
+    "chat:deleted",
+    "presence:online",
+    "presence:offline",
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once; later calls return the same handle),
+/// describes every metric and creates the series whose label values are known in advance, so
+/// they read 0 instead of being absent until their first event.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
+                .expect("bucket list is not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            if let Err(e) = metrics::set_global_recorder(recorder) {
+                // Only when something else in the process installed a recorder first.
+                tracing::warn!(error = %e, "metrics recorder already set; /metrics stays empty");
+            }
+            describe_all();
+            register_known_series();
+            gauge!(BUILD_INFO.name, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            handle.run_upkeep();
+            handle
+        })
+        .clone()
+}
+
+fn describe_all() {
+    for m in ALL {
+        match m.kind {
+            Kind::Counter => metrics::describe_counter!(m.name, m.help),
+            Kind::Gauge => metrics::describe_gauge!(m.name, m.help),
+            Kind::Histogram => metrics::describe_histogram!(m.name, m.help),
+        }
+    }
+}
+
+const TRANSPORTS: [&str; 2] = ["polling", "websocket"];
+const REFUSAL_REASONS: [&str; 8] = [
+    "missing_token",
+    "expired",
+    "not_yet_valid",
+    "bad_signature",
+    "wrong_algorithm",
+    "wrong_claim",
+    "invalid_token",
+    "unavailable",
+];
+
+fn register_known_series() {
+    for t in TRANSPORTS {
+        gauge!(CONNECTIONS.name, "transport" => t).set(0.0);
+        counter!(CONNECTS.name, "transport" => t).absolute(0);
+    }
+    for r in REFUSAL_REASONS {
+        counter!(CONNECT_REFUSALS.name, "reason" => r).absolute(0);
+    }
+    for r in ["transport_close", "transport_error", "heartbeat_timeout"] {
+        counter!(DISCONNECTS.name, "reason" => r).absolute(0);
+    }
+    for e in CLIENT_EVENTS {
+        counter!(EVENTS_RECEIVED.name, "event" => *e).absolute(0);
+    }
+    // Series that only move on trouble still exist at 0, so dashboards show 0, not "no data".
+    counter!(RATE_LIMITED_EVENTS.name, "event" => "chat:send").absolute(0);
+    counter!(MESSAGES_ACCEPTED.name).absolute(0);
+    counter!(MESSAGES_DEDUPLICATED.name).absolute(0);
+    counter!(BACKPLANE_ENTRIES_READ.name).absolute(0);
+    counter!(LOCAL_EMITS.name, "event" => "chat:message").absolute(0);
+    for r in ["buffer_full", "closed"] {
+        counter!(SOCKET_SEND_FAILURES.name, "reason" => r).absolute(0);
+    }
+    let _ = histogram!(DELIVERY_LATENCY.name);
+    counter!(REDIS_ERRORS.name, "op" => "xadd", "kind" => "unavailable").absolute(0);
+    for (kind, reason) in [
+        ("online", "connect"),
+        ("online", "refresh"),
+        ("offline", "disconnected"),
+        ("offline", "expired"),
+    ] {
+        counter!(PRESENCE_TRANSITIONS.name, "kind" => kind, "reason" => reason).absolute(0);
+    }
+    counter!(KEYSPACE_NOTIFICATIONS.name).absolute(0);
+    counter!(PRESENCE_SWEEP_CLAIMS.name).absolute(0);
+}
+
+/// The `/metrics` route of the admin router: Prometheus text format, no API key (PROTOCOL.md
+/// §8). `io` is this node's Socket.IO handle: the live-connection gauge is counted from it at
+/// each scrape (a socket may upgrade from polling to websocket, so counting at connect and
+/// disconnect would misattribute it).
+pub fn endpoint(handle: PrometheusHandle, io: SocketIo) -> MethodRouter {
+    get(move || {
+        let body = render(&handle, &io);
+        async move {
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                body,
+            )
+                .into_response()
+        }
+    })
+}
+
+/// Sets the scrape-time gauges from `io` and renders every metric.
+pub fn render(handle: &PrometheusHandle, io: &SocketIo) -> String {
+    let (mut polling, mut websocket) = (0u64, 0u64);
+    for s in io.sockets() {
+        match s.transport_type() {
+            TransportType::Polling => polling += 1,
+            TransportType::Websocket => websocket += 1,
+        }
+    }
+    gauge!(CONNECTIONS.name, "transport" => "polling").set(polling as f64);
+    gauge!(CONNECTIONS.name, "transport" => "websocket").set(websocket as f64);
+    handle.render()
+}
+
+/// Runs the exporter's upkeep (drains histogram samples, publishes descriptions) every
+/// [`UPKEEP_INTERVAL`] until `cancel`.
+pub async fn run_upkeep(handle: PrometheusHandle, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => handle.run_upkeep(),
+        }
+    }
+}
+
+/// Samples `XLEN` of every backplane shard every [`UPKEEP_INTERVAL`] into
+/// `fanout_backplane_stream_length{shard}` (one pipelined round trip), until `cancel`.
+pub async fn sample_streams(
+    conn: redis::aio::ConnectionManager,
+    shards: u16,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let mut pipe = redis::pipe();
+        for shard in 0..shards {
+            pipe.cmd("XLEN")
+                .arg(crate::redis::keys::backplane_shard(shard));
+        }
+        let mut c = conn.clone();
+        if let Ok(lengths) = redis_op("xlen_pipeline", pipe.query_async::<Vec<u64>>(&mut c)).await {
+            for (shard, len) in lengths.into_iter().enumerate() {
+                gauge!(BACKPLANE_STREAM_LENGTH.name, "shard" => shard.to_string()).set(len as f64);
+            }
+        }
+    }
+}
+
+// ---- helpers for the call sites --------------------------------------------------------------
+
+/// The label of an event name: itself when listed in [`CLIENT_EVENTS`] or [`SERVER_EVENTS`], `routed` for a `service:module:name`
+/// event, else `other` (client-chosen names must not create series).
+pub fn event_label(event: &str) -> &'static str {
+    let known = CLIENT_EVENTS
+        .iter()
+        .chain(SERVER_EVENTS)
+        .find(|k| **k == event);
+    if let Some(known) = known {
+        known
+    } else if crate::routing::service_of(event).is_some() {
+        "routed"
+    } else {
+        "other"
+    }
+}
+
+fn transport_label(t: TransportType) -> &'static str {
+    match t {
+        TransportType::Polling => "polling",
+        TransportType::Websocket => "websocket",
+    }
+}
+
+/// A handshake was accepted.
+pub fn connected(transport: TransportType) {
+    counter!(CONNECTS.name, "transport" => transport_label(transport)).increment(1);
+}
+
+/// A handshake was refused because of its token.
+pub fn refused_auth(e: &AuthError) {
+    let reason = match e {
+        AuthError::Missing => "missing_token",
+        AuthError::Expired => "expired",
+        AuthError::NotYetValid => "not_yet_valid",
+        AuthError::BadSignature => "bad_signature",
+        AuthError::WrongAlgorithm => "wrong_algorithm",
+        AuthError::WrongClaim(_) => "wrong_claim",
+        AuthError::Invalid(_) => "invalid_token",
+    };
+    counter!(CONNECT_REFUSALS.name, "reason" => reason).increment(1);
+}
+
+/// A handshake was refused because the node cannot serve (Redis down, not ready, draining).
+pub fn refused_unavailable() {
+    counter!(CONNECT_REFUSALS.name, "reason" => "unavailable").increment(1);
+}
+
+/// A socket disconnected.
+pub fn disconnected(reason: &DisconnectReason) {
+    let reason = match reason {
+        DisconnectReason::TransportClose => "transport_close",
+        DisconnectReason::MultipleHttpPollingError => "multiple_polling",
+        DisconnectReason::PacketParsingError => "packet_parsing_error",
+        DisconnectReason::TransportError => "transport_error",
+        DisconnectReason::HeartbeatTimeout => "heartbeat_timeout",
+        DisconnectReason::ClientNSDisconnect => "client_disconnect",
+        DisconnectReason::ServerNSDisconnect => "server_disconnect",
+        DisconnectReason::ClosingServer => "closing_server",
+    };
+    counter!(DISCONNECTS.name, "reason" => reason).increment(1);
+}
+
+/// A client event arrived.
+pub fn event_received(event: &str) {
+    counter!(EVENTS_RECEIVED.name, "event" => event_label(event)).increment(1);
+}
+
+/// A client event was answered: `None` = success, else the error code.
+pub fn ack(event: &str, code: Option<ErrorCode>) {
+    let (status, code) = match code {
+        None => ("ok", "none"),
+        Some(c) => ("error", c.as_str()),
+    };
+    counter!(ACKS.name, "event" => event_label(event), "status" => status, "code" => code)
+        .increment(1);
+}
+
+/// A client event was over its socket's budget.
+pub fn rate_limited(event: &str) {
+    counter!(RATE_LIMITED_EVENTS.name, "event" => event_label(event)).increment(1);
+}
+
+/// `chat:send` was accepted (`duplicate`: a retry answered from the dedup window).
+pub fn message_accepted(duplicate: bool) {
+    if duplicate {
+        counter!(MESSAGES_DEDUPLICATED.name).increment(1);
+    } else {
+        counter!(MESSAGES_ACCEPTED.name).increment(1);
+    }
+}
+
+/// A local room broadcast of `event` finished with `result`; per-socket failures are counted
+/// by reason.
+pub fn local_emit(event: &str, result: &Result<(), BroadcastError>) {
+    counter!(LOCAL_EMITS.name, "event" => event_label(event)).increment(1);
+    if let Err(BroadcastError::Socket(errors)) = result {
+        for e in errors {
+            let reason = match e {
+                SocketError::InternalChannelFull => "buffer_full",
+                SocketError::Closed => "closed",
+            };
+            counter!(SOCKET_SEND_FAILURES.name, "reason" => reason).increment(1);
+        }
+    }
+}
+
+/// The Redis timestamp (ms) of a stream entry id `<ms>-<seq>`.
+pub fn entry_ms(id: &str) -> Option<u64> {
+    id.split_once('-').and_then(|(ms, _)| ms.parse().ok())
+}
+
+fn age_secs(entry_id: &str) -> Option<f64> {
+    let ms = entry_ms(entry_id)?;
+    Some(crate::clock::now_ms().saturating_sub(ms) as f64 / 1000.0)
+}
+
+/// A backplane entry was applied to the local sockets: records its XADD→emit latency.
+pub fn entry_applied(entry_id: &str) {
+    counter!(BACKPLANE_ENTRIES_READ.name).increment(1);
+    if let Some(age) = age_secs(entry_id) {
+        histogram!(DELIVERY_LATENCY.name).record(age);
+    }
+}
+
+/// After an XREAD over `keys` (shard `i` is `keys[i]`): per shard, how many entries came back
+/// and how old the newest of them is (both 0 for a shard that returned none).
+pub fn reader_lag(keys: &[String], reply: Option<&StreamReadReply>) {
+    for (shard, key) in keys.iter().enumerate() {
+        let ids = reply
+            .and_then(|r| r.keys.iter().find(|s| s.key == *key))
+            .map(|s| s.ids.as_slice())
+            .unwrap_or_default();
+        let age = ids.last().and_then(|e| age_secs(&e.id)).unwrap_or(0.0);
+        let shard = shard.to_string();
+        gauge!(BACKPLANE_LAG_ENTRIES.name, "shard" => shard.clone()).set(ids.len() as f64);
+        gauge!(BACKPLANE_LAG_SECONDS.name, "shard" => shard).set(age);
+    }
+}
+
+/// Times a Redis operation and counts its failure. `op` is a fixed name (a command, a script
+/// or a `..._pipeline`), never built from data.
+pub async fn redis_op<T>(
+    op: &'static str,
+    fut: impl Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    let start = Instant::now();
+    let result = fut.await;
+    histogram!(REDIS_COMMAND_DURATION.name, "op" => op).record(start.elapsed().as_secs_f64());
+    if let Err(e) = &result {
+        redis_error(op, e);
+    }
+    result
+}
+
+/// Counts a failed Redis operation that is not timed (a blocking XREAD).
+pub fn redis_error(op: &'static str, e: &redis::RedisError) {
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if crate::error::is_unavailable(e) {
+        "unavailable"
+    } else {
+        "error"
+    };
+    counter!(REDIS_ERRORS.name, "op" => op, "kind" => kind).increment(1);
+}
+
+/// A Lua script was invoked (alone or in a pipeline).
+pub fn script_call(script: &'static str) {
+    counter!(REDIS_SCRIPT_CALLS.name, "script" => script).increment(1);
+}
+
+/// This node decided a presence transition: `kind` online/offline, `reason` connect, refresh,
+/// disconnected or expired.
+pub fn presence_transition(kind: &'static str, reason: &'static str) {
+    counter!(PRESENCE_TRANSITIONS.name, "kind" => kind, "reason" => reason).increment(1);
+}
+
+/// An expired-key notification arrived.
+pub fn keyspace_notification() {
+    counter!(KEYSPACE_NOTIFICATIONS.name).increment(1);
+}
+
+/// The sweep found `n` users past their deadline and claims them.
+pub fn sweep_claims(n: usize) {
+    counter!(PRESENCE_SWEEP_CLAIMS.name).increment(n as u64);
+}
+
+/// The metrics table of docs/operations.md, generated from [`ALL`] (a test keeps the doc equal
+/// to it).
+pub fn markdown_table() -> String {
+    let mut out = String::from("| metric | type | labels | meaning |\n|---|---|---|---|\n");
+    for m in ALL {
+        let labels = if m.labels.is_empty() {
+            "—".to_owned()
+        } else {
+            m.labels
+                .iter()
+                .map(|l| format!("`{l}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "| `{}` | {} | {} | {} |",
+            m.name,
+            m.kind.as_str(),
+            labels,
+            m.help
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let mut seen = std::collections::HashSet::new();
+        for m in ALL {
+            assert!(seen.insert(m.name), "{} listed twice", m.name);
+            assert!(m.name.starts_with("fanout_"), "{}", m.name);
+            match m.kind {
+                Kind::Counter => assert!(m.name.ends_with("_total"), "{}", m.name),
+                Kind::Histogram => assert!(m.name.ends_with("_seconds"), "{}", m.name),
+                Kind::Gauge => assert!(!m.name.ends_with("_total"), "{}", m.name),
+            }
+            for l in m.labels {
+                assert!(
+                    !["user", "user_id", "chat", "chat_id", "sid", "socket"].contains(l),
+                    "{} has an unbounded label {l}",
+                    m.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn event_labels_are_bounded() {
+        assert_eq!(event_label("chat:send"), "chat:send");
+        assert_eq!(event_label("notes:board:add"), "routed");
+        assert_eq!(event_label("whatever-a-client-sends"), "other");
+        assert_eq!(event_label(""), "other");
+    }
+
+    #[test]
+    fn entry_ids_carry_the_xadd_time() {
+        assert_eq!(entry_ms("1700000000123-4"), Some(1_700_000_000_123));
+        assert_eq!(entry_ms("garbage"), None);
+    }
+}

@@ -1,0 +1,194 @@
+//! The reply path for services that need no HTTP: they `XADD fanout:publish * body <json>`
+//! (the JSON body of `POST /api/v1/publish`), and the nodes consume that stream with one
+//! consumer group, so each entry is handled by one node. The handling node publishes it into
+//! the backplane at most once — the entry id doubles as its idempotency key — then `XACK`s it.
+//! Entries left pending by a node that died are claimed by another with `XAUTOCLAIM` once idle
+//! for `PUBLISH_CLAIM_IDLE_MS` (default 30 s).
+//!
+//! A malformed entry is logged, acknowledged and dropped (retrying cannot fix it).
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamId, StreamReadReply};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::{Outcome, PublishRequest, Publisher};
+use crate::redis::{blocking_connection, keys};
+
+const BLOCK: Duration = Duration::from_millis(1000);
+const BATCH: usize = 100;
+
+/// Creates the consumer group if it does not exist (from the stream's start, so entries a
+/// service wrote before any node ran are not lost).
+async fn ensure_group(conn: &mut impl redis::aio::ConnectionLike) -> redis::RedisResult<()> {
+    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(keys::PUBLISH_STREAM)
+        .arg(keys::PUBLISH_GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match created {
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}
+
+/// Runs until `cancel`: reads new entries for this node, and every few seconds claims entries
+/// idle with a dead consumer.
+pub async fn run(
+    client: redis::Client,
+    conn: ConnectionManager,
+    publisher: Publisher,
+    node_id: String,
+    claim_idle: Duration,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut last_claim = tokio::time::Instant::now();
+    'connect: while !cancel.is_cancelled() {
+        let mut reader = tokio::select! {
+            _ = cancel.cancelled() => return,
+            c = blocking_connection(&client, BLOCK) => match c {
+                Ok(c) => c,
+                Err(_) => {
+                    sleep(&mut backoff, &cancel).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(e) = ensure_group(&mut reader).await {
+            tracing::warn!(error = %e, "cannot create the fanout:publish consumer group");
+            sleep(&mut backoff, &cancel).await;
+            continue;
+        }
+        loop {
+            let mut cmd = redis::cmd("XREADGROUP");
+            cmd.arg("GROUP")
+                .arg(keys::PUBLISH_GROUP)
+                .arg(&node_id)
+                .arg("COUNT")
+                .arg(BATCH)
+                .arg("BLOCK")
+                .arg(BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(keys::PUBLISH_STREAM)
+                .arg(">");
+            let read: redis::RedisResult<Option<StreamReadReply>> = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = cmd.query_async(&mut reader) => r,
+            };
+            match read {
+                Ok(reply) => {
+                    backoff = Duration::from_millis(100);
+                    for stream in reply.map(|r| r.keys).unwrap_or_default() {
+                        for entry in &stream.ids {
+                            handle(&conn, &publisher, entry).await;
+                        }
+                    }
+                }
+                Err(e) => {
+                    // NOGROUP after Redis lost its data: recreate the group on reconnect.
+                    tracing::debug!(error = %e, "fanout:publish read failed; reconnecting");
+                    sleep(&mut backoff, &cancel).await;
+                    continue 'connect;
+                }
+            }
+            if last_claim.elapsed() >= claim_idle / 6 {
+                last_claim = tokio::time::Instant::now();
+                claim_abandoned(&conn, &publisher, &node_id, claim_idle).await;
+            }
+        }
+    }
+}
+
+/// Claims and handles entries pending with any consumer for longer than `claim_idle`.
+pub async fn claim_abandoned(
+    conn: &ConnectionManager,
+    publisher: &Publisher,
+    node_id: &str,
+    claim_idle: Duration,
+) {
+    let mut c = conn.clone();
+    let mut start = "0-0".to_owned();
+    loop {
+        let claimed: redis::RedisResult<(String, redis::streams::StreamRangeReply, Value2)> =
+            redis::cmd("XAUTOCLAIM")
+                .arg(keys::PUBLISH_STREAM)
+                .arg(keys::PUBLISH_GROUP)
+                .arg(node_id)
+                .arg(claim_idle.as_millis() as u64)
+                .arg(&start)
+                .arg("COUNT")
+                .arg(BATCH)
+                .query_async(&mut c)
+                .await;
+        let Ok((next, entries, _)) = claimed else {
+            return;
+        };
+        for entry in &entries.ids {
+            handle(conn, publisher, entry).await;
+        }
+        if next == "0-0" || entries.ids.is_empty() {
+            return;
+        }
+        start = next;
+    }
+}
+
+/// The third element of an XAUTOCLAIM reply (deleted ids); ignored.
+type Value2 = redis::Value;
+
+async fn handle(conn: &ConnectionManager, publisher: &Publisher, entry: &StreamId) {
+    let body: Option<String> = entry.get("body");
+    let parsed = body
+        .as_deref()
+        .ok_or_else(|| "entry has no body field".to_owned())
+        .and_then(|b| serde_json::from_str::<Value>(b).map_err(|e| format!("body: {e}")))
+        .and_then(|v| match v {
+            Value::Object(map) => PublishRequest::parse(&map),
+            _ => Err("body must be a JSON object".to_owned()),
+        });
+    match parsed {
+        Ok(req) => {
+            let key = format!("stream:{}", entry.id);
+            match publisher.publish(&req, Some(&key)).await {
+                Ok(Outcome::Published(_)) | Ok(Outcome::Repeated(_)) => ack(conn, &entry.id).await,
+                // Another node is publishing it right now; it will ack.
+                Ok(Outcome::InProgress) => {}
+                // Left pending: retried by XAUTOCLAIM once idle long enough.
+                Err(e) => {
+                    tracing::warn!(id = %entry.id, error = %e, "fanout:publish entry not published yet")
+                }
+            }
+        }
+        Err(why) => {
+            tracing::warn!(id = %entry.id, %why, "malformed fanout:publish entry dropped");
+            ack(conn, &entry.id).await;
+        }
+    }
+}
+
+async fn ack(conn: &ConnectionManager, id: &str) {
+    let mut c = conn.clone();
+    let res: redis::RedisResult<()> = redis::cmd("XACK")
+        .arg(keys::PUBLISH_STREAM)
+        .arg(keys::PUBLISH_GROUP)
+        .arg(id)
+        .query_async(&mut c)
+        .await;
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "XACK failed; the entry is re-claimed and skipped as a repeat");
+    }
+}
+
+async fn sleep(backoff: &mut Duration, cancel: &CancellationToken) {
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = tokio::time::sleep(*backoff) => {}
+    }
+    *backoff = (*backoff * 2).min(Duration::from_secs(2));
+}

@@ -1,0 +1,135 @@
+//! Routed service events (PROTOCOL.md §5): a client event named `service:module:name` is
+//! appended to the Redis stream of its registered service, as an envelope whose `userId` comes
+//! from the token. Services consume their stream with consumer groups and answer through the
+//! server API or the `fanout:publish` stream.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use redis::aio::ConnectionManager;
+
+use crate::clock;
+use crate::error::{ClientError, ErrorCode};
+
+/// Who sent a routed event.
+#[derive(Debug, Clone)]
+pub struct Origin<'a> {
+    /// User id from the token.
+    pub user_id: &'a str,
+    /// Socket id.
+    pub socket_id: &'a str,
+}
+
+/// The service registry of `SERVICES` and the appender.
+#[derive(Clone)]
+pub struct Router {
+    conn: ConnectionManager,
+    node_id: Arc<str>,
+    streams: Arc<HashMap<String, String>>,
+    maxlen: u64,
+}
+
+/// Splits a routed event name into its service, or says why it is not one: exactly three
+/// non-empty segments of `[A-Za-z0-9_-]`.
+pub fn service_of(event: &str) -> Option<&str> {
+    let mut parts = event.split(':');
+    let (Some(service), Some(module), Some(name), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    (ok(service) && ok(module) && ok(name)).then_some(service)
+}
+
+impl Router {
+    /// A router over the node's connection for the given (service, stream) pairs.
+    pub fn new(
+        conn: ConnectionManager,
+        node_id: Arc<str>,
+        services: Vec<(String, String)>,
+        maxlen: u64,
+    ) -> Self {
+        Router {
+            conn,
+            node_id,
+            streams: Arc::new(services.into_iter().collect()),
+            maxlen,
+        }
+    }
+
+    /// The stream of a registered service's event, or `INVALID_EVENT`.
+    pub fn stream_for(&self, event: &str) -> Result<&str, ClientError> {
+        let service = service_of(event).ok_or_else(|| {
+            ClientError::new(
+                ErrorCode::InvalidEvent,
+                format!("unknown event {:?}", truncate(event)),
+            )
+        })?;
+        self.streams
+            .get(service)
+            .map(String::as_str)
+            .ok_or_else(|| {
+                ClientError::new(
+                    ErrorCode::InvalidEvent,
+                    format!("no service {service:?} is registered"),
+                )
+            })
+    }
+
+    /// Appends the envelope of a routed event to its service's stream; returns the entry id.
+    pub async fn route(
+        &self,
+        event: &str,
+        origin: &Origin<'_>,
+        payload_json: &str,
+    ) -> Result<String, ClientError> {
+        let stream = self.stream_for(event)?;
+        let mut conn = self.conn.clone();
+        redis::cmd("XADD")
+            .arg(stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.maxlen)
+            .arg("*")
+            .arg("event")
+            .arg(event)
+            .arg("userId")
+            .arg(origin.user_id)
+            .arg("socketId")
+            .arg(origin.socket_id)
+            .arg("nodeId")
+            .arg(&*self.node_id)
+            .arg("payload")
+            .arg(payload_json)
+            .arg("receivedAt")
+            .arg(clock::now_iso())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| ClientError::from_redis(&e))
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routed_names_have_exactly_three_clean_segments() {
+        assert_eq!(service_of("stickyNotes:note:create"), Some("stickyNotes"));
+        assert_eq!(service_of("a-b:c_d:E9"), Some("a-b"));
+        for bad in [
+            "a:b", "a:b:c:d", "a::c", ":b:c", "a:b:", "a b:c:d", "a:b:c!", "é:b:c", "",
+        ] {
+            assert_eq!(service_of(bad), None, "{bad:?}");
+        }
+    }
+}
