@@ -269,9 +269,13 @@ async fn readyz(State(st): State<PublicState>) -> impl IntoResponse {
     };
     (
         status,
-        axum::Json(
-            json!({ "ready": ready, "redis": redis_ok, "backplaneReader": reader, "draining": draining }),
-        ),
+        axum::Json(json!({
+            "ready": ready,
+            "redis": redis_ok,
+            "backplaneReader": reader,
+            "keyspaceNotifications": keyspace,
+            "draining": draining,
+        })),
     )
 }
 

@@ -36,16 +36,23 @@ pub struct Redis {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    extra: Vec<String>,
 }
 
 impl Redis {
     /// Starts redis-server with keyspace notifications on and no persistence.
     pub async fn start() -> Redis {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts redis-server with extra arguments after the harness's own (later ones win).
+    pub async fn start_with(extra: &[&str]) -> Redis {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut r = Redis {
             port: free_port(),
             dir,
             child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         r.spawn().await;
         r
@@ -67,6 +74,7 @@ impl Redis {
             ])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -196,12 +204,23 @@ impl Node {
         Self::start_args(redis, id, opts, true).await
     }
 
+    /// Starts a node without waiting for readiness (for nodes that must not become ready).
+    pub async fn start_unready(redis: &Redis, id: &str) -> Node {
+        Self::launch(redis, id, NodeOpts::default(), true).await
+    }
+
     /// Starts a node verifying tokens with the key file given in `opts` (no HS256 secret).
     pub async fn start_with_key_file(redis: &Redis, id: &str, opts: NodeOpts) -> Node {
         Self::start_args(redis, id, opts, false).await
     }
 
     async fn start_args(redis: &Redis, id: &str, opts: NodeOpts, with_secret: bool) -> Node {
+        let node = Self::launch(redis, id, opts, with_secret).await;
+        node.wait_ready().await;
+        node
+    }
+
+    async fn launch(redis: &Redis, id: &str, opts: NodeOpts, with_secret: bool) -> Node {
         init_logs();
         let public = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -232,7 +251,6 @@ impl Node {
             stop,
             task: Some(task),
         };
-        node.wait_ready().await;
         node
     }
 

@@ -420,3 +420,30 @@ async fn churn_of_200_users_on_3_nodes_ends_with_every_view_true_and_no_repeated
     }
     drop(keep);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_refuses_config_set_keeps_the_node_unready() {
+    // Notifications off, and CONFIG disabled as managed Redis services often do.
+    let redis = Redis::start_with(&[
+        "--notify-keyspace-events",
+        "",
+        "--rename-command",
+        "CONFIG",
+        "",
+    ])
+    .await;
+    let node = Node::start_unready(&redis, "a").await;
+    let mut last = (0, serde_json::Value::Null);
+    for _ in 0..20 {
+        last = http(node.public, "GET", "/readyz", None, None)
+            .await
+            .expect("readyz");
+        if last.1["backplaneReader"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last.0, 503, "{}", last.1);
+    assert_eq!(last.1["keyspaceNotifications"], false, "{}", last.1);
+    assert_eq!(last.1["redis"], true);
+}
