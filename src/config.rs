@@ -263,6 +263,7 @@ impl Config {
         }
         crate::redis::parse_url(&self.redis_url())
             .map_err(|e| format!("invalid setting REDIS_URL: {e}"))?;
+        self.service_streams()?;
         Ok(())
     }
 

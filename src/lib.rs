@@ -34,6 +34,8 @@ pub mod health;
 pub mod metrics;
 pub mod nodes;
 pub mod presence;
+#[cfg(test)]
+mod props;
 pub mod publish;
 pub mod redis;
 pub mod routing;

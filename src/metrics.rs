@@ -380,7 +380,10 @@ pub fn endpoint(handle: PrometheusHandle, io: SocketIo) -> MethodRouter {
 /// Sets the scrape-time gauges from `io` and renders every metric.
 pub fn render(handle: &PrometheusHandle, io: &SocketIo) -> String {
     let (mut polling, mut websocket) = (0u64, 0u64);
-    for s in io.sockets() {
+    // `io.of("/")`, not `io.sockets()`: the latter panics once a draining node closed `io`,
+    // and Prometheus may scrape until the admin server stops.
+    let sockets = io.of("/").map(|ns| ns.sockets()).unwrap_or_default();
+    for s in sockets {
         match s.transport_type() {
             TransportType::Polling => polling += 1,
             TransportType::Websocket => websocket += 1,
@@ -678,6 +681,14 @@ mod tests {
         assert_eq!(event_label("notes:board:add"), "routed");
         assert_eq!(event_label("whatever-a-client-sends"), "other");
         assert_eq!(event_label(""), "other");
+    }
+
+    #[test]
+    fn scripts_are_named_by_their_file() {
+        use crate::redis::scripts;
+        assert_eq!(scripts::name_of(&scripts::CHAT_SEND), "chat_send");
+        assert_eq!(scripts::name_of(&scripts::PRESENCE_CLAIM), "presence_claim");
+        assert_eq!(scripts::name_of(&redis::Script::new("return 1")), "other");
     }
 
     #[test]

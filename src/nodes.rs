@@ -61,7 +61,7 @@ pub async fn run_heartbeat(
         let now = clock::now_ms();
         let stored = Stored {
             node_id: &node_id,
-            connections: io.sockets().len() as u64,
+            connections: io.of("/").map(|ns| ns.sockets().len()).unwrap_or(0) as u64,
             started_at: &started_at,
             last_seen: clock::now_iso(),
             last_seen_ms: now,

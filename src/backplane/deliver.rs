@@ -37,6 +37,9 @@ impl Deliverer {
     /// Applies `actions` in order. `origin` is the publishing node, used for `except_sid`.
     pub async fn apply(&self, origin: &str, actions: &[Action]) {
         for action in actions.iter().filter(|a| !a.selects_nobody()) {
+            // `io.to(..)` panics once the namespace is closed (a draining node whose reader
+            // has not stopped yet); `io.of("/")` says so instead.
+            let Some(ns) = self.io.of("/") else { return };
             match action {
                 Action::Emit {
                     rooms,
@@ -49,11 +52,11 @@ impl Deliverer {
                         .as_deref()
                         .filter(|_| origin == self.node_id)
                         .and_then(|sid| Sid::from_str(sid).ok())
-                        .and_then(|sid| self.io.get_socket(sid));
+                        .and_then(|sid| ns.get_socket(sid));
                     // `socket.to(..)` is a broadcast that skips that socket; `io.to(..)` skips none.
                     let op = match &sender {
                         Some(s) => s.to(rooms.clone()),
-                        None => self.io.to(rooms.clone()),
+                        None => ns.to(rooms.clone()),
                     };
                     self.emit(op.except(except.clone()), event, data).await;
                 }
@@ -65,21 +68,21 @@ impl Deliverer {
                     data,
                 } => {
                     if self.accept_version(user, *version) {
-                        self.emit(self.io.to(rooms.clone()), event, data).await;
+                        self.emit(ns.to(rooms.clone()), event, data).await;
                     }
                 }
                 Action::Disconnect { of } => {
-                    if let Err(e) = self.io.to(of.clone()).disconnect().await {
+                    if let Err(e) = ns.to(of.clone()).disconnect().await {
                         tracing::debug!(error = %e, "local disconnect incomplete");
                     }
                 }
                 Action::Join { of, join } => {
-                    if let Err(e) = self.io.to(of.clone()).join(join.clone()).await {
+                    if let Err(e) = ns.to(of.clone()).join(join.clone()).await {
                         tracing::debug!(error = %e, "local join failed");
                     }
                 }
                 Action::Leave { of, leave } => {
-                    if let Err(e) = self.io.to(of.clone()).leave(leave.clone()).await {
+                    if let Err(e) = ns.to(of.clone()).leave(leave.clone()).await {
                         tracing::debug!(error = %e, "local leave failed");
                     }
                 }

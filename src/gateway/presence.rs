@@ -77,7 +77,9 @@ pub async fn on_disconnect(s: &SocketRef, app: &App, reason: DisconnectReason) {
 /// This node's live sockets grouped by user.
 pub fn local_sockets(io: &SocketIo) -> Vec<(String, Vec<LocalSocket>)> {
     let mut by_user: HashMap<String, Vec<LocalSocket>> = HashMap::new();
-    for s in io.sockets() {
+    // `io.of("/")`, not `io.sockets()`: the latter panics once a draining node closed `io`.
+    let sockets = io.of("/").map(|ns| ns.sockets()).unwrap_or_default();
+    for s in sockets {
         let (Some(identity), Some(me)) = (s.extensions.get::<Arc<Identity>>(), local_socket(&s))
         else {
             continue;

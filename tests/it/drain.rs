@@ -19,7 +19,7 @@ async fn sigterm_drains_and_clients_continue_on_another_node() {
     b.create_chat("c", &["alice", "bob", "carol"]).await;
     let alice = connect(&a.url(), "alice").await;
     let mut bob = connect(&b.url(), "bob").await;
-    let mut carol = connect(&b.url(), "carol").await;
+    let carol = connect(&b.url(), "carol").await;
     let sent = ack(
         &alice,
         "chat:send",

@@ -244,14 +244,13 @@ impl Node {
             Listeners { public, admin },
             stop.clone(),
         ));
-        let node = Node {
+        Node {
             id: id.to_owned(),
             public: pa,
             admin: aa,
             stop,
             task: Some(task),
-        };
-        node
+        }
     }
 
     /// `http://127.0.0.1:<public port>`.

@@ -8,6 +8,7 @@ mod auth;
 mod bad_input;
 mod chat;
 mod drain;
+mod hostile;
 mod interop_js;
 mod measure;
 mod membership;
