@@ -151,6 +151,18 @@ pub struct Config {
     #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 200)]
     pub rate_limit_burst: u32,
 
+    /// Consecutive over-budget events after which a socket is disconnected (0 = never).
+    #[arg(long, env = "RATE_LIMIT_DISCONNECT_AFTER", default_value_t = 1000)]
+    pub rate_limit_disconnect_after: u32,
+
+    /// Live sockets one user may have across the cluster (0 = unlimited).
+    #[arg(long, env = "MAX_CONNECTIONS_PER_USER", default_value_t = 100)]
+    pub max_connections_per_user: u32,
+
+    /// Rooms one socket may be in (its `user:`, `role:` and chat rooms; 0 = unlimited).
+    #[arg(long, env = "MAX_ROOMS_PER_SOCKET", default_value_t = 1000)]
+    pub max_rooms_per_socket: usize,
+
     /// Largest websocket message a client may send, in bytes. Keep it above
     /// 6 × MAX_MESSAGE_BYTES: JSON escaping can grow content up to six-fold (`\u0000`).
     #[arg(long, env = "WS_MAX_MESSAGE_BYTES", default_value_t = 131072)]

@@ -309,7 +309,7 @@ fn describe_all() {
 }
 
 const TRANSPORTS: [&str; 2] = ["polling", "websocket"];
-const REFUSAL_REASONS: [&str; 8] = [
+const REFUSAL_REASONS: [&str; 9] = [
     "missing_token",
     "expired",
     "not_yet_valid",
@@ -318,6 +318,7 @@ const REFUSAL_REASONS: [&str; 8] = [
     "wrong_claim",
     "invalid_token",
     "unavailable",
+    "too_many_connections",
 ];
 
 fn register_known_series() {
@@ -482,6 +483,11 @@ pub fn refused_auth(e: &AuthError) {
 /// A handshake was refused because the node cannot serve (Redis down, not ready, draining).
 pub fn refused_unavailable() {
     counter!(CONNECT_REFUSALS.name, "reason" => "unavailable").increment(1);
+}
+
+/// A handshake refused because the user already has the most connections allowed.
+pub fn refused_too_many_connections() {
+    counter!(CONNECT_REFUSALS.name, "reason" => "too_many_connections").increment(1);
 }
 
 /// A socket disconnected.

@@ -118,6 +118,11 @@ pub async fn run(
         presence: presence.clone(),
         router,
         rate_limit: (config.rate_limit_per_sec, config.rate_limit_burst),
+        limits: gateway::Limits {
+            connections_per_user: config.max_connections_per_user,
+            rooms_per_socket: config.max_rooms_per_socket,
+            disconnect_after_over_budget: config.rate_limit_disconnect_after,
+        },
         auth,
         node_id: node_id.clone(),
         max_message_bytes: config.max_message_bytes,

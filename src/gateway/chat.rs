@@ -47,7 +47,16 @@ async fn do_join(r: Responder, app: App, data: Payload, id_field: &str) {
         let chat_id = validate::id_field(payload(&data)?, id_field)?;
         let user = identity(&r)?;
         app.chats.require_member(&user, &chat_id).await?;
-        r.socket().join(chat_room(&chat_id));
+        let room = chat_room(&chat_id);
+        let max = app.limits.rooms_per_socket;
+        let rooms = r.socket().rooms();
+        if max > 0 && rooms.len() >= max && !rooms.iter().any(|x| *x == room) {
+            return Err(ClientError::new(
+                crate::error::ErrorCode::RateLimited,
+                format!("this socket is in {} rooms, the most allowed", rooms.len()),
+            ));
+        }
+        r.socket().join(room);
         Ok::<_, ClientError>(json!({ "success": true, "chatId": chat_id }))
     }
     .await;

@@ -36,6 +36,8 @@ pub struct App {
     pub router: crate::routing::Router,
     /// Per-socket event budget: (events per second, burst).
     pub rate_limit: (u32, u32),
+    /// Per-socket and per-user limits.
+    pub limits: Limits,
     /// Token verifier.
     pub auth: Authenticator,
     /// This node's id.
@@ -48,6 +50,17 @@ pub struct App {
     pub tasks: TaskTracker,
     /// Fires when the node shuts down.
     pub shutdown: CancellationToken,
+}
+
+/// Limits on what one socket or user may hold (0 = unlimited).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Live sockets per user, cluster-wide (counted in the user's presence hash).
+    pub connections_per_user: u32,
+    /// Rooms per socket.
+    pub rooms_per_socket: usize,
+    /// Consecutive over-budget events before the socket is disconnected.
+    pub disconnect_after_over_budget: u32,
 }
 
 /// Socket.IO limits taken from the config.
@@ -111,6 +124,17 @@ async fn authenticate(
         tracing::warn!(error = %e, "handshake refused: redis unavailable");
         HandshakeError::Unavailable
     })?;
+    let max = app.limits.connections_per_user;
+    if max > 0 {
+        let live = app
+            .presence
+            .socket_count(&identity.user_id)
+            .await
+            .map_err(|_| HandshakeError::Unavailable)?;
+        if live >= max as usize {
+            return Err(HandshakeError::TooManyConnections(max));
+        }
+    }
 
     chat::register(&s);
     presence::register(&s);
@@ -126,7 +150,10 @@ async fn authenticate(
     s.extensions.insert(Arc::new(identity));
     s.extensions.insert(InitialChats(Arc::new(chats)));
     s.extensions.insert(ConnectedAt(clock::now_iso().into()));
-    s.extensions.insert(EventBudget::new(app.rate_limit));
+    s.extensions.insert(EventBudget::new(
+        app.rate_limit,
+        app.limits.disconnect_after_over_budget,
+    ));
     Ok(())
 }
 
@@ -142,20 +169,56 @@ async fn counted_authenticate(
         Ok(()) => crate::metrics::connected(s.transport_type()),
         Err(HandshakeError::Auth(e)) => crate::metrics::refused_auth(e),
         Err(HandshakeError::Unavailable) => crate::metrics::refused_unavailable(),
+        Err(HandshakeError::TooManyConnections(_)) => {
+            crate::metrics::refused_too_many_connections()
+        }
     }
     result
 }
 
-/// A socket's event budget (PROTOCOL.md §8: `RATE_LIMIT_PER_SEC`, `RATE_LIMIT_BURST`).
+/// A socket's event budget (PROTOCOL.md §8: `RATE_LIMIT_PER_SEC`, `RATE_LIMIT_BURST`), and how
+/// many events in a row it refused: sustained abuse ends in a disconnect.
 #[derive(Clone)]
-pub struct EventBudget(Arc<governor::DefaultDirectRateLimiter>);
+pub struct EventBudget(Arc<BudgetState>);
+
+/// The shared state behind [`EventBudget`].
+pub struct BudgetState {
+    limiter: governor::DefaultDirectRateLimiter,
+    refused_in_a_row: std::sync::atomic::AtomicU32,
+    disconnect_after: u32,
+}
+
+/// What the budget says about one event.
+enum Verdict {
+    Admit,
+    Refuse,
+    Disconnect,
+}
 
 impl EventBudget {
-    fn new((per_sec, burst): (u32, u32)) -> Self {
+    fn new((per_sec, burst): (u32, u32), disconnect_after: u32) -> Self {
         let per_sec = std::num::NonZeroU32::new(per_sec).unwrap_or(std::num::NonZeroU32::MIN);
         let burst = std::num::NonZeroU32::new(burst).unwrap_or(per_sec);
         let quota = governor::Quota::per_second(per_sec).allow_burst(burst);
-        EventBudget(Arc::new(governor::RateLimiter::direct(quota)))
+        EventBudget(Arc::new(BudgetState {
+            limiter: governor::RateLimiter::direct(quota),
+            refused_in_a_row: std::sync::atomic::AtomicU32::new(0),
+            disconnect_after,
+        }))
+    }
+
+    fn check(&self) -> Verdict {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.0.limiter.check().is_ok() {
+            self.0.refused_in_a_row.store(0, Relaxed);
+            return Verdict::Admit;
+        }
+        let refused = self.0.refused_in_a_row.fetch_add(1, Relaxed) + 1;
+        if self.0.disconnect_after > 0 && refused >= self.0.disconnect_after {
+            Verdict::Disconnect
+        } else {
+            Verdict::Refuse
+        }
     }
 }
 
@@ -179,6 +242,8 @@ enum HandshakeError {
     Auth(AuthError),
     #[error("UNAVAILABLE: the gateway could not reach its store; retry")]
     Unavailable,
+    #[error("RATE_LIMITED: this user already has {0} live connections, the most allowed")]
+    TooManyConnections(u32),
 }
 
 /// Runs once the socket is connected: starts its token-expiry timer and re-reads its chats.
@@ -289,11 +354,24 @@ impl FromMessageParts<LocalAdapter> for Responder {
             has_ack: ack_id.is_some(),
             event,
         };
-        let over = s
+        let verdict = s
             .extensions
             .get::<EventBudget>()
-            .is_some_and(|EventBudget(limiter)| limiter.check().is_err());
-        if over {
+            .map_or(Verdict::Admit, |b| b.check());
+        if matches!(verdict, Verdict::Disconnect) {
+            tracing::info!(sid = %s.id, "disconnecting a socket that kept exceeding its budget");
+            responder
+                .socket
+                .emit(
+                    "error",
+                    &json!({ "event": responder.event, "code": "RATE_LIMITED",
+                         "message": "disconnected: too many events over the budget" }),
+                )
+                .ok();
+            responder.socket.clone().disconnect().ok();
+            return Err(OverBudget);
+        }
+        if matches!(verdict, Verdict::Refuse) {
             crate::metrics::rate_limited(&responder.event);
             responder.fail(ClientError::new(
                 crate::error::ErrorCode::RateLimited,

@@ -304,6 +304,16 @@ impl Presence {
             .collect())
     }
 
+    /// How many sockets `user` has registered across the cluster (fields of its presence hash;
+    /// a dead node's fields count until they are pruned, within the TTL).
+    pub async fn socket_count(&self, user: &str) -> Result<usize, PresenceError> {
+        let mut conn = self.conn.clone();
+        Ok(redis::cmd("HLEN")
+            .arg(keys::presence_user(user))
+            .query_async(&mut conn)
+            .await?)
+    }
+
     /// `user`'s online peers (for `presence:bulk-online`).
     pub async fn online_peers(&self, user: &str) -> Result<Vec<String>, PresenceError> {
         let peers = self.peers(user).await?;
