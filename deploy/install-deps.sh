@@ -5,18 +5,24 @@
 #
 #   deploy/install-deps.sh                  # all: redis-server haproxy curl
 #   deploy/install-deps.sh redis-server     # only what `make test` needs
+#   deploy/install-deps.sh prometheus       # optional: `WITH_PROMETHEUS=1 make up`
 #
 # Tools (command checked with `command -v` -> Debian package):
 #   redis-server -> redis-server  (also brings redis-cli via redis-tools)
 #   haproxy      -> haproxy
 #   curl         -> curl          (used by deploy/up.sh for readiness checks)
+#   prometheus   -> prometheus    (optional, never in the default list; deploy/up.sh
+#                                  runs it as its own child process)
 #
 # Services are NOT started by the package install (a temporary
 # /usr/sbin/policy-rc.d denies it), so no system-wide Redis grabs port 6379:
-# deploy/up.sh and the tests start their own redis-server processes.
+# deploy/up.sh and the tests start their own redis-server processes. The
+# prometheus package's service is also disabled (and stopped if it runs anyway)
+# right after a fresh install, so that it does not hold 127.0.0.1:9090 now or
+# after the next boot: deploy/up.sh starts its own Prometheus.
 set -euo pipefail
 
-declare -A PKG_OF=([redis-server]=redis-server [haproxy]=haproxy [curl]=curl)
+declare -A PKG_OF=([redis-server]=redis-server [haproxy]=haproxy [curl]=curl [prometheus]=prometheus)
 
 if [[ $# -gt 0 ]]; then
     wanted=("$@")
@@ -98,4 +104,29 @@ done
 for pkg in "${missing_pkgs[@]}"; do
     version=$(dpkg-query -W -f='${Version}' "$pkg" 2>/dev/null || echo '?')
     echo "install-deps: installed $pkg $version"
+done
+
+# The prometheus package ships a service (prometheus.service / init script)
+# that would scrape only itself on :9090. We just installed it: keep it from
+# running now and at boot. (Only on a fresh install by this script, never for
+# a Prometheus the machine already had.)
+for pkg in "${missing_pkgs[@]}"; do
+    [[ $pkg == prometheus ]] || continue
+    if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
+        "${SUDO[@]}" systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+        echo "install-deps: disabled the prometheus package's systemd service (deploy/up.sh runs its own)"
+    else
+        if [[ -x /etc/init.d/prometheus ]]; then
+            "${SUDO[@]}" /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+        fi
+        if command -v update-rc.d >/dev/null 2>&1; then
+            "${SUDO[@]}" update-rc.d prometheus disable >/dev/null 2>&1 || true
+        fi
+    fi
+    # Whatever the init system: a daemon run by the package's user is its service.
+    if command -v pgrep >/dev/null 2>&1 && svc=$(pgrep -u prometheus -x prometheus 2>/dev/null); then
+        mapfile -t svc_pids <<<"$svc"
+        echo "install-deps: stopping the prometheus service the install started (pid ${svc_pids[*]})"
+        "${SUDO[@]}" kill -s TERM "${svc_pids[@]}" 2>/dev/null || true
+    fi
 done

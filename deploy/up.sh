@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Start a local fanout cluster: 1 Redis + NODES gateway nodes + HAProxy.
+# Start a local fanout cluster: 1 Redis + NODES gateway nodes + HAProxy
+# (+ Prometheus with WITH_PROMETHEUS=1).
 # Runs in the foreground; Ctrl-C stops everything (nodes, then HAProxy, then
-# Redis) and exits 0. Usually run as `make up` (e.g. `make up NODES=5`).
+# Redis, then Prometheus) and exits 0. Usually run as `make up` (e.g.
+# `make up NODES=5`, `WITH_PROMETHEUS=1 make up`).
 #
 # Settings (environment variables, defaults in brackets):
 #   NODES [3]            number of gateway nodes
@@ -17,7 +19,13 @@
 #   READY_TIMEOUT [30]   seconds to wait for each node's /readyz
 #   SKIP_BUILD [0]       1 = do not run `cargo build --release --bins`
 #   FANOUT_BIN_DIR [${CARGO_TARGET_DIR:-target}/release]  where the binaries are
-#   WITH_PROMETHEUS [0]  not supported yet
+#   WITH_PROMETHEUS [0]  1 = also run Prometheus (Debian's `prometheus` package,
+#                        installed if missing) as a child process, scraping every
+#                        node's ADMIN_PORT/metrics and HAProxy's STATS_PORT/metrics
+#                        every 5 s; config generated into RUN_DIR/prometheus.yml,
+#                        data in RUN_DIR/prometheus/ (kept across runs)
+#   PROMETHEUS_PORT [9090]  where that Prometheus listens (127.0.0.1 only)
+#   PROMETHEUS_RETENTION [2d]  how long it keeps samples
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -38,6 +46,8 @@ RUN_DIR=${RUN_DIR:-.run}
 READY_TIMEOUT=${READY_TIMEOUT:-30}
 SKIP_BUILD=${SKIP_BUILD:-0}
 WITH_PROMETHEUS=${WITH_PROMETHEUS:-0}
+PROMETHEUS_PORT=${PROMETHEUS_PORT:-9090}
+PROMETHEUS_RETENTION=${PROMETHEUS_RETENTION:-2d}
 
 case $RUN_DIR in /*) ;; *) RUN_DIR="$ROOT/$RUN_DIR" ;; esac
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
@@ -48,16 +58,13 @@ log() { printf '[up] %s\n' "$*"; }
 die() { printf '[up] ERROR: %s\n' "$*" >&2; exit 1; }
 
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
-for v in NODES NODE_BASE_PORT ADMIN_BASE_PORT REDIS_PORT LB_PORT STATS_PORT READY_TIMEOUT; do
+for v in NODES NODE_BASE_PORT ADMIN_BASE_PORT REDIS_PORT LB_PORT STATS_PORT READY_TIMEOUT PROMETHEUS_PORT; do
     is_uint "${!v}" || die "$v must be a non-negative integer (got '${!v}')"
 done
 ((NODES >= 1 && NODES <= 99)) || die "NODES must be between 1 and 99 (got $NODES)"
 
-if [[ $WITH_PROMETHEUS == 1 ]]; then
-    # TODO(prometheus): start Prometheus scraping each node's ADMIN_PORT/metrics
-    # (and HAProxy's :$STATS_PORT/metrics); added by a later issue.
-    log "WITH_PROMETHEUS=1 is not supported yet (a later issue adds it); continuing without it."
-fi
+[[ $WITH_PROMETHEUS == 0 || $WITH_PROMETHEUS == 1 ]] || die "WITH_PROMETHEUS must be 0 or 1 (got '$WITH_PROMETHEUS')"
+[[ $PROMETHEUS_RETENTION =~ ^[0-9]+(ms|s|m|h|d|w|y)$ ]] || die "PROMETHEUS_RETENTION must be a duration such as 2d or 12h (got '$PROMETHEUS_RETENTION')"
 
 # Is something accepting TCP connections on 127.0.0.1:$1 ?
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -68,6 +75,7 @@ port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 NODE_PIDS=()
 HAPROXY_PID=""
 REDIS_PID=""
+PROMETHEUS_PID=""
 CLEANED_UP=0
 LOCK_FILE="$RUN_DIR/up.pid"
 PIDS_FILE="$RUN_DIR/pids" # "<name> <pid>" per child, to clean up after a crash
@@ -122,6 +130,8 @@ cleanup() {
     stop_pids TERM 20 "nodes" "${NODE_PIDS[@]}"
     stop_pids TERM 5 "haproxy" "$HAPROXY_PID"
     stop_pids TERM 10 "redis" "$REDIS_PID"
+    # Last, so that it records the nodes draining. SIGTERM closes its TSDB cleanly.
+    stop_pids TERM 15 "prometheus" "$PROMETHEUS_PID"
     rm -f "$LOCK_FILE" "$PIDS_FILE"
 }
 on_signal() {
@@ -133,7 +143,7 @@ on_signal() {
 }
 on_exit() {
     local rc=$?
-    if ((!CLEANED_UP)) && { ((${#NODE_PIDS[@]})) || [[ -n $HAPROXY_PID$REDIS_PID ]]; }; then
+    if ((!CLEANED_UP)) && { ((${#NODE_PIDS[@]})) || [[ -n $HAPROXY_PID$REDIS_PID$PROMETHEUS_PID ]]; }; then
         cleanup
     fi
     exit "$rc"
@@ -161,7 +171,7 @@ if [[ -f $PIDS_FILE ]]; then
         [[ $pid =~ ^[0-9]+$ ]] || continue
         kill -0 "$pid" 2>/dev/null || continue
         cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)
-        case $cmd in *redis-server* | *haproxy* | *fanout*) stale+=("$pid") ;; esac
+        case $cmd in *redis-server* | *haproxy* | *fanout* | *prometheus*) stale+=("$pid") ;; esac
     done <"$PIDS_FILE"
     if ((${#stale[@]})); then
         log "stopping leftovers of a previous run that did not shut down: pids ${stale[*]}"
@@ -179,6 +189,10 @@ fi
 echo $$ >"$LOCK_FILE"
 
 "$ROOT/deploy/install-deps.sh" redis-server haproxy curl
+if [[ $WITH_PROMETHEUS == 1 ]]; then
+    "$ROOT/deploy/install-deps.sh" prometheus ||
+        die "WITH_PROMETHEUS=1 needs the prometheus binary (Debian package 'prometheus'); install it or run without WITH_PROMETHEUS"
+fi
 
 if [[ $SKIP_BUILD != 1 ]]; then
     log "cargo build --release --bins"
@@ -207,8 +221,11 @@ for ((i = 1; i <= NODES; i++)); do
 done
 port_in_use "$LB_PORT" && busy+=("$LB_PORT (LB_PORT)")
 port_in_use "$STATS_PORT" && busy+=("$STATS_PORT (STATS_PORT)")
+if [[ $WITH_PROMETHEUS == 1 ]] && port_in_use "$PROMETHEUS_PORT"; then
+    busy+=("$PROMETHEUS_PORT (PROMETHEUS_PORT; a system Prometheus? systemctl stop prometheus)")
+fi
 if ((${#busy[@]})); then
-    die "ports already in use: ${busy[*]}; free them or choose others (NODE_BASE_PORT, ADMIN_BASE_PORT, LB_PORT, STATS_PORT)"
+    die "ports already in use: ${busy[*]}; free them or choose others (NODE_BASE_PORT, ADMIN_BASE_PORT, LB_PORT, STATS_PORT, PROMETHEUS_PORT)"
 fi
 
 requested_redis_port=$REDIS_PORT
@@ -330,9 +347,78 @@ until [[ $(http_status "http://127.0.0.1:$LB_PORT/readyz") == 200 ]]; do
 done
 
 # ----------------------------------------------------------------------------
+# 5b. Prometheus (WITH_PROMETHEUS=1): a generated config, data in the run dir
+# ----------------------------------------------------------------------------
+PROMETHEUS_URL="http://127.0.0.1:$PROMETHEUS_PORT"
+if [[ $WITH_PROMETHEUS == 1 ]]; then
+    # The nodes answer on 127.0.0.1 unless BIND_ADDR names another address.
+    case $BIND_ADDR in 0.0.0.0 | :: | 127.0.0.1) scrape_host=127.0.0.1 ;; *) scrape_host=$BIND_ADDR ;; esac
+    PROMETHEUS_CFG="$RUN_DIR/prometheus.yml"
+    {
+        echo "# GENERATED by deploy/up.sh -- do not edit (the compose stack's is deploy/prometheus.yml)."
+        echo "# Each node is one target whose instance label is its node id: what the per-node"
+        echo "# panels of grafana/dashboards/fanout.json group by and show."
+        cat <<EOF
+global:
+  scrape_interval: 5s
+  scrape_timeout: 4s
+  evaluation_interval: 15s
+
+scrape_configs:
+  - job_name: fanout
+    metrics_path: /metrics
+    static_configs:
+EOF
+        for ((i = 1; i <= NODES; i++)); do
+            echo "      - targets: [\"$scrape_host:$(admin_port "$i")\"]"
+            echo "        labels: {instance: node-$i}"
+        done
+        cat <<EOF
+
+  # HAProxy's built-in exporter on its stats frontend (deploy/haproxy.cfg).
+  - job_name: haproxy
+    metrics_path: /metrics
+    static_configs:
+      - targets: ["127.0.0.1:$STATS_PORT"]
+        labels: {instance: haproxy}
+
+  - job_name: prometheus
+    static_configs:
+      - targets: ["127.0.0.1:$PROMETHEUS_PORT"]
+        labels: {instance: prometheus}
+EOF
+    } >"$PROMETHEUS_CFG"
+    if command -v promtool >/dev/null 2>&1; then
+        promtool check config "$PROMETHEUS_CFG" >/dev/null ||
+            die "generated $PROMETHEUS_CFG is invalid (see: promtool check config $PROMETHEUS_CFG)"
+    fi
+    mkdir -p "$RUN_DIR/prometheus"
+    log "starting prometheus on 127.0.0.1:$PROMETHEUS_PORT (config: $PROMETHEUS_CFG, data: $RUN_DIR/prometheus, log: $RUN_DIR/prometheus.log)"
+    spawn "$RUN_DIR/prometheus.log" prometheus \
+        --config.file="$PROMETHEUS_CFG" \
+        --storage.tsdb.path="$RUN_DIR/prometheus" \
+        --storage.tsdb.retention.time="$PROMETHEUS_RETENTION" \
+        --web.listen-address="127.0.0.1:$PROMETHEUS_PORT"
+    PROMETHEUS_PID=$SPAWNED_PID
+
+    deadline=$((SECONDS + 30))
+    until [[ $(http_status "$PROMETHEUS_URL/-/ready") == 200 ]]; do
+        if ! kill -0 "$PROMETHEUS_PID" 2>/dev/null; then
+            tail -n 20 "$RUN_DIR/prometheus.log" >&2 || true
+            die "prometheus exited during startup (log above: $RUN_DIR/prometheus.log)"
+        fi
+        ((SECONDS < deadline)) || die "prometheus is not ready after 30s: GET $PROMETHEUS_URL/-/ready (see $RUN_DIR/prometheus.log)"
+        sleep 0.3
+    done
+    log "prometheus is ready"
+fi
+
+# ----------------------------------------------------------------------------
 # 6. Tell the user how to use it
 # ----------------------------------------------------------------------------
 printf -v Q_SECRET '%q' "$JWT_SECRET"
+PROM_LOG_HINT=""
+[[ $WITH_PROMETHEUS == 1 ]] && PROM_LOG_HINT=",prometheus"
 if [[ $BIN_DIR == "$ROOT/target/release" ]]; then
     TOKEN_CMD="target/release/fanout-token"
 else
@@ -356,6 +442,9 @@ ADMIN_URL="http://127.0.0.1:$(admin_port 1)"
     printf 'export FANOUT_URL=%q\n' "http://127.0.0.1:$LB_PORT"
     printf 'export FANOUT_ADMIN_URL=%q\n' "$ADMIN_URL"
     printf 'export REDIS_URL=%q\n' "$REDIS_URL"
+    if [[ $WITH_PROMETHEUS == 1 ]]; then
+        printf 'export PROMETHEUS_URL=%q\n' "$PROMETHEUS_URL"
+    fi
     printf 'export TOKEN_ALICE=%q\n' "$TOKEN_ALICE"
     printf 'export TOKEN_BOB=%q\n' "$TOKEN_BOB"
 } >"$RUN_DIR/env"
@@ -369,6 +458,13 @@ cat <<EOF
  HAProxy stats:                       http://127.0.0.1:$STATS_PORT/
  Redis:                               $REDIS_URL
 EOF
+if [[ $WITH_PROMETHEUS == 1 ]]; then
+    cat <<EOF
+ Prometheus:                          $PROMETHEUS_URL   (targets: $PROMETHEUS_URL/targets)
+   scrapes node-1..node-$NODES (label instance="node-N") and haproxy every 5 s
+   config $RUN_DIR/prometheus.yml; dashboard without Grafana: tools/dashboard-snapshot/snapshot.sh
+EOF
+fi
 for ((i = 1; i <= NODES; i++)); do
     printf ' node-%-3s public http://127.0.0.1:%s   admin http://127.0.0.1:%s  (metrics: /metrics)\n' \
         "$i" "$(node_port "$i")" "$(admin_port "$i")"
@@ -390,7 +486,7 @@ cat <<EOF
         -d '{"chatId":"general","members":["alice","bob"]}' $ADMIN_URL/api/v1/chats
 
  The values above are also in $RUN_DIR/env (source it in another shell).
- Logs: $RUN_DIR/{redis,haproxy,node-N}.log      Stop: Ctrl-C
+ Logs: $RUN_DIR/{redis,haproxy,node-N$PROM_LOG_HINT}.log      Stop: Ctrl-C
 ========================================================================
 
 EOF
@@ -414,6 +510,7 @@ while :; do
     done
     report_if_dead haproxy "$HAPROXY_PID" "$RUN_DIR/haproxy.log"
     report_if_dead redis "$REDIS_PID" "$RUN_DIR/redis.log"
+    report_if_dead prometheus "$PROMETHEUS_PID" "$RUN_DIR/prometheus.log"
     sleep 1 &
     wait $! || true
 done

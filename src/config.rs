@@ -172,6 +172,15 @@ pub struct Config {
     #[arg(long, env = "SOCKET_BUFFER_PACKETS", default_value_t = 1024)]
     pub socket_buffer_packets: usize,
 
+    /// Engine.IO ping interval, ms: how often the server checks that a client is alive.
+    #[arg(long, env = "PING_INTERVAL_MS", default_value_t = 25_000)]
+    pub ping_interval_ms: u64,
+
+    /// Engine.IO ping timeout, ms: a client that does not answer a ping in time is closed
+    /// (this also ends a client that stopped reading altogether).
+    #[arg(long, env = "PING_TIMEOUT_MS", default_value_t = 20_000)]
+    pub ping_timeout_ms: u64,
+
     /// Seconds a draining node waits before exiting.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
@@ -256,6 +265,9 @@ impl Config {
         }
         if self.dedup_ttl_secs == 0 {
             return Err("invalid setting DEDUP_TTL_SECS: must be at least 1".into());
+        }
+        if self.ping_interval_ms < 100 || self.ping_timeout_ms < 100 {
+            return Err("invalid setting PING_INTERVAL_MS/PING_TIMEOUT_MS: at least 100".into());
         }
         if self.socket_buffer_packets == 0 {
             return Err("invalid setting SOCKET_BUFFER_PACKETS: must be at least 1".into());

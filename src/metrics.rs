@@ -94,7 +94,7 @@ metric!(
 metric!(
     /// Refused handshakes.
     CONNECT_REFUSALS, "fanout_connect_refusals_total", Counter, ["reason"],
-    "Socket.IO handshakes refused (connect_error), by reason: missing_token, expired, not_yet_valid, bad_signature, wrong_algorithm, wrong_claim, invalid_token, unavailable."
+    "Socket.IO handshakes refused (connect_error), by reason: missing_token, expired, not_yet_valid, bad_signature, wrong_algorithm, wrong_claim, invalid_token, unavailable, too_many_connections."
 );
 metric!(
     /// Disconnects.
@@ -145,7 +145,7 @@ metric!(
 metric!(
     /// Per-socket send failures.
     SOCKET_SEND_FAILURES, "fanout_socket_send_failures_total", Counter, ["reason"],
-    "Packets not queued to a local socket during a broadcast: buffer_full (SOCKET_BUFFER_PACKETS reached, the packet is dropped for that socket) or closed."
+    "Packets not queued to a local socket: buffer_full (SOCKET_BUFFER_PACKETS reached, the packet is dropped for that socket), closed, or slow_consumer (a chat message it could not take: the socket is disconnected and recovers with chat:history)."
 );
 metric!(
     /// XADD to local emit.
@@ -341,7 +341,7 @@ fn register_known_series() {
     counter!(MESSAGES_DEDUPLICATED.name).absolute(0);
     counter!(BACKPLANE_ENTRIES_READ.name).absolute(0);
     counter!(LOCAL_EMITS.name, "event" => "chat:message").absolute(0);
-    for r in ["buffer_full", "closed"] {
+    for r in ["buffer_full", "closed", "slow_consumer"] {
         counter!(SOCKET_SEND_FAILURES.name, "reason" => r).absolute(0);
     }
     let _ = histogram!(DELIVERY_LATENCY.name);
@@ -547,6 +547,11 @@ pub fn local_emit(event: &str, result: &Result<(), BroadcastError>) {
             counter!(SOCKET_SEND_FAILURES.name, "reason" => reason).increment(1);
         }
     }
+}
+
+/// A socket could not take a chat message and is being disconnected.
+pub fn slow_consumer() {
+    counter!(SOCKET_SEND_FAILURES.name, "reason" => "slow_consumer").increment(1);
 }
 
 /// The Redis timestamp (ms) of a stream entry id `<ms>-<seq>`.

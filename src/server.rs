@@ -135,6 +135,8 @@ pub async fn run(
         IoLimits {
             ws_max_message_bytes: config.ws_max_message_bytes,
             socket_buffer_packets: config.socket_buffer_packets,
+            ping_interval: Duration::from_millis(config.ping_interval_ms),
+            ping_timeout: Duration::from_millis(config.ping_timeout_ms),
         },
     );
 
@@ -143,7 +145,11 @@ pub async fn run(
     let reader_stop = CancellationToken::new();
     tasks.spawn(reader::run(
         client.clone(),
-        Arc::new(Deliverer::new(io.clone(), node_id.to_string())),
+        Arc::new(Deliverer::new(
+            io.clone(),
+            node_id.to_string(),
+            tasks.clone(),
+        )),
         config.backplane_shards,
         health.clone(),
         reader_stop.clone(),
@@ -178,8 +184,8 @@ pub async fn run(
         node_id.to_string(),
         presence_stop.clone(),
     ));
-    // The publish-stream consumer stops with the reader: publishing needs no local sockets,
-    // but a draining node should leave the rest of the stream to the nodes that stay.
+    // The publish-stream consumer and the heartbeat stop with the presence tasks, first in a
+    // drain: a draining node leaves the rest of the stream to the nodes that stay.
     tasks.spawn(crate::publish::consumer::run(
         client.clone(),
         conn.clone(),
@@ -234,11 +240,12 @@ pub async fn run(
     tracing::info!(node = %node_id, "draining");
     health.set_draining();
     let drain = async {
-        // Presence first, while Redis and the backplane still carry the offline events.
+        // Presence first, while Redis and the backplane still carry the offline events; its
+        // refresher stops before, so no tick re-registers a socket that was just removed.
+        presence_stop.cancel();
         if let Err(e) = gateway::presence::remove_all(&io, &presence).await {
             tracing::warn!(error = %e, "drain could not remove every presence field; they expire");
         }
-        presence_stop.cancel();
         io.close().await;
         servers_stop.cancel();
         reader_stop.cancel();

@@ -27,6 +27,8 @@ pub async fn publish(
         },
     };
     let req = PublishRequest::parse(&json_body(body).await?).map_err(ApiError::bad_request)?;
+    // HTTP keys and stream entry ids live in separate namespaces.
+    let key = key.map(|k| format!("http:{k}"));
     match st.publisher.publish(&req, key.as_deref()).await? {
         Outcome::Published(id) => Ok((StatusCode::ACCEPTED, axum::Json(json!({ "id": id })))),
         Outcome::Repeated(id) => Ok((

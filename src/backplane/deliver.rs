@@ -6,8 +6,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
-use socketioxide::SocketIo;
+use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
+use socketioxide::{SendError, SocketError, SocketIo};
+use tokio_util::task::TaskTracker;
 
 use super::Action;
 
@@ -18,19 +20,46 @@ const VERSION_PURGE_AT: usize = 100_000;
 
 /// The node-local side of delivery: the socket.io handle and what this node needs to remember
 /// across entries (the last presence version applied per user).
+///
+/// Slow consumers: every socket has a bounded send buffer (`SOCKET_BUFFER_PACKETS`), and an
+/// emit never waits for it, so one slow socket never slows the others. When a buffer is full,
+/// other events are dropped for that socket, and a socket that cannot take a chat message is
+/// disconnected — it reconnects and recovers with `chat:history`, instead of silently holding a
+/// gap it cannot see. (Over websocket the buffer drains into tungstenite's unbounded write
+/// buffer, so a client that stops reading is ended by the Engine.IO ping timeout instead.)
 pub struct Deliverer {
     io: SocketIo,
     node_id: String,
     versions: Mutex<HashMap<String, (u64, Instant)>>,
+    tasks: TaskTracker,
 }
 
+/// Whether a socket that cannot take an event must be disconnected. Other events are simply
+/// not queued for a socket whose buffer is full (typing indicators and presence events are safe
+/// to lose: the next one, or `presence:query`, corrects the view). socketioxide's `volatile()`
+/// is not the tool for that: it keeps only the latest packet per socket even when nothing is
+/// full, which would merge an online and an offline in quick succession into one.
+fn is_essential(event: &str) -> bool {
+    event == "chat:message"
+}
+
+/// Marks a socket that is being disconnected for falling behind: it gets nothing more.
+#[derive(Clone)]
+struct FellBehind;
+
+/// How long a disconnect of a slow socket is retried (its DISCONNECT packet needs one free slot
+/// in the buffer; a client that stopped reading altogether is closed by the ping timeout).
+const SLOW_DISCONNECT_RETRY: Duration = Duration::from_millis(100);
+const SLOW_DISCONNECT_ATTEMPTS: u32 = 100;
+
 impl Deliverer {
-    /// A deliverer for this node's sockets.
-    pub fn new(io: SocketIo, node_id: String) -> Self {
+    /// A deliverer for this node's sockets; background retries run on `tasks`.
+    pub fn new(io: SocketIo, node_id: String, tasks: TaskTracker) -> Self {
         Deliverer {
             io,
             node_id,
             versions: Mutex::new(HashMap::new()),
+            tasks,
         }
     }
 
@@ -96,12 +125,44 @@ impl Deliverer {
         event: &str,
         data: &RawValue,
     ) {
-        let result = op.emit(event, data).await;
+        let result = if is_essential(event) {
+            // One by one, so the socket that could not take it is known.
+            for s in op.sockets() {
+                if s.extensions.get::<FellBehind>().is_some() {
+                    continue;
+                }
+                if let Err(SendError::Socket(SocketError::InternalChannelFull)) =
+                    s.emit(event, data)
+                {
+                    self.disconnect_slow(s);
+                }
+            }
+            Ok(())
+        } else {
+            op.emit(event, data).await
+        };
         crate::metrics::local_emit(event, &result);
         if let Err(e) = result {
             // Only per-socket failures (a full send buffer, a closing socket) land here.
             tracing::debug!(event = %event, error = %e, "local delivery incomplete");
         }
+    }
+
+    fn disconnect_slow(&self, s: SocketRef) {
+        crate::metrics::slow_consumer();
+        tracing::info!(sid = %s.id, "disconnecting a socket that cannot keep up");
+        s.extensions.insert(FellBehind);
+        if s.clone().disconnect().is_ok() {
+            return;
+        }
+        self.tasks.spawn(async move {
+            for _ in 0..SLOW_DISCONNECT_ATTEMPTS {
+                tokio::time::sleep(SLOW_DISCONNECT_RETRY).await;
+                if !s.connected() || s.clone().disconnect().is_ok() {
+                    return;
+                }
+            }
+        });
     }
 
     /// Whether a presence transition of `user` at `version` should be shown: not if this node
@@ -133,7 +194,7 @@ mod tests {
     #[tokio::test]
     async fn presence_versions_never_show_the_same_state_twice() {
         let (_layer, io) = SocketIo::new_layer();
-        let d = Deliverer::new(io, "n".into());
+        let d = Deliverer::new(io, "n".into(), TaskTracker::new());
         assert!(d.accept_version("u", 11)); // online
         assert!(!d.accept_version("u", 11)); // same again
         assert!(!d.accept_version("u", 10)); // older offline arrives late

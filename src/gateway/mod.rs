@@ -70,6 +70,10 @@ pub struct IoLimits {
     pub ws_max_message_bytes: usize,
     /// Outgoing packets buffered per socket.
     pub socket_buffer_packets: usize,
+    /// Engine.IO ping interval.
+    pub ping_interval: Duration,
+    /// Engine.IO ping timeout.
+    pub ping_timeout: Duration,
 }
 
 /// Builds the Socket.IO layer with the default namespace and its handlers.
@@ -79,8 +83,8 @@ pub fn build(app: App, limits: IoLimits) -> (SocketIoLayer, SocketIo) {
         .ws_max_message_size(limits.ws_max_message_bytes)
         .max_payload(limits.ws_max_message_bytes as u64)
         .max_buffer_size(limits.socket_buffer_packets)
-        .ping_interval(Duration::from_secs(25))
-        .ping_timeout(Duration::from_secs(20))
+        .ping_interval(limits.ping_interval)
+        .ping_timeout(limits.ping_timeout)
         .connect_timeout(Duration::from_secs(10))
         .build_layer();
     io.ns("/", on_connect.with(counted_authenticate));
@@ -373,10 +377,24 @@ impl FromMessageParts<LocalAdapter> for Responder {
         }
         if matches!(verdict, Verdict::Refuse) {
             crate::metrics::rate_limited(&responder.event);
-            responder.fail(ClientError::new(
+            let err = ClientError::new(
                 crate::error::ErrorCode::RateLimited,
                 "too many events: slow down",
-            ));
+            );
+            if matches!(responder.event.as_str(), "chat:send" | "sendMessage") {
+                // A refused send still answers in chat:send's shape (PROTOCOL.md §3).
+                let Ok(TryData(payload)) = TryData::<Value>::from_message_parts(s, v, ack_id);
+                let client_msg_id = payload.ok().and_then(|p| {
+                    p.get("clientMsgId")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                });
+                let body = json!({ "success": false, "status": "FAILED",
+                                   "clientMsgId": client_msg_id, "error": err.to_json() });
+                responder.fail_with(err, body);
+            } else {
+                responder.fail(err);
+            }
             return Err(OverBudget);
         }
         Ok(responder)

@@ -43,6 +43,15 @@ pub async fn on_connect(s: &SocketRef, app: &App, identity: &Identity) {
         // The periodic refresh registers the socket once Redis answers again.
         tracing::warn!(error = %e, "presence registration failed; refresh will retry");
     }
+    // A socket that closed while it was being registered had its removal run first: remove
+    // the field it left, or nobody would refresh it and peers would see a late `expired`.
+    if !s.connected() {
+        app.presence
+            .disconnect(&identity.user_id, &me.sid)
+            .await
+            .ok();
+        return;
+    }
     match app.presence.online_peers(&identity.user_id).await {
         Ok(users) => {
             s.emit("presence:bulk-online", &json!({ "users": users }))
@@ -99,6 +108,7 @@ pub async fn run_refresher(io: SocketIo, presence: Presence, cancel: Cancellatio
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
+    presence.load_scripts().await;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -129,6 +139,10 @@ async fn ping(r: Responder, State(app): State<App>, io: SocketIo) {
         let identity = r
             .identity()
             .ok_or_else(|| ClientError::internal(&"socket without identity"))?;
+        // A draining node already removed its sockets' presence; they reconnect elsewhere.
+        if app.health.draining() {
+            return Ok(json!({ "success": true }));
+        }
         let room = crate::chat::user_room(&identity.user_id);
         let mine: Vec<LocalSocket> = io
             .to(room)

@@ -15,6 +15,8 @@ use crate::redis::keys;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How often a node whose Redis lacks keyspace notifications checks again.
+const RECHECK: Duration = Duration::from_secs(5);
 
 /// Makes sure Redis sends expired-key events (`E` keyevent class and `x` expired events),
 /// enabling them with CONFIG SET when allowed. Returns false (and logs what to set) otherwise.
@@ -67,6 +69,15 @@ pub async fn run(
     while !cancel.is_cancelled() {
         let ok = ensure_notifications(&client).await;
         health.set_keyspace_ok(ok);
+        if !ok {
+            // Not ready until the operator fixes Redis; look again every few seconds. The sweep
+            // still turns expiries into offline events meanwhile.
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(RECHECK) => {}
+            }
+            continue;
+        }
         let pubsub = async {
             let mut ps = client.get_async_pubsub().await?;
             ps.subscribe(&channel).await?;
@@ -84,9 +95,7 @@ pub async fn run(
                 }
             },
         };
-        if ok {
-            backoff = BACKOFF_MIN;
-        }
+        backoff = BACKOFF_MIN;
         let mut stream = ps.on_message();
         loop {
             let msg = tokio::select! {

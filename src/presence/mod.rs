@@ -104,6 +104,15 @@ impl Presence {
         }
     }
 
+    /// Loads the scripts into Redis's cache, so the first pipelined refresh does not fail with
+    /// NOSCRIPT (it would be retried, but twice the work).
+    pub async fn load_scripts(&self) {
+        let mut conn = self.conn.clone();
+        if let Err(e) = scripts::load_all(&mut conn).await {
+            tracing::debug!(error = %e, "script preload failed; NOSCRIPT handling covers it");
+        }
+    }
+
     /// The presence key TTL.
     pub fn ttl(&self) -> Duration {
         self.ttl
@@ -347,18 +356,20 @@ impl Presence {
         })?;
         let online: HashSet<String> = self.online_among(&members).await?.into_iter().collect();
         let now = clock::now_iso();
+        // (to, about) pairs: two users added together are a new pair seen from both sides, but
+        // each must hear of the other once.
+        let mut told: HashSet<(&str, &str)> = HashSet::new();
         let mut envelope = Vec::new();
         for (user, before) in added {
-            let new_peers: Vec<&String> = members
-                .iter()
-                .filter(|m| *m != user && !before.contains(m))
-                .collect();
+            let new_peers = members.iter().filter(|m| *m != user && !before.contains(m));
             for peer in new_peers {
-                if online.contains(peer) {
-                    envelope.push(presence_emit(user, peer, &now)?);
-                }
-                if online.contains(user) {
-                    envelope.push(presence_emit(peer, user, &now)?);
+                for (to, about) in [
+                    (user.as_str(), peer.as_str()),
+                    (peer.as_str(), user.as_str()),
+                ] {
+                    if online.contains(about) && told.insert((to, about)) {
+                        envelope.push(presence_emit(to, about, &now)?);
+                    }
                 }
             }
         }

@@ -2,8 +2,9 @@
 //! one node at a time under a short lease.
 //!
 //! Every connect and refresh records `now + TTL` for the user in `presence:deadlines`. Each
-//! second every node tries to take the lease (`SET NX PX`); the holder claims every user whose
-//! deadline passed. A claim on a user who is still online only moves the deadline to the key's
+//! second every node tries to take the lease (`SET NX PX 1500`, left to expire, so one sweep
+//! runs every 1.5–2 s cluster-wide whatever the number of nodes); the holder claims every user
+//! whose deadline passed. A claim on a user who is still online only moves the deadline to the key's
 //! real expiry; a claim on an expired key emits the one offline transition (unless a
 //! notification listener already did — the script decides). So a missed notification still
 //! yields exactly one `presence:offline` (reason `expired`) about a second after the key expired.

@@ -182,8 +182,12 @@ impl Publisher {
             event: req.event.clone(),
             data: req.data.clone(),
         };
-        // One routing key per request: its first room (requests to one room stay ordered).
-        let result = self.backplane.publish(&req.rooms[0], &vec![action]).await;
+        // One routing key per request: the id of its first room, which is the key that room's
+        // own events use (a chat's messages and membership changes, a user's presence), so a
+        // publish to one room is ordered with them.
+        let first = &req.rooms[0];
+        let routing_key = first.split_once(':').map_or(first.as_str(), |(_, id)| id);
+        let result = self.backplane.publish(routing_key, &vec![action]).await;
         if let Some(marker) = &marker {
             match &result {
                 Ok(id) => {

@@ -96,3 +96,31 @@ async fn sustained_abuse_of_the_budget_ends_in_a_disconnect() {
         true
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_send_answers_in_the_chat_send_shape() {
+    let redis = Redis::start().await;
+    let opts = NodeOpts::default()
+        .with("rate-limit-per-sec", "1")
+        .with("rate-limit-burst", "1");
+    let a = Node::start_with(&redis, "a", opts).await;
+    a.create_chat("c", &["alice"]).await;
+    let alice = connect(&a.url(), "alice").await;
+    let mut limited = None;
+    for i in 0..5 {
+        let r = ack(
+            &alice,
+            "chat:send",
+            json!({"chatId": "c", "content": "x", "clientMsgId": format!("m{i}")}),
+        )
+        .await;
+        if r["success"] == false {
+            limited = Some((i, r));
+            break;
+        }
+    }
+    let (i, r) = limited.expect("the budget refused a send");
+    assert_eq!(r["status"], "FAILED");
+    assert_eq!(r["clientMsgId"], format!("m{i}"));
+    assert_eq!(r["error"]["code"], "RATE_LIMITED");
+}

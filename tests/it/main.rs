@@ -17,4 +17,5 @@ mod metrics;
 mod outage;
 mod presence;
 mod routing;
+mod slow;
 mod startup;

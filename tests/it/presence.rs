@@ -283,6 +283,15 @@ async fn users_who_start_sharing_a_chat_learn_each_others_state() {
         .expect("bob learns alice");
     // erin already shared a chat with bob: no repeated online.
     assert!(presence_events(&mut erin, "bob", QUIET).await.is_empty());
+
+    // Two users who meet in a new chat hear of each other once, not once per side.
+    let mut carol = connect(&a.url(), "carol").await;
+    let mut dave = connect(&b.url(), "dave").await;
+    a.create_chat("z", &["carol", "dave"]).await;
+    let about_dave = presence_events(&mut carol, "dave", Duration::from_secs(1)).await;
+    let about_carol = presence_events(&mut dave, "carol", Duration::from_secs(1)).await;
+    assert_eq!(about_dave.len(), 1, "{about_dave:?}");
+    assert_eq!(about_carol.len(), 1, "{about_carol:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
