@@ -164,7 +164,7 @@ pub async fn run(
         config.backplane_shards,
         reader_stop.clone(),
     ));
-    let publisher = crate::publish::Publisher::new(conn.clone(), backplane.clone());
+    let publisher = crate::publish::Publisher::new(backplane.clone());
     // Presence keeps working until the sockets are gone: the drain removes them first.
     let presence_stop = CancellationToken::new();
     tasks.spawn(gateway::presence::run_refresher(

@@ -35,10 +35,5 @@ pub async fn publish(
             StatusCode::ACCEPTED,
             axum::Json(json!({ "id": id, "repeated": true })),
         )),
-        Outcome::InProgress => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "CONFLICT",
-            "a request with this Idempotency-Key is still being published; retry",
-        )),
     }
 }

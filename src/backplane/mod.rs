@@ -188,6 +188,31 @@ impl Backplane {
         let id: String = crate::metrics::redis_op("xadd", xadd.query_async(&mut conn)).await?;
         Ok(id)
     }
+
+    /// Like [`publish`](Self::publish), at most once per `idempotency_key` within `ttl_secs`:
+    /// returns the entry id and whether this call published it (false: a repeat).
+    pub async fn publish_once(
+        &self,
+        routing_key: &str,
+        idempotency_key: &str,
+        ttl_secs: u64,
+        envelope: &Envelope,
+    ) -> Result<(String, bool), PublishError> {
+        let shard = keys::shard_of(routing_key, self.shards);
+        let call = crate::redis::scripts::publish_once_call(
+            keys::publish_idempotency(shard, idempotency_key),
+            keys::backplane_shard(shard),
+            ttl_secs,
+            self.maxlen,
+            &self.node_id,
+            serde_json::to_string(envelope)?,
+        );
+        let mut conn = self.conn.clone();
+        let (status, id): (String, String) =
+            crate::redis::scripts::invoke(&crate::redis::scripts::PUBLISH_ONCE, &mut conn, call)
+                .await?;
+        Ok((id, status == "new"))
+    }
 }
 
 #[cfg(test)]

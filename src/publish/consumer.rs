@@ -1,7 +1,9 @@
 //! The reply path for services that need no HTTP: they `XADD fanout:publish * body <json>`
 //! (the JSON body of `POST /api/v1/publish`), and the nodes consume that stream with one
 //! consumer group, so each entry is handled by one node. The handling node publishes it into
-//! the backplane at most once — the entry id doubles as its idempotency key — then `XACK`s it.
+//! the backplane at most once — the entry id doubles as its idempotency key, checked in the
+//! same atomic step as the append — then `XACK`s it; a node that died before its `XACK` leaves
+//! the entry pending, and whoever claims it finds the key and only acknowledges it.
 //! Entries left pending by a node that died are claimed by another with `XAUTOCLAIM` once idle
 //! for `PUBLISH_CLAIM_IDLE_MS` (default 30 s).
 //!
@@ -157,8 +159,6 @@ async fn handle(conn: &ConnectionManager, publisher: &Publisher, entry: &StreamI
             let key = format!("stream:{}", entry.id);
             match publisher.publish(&req, Some(&key)).await {
                 Ok(Outcome::Published(_)) | Ok(Outcome::Repeated(_)) => ack(conn, &entry.id).await,
-                // Another node is publishing it right now; it will ack.
-                Ok(Outcome::InProgress) => {}
                 // Left pending: retried by XAUTOCLAIM once idle long enough.
                 Err(e) => {
                     tracing::warn!(id = %entry.id, error = %e, "fanout:publish entry not published yet")

@@ -8,23 +8,17 @@
 
 pub mod consumer;
 
-use redis::aio::ConnectionManager;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::backplane::{Action, Backplane, PublishError};
 use crate::chat::{chat_room, user_room};
-use crate::redis::keys;
 use crate::validate::is_valid_id;
 
 /// Most target rooms one publish may name.
 pub const MAX_TARGETS: usize = 1000;
 /// How long an `Idempotency-Key` (or a `fanout:publish` entry id) is remembered.
 pub const IDEMPOTENCY_TTL_SECS: u64 = 86_400;
-/// Marker value while the first request with a key is still publishing.
-const PENDING: &str = "pending";
-/// Lifetime of a pending marker: if its node died mid-publish, a retry may publish after this.
-const PENDING_TTL_SECS: u64 = 60;
 
 /// A validated publish request.
 #[derive(Debug, Clone)]
@@ -132,21 +126,19 @@ pub enum Outcome {
     Published(String),
     /// The idempotency key was used before: that request's id, nothing published again.
     Repeated(String),
-    /// A request with the same key is still being published.
-    InProgress,
 }
 
-/// Publishes requests into the backplane, at most once per idempotency key.
+/// Publishes requests into the backplane, at most once per idempotency key
+/// (`lua/publish_once.lua`: the check, the append and the record are one atomic step).
 #[derive(Clone)]
 pub struct Publisher {
-    conn: ConnectionManager,
     backplane: Backplane,
 }
 
 impl Publisher {
-    /// A publisher over the node's connection and backplane.
-    pub fn new(conn: ConnectionManager, backplane: Backplane) -> Self {
-        Publisher { conn, backplane }
+    /// A publisher over the node's backplane.
+    pub fn new(backplane: Backplane) -> Self {
+        Publisher { backplane }
     }
 
     /// Publishes `req`; with a key, a repeated key publishes nothing and returns the first id.
@@ -155,26 +147,6 @@ impl Publisher {
         req: &PublishRequest,
         idempotency_key: Option<&str>,
     ) -> Result<Outcome, PublishError> {
-        let mut conn = self.conn.clone();
-        let marker = idempotency_key.map(keys::publish_idempotency);
-        if let Some(marker) = &marker {
-            let claimed: Option<String> = redis::cmd("SET")
-                .arg(marker)
-                .arg(PENDING)
-                .arg("NX")
-                .arg("EX")
-                .arg(PENDING_TTL_SECS)
-                .query_async(&mut conn)
-                .await?;
-            if claimed.is_none() {
-                let previous: Option<String> =
-                    redis::cmd("GET").arg(marker).query_async(&mut conn).await?;
-                return Ok(match previous {
-                    Some(id) if id != PENDING => Outcome::Repeated(id),
-                    _ => Outcome::InProgress,
-                });
-            }
-        }
         let action = Action::Emit {
             rooms: req.rooms.clone(),
             except: req.except.clone(),
@@ -184,30 +156,28 @@ impl Publisher {
         };
         // One routing key per request: the id of its first room, which is the key that room's
         // own events use (a chat's messages and membership changes, a user's presence), so a
-        // publish to one room is ordered with them.
+        // publish to one room is ordered with them — and a retry maps to the same shard.
         let first = &req.rooms[0];
         let routing_key = first.split_once(':').map_or(first.as_str(), |(_, id)| id);
-        let result = self.backplane.publish(routing_key, &vec![action]).await;
-        if let Some(marker) = &marker {
-            match &result {
-                Ok(id) => {
-                    let _: () = redis::cmd("SET")
-                        .arg(marker)
-                        .arg(id)
-                        .arg("XX")
-                        .arg("EX")
-                        .arg(IDEMPOTENCY_TTL_SECS)
-                        .query_async(&mut conn)
-                        .await?;
-                }
-                // The attempt failed: free the key so a retry can publish.
-                Err(_) => {
-                    let _: redis::RedisResult<()> =
-                        redis::cmd("DEL").arg(marker).query_async(&mut conn).await;
-                }
+        let envelope = vec![action];
+        match idempotency_key {
+            None => self
+                .backplane
+                .publish(routing_key, &envelope)
+                .await
+                .map(Outcome::Published),
+            Some(key) => {
+                let (id, new) = self
+                    .backplane
+                    .publish_once(routing_key, key, IDEMPOTENCY_TTL_SECS, &envelope)
+                    .await?;
+                Ok(if new {
+                    Outcome::Published(id)
+                } else {
+                    Outcome::Repeated(id)
+                })
             }
         }
-        result.map(Outcome::Published)
     }
 }
 

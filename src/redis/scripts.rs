@@ -15,6 +15,10 @@ pub static CHAT_SEND: LazyLock<Script> =
 pub static CHAT_HISTORY: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../lua/chat_history.lua")));
 
+/// `lua/publish_once.lua`: a backplane append at most once per idempotency key.
+pub static PUBLISH_ONCE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../../lua/publish_once.lua")));
+
 /// `lua/presence_connect.lua`: register a socket; did the user come online?
 pub static PRESENCE_CONNECT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../lua/presence_connect.lua")));
@@ -195,17 +199,23 @@ pub async fn load_all<C>(conn: &mut C) -> redis::RedisResult<()>
 where
     C: redis::aio::ConnectionLike + Send,
 {
-    for script in [
-        &*CHAT_SEND,
-        &*CHAT_HISTORY,
-        &*PRESENCE_CONNECT,
-        &*PRESENCE_DISCONNECT,
-        &*PRESENCE_REFRESH,
-        &*PRESENCE_CLAIM,
-    ] {
+    for (script, _) in all() {
         let _: String = script.prepare_invoke().load_async(conn).await?;
     }
     Ok(())
+}
+
+/// Every script with its name (the `script` label of the metrics).
+fn all() -> [(&'static Script, &'static str); 7] {
+    [
+        (&CHAT_SEND, "chat_send"),
+        (&CHAT_HISTORY, "chat_history"),
+        (&PUBLISH_ONCE, "publish_once"),
+        (&PRESENCE_CONNECT, "presence_connect"),
+        (&PRESENCE_DISCONNECT, "presence_disconnect"),
+        (&PRESENCE_REFRESH, "presence_refresh"),
+        (&PRESENCE_CLAIM, "presence_claim"),
+    ]
 }
 
 /// Runs a script with the given keys and args on `conn` (EVALSHA, reloading on NOSCRIPT).
@@ -233,18 +243,30 @@ where
 /// A script's name for metrics (its `lua/` file name without `.lua`), found by its SHA;
 /// `other` for a script not listed here.
 pub fn name_of(script: &Script) -> &'static str {
-    let scripts: [(&Script, &'static str); 6] = [
-        (&CHAT_SEND, "chat_send"),
-        (&CHAT_HISTORY, "chat_history"),
-        (&PRESENCE_CONNECT, "presence_connect"),
-        (&PRESENCE_DISCONNECT, "presence_disconnect"),
-        (&PRESENCE_REFRESH, "presence_refresh"),
-        (&PRESENCE_CLAIM, "presence_claim"),
-    ];
-    scripts
+    all()
         .into_iter()
         .find(|(s, _)| s.get_hash() == script.get_hash())
         .map_or("other", |(_, name)| name)
+}
+
+/// KEYS and ARGV of `publish_once.lua`.
+pub fn publish_once_call(
+    marker: String,
+    stream: String,
+    ttl_secs: u64,
+    maxlen: u64,
+    node_id: &str,
+    envelope_json: String,
+) -> (Vec<String>, Vec<String>) {
+    (
+        vec![marker, stream],
+        vec![
+            ttl_secs.to_string(),
+            maxlen.to_string(),
+            node_id.to_owned(),
+            envelope_json,
+        ],
+    )
 }
 
 #[cfg(test)]

@@ -300,8 +300,8 @@ async fn redis_restarting_empty_re_registers_without_false_pairs() {
     let a = Node::start_with(&redis, "a", short_ttl()).await;
     let b = Node::start_with(&redis, "b", short_ttl()).await;
     a.create_chat("c", &["alice", "bob"]).await;
-    let _alice = connect(&a.url(), "alice").await;
     let mut bob = connect(&b.url(), "bob").await;
+    let _alice = connect(&a.url(), "alice").await;
     bob.wait_for("presence:online", WAIT).await.expect("online");
     redis.restart().await;
     a.create_chat_when_ready("c", &["alice", "bob"]).await;

@@ -61,7 +61,8 @@ struct Args {
     /// Room r has clients r*room_size .. r*room_size+room_size-1 (mod clients).
     #[arg(long)]
     rooms: Option<usize>,
-    /// Number of sending clients, spread over the rooms first (sender k sends to room k % rooms).
+    /// Number of sending clients, spread over the rooms first (sender k sends to room k % rooms,
+    /// as its member (k / rooms + k) % room-size).
     #[arg(long, default_value_t = 10)]
     senders: usize,
     /// Total send rate in messages per second, split evenly over the senders.
@@ -141,7 +142,9 @@ impl Plan {
         let senders = (0..a.senders)
             .map(|k| {
                 let room = k % rooms;
-                let j = (k / rooms) % a.room_size;
+                // Shifted by k so that consecutive senders sit on different nodes (clients are
+                // spread round-robin over the URLs), and distinct within a room.
+                let j = (k / rooms + k) % a.room_size;
                 ((((room * a.room_size) + j) % a.clients) as u32, room as u32)
             })
             .collect();
@@ -196,7 +199,6 @@ struct SenderResult {
 #[derive(Clone, Copy)]
 struct Schedule {
     start: Instant,
-    warm_end: Instant,
     end: Instant,
     interval: Duration,
 }
@@ -209,6 +211,8 @@ struct SenderCtx {
     payload_bytes: usize,
     max_inflight: usize,
     ack_timeout: Duration,
+    /// Decides, from the send stamp, whether a message is measured (same rule as receivers).
+    recv: Arc<Receivers>,
 }
 
 async fn run_sender(
@@ -279,7 +283,7 @@ async fn run_sender(
                     r.lag_hist.saturating_record((lag.as_micros() as u64).max(1));
                     let q = r.status.len() as u64;
                     let t = now_us();
-                    let measured = now >= sched.warm_end;
+                    let measured = cx.recv.is_measured(t);
                     r.status.push(if measured { MEASURED } else { 0 });
                     if measured {
                         r.sent_measured += 1;
@@ -481,11 +485,14 @@ async fn progress(
     }
 }
 
-/// CPU seconds of this process and of the watched ones.
-fn cpu_snapshot(pids: &[u32]) -> (Option<f64>, Vec<Option<f64>>) {
+/// CPU seconds of this process and of the watched ones, and the machine's busy/total ticks.
+type CpuSnapshot = (Option<f64>, Vec<Option<f64>>, Option<sys::MachineCpu>);
+
+fn cpu_snapshot(pids: &[u32]) -> CpuSnapshot {
     (
         sys::cpu_secs("self"),
         pids.iter().map(|p| sys::cpu_secs(&p.to_string())).collect(),
+        sys::machine_cpu(),
     )
 }
 
@@ -501,7 +508,7 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
     if nofile.soft < args.clients as u64 + 64 {
         return Err(format!(
             "RLIMIT_NOFILE is {} (hard {}), too low for {} clients; raise the hard limit \
-             (ulimit -Hn) or run as root",
+             (ulimit -Hn; needs CAP_SYS_RESOURCE) or lower --clients",
             nofile.soft, nofile.hard, args.clients
         ));
     }
@@ -520,9 +527,10 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
         );
     }
 
-    let run_id = args.run_id.clone().unwrap_or_else(|| {
-        uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
-    });
+    let run_id = args
+        .run_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_owned());
     let recv = Arc::new(Receivers::new(&run_id));
     let plan = Plan::new(&args);
     let rooms = plan.members.len();
@@ -581,7 +589,10 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
         .buffer_unordered(16)
         .collect()
         .await;
-    let created_rooms: Vec<u32> = created.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
+    let created_rooms: Vec<u32> = created
+        .iter()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .collect();
     if let Some(Err(e)) = created.iter().find(|r| r.is_err()) {
         stop_progress.cancel();
         delete_rooms(&admin, &recv, &created_rooms).await;
@@ -606,8 +617,9 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
             let (args, recv, states, counters) = (&args, &recv, &states, &counters);
             async move {
                 let t0 = Instant::now();
-                let token = fanout::auth::mint_hs256(&args.jwt_secret, &user_id(i as u32), exp, None)
-                    .map_err(|e| format!("mint token: {e}"));
+                let token =
+                    fanout::auth::mint_hs256(&args.jwt_secret, &user_id(i as u32), exp, None)
+                        .map_err(|e| format!("mint token: {e}"));
                 let (recv2, state) = (Arc::clone(recv), Arc::clone(&states[i]));
                 let handler = RawEventHandler::new(move |text: &str| {
                     recv2.on_event(i, &state, text);
@@ -622,7 +634,7 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
                             local_addr: (source_ips > 1)
                                 .then(|| sys::source_ip(i as u32 % source_ips)),
                             tcp_nodelay: true,
-                            ws_config: Some(WebSocketConfig::default().read_buffer_size(16 * 1024)),
+                            ws_config: Some(WebSocketConfig::default().read_buffer_size(8 * 1024)),
                             raw_events: Some(handler),
                             ..Default::default()
                         };
@@ -656,7 +668,11 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
             }
             Err(e) => {
                 // Group errors by their text without numbers (ports, addresses).
-                let key: String = e.chars().filter(|c| !c.is_ascii_digit()).take(120).collect();
+                let key: String = e
+                    .chars()
+                    .filter(|c| !c.is_ascii_digit())
+                    .take(120)
+                    .collect();
                 *connect_errors.entry(key).or_default() += 1;
             }
         }
@@ -675,6 +691,9 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
     let mut sender_results = Vec::new();
     let mut senders_unconnected = 0u64;
     let mut window_cpu = None;
+    // RSS of this process and the watched ones at the end of the measured window.
+    let mut gen_rss = None;
+    let mut watched_rss: Vec<Option<f64>> = Vec::new();
     if connected > 0 {
         // Let connect-time presence traffic settle.
         sleep(Duration::from_millis(500)).await;
@@ -686,7 +705,8 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
         let t0 = Instant::now() + Duration::from_millis(50);
         let warm_end = t0 + interval + Duration::from_secs_f64(args.warmup);
         let end = warm_end + Duration::from_secs_f64(args.duration);
-        let to_us = |i: Instant| now_us() + i.saturating_duration_since(Instant::now()).as_micros() as u64;
+        let to_us =
+            |i: Instant| now_us() + i.saturating_duration_since(Instant::now()).as_micros() as u64;
         recv.warm_end_us.store(to_us(warm_end), Ordering::Relaxed);
         recv.end_us.store(to_us(end), Ordering::Relaxed);
         counters.phase.store(2, Ordering::Relaxed);
@@ -700,7 +720,6 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
             let start = t0 + interval.mul_f64(k as f64 / args.senders as f64);
             let sched = Schedule {
                 start,
-                warm_end,
                 end,
                 interval,
             };
@@ -712,8 +731,12 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
                 payload_bytes: args.payload_bytes,
                 max_inflight: args.max_inflight,
                 ack_timeout: Duration::from_secs_f64(args.ack_timeout),
+                recv: Arc::clone(&recv),
             };
-            tasks.push((k, tokio::spawn(run_sender(c, cx, sched, Arc::clone(&counters)))));
+            tasks.push((
+                k,
+                tokio::spawn(run_sender(c, cx, sched, Arc::clone(&counters))),
+            ));
         }
         // CPU of this process and the watched ones over the measured window.
         sleep_until(warm_end).await;
@@ -722,6 +745,12 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
         let wall_a = Instant::now();
         sleep_until(end).await;
         let cpu_b = cpu_snapshot(&args.watch_pids);
+        gen_rss = sys::rss_mib("self");
+        watched_rss = args
+            .watch_pids
+            .iter()
+            .map(|p| sys::rss_mib(&p.to_string()))
+            .collect();
         window_cpu = Some((cpu_a, cpu_b, wall_a.elapsed().as_secs_f64()));
         counters.phase.store(4, Ordering::Relaxed);
         for (k, t) in tasks {
@@ -742,7 +771,8 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
     let mut nack_codes: BTreeMap<String, u64> = BTreeMap::new();
     let (mut sent_m, mut sent_w, mut acc_m, mut acc_w) = (0u64, 0u64, 0u64, 0u64);
     let (mut ack_timeouts, mut ack_errors, mut skipped) = (0u64, 0u64, 0u64);
-    let (mut expected, mut expected_connected, mut lost, mut received_ok) = (0u64, 0u64, 0u64, 0u64);
+    let (mut expected, mut expected_connected, mut lost, mut received_ok) =
+        (0u64, 0u64, 0u64, 0u64);
     let (mut unreachable, mut without_ack, mut after_nack, mut dup, mut reordered) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
     for (k, r) in &sender_results {
@@ -817,8 +847,8 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
     let wall_total = wall_start.elapsed().as_secs_f64();
 
     // --- report
-    let (gen_window, watched) = match &window_cpu {
-        Some(((a_self, a_pids), (b_self, b_pids), secs)) => {
+    let (gen_window, watched, machine_busy) = match &window_cpu {
+        Some(((a_self, a_pids, a_m), (b_self, b_pids, b_m), secs)) => {
             let pct = |a: &Option<f64>, b: &Option<f64>| match (a, b) {
                 (Some(a), Some(b)) => Some(((b - a) / secs * 1000.0).round() / 10.0),
                 _ => None,
@@ -827,16 +857,27 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
                 .watch_pids
                 .iter()
                 .zip(a_pids.iter().zip(b_pids))
-                .map(|(pid, (a, b))| {
+                .zip(&watched_rss)
+                .map(|((pid, (a, b)), rss)| {
                     let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
                         .map(|s| s.trim().to_owned())
                         .ok();
-                    json!({ "pid": pid, "comm": name, "cpu_pct_of_one_core": pct(a, b) })
+                    json!({
+                        "pid": pid, "comm": name, "cpu_pct_of_one_core": pct(a, b),
+                        "rss_mib": rss,
+                    })
                 })
                 .collect();
-            (pct(a_self, b_self), watched)
+            let machine = match (a_m, b_m) {
+                (Some(a), Some(b)) if b.total > a.total => {
+                    let share = |x: f64| (x / (b.total - a.total) * 1000.0).round() / 10.0;
+                    Some((share(b.busy - a.busy), share(b.steal - a.steal)))
+                }
+                _ => None,
+            };
+            (pct(a_self, b_self), watched, machine)
         }
-        None => (None, Vec::new()),
+        None => (None, Vec::new(), None),
     };
     let gen_total = match (cpu_start, cpu_end) {
         (Some(a), Some(b)) => Some(((b - a) * 1000.0).round() / 1000.0),
@@ -846,8 +887,10 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
     let ack = ms(&ack_hist);
     let deliv = ms(&deliv_hist);
     let lag = ms(&lag_hist);
-    let saturated = gen_window.is_some_and(|p| p > 85.0 * threads as f64)
-        || (lag_hist.len() > 0 && lag_hist.value_at_quantile(0.99) > 50_000);
+    // Two ways the generator can distort the figures: it is CPU-bound itself, or it did not get
+    // the CPU to keep its send schedule (the machine is saturated, e.g. by the server).
+    let gen_cpu_bound = gen_window.is_some_and(|p| p > 85.0 * threads as f64);
+    let schedule_late = !lag_hist.is_empty() && lag_hist.value_at_quantile(0.99) > 50_000;
     let report = json!({
         "command": command,
         "run_id": run_id,
@@ -897,7 +940,11 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
         "generator": {
             "cpu_secs_total": gen_total, "wall_secs_total": wall_total,
             "cpu_pct_of_one_core_measured": gen_window,
-            "saturation_suspected": saturated,
+            "machine_cpu_busy_pct_all_cores_measured": machine_busy.map(|m| m.0),
+            "machine_cpu_steal_pct_all_cores_measured": machine_busy.map(|m| m.1),
+            "rss_mib": gen_rss,
+            "cpu_bound": gen_cpu_bound,
+            "send_schedule_late_p99_over_50ms": schedule_late,
             "close_secs": close_secs,
         },
         "watched": watched,
@@ -910,7 +957,11 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
         connected as f64 / connect_secs.max(1e-6),
         fmt_ms(&report["connect"]["latency_ms"], "p50"),
         fmt_ms(&report["connect"]["latency_ms"], "p99"),
-        if connected < args.clients { " — SOME FAILED" } else { "" }
+        if connected < args.clients {
+            " — SOME FAILED"
+        } else {
+            ""
+        }
     );
     println!(
         "send:      sent {sent_m} ({:.0}/s of {} target), acked {acc_m}, nacked {:?}, ack timeouts {ack_timeouts}, skipped {skipped} (+{sent_w} in warm-up)",
@@ -936,17 +987,32 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
         fmt_ms(&deliv, "max")
     );
     println!(
-        "generator: cpu {} s total, {}% of one core while measuring ({threads} threads){}",
+        "generator: cpu {} s total, {}% of one core while measuring ({threads} threads), \
+         machine {}% busy + {}% stolen by the hypervisor (all cores), rss {} MiB{}",
         gen_total.map(|v| format!("{v:.2}")).unwrap_or("?".into()),
         gen_window.map(|v| format!("{v:.1}")).unwrap_or("?".into()),
-        if saturated { " — GENERATOR MAY BE SATURATED: figures bound the generator, not the server" } else { "" }
+        machine_busy
+            .map(|v| format!("{:.1}", v.0))
+            .unwrap_or("?".into()),
+        machine_busy
+            .map(|v| format!("{:.1}", v.1))
+            .unwrap_or("?".into()),
+        gen_rss.map(|v| format!("{v:.0}")).unwrap_or("?".into()),
+        if gen_cpu_bound {
+            " — GENERATOR CPU-BOUND: figures bound the generator, not the server"
+        } else if schedule_late {
+            " — SENDS LEFT LATE (p99 > 50 ms): the generator lacked CPU (machine saturated?)"
+        } else {
+            ""
+        }
     );
     for w in &report["watched"].as_array().cloned().unwrap_or_default() {
         println!(
-            "watched:   pid {} ({}): {}% of one core while measuring",
+            "watched:   pid {} ({}): {}% of one core while measuring, rss {} MiB",
             w["pid"],
             w["comm"].as_str().unwrap_or("?"),
-            w["cpu_pct_of_one_core"]
+            w["cpu_pct_of_one_core"],
+            w["rss_mib"]
         );
     }
     if let Some(path) = &args.out {

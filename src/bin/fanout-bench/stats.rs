@@ -159,6 +159,11 @@ impl Receivers {
         }
     }
 
+    /// Whether a message stamped `t` is in the measured window (senders use the same rule).
+    pub fn is_measured(&self, t: u64) -> bool {
+        t >= self.warm_end_us.load(Ordering::Relaxed) && t < self.end_us.load(Ordering::Relaxed)
+    }
+
     pub fn chat_id(&self, room: u32) -> String {
         format!("{}{room}", self.prefix)
     }
@@ -211,8 +216,7 @@ impl Receivers {
                 true
             }
         };
-        let measured = p.t >= self.warm_end_us.load(Ordering::Relaxed)
-            && p.t < self.end_us.load(Ordering::Relaxed);
+        let measured = self.is_measured(p.t);
         let mut shard = lock(&self.shards[client % SHARDS]);
         shard.events += 1;
         if first {

@@ -13,6 +13,8 @@ pub struct NofileLimit {
 /// Raises the soft RLIMIT_NOFILE to the hard limit; when the hard limit is below `wanted`, first
 /// tries to raise the hard limit too (works for root / CAP_SYS_RESOURCE, up to fs.nr_open).
 /// Returns the limits in force afterwards.
+// `rlim_t` is not `u64` on every platform, hence the casts.
+#[allow(clippy::unnecessary_cast)]
 pub fn raise_nofile(wanted: u64) -> NofileLimit {
     // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
     unsafe {
@@ -70,6 +72,48 @@ pub fn cpu_secs(pid: &str) -> Option<f64> {
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / clk_tck())
+}
+
+/// Machine-wide CPU time (all cores, clock ticks) from /proc/stat.
+#[derive(Debug, Clone, Copy)]
+pub struct MachineCpu {
+    /// user + nice + system + irq + softirq.
+    pub busy: f64,
+    /// Time the hypervisor gave to others while this VM wanted to run.
+    pub steal: f64,
+    pub total: f64,
+}
+
+/// Reads the machine's CPU counters.
+pub fn machine_cpu() -> Option<MachineCpu> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let total: f64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).unwrap_or(&0.0);
+    let steal = v.get(7).copied().unwrap_or(0.0);
+    Some(MachineCpu {
+        busy: total - idle - steal,
+        steal,
+        total,
+    })
+}
+
+/// Resident memory of a process in MiB (`self` for this process).
+pub fn rss_mib(pid: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((kb / 1024.0 * 10.0).round() / 10.0)
 }
 
 /// Size of the kernel's ephemeral port range (net.ipv4.ip_local_port_range).
@@ -144,7 +188,9 @@ pub fn is_loopback_host(host: &str) -> bool {
 
 /// The `n`th source address of 127.0.0.0/8 counting from 127.0.0.1.
 pub fn source_ip(n: u32) -> IpAddr {
-    IpAddr::from(std::net::Ipv4Addr::from(u32::from_be_bytes([127, 0, 0, 1]) + n))
+    IpAddr::from(std::net::Ipv4Addr::from(
+        u32::from_be_bytes([127, 0, 0, 1]) + n,
+    ))
 }
 
 #[cfg(test)]
@@ -154,7 +200,10 @@ mod tests {
     #[test]
     fn urls_and_loopback() {
         let u = parse_url("http://127.0.0.1:3000").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("127.0.0.1", 3000, ""));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("127.0.0.1", 3000, "")
+        );
         let u = parse_url("http://[::1]:9/x/").unwrap();
         assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("::1", 9, "/x"));
         assert!(is_loopback_host("127.3.2.1") && is_loopback_host("::1"));
@@ -163,5 +212,8 @@ mod tests {
         assert_eq!(source_ip(0).to_string(), "127.0.0.1");
         assert_eq!(source_ip(255).to_string(), "127.0.1.0");
         assert!(cpu_secs("self").is_some());
+        assert!(rss_mib("self").is_some_and(|m| m > 0.0));
+        let m = machine_cpu().unwrap();
+        assert!(m.busy >= 0.0 && m.steal >= 0.0 && m.total >= m.busy + m.steal);
     }
 }
