@@ -218,40 +218,10 @@ mod tests {
     }
 
     #[test]
-    fn alg_none_is_refused() {
-        use base64_like::b64;
-        let header = b64(br#"{"alg":"none","typ":"JWT"}"#);
-        let body = b64(format!(r#"{{"sub":"a","exp":{}}}"#, now_secs() + 60).as_bytes());
-        let err = auth().verify(&format!("{header}.{body}.")).unwrap_err();
-        assert!(err.to_string().starts_with("UNAUTHORIZED"), "{err}");
-    }
-
-    #[test]
     fn bearer_header() {
         assert_eq!(bearer("Bearer abc"), Some("abc"));
         assert_eq!(bearer("bearer  abc "), Some("abc"));
         assert_eq!(bearer("Basic abc"), None);
         assert_eq!(bearer("Bearer "), None);
-    }
-
-    /// Unpadded URL-safe base64, enough to hand-craft a token header in a test.
-    mod base64_like {
-        pub fn b64(input: &[u8]) -> String {
-            const T: &[u8; 64] =
-                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-            let mut out = String::new();
-            for chunk in input.chunks(3) {
-                let b = [
-                    chunk[0],
-                    *chunk.get(1).unwrap_or(&0),
-                    *chunk.get(2).unwrap_or(&0),
-                ];
-                let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-                for i in 0..=chunk.len() {
-                    out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                }
-            }
-            out
-        }
     }
 }
