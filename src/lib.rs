@@ -31,6 +31,7 @@ pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod health;
+pub mod logging;
 pub mod metrics;
 pub mod nodes;
 pub mod presence;

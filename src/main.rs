@@ -1,24 +1,23 @@
 //! The `fanout` node binary: parse the config, set up logging, run until SIGTERM/SIGINT.
 
-use fanout::{Config, Listeners, config::LogFormat};
+use fanout::{Config, Listeners};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let config = match Config::load() {
+    let mut config = match Config::load() {
         Ok(c) => c,
         Err(line) => {
             eprintln!("fanout: {line}");
             return std::process::ExitCode::from(2);
         }
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let subscriber = tracing_subscriber::fmt().with_env_filter(filter);
-    match config.log_format {
-        LogFormat::Json => subscriber.json().init(),
-        LogFormat::Text => subscriber.init(),
-    }
+    // Chosen here, not in `run`, so every log line carries it from the first one.
+    let node_id = config
+        .node_id
+        .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
+        .clone();
+    fanout::logging::init(config.log_format, &node_id);
 
     let listeners = match Listeners::bind(&config).await {
         Ok(l) => l,
