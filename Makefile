@@ -34,10 +34,10 @@ help:
 up:
 	deploy/up.sh
 
-# The test harness starts its own redis-server processes (found on PATH),
-# so redis-server is the only system dependency of the tests.
+# The test harness starts its own redis-server and haproxy processes (found on
+# PATH); node/npm (the interop test) and openssl (key tests) are on the image.
 test: rust-components
-	deploy/install-deps.sh redis-server
+	deploy/install-deps.sh redis-server haproxy
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --all-targets -- --test-threads=2

@@ -10,6 +10,7 @@ mod chat;
 mod drain;
 mod hostile;
 mod interop_js;
+mod lb;
 mod limits;
 mod measure;
 mod membership;
