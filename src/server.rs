@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use redis::aio::ConnectionManager;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -229,7 +230,14 @@ pub async fn run(
 
     // Servers stop once the sockets are closed; the drain task closes them.
     let servers_stop = CancellationToken::new();
-    let public_srv = axum::serve(listeners.public, public)
+    // Nagle would hold a small frame written right after another (a sender's own chat:message,
+    // then its ACK) until the client's delayed ACK, up to 40 ms: real-time traffic wants none.
+    let public_listener = listeners.public.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
+    let public_srv = axum::serve(public_listener, public)
         .with_graceful_shutdown(servers_stop.clone().cancelled_owned());
     let admin_srv = axum::serve(listeners.admin, admin)
         .with_graceful_shutdown(servers_stop.clone().cancelled_owned());

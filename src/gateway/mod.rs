@@ -154,6 +154,7 @@ async fn authenticate(
     s.extensions.insert(Arc::new(identity));
     s.extensions.insert(InitialChats(Arc::new(chats)));
     s.extensions.insert(ConnectedAt(clock::now_iso().into()));
+    s.extensions.insert(SendOrder::new());
     s.extensions.insert(EventBudget::new(
         app.rate_limit,
         app.limits.disconnect_after_over_budget,
@@ -334,6 +335,47 @@ pub struct Responder {
     ack: AckSender,
     has_ack: bool,
     event: String,
+    ticket: Option<u64>,
+}
+
+/// Keeps a socket's `chat:send`s in the order they arrived, even when the client does not wait
+/// for each ACK: socketioxide runs every event in its own task, so two sends of one socket could
+/// otherwise reach Redis — and get their offsets — in the other order. Each send takes a ticket
+/// when it is read off the socket (in arrival order) and is handled when its turn comes.
+#[derive(Clone)]
+pub struct SendOrder(Arc<SendOrderState>);
+
+/// The state behind [`SendOrder`].
+pub struct SendOrderState {
+    next_ticket: std::sync::atomic::AtomicU64,
+    serving: tokio::sync::watch::Sender<u64>,
+}
+
+impl SendOrder {
+    fn new() -> Self {
+        SendOrder(Arc::new(SendOrderState {
+            next_ticket: std::sync::atomic::AtomicU64::new(0),
+            serving: tokio::sync::watch::Sender::new(0),
+        }))
+    }
+
+    fn take_ticket(&self) -> u64 {
+        self.0
+            .next_ticket
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A send's turn; the next one's comes when this is dropped, whatever the outcome.
+pub struct Turn {
+    order: SendOrder,
+    ticket: u64,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.order.0.serving.send_replace(self.ticket + 1);
+    }
 }
 
 /// Every handler takes a [`Responder`] first, so the budget is checked here, once for every
@@ -352,11 +394,12 @@ impl FromMessageParts<LocalAdapter> for Responder {
         crate::metrics::event_received(&event);
         let Ok(socket) = SocketRef::<LocalAdapter>::from_message_parts(s, v, ack_id);
         let Ok(ack) = AckSender::<LocalAdapter>::from_message_parts(s, v, ack_id);
-        let responder = Responder {
+        let mut responder = Responder {
             socket,
             ack,
             has_ack: ack_id.is_some(),
             event,
+            ticket: None,
         };
         let verdict = s
             .extensions
@@ -397,11 +440,27 @@ impl FromMessageParts<LocalAdapter> for Responder {
             }
             return Err(OverBudget);
         }
+        if matches!(responder.event.as_str(), "chat:send" | "sendMessage")
+            && let Some(order) = s.extensions.get::<SendOrder>()
+        {
+            responder.ticket = Some(order.take_ticket());
+        }
         Ok(responder)
     }
 }
 
 impl Responder {
+    /// Waits until every `chat:send` this socket sent before this one was handled; the returned
+    /// turn lets the next one go when dropped. Events without a ticket go at once.
+    pub async fn turn(&self) -> Option<Turn> {
+        let ticket = self.ticket?;
+        let order = self.socket.extensions.get::<SendOrder>()?;
+        let mut serving = order.0.serving.subscribe();
+        // The sender lives in the order, which this function holds: the wait cannot fail.
+        let _ = serving.wait_for(|now| *now >= ticket).await;
+        Some(Turn { order, ticket })
+    }
+
     /// The socket that sent the event.
     pub fn socket(&self) -> &SocketRef {
         &self.socket

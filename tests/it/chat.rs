@@ -487,3 +487,37 @@ async fn join_leave_and_the_inbound_aliases() {
         "joining twice delivers once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_sends_of_one_socket_keep_their_order() {
+    const N: usize = 300;
+    let redis = Redis::start().await;
+    let budget = NodeOpts::default()
+        .with("rate-limit-per-sec", "1000")
+        .with("rate-limit-burst", "1000");
+    let a = Node::start_with(&redis, "a", budget.clone()).await;
+    let b = Node::start_with(&redis, "b", budget).await;
+    a.create_chat("c", &["alice", "bob"]).await;
+    let alice = connect(&a.url(), "alice").await;
+    let mut bob = connect(&b.url(), "bob").await;
+    // Written back to back, none waiting for its ACK.
+    for i in 0..N {
+        alice
+            .emit(
+                "chat:send",
+                json!({"chatId": "c", "content": format!("{i}")}),
+            )
+            .await
+            .unwrap();
+    }
+    let got = messages(&mut bob, N).await;
+    let contents: Vec<usize> = got
+        .iter()
+        .map(|m| m["content"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(
+        contents,
+        (0..N).collect::<Vec<_>>(),
+        "delivered in send order"
+    );
+}

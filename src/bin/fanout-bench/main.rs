@@ -186,9 +186,13 @@ struct SenderResult {
     sent_warmup: u64,
     accepted_measured: u64,
     accepted_warmup: u64,
+    /// Failed ACKs of measured sends, by error code.
     nack_codes: HashMap<String, u64>,
+    /// Measured sends whose ACK did not come in time / whose connection failed.
     ack_timeouts: u64,
     ack_errors: u64,
+    /// Warm-up sends that failed, timed out or errored.
+    unaccepted_warmup: u64,
     skipped: u64,
     ack_hist: Histogram<u64>,
     /// How late sends left relative to their schedule (µs).
@@ -229,6 +233,7 @@ async fn run_sender(
         accepted_measured: 0,
         accepted_warmup: 0,
         nack_codes: HashMap::new(),
+        unaccepted_warmup: 0,
         ack_timeouts: 0,
         ack_errors: 0,
         skipped: 0,
@@ -264,8 +269,13 @@ async fn run_sender(
                         r.status[q as usize] |= FAILED;
                         counters.nacked.fetch_add(1, Ordering::Relaxed);
                         let code = ack["error"]["code"].as_str().unwrap_or("UNKNOWN").to_owned();
-                        *r.nack_codes.entry(code).or_default() += 1;
+                        if measured {
+                            *r.nack_codes.entry(code).or_default() += 1;
+                        } else {
+                            r.unaccepted_warmup += 1;
+                        }
                     }
+                    Err(_) if !measured => r.unaccepted_warmup += 1,
                     Err(ClientError::Timeout) => r.ack_timeouts += 1,
                     Err(_) => r.ack_errors += 1,
                 }
@@ -276,7 +286,9 @@ async fn run_sender(
                     let lag = now.saturating_duration_since(next);
                     next += sched.interval;
                     if inflight.len() >= cx.max_inflight || client.is_closed() {
-                        r.skipped += 1;
+                        if cx.recv.is_measured(now_us()) {
+                            r.skipped += 1;
+                        }
                         counters.skipped.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
@@ -770,7 +782,8 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
     let mut lag_hist = histogram();
     let mut nack_codes: BTreeMap<String, u64> = BTreeMap::new();
     let (mut sent_m, mut sent_w, mut acc_m, mut acc_w) = (0u64, 0u64, 0u64, 0u64);
-    let (mut ack_timeouts, mut ack_errors, mut skipped) = (0u64, 0u64, 0u64);
+    let (mut ack_timeouts, mut ack_errors, mut skipped, mut unaccepted_w) =
+        (0u64, 0u64, 0u64, 0u64);
     let (mut expected, mut expected_connected, mut lost, mut received_ok) =
         (0u64, 0u64, 0u64, 0u64);
     let (mut unreachable, mut without_ack, mut after_nack, mut dup, mut reordered) =
@@ -786,6 +799,7 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
         acc_m += r.accepted_measured;
         acc_w += r.accepted_warmup;
         ack_timeouts += r.ack_timeouts;
+        unaccepted_w += r.unaccepted_warmup;
         ack_errors += r.ack_errors;
         skipped += r.skipped;
         let members = &plan.members[r.room as usize];
@@ -917,7 +931,7 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
             "senders_started": sender_results.len(), "senders_unconnected": senders_unconnected,
             "target_rate": args.rate,
             "sent": sent_m, "sent_warmup": sent_w,
-            "acked": acc_m, "acked_warmup": acc_w,
+            "acked": acc_m, "acked_warmup": acc_w, "unaccepted_warmup": unaccepted_w,
             "rate_per_sec": sent_m as f64 / args.duration,
             "nacked": nack_codes, "ack_timeouts": ack_timeouts, "ack_transport_errors": ack_errors,
             "skipped_inflight_cap": skipped,
