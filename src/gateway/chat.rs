@@ -88,6 +88,8 @@ async fn do_send(r: Responder, app: App, data: Payload, id_field: &str) {
         .and_then(|v| v.get("clientMsgId"))
         .and_then(Value::as_str)
         .map(str::to_owned);
+    // In arrival order, even when the client pipelines its sends (see `SendOrder`).
+    let turn = r.turn().await;
     let result = async {
         let req = parse_send(payload(&data)?, id_field, app.max_message_bytes)?;
         let user = identity(&r)?;
@@ -104,6 +106,7 @@ async fn do_send(r: Responder, app: App, data: Payload, id_field: &str) {
         }))
     }
     .await;
+    drop(turn);
     match result {
         Ok(body) => r.ok(body),
         Err(e) => {
