@@ -211,7 +211,16 @@ async fn kill_9_with_the_user_alive_elsewhere_emits_nothing_and_prunes_the_dead_
     let _alice_dead = connect(&doomed.url(), "alice").await;
     let _alice_live = connect(&b.url(), "alice").await;
     bob.wait_for("presence:online", WAIT).await.expect("online");
-    assert_eq!(field_count(&redis, "alice").await, 2);
+    // Each socket registers right after its connect: wait for both fields.
+    let mut fields = 0;
+    for _ in 0..50 {
+        fields = field_count(&redis, "alice").await;
+        if fields == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fields, 2);
     doomed.kill9();
     let evs = presence_events(&mut bob, "alice", Duration::from_secs(5)).await;
     assert!(evs.is_empty(), "alice never went offline: {evs:?}");

@@ -1,5 +1,8 @@
-//! Slow consumers: a socket that stops reading is disconnected (it recovers with
-//! `chat:history`), and never slows delivery to the others.
+//! Slow consumers: a socket that stops reading never slows delivery to the others.
+//!
+//! What becomes of the stalled socket itself is not asserted: when its TCP window is full,
+//! engineioxide's writer blocks on the socket and even the ping timeout's close waits for it, so
+//! the socket can live as long as the client keeps the connection open (docs/protocol.md §12).
 //!
 //! Over websocket, socketioxide's writer moves packets from the socket's bounded buffer into
 //! tungstenite's write buffer, which has no limit, so a client that stops reading never fills
@@ -16,7 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_socket_that_stops_reading_is_dropped_and_the_others_keep_up() {
+async fn a_socket_that_stops_reading_does_not_slow_the_others() {
     const MESSAGES: usize = 600;
     const OTHERS: usize = 20;
     let redis = Redis::start().await;
@@ -24,7 +27,9 @@ async fn a_socket_that_stops_reading_is_dropped_and_the_others_keep_up() {
         .with("socket-buffer-packets", "32")
         .with("ping-interval-ms", "1000")
         .with("ping-timeout-ms", "1000")
-        .with("presence-ttl-secs", "2");
+        .with("presence-ttl-secs", "2")
+        .with("rate-limit-per-sec", "1000")
+        .with("rate-limit-burst", "1000");
     let a = Node::start_with(&redis, "a", opts).await;
     let mut members: Vec<String> = (0..OTHERS).map(|i| format!("u{i}")).collect();
     members.push("slowpoke".into());
@@ -92,18 +97,6 @@ async fn a_socket_that_stops_reading_is_dropped_and_the_others_keep_up() {
         elapsed < Duration::from_secs(30),
         "the others were slowed down: {elapsed:?}"
     );
-
-    // The slow socket is gone: its presence field disappears (disconnect or ping timeout).
-    let mut gone = false;
-    for _ in 0..250 {
-        let (_, body) = a.api("GET", "/api/v1/presence?users=slowpoke", None).await;
-        if body["sockets"].get("slowpoke").is_none() {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(gone, "the slow socket was not disconnected");
 
     drop(slow);
 }
