@@ -63,18 +63,7 @@ async fn sigterm_drains_and_clients_continue_on_another_node() {
 
     // alice reconnects (to B), and resumes from her last offset with history.
     let alice = connect(&b.url(), "alice").await;
-    let h = ack(
-        &alice,
-        "chat:history",
-        json!({"chatId": "c", "since": sent["offset"]}),
-    )
-    .await;
-    let got: Vec<u64> = h["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["offset"].as_u64().unwrap())
-        .collect();
+    let got = history_offsets(&alice, "c", &sent["offset"]).await;
     assert_eq!(
         got, offsets,
         "every message accepted during the drain is there, in order"

@@ -440,6 +440,15 @@ pub async fn ack(c: &Client, event: &str, data: Value) -> Value {
         .unwrap_or_else(|e| panic!("{event} ack: {e}"))
 }
 
+/// The offsets `chat:history` returns for `chat` after `since` (one page).
+pub async fn history_offsets(c: &Client, chat: &str, since: &Value) -> Vec<u64> {
+    let h = ack(c, "chat:history", json!({ "chatId": chat, "since": since })).await;
+    h["messages"]
+        .as_array()
+        .map(|ms| ms.iter().filter_map(|m| m["offset"].as_u64()).collect())
+        .unwrap_or_default()
+}
+
 /// A minimal HTTP/1.1 request; returns status and JSON body (Null when not JSON).
 pub async fn http(
     addr: SocketAddr,

@@ -163,18 +163,7 @@ async fn sigterm_through_the_load_balancer_moves_clients_to_the_other_node() {
     );
 
     let offsets = sender.await.unwrap();
-    let h = ack(
-        &client_a,
-        "chat:history",
-        json!({"chatId": "c", "since": first["offset"]}),
-    )
-    .await;
-    let got: Vec<u64> = h["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["offset"].as_u64().unwrap())
-        .collect();
+    let got = history_offsets(&client_a, "c", &first["offset"]).await;
     assert_eq!(
         got, offsets,
         "every message accepted during the drain is there, in order"
