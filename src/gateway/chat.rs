@@ -209,14 +209,13 @@ async fn history(r: Responder, State(app): State<App>, data: Payload) {
             .chats
             .history(&user, &chat_id, since, epoch, limit)
             .await?;
-        Ok(json!({
+        Ok::<_, ClientError>(json!({
             "success": true,
             "messages": h.messages,
             "offset": h.offset,
             "epoch": h.epoch,
             "reset": h.reset,
         }))
-        .map_err(|e: ClientError| e)
     }
     .await;
     r.reply(result);
