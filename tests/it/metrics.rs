@@ -455,17 +455,19 @@ async fn dashboard_queries_only_read_exported_metrics() {
 /// between the markers.
 #[test]
 fn operations_doc_lists_every_metric() {
-    let doc = std::fs::read_to_string(repo_root().join("docs/operations.md"))
-        .expect("docs/operations.md");
-    let begin = "<!-- metrics:begin -->\n";
-    let end = "<!-- metrics:end -->";
-    let start = doc.find(begin).expect("metrics:begin marker") + begin.len();
-    let stop = doc[start..].find(end).expect("metrics:end marker") + start;
-    let table = fanout::metrics::markdown_table();
-    assert!(
-        doc[start..stop] == table,
-        "docs/operations.md's metrics table differs from src/metrics.rs; it should read:\n{table}"
-    );
+    // The table appears in docs/operations.md and in the README's "Operate" section.
+    for rel in ["docs/operations.md", "README.md"] {
+        let doc = std::fs::read_to_string(repo_root().join(rel)).expect(rel);
+        let begin = "<!-- metrics:begin -->\n";
+        let end = "<!-- metrics:end -->";
+        let start = doc.find(begin).expect("metrics:begin marker") + begin.len();
+        let stop = doc[start..].find(end).expect("metrics:end marker") + start;
+        let table = fanout::metrics::markdown_table();
+        assert!(
+            doc[start..stop] == table,
+            "{rel}'s metrics table differs from src/metrics.rs; it should read:\n{table}"
+        );
+    }
 }
 
 // ---- deploy files ---------------------------------------------------------------------------
