@@ -86,6 +86,15 @@ impl ClientError {
         }
     }
 
+    /// Maps a failure of the store: `UNAVAILABLE` when Redis could not be reached, else
+    /// `INTERNAL`.
+    pub fn from_store(e: &dyn StoreError) -> Self {
+        match e.redis() {
+            Some(r) => Self::from_redis(r),
+            None => Self::internal(&e),
+        }
+    }
+
     /// The `error` object of an ACK.
     pub fn to_json(&self) -> Value {
         json!({ "code": self.code.as_str(), "message": self.message })
@@ -94,6 +103,24 @@ impl ClientError {
     /// A failure ACK `{ success: false, error }`.
     pub fn ack(&self) -> Value {
         json!({ "success": false, "error": self.to_json() })
+    }
+}
+
+/// An error of a domain operation that may have been caused by Redis; the boundaries (ACKs,
+/// the API) map it through [`StoreError::redis`] alone.
+pub trait StoreError: std::fmt::Display {
+    /// The Redis error underneath, if that is what failed.
+    fn redis(&self) -> Option<&redis::RedisError>;
+
+    /// True when Redis could not be reached (retry is safe).
+    fn is_unavailable(&self) -> bool {
+        self.redis().is_some_and(is_unavailable)
+    }
+}
+
+impl StoreError for redis::RedisError {
+    fn redis(&self) -> Option<&redis::RedisError> {
+        Some(self)
     }
 }
 

@@ -18,11 +18,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use serde_json::{Value, json};
 
-use crate::backplane::PublishError;
 use crate::chat::Chats;
-use crate::chat::membership::MembershipError;
-use crate::error::is_unavailable;
-use crate::presence::PresenceError;
+use crate::error::StoreError;
 
 /// Largest accepted request body (PROTOCOL.md §8).
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -160,38 +157,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<MembershipError> for ApiError {
-    fn from(e: MembershipError) -> Self {
-        let unavailable = match &e {
-            MembershipError::Redis(r) => is_unavailable(r),
-            MembershipError::Publish(PublishError::Redis(r)) => is_unavailable(r),
-            MembershipError::Publish(_) => false,
-        };
-        ApiError::from_cause(unavailable, &e)
-    }
-}
-
-impl From<PublishError> for ApiError {
-    fn from(e: PublishError) -> Self {
-        let unavailable = matches!(&e, PublishError::Redis(r) if is_unavailable(r));
-        ApiError::from_cause(unavailable, &e)
-    }
-}
-
-impl From<redis::RedisError> for ApiError {
-    fn from(e: redis::RedisError) -> Self {
-        ApiError::from_cause(is_unavailable(&e), &e)
-    }
-}
-
-impl From<PresenceError> for ApiError {
-    fn from(e: PresenceError) -> Self {
-        let unavailable = match &e {
-            PresenceError::Redis(r) => is_unavailable(r),
-            PresenceError::Publish(PublishError::Redis(r)) => is_unavailable(r),
-            PresenceError::Publish(_) => false,
-        };
-        ApiError::from_cause(unavailable, &e)
+impl<E: StoreError> From<E> for ApiError {
+    fn from(e: E) -> Self {
+        ApiError::from_cause(e.is_unavailable(), &e)
     }
 }
 

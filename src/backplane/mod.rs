@@ -131,6 +131,15 @@ pub enum PublishError {
     Redis(#[from] redis::RedisError),
 }
 
+impl crate::error::StoreError for PublishError {
+    fn redis(&self) -> Option<&redis::RedisError> {
+        match self {
+            PublishError::Redis(r) => Some(r),
+            PublishError::Encode(_) => None,
+        }
+    }
+}
+
 /// The publishing half of the backplane.
 #[derive(Clone)]
 pub struct Backplane {

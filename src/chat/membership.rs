@@ -25,6 +25,15 @@ pub enum MembershipError {
     Publish(#[from] PublishError),
 }
 
+impl crate::error::StoreError for MembershipError {
+    fn redis(&self) -> Option<&redis::RedisError> {
+        match self {
+            MembershipError::Redis(r) => Some(r),
+            MembershipError::Publish(p) => p.redis(),
+        }
+    }
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ChatCreated<'a> {

@@ -278,10 +278,7 @@ impl Chats {
             .publish(chat_id, &actions)
             .await
             .map(|_| ())
-            .map_err(|e| match e {
-                crate::backplane::PublishError::Redis(e) => ClientError::from_redis(&e),
-                other => ClientError::internal(&other),
-            })
+            .map_err(|e| ClientError::from_store(&e))
     }
 }
 

@@ -197,11 +197,5 @@ async fn query(r: Responder, State(app): State<App>, TryData(data): TryData<Valu
 }
 
 fn presence_error(e: &PresenceError) -> ClientError {
-    match e {
-        PresenceError::Redis(r) => ClientError::from_redis(r),
-        PresenceError::Publish(crate::backplane::PublishError::Redis(r)) => {
-            ClientError::from_redis(r)
-        }
-        other => ClientError::internal(other),
-    }
+    ClientError::from_store(e)
 }

@@ -63,6 +63,24 @@ pub enum PresenceError {
     Publish(#[from] PublishError),
 }
 
+impl crate::error::StoreError for PresenceError {
+    fn redis(&self) -> Option<&redis::RedisError> {
+        match self {
+            PresenceError::Redis(r) => Some(r),
+            PresenceError::Publish(p) => p.redis(),
+        }
+    }
+}
+
+impl From<crate::chat::membership::MembershipError> for PresenceError {
+    fn from(e: crate::chat::membership::MembershipError) -> Self {
+        match e {
+            crate::chat::membership::MembershipError::Redis(r) => PresenceError::Redis(r),
+            crate::chat::membership::MembershipError::Publish(p) => PresenceError::Publish(p),
+        }
+    }
+}
+
 /// One of this node's live sockets, as presence records it.
 #[derive(Debug, Clone)]
 pub struct LocalSocket {
@@ -212,24 +230,28 @@ impl Presence {
     }
 
     /// Tries to turn an expiry of `user`'s key into the offline transition; publishes it when
-    /// this caller won. Returns the key's remaining TTL in ms when the user is still online.
+    /// this caller won, and drops the user's sweep deadline once the key is gone. Returns the
+    /// key's remaining TTL in ms when the user is still online.
     pub async fn claim_expiry(&self, user: &str) -> Result<Option<i64>, PresenceError> {
         let call = scripts::presence_claim_call(user, OFFLINE_MEMORY_SECS);
         let mut conn = self.conn.clone();
         let (claimed, value): (i64, i64) =
             scripts::invoke(&scripts::PRESENCE_CLAIM, &mut conn, call).await?;
+        if claimed == 0 && value >= 0 {
+            return Ok(Some(value));
+        }
+        // The key is gone, whoever turned it into the offline transition: its deadline too.
+        let _: () = redis::cmd("ZREM")
+            .arg(keys::PRESENCE_DEADLINES)
+            .arg(user)
+            .query_async(&mut conn)
+            .await?;
         if claimed == 1 {
             crate::metrics::presence_transition("offline", "expired");
-            let _: () = redis::cmd("ZREM")
-                .arg(keys::PRESENCE_DEADLINES)
-                .arg(user)
-                .query_async(&mut conn)
-                .await?;
             self.publish_offline(user, value as u64, OfflineReason::Expired)
                 .await?;
-            return Ok(None);
         }
-        Ok((value >= 0).then_some(value))
+        Ok(None)
     }
 
     /// The users who share at least one chat with `user` (never `user` itself).
@@ -350,10 +372,7 @@ impl Presence {
         chat_id: &str,
         added: &[(String, Vec<String>)],
     ) -> Result<(), PresenceError> {
-        let members = self.chats.members(chat_id).await.map_err(|e| match e {
-            crate::chat::membership::MembershipError::Redis(r) => PresenceError::Redis(r),
-            crate::chat::membership::MembershipError::Publish(p) => PresenceError::Publish(p),
-        })?;
+        let members = self.chats.members(chat_id).await?;
         let online: HashSet<String> = self.online_among(&members).await?.into_iter().collect();
         let now = clock::now_iso();
         // (to, about) pairs: two users added together are a new pair seen from both sides, but

@@ -73,23 +73,15 @@ pub async fn sweep_once(
         .await?;
     crate::metrics::sweep_claims(due.len());
     for user in &due {
-        match presence.claim_expiry(user).await? {
-            // Still online: its key lives on; look again when it would expire.
-            Some(pttl) => {
-                let _: () = redis::cmd("ZADD")
-                    .arg(keys::PRESENCE_DEADLINES)
-                    .arg(now + pttl.max(0) as u64)
-                    .arg(user)
-                    .query_async(&mut conn)
-                    .await?;
-            }
-            None => {
-                let _: () = redis::cmd("ZREM")
-                    .arg(keys::PRESENCE_DEADLINES)
-                    .arg(user)
-                    .query_async(&mut conn)
-                    .await?;
-            }
+        // Still online: its key lives on; look again when it would expire. (A key that is
+        // gone had its deadline removed by the claim.)
+        if let Some(pttl) = presence.claim_expiry(user).await? {
+            let _: () = redis::cmd("ZADD")
+                .arg(keys::PRESENCE_DEADLINES)
+                .arg(now + pttl.max(0) as u64)
+                .arg(user)
+                .query_async(&mut conn)
+                .await?;
         }
     }
     Ok(due.len())
