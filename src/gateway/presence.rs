@@ -39,10 +39,14 @@ fn local_socket(s: &SocketRef) -> Option<LocalSocket> {
 /// user's first socket), then send this socket its online peers.
 pub async fn on_connect(s: &SocketRef, app: &App, identity: &Identity) {
     let Some(me) = local_socket(s) else { return };
-    if let Err(e) = app.presence.connect(&identity.user_id, &me).await {
-        // The periodic refresh registers the socket once Redis answers again.
-        tracing::warn!(error = %e, "presence registration failed; refresh will retry");
-    }
+    let peers = match app.presence.connect(&identity.user_id, &me).await {
+        Ok(peers) => Some(peers),
+        Err(e) => {
+            // The periodic refresh registers the socket once Redis answers again.
+            tracing::warn!(error = %e, "presence registration failed; refresh will retry");
+            None
+        }
+    };
     // A socket that closed while it was being registered had its removal run first: remove
     // the field it left, or nobody would refresh it and peers would see a late `expired`.
     if !s.connected() {
@@ -52,7 +56,12 @@ pub async fn on_connect(s: &SocketRef, app: &App, identity: &Identity) {
             .ok();
         return;
     }
-    match app.presence.online_peers(&identity.user_id).await {
+    // The peers were read by the registration; read them again only if it failed.
+    let online = match peers {
+        Some(peers) => app.presence.online_among(&peers).await,
+        None => app.presence.online_peers(&identity.user_id).await,
+    };
+    match online {
         Ok(users) => {
             s.emit("presence:bulk-online", &json!({ "users": users }))
                 .ok();

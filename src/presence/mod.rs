@@ -153,18 +153,24 @@ impl Presence {
     }
 
     /// Registers a new socket; tells the user's peers if the user just came online.
-    pub async fn connect(&self, user: &str, socket: &LocalSocket) -> Result<(), PresenceError> {
+    /// Returns the user's peers, which the caller needs anyway for `presence:bulk-online`.
+    pub async fn connect(
+        &self,
+        user: &str,
+        socket: &LocalSocket,
+    ) -> Result<Vec<String>, PresenceError> {
         let now = clock::now_ms();
         let field = self.field(&socket.connected_at, now);
         let call = scripts::presence_connect_call(user, &socket.sid, &field, self.ttl_ms(), now);
         let mut conn = self.conn.clone();
         let version: u64 = scripts::invoke(&scripts::PRESENCE_CONNECT, &mut conn, call).await?;
         self.track_deadlines(&[user.to_owned()], now).await?;
+        let peers = self.peers(user).await?;
         if version > 0 {
             crate::metrics::presence_transition("online", "connect");
-            self.publish_online(user, version).await?;
+            self.publish_online(user, version, &peers).await?;
         }
-        Ok(())
+        Ok(peers)
     }
 
     /// Removes a socket; tells the user's peers if it was the user's last one.
@@ -179,7 +185,8 @@ impl Presence {
                 .arg(user)
                 .query_async(&mut conn)
                 .await?;
-            self.publish_offline(user, version, OfflineReason::Disconnected)
+            let peers = self.peers(user).await?;
+            self.publish_offline(user, version, OfflineReason::Disconnected, &peers)
                 .await?;
         }
         Ok(())
@@ -223,7 +230,8 @@ impl Presence {
         for ((user, _), version) in users.iter().zip(versions) {
             if version > 0 {
                 crate::metrics::presence_transition("online", "refresh");
-                self.publish_online(user, version).await?;
+                let peers = self.peers(user).await?;
+                self.publish_online(user, version, &peers).await?;
             }
         }
         Ok(())
@@ -248,7 +256,8 @@ impl Presence {
             .await?;
         if claimed == 1 {
             crate::metrics::presence_transition("offline", "expired");
-            self.publish_offline(user, value as u64, OfflineReason::Expired)
+            let peers = self.peers(user).await?;
+            self.publish_offline(user, value as u64, OfflineReason::Expired, &peers)
                 .await?;
         }
         Ok(None)
@@ -410,9 +419,14 @@ impl Presence {
         Ok(())
     }
 
-    async fn publish_online(&self, user: &str, version: u64) -> Result<(), PresenceError> {
+    async fn publish_online(
+        &self,
+        user: &str,
+        version: u64,
+        peers: &[String],
+    ) -> Result<(), PresenceError> {
         let data = json!({ "userId": user, "timestamp": clock::now_iso() });
-        self.publish_transition(user, version, "presence:online", data)
+        self.publish_transition(user, version, "presence:online", data, peers)
             .await
     }
 
@@ -421,10 +435,11 @@ impl Presence {
         user: &str,
         version: u64,
         reason: OfflineReason,
+        peers: &[String],
     ) -> Result<(), PresenceError> {
         let data =
             json!({ "userId": user, "timestamp": clock::now_iso(), "reason": reason.as_str() });
-        self.publish_transition(user, version, "presence:offline", data)
+        self.publish_transition(user, version, "presence:offline", data, peers)
             .await
     }
 
@@ -434,8 +449,8 @@ impl Presence {
         version: u64,
         event: &str,
         data: serde_json::Value,
+        peers: &[String],
     ) -> Result<(), PresenceError> {
-        let peers = self.peers(user).await?;
         if peers.is_empty() {
             return Ok(());
         }
