@@ -42,12 +42,19 @@ struct Args {
     /// Public URL of a node (repeat or comma-separate); clients are spread round-robin.
     #[arg(long = "url", required = true, value_delimiter = ',')]
     urls: Vec<String>,
-    /// Internal API URL of one node (rooms are created and deleted there).
+    /// Internal API URL of one node (rooms are created and deleted there). Without it the
+    /// rooms are not created and `--join` is required: the mode for servers without fanout's
+    /// API, such as the Node.js peer of `bench/`.
     #[arg(long)]
-    admin_url: String,
+    admin_url: Option<String>,
     /// The nodes' API_KEY (Bearer auth of the server API).
-    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    #[arg(long, env = "API_KEY", hide_env_values = true, default_value = "")]
     api_key: String,
+    /// After connecting, each client emits `chat:join {chatId}` (with an ACK) for each of its
+    /// rooms, as a client of a plain Socket.IO server must; fanout joins members at connect, so
+    /// there the joins are redundant but answered.
+    #[arg(long)]
+    join: bool,
     /// The nodes' JWT_SECRET: the bench mints an HS256 token per client.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     jwt_secret: String,
@@ -415,7 +422,10 @@ fn validate(a: &Args) -> Result<(), String> {
     {
         return bad("--run-id: 1-24 characters of [A-Za-z0-9_]");
     }
-    for url in a.urls.iter().chain([&a.admin_url]) {
+    if a.admin_url.is_none() && !a.join {
+        return bad("without --admin-url the rooms are not created: --join is required");
+    }
+    for url in a.urls.iter().chain(a.admin_url.iter()) {
         let u = sys::parse_url(url)?;
         if !a.allow_remote && !sys::is_loopback_host(&u.host) {
             return Err(format!(
@@ -547,12 +557,17 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
     let plan = Plan::new(&args);
     let rooms = plan.members.len();
     let counters = Arc::new(Counters::default());
-    let admin_url = sys::parse_url(&args.admin_url)?;
-    let admin = admin::Admin {
-        host: admin_url.host,
-        port: admin_url.port,
-        prefix: admin_url.path,
-        api_key: args.api_key.clone(),
+    let admin = match &args.admin_url {
+        Some(url) => {
+            let u = sys::parse_url(url)?;
+            Some(admin::Admin {
+                host: u.host,
+                port: u.port,
+                prefix: u.path,
+                api_key: args.api_key.clone(),
+            })
+        }
+        None => None,
     };
     eprintln!(
         "fanout-bench: run {run_id}: {} clients over {} node(s), {rooms} rooms of {}, {} senders \
@@ -580,34 +595,39 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
 
     // --- rooms
     let setup_start = Instant::now();
-    let created: Vec<Result<u32, String>> = stream::iter(0..rooms as u32)
-        .map(|r| {
-            let admin = &admin;
-            let recv = &recv;
-            let plan = &plan;
-            async move {
-                let members: Vec<String> = plan.members[r as usize]
-                    .iter()
-                    .map(|&c| user_id(c))
-                    .collect();
-                let body = json!({ "chatId": recv.chat_id(r), "members": members });
-                match admin.call("POST", "/api/v1/chats", Some(&body)).await {
-                    Ok((201, _)) => Ok(r),
-                    Ok((status, body)) => Err(format!("create room {r}: {status} {body}")),
-                    Err(e) => Err(format!("create room {r}: {e}")),
-                }
+    let created: Vec<Result<u32, String>> = stream::iter(
+        admin
+            .iter()
+            .flat_map(|a| (0..rooms as u32).map(move |r| (a, r))),
+    )
+    .map(|(admin, r)| {
+        let recv = &recv;
+        let plan = &plan;
+        async move {
+            let members: Vec<String> = plan.members[r as usize]
+                .iter()
+                .map(|&c| user_id(c))
+                .collect();
+            let body = json!({ "chatId": recv.chat_id(r), "members": members });
+            match admin.call("POST", "/api/v1/chats", Some(&body)).await {
+                Ok((201, _)) => Ok(r),
+                Ok((status, body)) => Err(format!("create room {r}: {status} {body}")),
+                Err(e) => Err(format!("create room {r}: {e}")),
             }
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
+        }
+    })
+    .buffer_unordered(16)
+    .collect()
+    .await;
     let created_rooms: Vec<u32> = created
         .iter()
         .filter_map(|r| r.as_ref().ok().copied())
         .collect();
     if let Some(Err(e)) = created.iter().find(|r| r.is_err()) {
         stop_progress.cancel();
-        delete_rooms(&admin, &recv, &created_rooms).await;
+        if let Some(admin) = &admin {
+            delete_rooms(admin, &recv, &created_rooms).await;
+        }
         return Err(e.clone());
     }
     let setup_secs = setup_start.elapsed().as_secs_f64();
@@ -698,6 +718,56 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
     for (e, n) in &connect_errors {
         eprintln!("fanout-bench:   connect error x{n}: {e}");
     }
+
+    // --- join (for servers that do not join members at connect)
+    let (mut joins_ok, mut join_failures) = (0u64, BTreeMap::<String, u64>::new());
+    let join_start = Instant::now();
+    if args.join {
+        let mut rooms_of: Vec<Vec<u32>> = vec![Vec::new(); args.clients];
+        for (r, members) in plan.members.iter().enumerate() {
+            for &m in members {
+                rooms_of[m as usize].push(r as u32);
+            }
+        }
+        let jobs: Vec<(Arc<Client>, u32)> = clients
+            .iter()
+            .zip(&rooms_of)
+            .filter_map(|(c, rs)| c.as_ref().map(|c| (c, rs)))
+            .flat_map(|(c, rs)| rs.iter().map(|&r| (Arc::clone(c), r)))
+            .collect();
+        let timeout = Duration::from_secs_f64(args.ack_timeout);
+        let outcomes: Vec<Result<(), String>> = stream::iter(jobs)
+            .map(|(c, r)| {
+                let chat_id = recv.chat_id(r);
+                async move {
+                    match c
+                        .emit_with_ack("chat:join", json!({ "chatId": chat_id }), timeout)
+                        .await
+                    {
+                        Ok(ack) if ack["success"] == true => Ok(()),
+                        Ok(ack) => Err(ack["error"]["code"]
+                            .as_str()
+                            .unwrap_or("UNKNOWN")
+                            .to_owned()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            })
+            .buffer_unordered(args.connect_concurrency)
+            .collect()
+            .await;
+        for o in outcomes {
+            match o {
+                Ok(()) => joins_ok += 1,
+                Err(e) => *join_failures.entry(e).or_default() += 1,
+            }
+        }
+        eprintln!(
+            "fanout-bench: {joins_ok} joins in {:.2}s, failed {join_failures:?}",
+            join_start.elapsed().as_secs_f64()
+        );
+    }
+    let join_secs = join_start.elapsed().as_secs_f64();
 
     // --- send
     let mut sender_results = Vec::new();
@@ -854,8 +924,8 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
         })
         .await;
     let close_secs = close_start.elapsed().as_secs_f64();
-    if !args.keep_rooms {
-        delete_rooms(&admin, &recv, &created_rooms).await;
+    if let (false, Some(admin)) = (args.keep_rooms, &admin) {
+        delete_rooms(admin, &recv, &created_rooms).await;
     }
     let cpu_end = sys::cpu_secs("self");
     let wall_total = wall_start.elapsed().as_secs_f64();
@@ -920,6 +990,8 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
         "limits": { "nofile_soft": nofile.soft, "nofile_hard": nofile.hard,
                     "source_ips": source_ips, "ephemeral_ports_per_ip": ports },
         "setup": { "rooms_created": created_rooms.len(), "secs": setup_secs },
+        "join": { "enabled": args.join, "ok": joins_ok, "failed": join_failures,
+                  "secs": join_secs },
         "connect": {
             "clients": args.clients, "connected": connected,
             "failed": args.clients - connected, "errors": connect_errors,
