@@ -210,6 +210,9 @@ pub async fn run(
             health: health.clone(),
         })
         .layer(io_layer)
+        .layer(axum::middleware::map_request(
+            gateway::detach_request_buffers,
+        ))
         .layer(cors(&config.cors_origins));
     let admin = api::router(ApiState {
         chats,
