@@ -17,6 +17,7 @@ mod measure;
 mod membership;
 mod metrics;
 mod outage;
+mod peer;
 mod presence;
 mod routing;
 mod slow;
