@@ -14,6 +14,7 @@
 //! a JSON file with every figure and the exact command line.
 
 mod admin;
+mod recover;
 mod stats;
 mod sys;
 
@@ -33,6 +34,7 @@ use tokio::time::{Instant, sleep, sleep_until, timeout_at};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
+use recover::{Connect, RecoverStats, Slot, Supervisor};
 use stats::{Receivers, RecvState, histogram, lock, now_us};
 
 /// Load generator for a fanout cluster (Socket.IO over websocket).
@@ -55,6 +57,12 @@ struct Args {
     /// there the joins are redundant but answered.
     #[arg(long)]
     join: bool,
+    /// Behave like a real client when a connection drops: reconnect (rotating over the
+    /// `--url`s, backing off), re-join with `--join`, fetch `chat:history` since the last offset
+    /// held in each room, and resend unacknowledged messages with the same `clientMsgId`. The
+    /// report then counts messages recovered through history, and `lost` means lost for good.
+    #[arg(long)]
+    recover: bool,
     /// The nodes' JWT_SECRET: the bench mints an HS256 token per client.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     jwt_secret: String,
@@ -201,6 +209,8 @@ struct SenderResult {
     /// Warm-up sends that failed, timed out or errored.
     unaccepted_warmup: u64,
     skipped: u64,
+    /// Measured sends sent again after a failure (--recover).
+    resent: u64,
     ack_hist: Histogram<u64>,
     /// How late sends left relative to their schedule (µs).
     lag_hist: Histogram<u64>,
@@ -222,12 +232,13 @@ struct SenderCtx {
     payload_bytes: usize,
     max_inflight: usize,
     ack_timeout: Duration,
+    recover: bool,
     /// Decides, from the send stamp, whether a message is measured (same rule as receivers).
     recv: Arc<Receivers>,
 }
 
 async fn run_sender(
-    client: Arc<Client>,
+    slot: Arc<Slot>,
     cx: SenderCtx,
     sched: Schedule,
     counters: Arc<Counters>,
@@ -244,23 +255,51 @@ async fn run_sender(
         ack_timeouts: 0,
         ack_errors: 0,
         skipped: 0,
+        resent: 0,
         ack_hist: histogram(),
         lag_hist: histogram(),
     };
-    let client = &*client;
     let mut inflight = FuturesUnordered::new();
+    // With --recover: sends to (re)send, in sequence order, with their original clientMsgId.
+    let mut retry: BTreeMap<u64, (bool, Value)> = BTreeMap::new();
+    // Resending stops here, so a cluster that never recovers still ends the run.
+    let give_up = sched.end + cx.ack_timeout * 3;
     // Senders are staggered over one interval so the total rate is smooth.
     let mut next = sched.start;
     loop {
-        if next >= sched.end && inflight.is_empty() {
+        if next >= sched.end
+            && inflight.is_empty()
+            && (retry.is_empty() || Instant::now() >= give_up)
+        {
             break;
+        }
+        if cx.recover
+            && let Some(client) = slot.open()
+        {
+            while inflight.len() < cx.max_inflight
+                && let Some((q, (measured, data))) = retry.pop_first()
+            {
+                if measured {
+                    r.resent += 1;
+                }
+                inflight.push(send(Arc::clone(&client), q, measured, data, cx.ack_timeout));
+            }
         }
         tokio::select! {
             biased;
-            Some((q, measured, res, lat)) = inflight.next(), if !inflight.is_empty() => {
+            Some((q, measured, data, res, lat)) = inflight.next(), if !inflight.is_empty() => {
                 let res: Result<Value, ClientError> = res;
                 let lat: Duration = lat;
                 let q: u64 = q;
+                let retryable = cx.recover && match &res {
+                    Ok(ack) => ack["success"] != true && ack["error"]["code"] != "VALIDATION_ERROR"
+                        && ack["error"]["code"] != "FORBIDDEN",
+                    Err(_) => true,
+                };
+                if retryable && Instant::now() < give_up {
+                    retry.insert(q, (measured, data));
+                    continue;
+                }
                 match res {
                     Ok(ack) if ack["success"] == true => {
                         r.status[q as usize] |= ACCEPTED;
@@ -287,12 +326,15 @@ async fn run_sender(
                     Err(_) => r.ack_errors += 1,
                 }
             }
+            _ = sleep(Duration::from_millis(20)), if cx.recover && !retry.is_empty() => {}
             _ = sleep_until(next), if next < sched.end => {
                 let now = Instant::now();
+                let client = slot.open();
                 while next <= now && next < sched.end {
                     let lag = now.saturating_duration_since(next);
                     next += sched.interval;
-                    if inflight.len() >= cx.max_inflight || client.is_closed() {
+                    let down = client.is_none() || inflight.len() >= cx.max_inflight;
+                    if down && !cx.recover {
                         if cx.recv.is_measured(now_us()) {
                             r.skipped += 1;
                         }
@@ -315,17 +357,35 @@ async fn run_sender(
                         "content": stats::content(cx.k, q, t, cx.payload_bytes),
                         "clientMsgId": format!("{}-{}-{q}", cx.run_id, cx.k),
                     });
-                    let ack_timeout = cx.ack_timeout;
-                    inflight.push(async move {
-                        let t0 = std::time::Instant::now();
-                        let res = client.emit_with_ack("chat:send", data, ack_timeout).await;
-                        (q, measured, res, t0.elapsed())
-                    });
+                    match &client {
+                        Some(c) if !down => {
+                            inflight.push(send(Arc::clone(c), q, measured, data, cx.ack_timeout));
+                        }
+                        // --recover: a real client queues what it writes while offline.
+                        _ => {
+                            retry.insert(q, (measured, data));
+                        }
+                    }
                 }
             }
         }
     }
     r
+}
+
+/// One `chat:send` with its ACK: (seq, measured, the data for a resend, result, ACK latency).
+async fn send(
+    client: Arc<Client>,
+    q: u64,
+    measured: bool,
+    data: Value,
+    ack_timeout: Duration,
+) -> (u64, bool, Value, Result<Value, ClientError>, Duration) {
+    let t0 = std::time::Instant::now();
+    let res = client
+        .emit_with_ack("chat:send", data.clone(), ack_timeout)
+        .await;
+    (q, measured, data, res, t0.elapsed())
 }
 
 /// A histogram's figures in milliseconds.
@@ -643,40 +703,47 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
     let states: Vec<Arc<Mutex<RecvState>>> = (0..args.clients)
         .map(|_| Arc::new(Mutex::new(RecvState::default())))
         .collect();
+    // One connect function per client: the first connect and --recover's reconnects.
+    let connectors: Vec<Connect> = (0..args.clients)
+        .map(|i| {
+            let token = fanout::auth::mint_hs256(&args.jwt_secret, &user_id(i as u32), exp, None)
+                .map_err(|e| format!("mint token: {e}"));
+            let urls = args.urls.clone();
+            let local_addr = (source_ips > 1).then(|| sys::source_ip(i as u32 % source_ips));
+            let (recv, state) = (Arc::clone(&recv), Arc::clone(&states[i]));
+            let connect: Connect = Arc::new(move |attempt: u32| {
+                let token = token.clone();
+                let url = urls[(i + attempt as usize) % urls.len()].clone();
+                let (recv, state) = (Arc::clone(&recv), Arc::clone(&state));
+                Box::pin(async move {
+                    let handler = RawEventHandler::new(move |text: &str| {
+                        recv.on_event(i, &state, text);
+                        true
+                    });
+                    let opts = ConnectOptions {
+                        auth: Some(json!({ "token": token? })),
+                        connect_timeout: Some(connect_timeout),
+                        local_addr,
+                        tcp_nodelay: true,
+                        ws_config: Some(WebSocketConfig::default().read_buffer_size(8 * 1024)),
+                        raw_events: Some(handler),
+                        ..Default::default()
+                    };
+                    Client::connect(&url, opts).await.map_err(|e| e.to_string())
+                })
+            });
+            connect
+        })
+        .collect();
     let connect_start = Instant::now();
     let results: Vec<(usize, Result<Client, String>, Duration)> = stream::iter(0..args.clients)
         .map(|i| {
-            let (args, recv, states, counters) = (&args, &recv, &states, &counters);
+            let (connectors, counters) = (&connectors, &counters);
             async move {
                 let t0 = Instant::now();
-                let token =
-                    fanout::auth::mint_hs256(&args.jwt_secret, &user_id(i as u32), exp, None)
-                        .map_err(|e| format!("mint token: {e}"));
-                let (recv2, state) = (Arc::clone(recv), Arc::clone(&states[i]));
-                let handler = RawEventHandler::new(move |text: &str| {
-                    recv2.on_event(i, &state, text);
-                    true
-                });
-                let res = match token {
-                    Err(e) => Err(e),
-                    Ok(token) => {
-                        let opts = ConnectOptions {
-                            auth: Some(json!({ "token": token })),
-                            connect_timeout: Some(connect_timeout),
-                            local_addr: (source_ips > 1)
-                                .then(|| sys::source_ip(i as u32 % source_ips)),
-                            tcp_nodelay: true,
-                            ws_config: Some(WebSocketConfig::default().read_buffer_size(8 * 1024)),
-                            raw_events: Some(handler),
-                            ..Default::default()
-                        };
-                        let url = &args.urls[i % args.urls.len()];
-                        match timeout_at(connect_deadline, Client::connect(url, opts)).await {
-                            Ok(Ok(c)) => Ok(c),
-                            Ok(Err(e)) => Err(e.to_string()),
-                            Err(_) => Err("connect budget exhausted".to_owned()),
-                        }
-                    }
+                let res = match timeout_at(connect_deadline, connectors[i](0)).await {
+                    Ok(res) => res,
+                    Err(_) => Err("connect budget exhausted".to_owned()),
                 };
                 match &res {
                     Ok(_) => counters.connected.fetch_add(1, Ordering::Relaxed),
@@ -689,14 +756,16 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
         .collect()
         .await;
     let connect_secs = connect_start.elapsed().as_secs_f64();
-    let mut clients: Vec<Option<Arc<Client>>> = (0..args.clients).map(|_| None).collect();
+    let slots: Vec<Arc<Slot>> = (0..args.clients).map(|_| Arc::default()).collect();
+    let mut connected_at_start = vec![false; args.clients];
     let mut connect_hist = histogram();
     let mut connect_errors: BTreeMap<String, u64> = BTreeMap::new();
     for (i, res, lat) in results {
         match res {
             Ok(c) => {
                 connect_hist.saturating_record((lat.as_micros() as u64).max(1));
-                clients[i] = Some(Arc::new(c));
+                slots[i].set(Arc::new(c));
+                connected_at_start[i] = true;
             }
             Err(e) => {
                 // Group errors by their text without numbers (ports, addresses).
@@ -709,7 +778,7 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
             }
         }
     }
-    let connected = clients.iter().filter(|c| c.is_some()).count();
+    let connected = connected_at_start.iter().filter(|&&c| c).count();
     eprintln!(
         "fanout-bench: connected {connected}/{} in {connect_secs:.2}s ({:.0}/s)",
         args.clients,
@@ -721,19 +790,19 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
 
     // --- join (for servers that do not join members at connect)
     let (mut joins_ok, mut join_failures) = (0u64, BTreeMap::<String, u64>::new());
+    let mut rooms_of: Vec<Vec<u32>> = vec![Vec::new(); args.clients];
+    for (r, members) in plan.members.iter().enumerate() {
+        for &m in members {
+            rooms_of[m as usize].push(r as u32);
+        }
+    }
     let join_start = Instant::now();
     if args.join {
-        let mut rooms_of: Vec<Vec<u32>> = vec![Vec::new(); args.clients];
-        for (r, members) in plan.members.iter().enumerate() {
-            for &m in members {
-                rooms_of[m as usize].push(r as u32);
-            }
-        }
-        let jobs: Vec<(Arc<Client>, u32)> = clients
+        let jobs: Vec<(Arc<Client>, u32)> = slots
             .iter()
             .zip(&rooms_of)
-            .filter_map(|(c, rs)| c.as_ref().map(|c| (c, rs)))
-            .flat_map(|(c, rs)| rs.iter().map(|&r| (Arc::clone(c), r)))
+            .filter_map(|(c, rs)| c.open().map(|c| (c, rs)))
+            .flat_map(|(c, rs)| rs.iter().map(move |&r| (Arc::clone(&c), r)))
             .collect();
         let timeout = Duration::from_secs_f64(args.ack_timeout);
         let outcomes: Vec<Result<(), String>> = stream::iter(jobs)
@@ -769,6 +838,27 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
     }
     let join_secs = join_start.elapsed().as_secs_f64();
 
+    // --- keep clients connected (--recover)
+    let recover_stats = Arc::new(RecoverStats::default());
+    let stop_supervisors = CancellationToken::new();
+    let supervisors: Vec<_> = (0..args.clients)
+        .filter(|&i| args.recover && connected_at_start[i])
+        .map(|i| {
+            let sup = Supervisor {
+                client: i,
+                slot: Arc::clone(&slots[i]),
+                connect: Arc::clone(&connectors[i]),
+                rooms: rooms_of[i].clone(),
+                join: args.join,
+                recv: Arc::clone(&recv),
+                state: Arc::clone(&states[i]),
+                stats: Arc::clone(&recover_stats),
+                ack_timeout: Duration::from_secs_f64(args.ack_timeout),
+            };
+            tokio::spawn(sup.run(stop_supervisors.clone()))
+        })
+        .collect();
+
     // --- send
     let mut sender_results = Vec::new();
     let mut senders_unconnected = 0u64;
@@ -794,10 +884,11 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
         counters.phase.store(2, Ordering::Relaxed);
         let mut tasks = Vec::new();
         for (k, &(client, room)) in plan.senders.iter().enumerate() {
-            let Some(c) = clients[client as usize].clone() else {
+            if !connected_at_start[client as usize] {
                 senders_unconnected += 1;
                 continue;
-            };
+            }
+            let c = Arc::clone(&slots[client as usize]);
             // Stagger the senders' first sends over one interval.
             let start = t0 + interval.mul_f64(k as f64 / args.senders as f64);
             let sched = Schedule {
@@ -813,6 +904,7 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
                 payload_bytes: args.payload_bytes,
                 max_inflight: args.max_inflight,
                 ack_timeout: Duration::from_secs_f64(args.ack_timeout),
+                recover: args.recover,
                 recv: Arc::clone(&recv),
             };
             tasks.push((
@@ -846,7 +938,11 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
 
     // --- account
     counters.phase.store(5, Ordering::Relaxed);
-    let still_open = clients.iter().flatten().filter(|c| !c.is_closed()).count();
+    stop_supervisors.cancel();
+    for s in supervisors {
+        let _ = s.await;
+    }
+    let still_open = slots.iter().filter(|s| s.open().is_some()).count();
     let (deliv_hist, measured_deliveries, warmup_deliveries) = recv.merged();
     let mut ack_hist = histogram();
     let mut lag_hist = histogram();
@@ -876,7 +972,7 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
         expected += r.accepted_measured * members.len() as u64;
         let key = (u64::from(r.room) << 32) | *k as u64;
         for &m in members {
-            if clients[m as usize].is_none() {
+            if !connected_at_start[m as usize] {
                 unreachable += r.accepted_measured;
                 continue;
             }
@@ -906,17 +1002,23 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
         }
     }
     let (mut offset_gaps, mut offset_regressions) = (0u64, 0u64);
+    let (mut offset_holes, mut overlaps) = (0u64, 0u64);
     for s in &states {
         let s = lock(s);
         offset_gaps += s.offset_gaps;
         offset_regressions += s.offset_regressions;
+        offset_holes += s.offset_holes();
+        overlaps += s.overlaps;
     }
+    let recovered = recv.recovered();
+    let resent: u64 = sender_results.iter().map(|(_, r)| r.resent).sum();
+    let reconnect_ms = ms(&lock(&recover_stats.reconnect_hist));
 
     // --- close
     stop_progress.cancel();
     let _ = progress_task.await;
     let close_start = Instant::now();
-    stream::iter(clients.into_iter().flatten())
+    stream::iter(slots.iter().filter_map(|s| s.take()))
         .for_each_concurrent(512, |c| async move {
             if let Ok(c) = Arc::try_unwrap(c) {
                 c.close().await;
@@ -1018,6 +1120,8 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
             "latency_ms": deliv,
             "lost": lost, "duplicated": dup, "reordered": reordered,
             "offset_gaps": offset_gaps, "offset_regressions": offset_regressions,
+            "offset_holes_at_end": offset_holes,
+            "recovered_from_history": recovered, "history_overlaps": overlaps,
             "delivered_without_ack": without_ack, "delivered_after_failed_ack": after_nack,
             "other_events": recv.other_events.load(Ordering::Relaxed),
             "foreign_chat_messages": recv.foreign.load(Ordering::Relaxed),
@@ -1034,6 +1138,15 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
             "close_secs": close_secs,
         },
         "watched": watched,
+        "recover": {
+            "enabled": args.recover,
+            "reconnects": recover_stats.reconnects.load(Ordering::Relaxed),
+            "failed_attempts": recover_stats.failed_attempts.load(Ordering::Relaxed),
+            "reconnect_ms": reconnect_ms,
+            "history_calls": recover_stats.history_calls.load(Ordering::Relaxed),
+            "history_errors": recover_stats.history_errors.load(Ordering::Relaxed),
+            "resent_measured": resent,
+        },
     });
 
     println!("== fanout-bench run {run_id} ==");
@@ -1064,6 +1177,19 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
     println!(
         "delivery:  expected {expected}, actual {measured_deliveries} ({deliveries_per_sec:.0}/s), lost {lost}, dup {dup}, reordered {reordered}, offset gaps {offset_gaps}, offset regressions {offset_regressions}"
     );
+    if args.recover {
+        println!(
+            "recover:   {} reconnects (p50 {} ms, max {} ms, {} failed attempts), {} history \
+             calls ({} failed), {recovered} messages recovered from history, {overlaps} \
+             overlaps, {resent} resent, offset holes at end {offset_holes}",
+            recover_stats.reconnects.load(Ordering::Relaxed),
+            fmt_ms(&reconnect_ms, "p50"),
+            fmt_ms(&reconnect_ms, "max"),
+            recover_stats.failed_attempts.load(Ordering::Relaxed),
+            recover_stats.history_calls.load(Ordering::Relaxed),
+            recover_stats.history_errors.load(Ordering::Relaxed),
+        );
+    }
     println!(
         "latency:   p50 {} ms, p90 {} ms, p99 {} ms, p99.9 {} ms, max {} ms",
         fmt_ms(&deliv, "p50"),

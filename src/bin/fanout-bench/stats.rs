@@ -17,6 +17,7 @@ use std::time::Instant;
 use hdrhistogram::Histogram;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
+use serde_json::Value;
 
 /// Largest latency the histograms track exactly, in µs (a minute); larger ones saturate.
 const HIST_MAX_US: u64 = 60_000_000;
@@ -54,6 +55,15 @@ impl Bits {
         was
     }
 
+    /// The set bits, ascending.
+    pub fn ones(&self) -> impl Iterator<Item = u64> + '_ {
+        self.0.iter().enumerate().flat_map(|(w, &word)| {
+            (0..64)
+                .filter(move |b| word & (1u64 << b) != 0)
+                .map(move |b| w as u64 * 64 + b)
+        })
+    }
+
     pub fn get(&self, i: u64) -> bool {
         self.0
             .get((i / 64) as usize)
@@ -72,15 +82,53 @@ pub struct Track {
 }
 
 /// Per-receiver state (one per client), behind an uncontended mutex: only that client's reader
-/// task writes it while the run goes on.
+/// task (and, with `--recover`, its reconnect task) writes it while the run goes on.
 #[derive(Default)]
 pub struct RecvState {
     /// Keyed by `(room << 32) | sender`.
     pub tracks: HashMap<u64, Track>,
-    /// Last chat offset seen per room, to check that every receiver sees offsets in order.
+    /// Last chat offset seen live per room, to check that every receiver sees offsets in order.
     last_offset: HashMap<u32, u64>,
     pub offset_gaps: u64,
     pub offset_regressions: u64,
+    /// Offsets received per room, live or from `chat:history`: a client keeps a message once
+    /// per offset, so the same offset again is an overlap, not a duplicate.
+    offsets: HashMap<u32, Bits>,
+    /// Offsets received live per room: the same offset twice on the live stream is a duplicate.
+    live_offsets: HashMap<u32, Bits>,
+    /// Highest offset received per room (live or history): where recovery resumes.
+    max_offset: HashMap<u32, u64>,
+    /// Messages received again through `chat:history` (or live after history had them).
+    pub overlaps: u64,
+}
+
+impl RecvState {
+    /// Where a reconnecting client resumes room `room`: the highest offset it has.
+    pub fn resume_offset(&self, room: u32) -> Option<u64> {
+        self.max_offset.get(&room).copied()
+    }
+
+    /// Offsets missing between the first and the last one received, over all rooms: what a
+    /// client that orders messages by offset would see as holes.
+    pub fn offset_holes(&self) -> u64 {
+        self.offsets
+            .values()
+            .map(|bits| {
+                let set: Vec<u64> = bits.ones().collect();
+                match (set.first(), set.last()) {
+                    (Some(&lo), Some(&hi)) => (hi - lo + 1) - set.len() as u64,
+                    _ => 0,
+                }
+            })
+            .sum()
+    }
+}
+
+/// Where a message reached a receiver.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Live,
+    History,
 }
 
 /// Counters and the delivery-latency histogram of one shard.
@@ -91,6 +139,8 @@ pub struct Shard {
     /// Measured deliveries, first copies only.
     pub measured: u64,
     pub warmup: u64,
+    /// Measured messages a receiver first got through `chat:history` (recovery).
+    pub recovered: u64,
 }
 
 /// Everything the receivers share.
@@ -108,7 +158,7 @@ pub struct Receivers {
 
 /// The `chat:message` fields the bench reads.
 #[derive(Deserialize)]
-struct ChatMessage<'a> {
+pub struct ChatMessage<'a> {
     #[serde(rename = "chatId", borrow)]
     chat_id: Cow<'a, str>,
     #[serde(borrow)]
@@ -147,6 +197,7 @@ impl Receivers {
                         events: 0,
                         measured: 0,
                         warmup: 0,
+                        recovered: 0,
                     })
                 })
                 .collect(),
@@ -179,6 +230,30 @@ impl Receivers {
             self.parse_errors.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        self.account(client, state, &msg, Source::Live, now);
+    }
+
+    /// Accounts for the messages of a `chat:history` answer (oldest first) of client `client`.
+    pub fn on_history(&self, client: usize, state: &Mutex<RecvState>, messages: &[Value]) {
+        let now = now_us();
+        for m in messages {
+            match ChatMessage::deserialize(m) {
+                Ok(msg) => self.account(client, state, &msg, Source::History, now),
+                Err(_) => {
+                    self.parse_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn account(
+        &self,
+        client: usize,
+        state: &Mutex<RecvState>,
+        msg: &ChatMessage<'_>,
+        source: Source,
+        now: u64,
+    ) {
         let Some(room) = msg
             .chat_id
             .strip_prefix(self.prefix.as_str())
@@ -193,12 +268,24 @@ impl Receivers {
         };
         let first = {
             let mut st = lock(state);
+            let st = &mut *st;
             if let Some(offset) = msg.offset {
-                let st = &mut *st;
-                match st.last_offset.insert(room, offset) {
-                    Some(last) if offset <= last => st.offset_regressions += 1,
-                    Some(last) if offset > last + 1 => st.offset_gaps += 1,
-                    _ => {}
+                if source == Source::Live {
+                    match st.last_offset.insert(room, offset) {
+                        Some(last) if offset <= last => st.offset_regressions += 1,
+                        Some(last) if offset > last + 1 => st.offset_gaps += 1,
+                        _ => {}
+                    }
+                }
+                let live_again =
+                    source == Source::Live && st.live_offsets.entry(room).or_default().set(offset);
+                let seen = st.offsets.entry(room).or_default().set(offset);
+                let max = st.max_offset.entry(room).or_default();
+                *max = (*max).max(offset);
+                if seen && !live_again {
+                    // The same message again through the other path: a client keeps one copy.
+                    st.overlaps += 1;
+                    return;
                 }
             }
             let track = st
@@ -218,13 +305,17 @@ impl Receivers {
         };
         let measured = self.is_measured(p.t);
         let mut shard = lock(&self.shards[client % SHARDS]);
-        shard.events += 1;
+        if source == Source::Live {
+            shard.events += 1;
+        }
         if first {
-            if measured {
-                shard.measured += 1;
-                shard.hist.saturating_record(now.saturating_sub(p.t).max(1));
-            } else {
-                shard.warmup += 1;
+            match (measured, source) {
+                (true, Source::Live) => {
+                    shard.measured += 1;
+                    shard.hist.saturating_record(now.saturating_sub(p.t).max(1));
+                }
+                (true, Source::History) => shard.recovered += 1,
+                (false, _) => shard.warmup += 1,
             }
         }
     }
@@ -245,6 +336,11 @@ impl Receivers {
             warmup += s.warmup;
         }
         (h, measured, warmup)
+    }
+
+    /// Measured messages first received through `chat:history`.
+    pub fn recovered(&self) -> u64 {
+        self.shards.iter().map(|s| lock(s).recovered).sum()
     }
 }
 
@@ -286,5 +382,39 @@ mod tests {
         let (_, measured, _) = r.merged();
         assert_eq!(measured, 3);
         assert_eq!(r.other_events.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn history_fills_holes_and_overlaps_are_not_duplicates() {
+        let r = Receivers::new("x");
+        r.warm_end_us.store(0, Ordering::Relaxed);
+        let st = Mutex::new(RecvState::default());
+        let msg = |q: u64, off: u64| {
+            serde_json::json!({
+                "id": "m", "chatId": "bench-x-r1", "senderId": "u", "clientMsgId": null,
+                "type": "text", "content": content(2, q, now_us(), 64), "createdAt": "",
+                "offset": off, "epoch": "e"
+            })
+        };
+        let live = |q: u64, off: u64| serde_json::json!(["chat:message", msg(q, off)]).to_string();
+        // Live 1, 2, then the connection drops; 3 and 4 come back through history, 4 and 5 live.
+        r.on_event(0, &st, &live(0, 1));
+        r.on_event(0, &st, &live(1, 2));
+        assert_eq!(lock(&st).resume_offset(1), Some(2));
+        r.on_event(0, &st, &live(3, 4));
+        assert_eq!(lock(&st).offset_holes(), 1);
+        r.on_history(0, &st, &[msg(2, 3), msg(3, 4)]);
+        r.on_event(0, &st, &live(4, 5));
+        let s = lock(&st);
+        assert_eq!(s.offset_holes(), 0);
+        assert_eq!(s.overlaps, 1);
+        let t = &s.tracks[&((1u64 << 32) | 2)];
+        assert_eq!(t.dup, 0);
+        assert!((0..5).all(|q| t.received.get(q)));
+        drop(s);
+        assert_eq!(r.recovered(), 1);
+        // The same offset twice on the live stream is a duplicate.
+        r.on_event(0, &st, &live(4, 5));
+        assert_eq!(lock(&st).tracks[&((1u64 << 32) | 2)].dup, 1);
     }
 }

@@ -1,0 +1,180 @@
+//! `--recover`: what a real client does when its connection drops. Each client slot holds the
+//! client's current connection; with `--recover` a task per client waits for the connection to
+//! close, reconnects (backing off, through the same URL list: a load balancer puts it on a
+//! live node), re-joins with `--join`, and then pages `chat:history` from the last offset it
+//! holds in each of its rooms, so every accepted message ends up with the receiver exactly once,
+//! live or recovered. Senders, for their part, resend what was not acknowledged with the same
+//! `clientMsgId` (see `run_sender`), which the server deduplicates.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fanout::client::Client;
+use futures_util::future::BoxFuture;
+use hdrhistogram::Histogram;
+use serde_json::json;
+use tokio::time::{Instant, sleep};
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::{Receivers, RecvState, histogram, lock};
+
+/// One client's current connection (replaced on reconnect with `--recover`).
+#[derive(Default)]
+pub struct Slot(Mutex<Option<Arc<Client>>>);
+
+impl Slot {
+    /// The connection, if it is open.
+    pub fn open(&self) -> Option<Arc<Client>> {
+        lock(&self.0).clone().filter(|c| !c.is_closed())
+    }
+
+    /// The connection, open or not.
+    pub fn any(&self) -> Option<Arc<Client>> {
+        lock(&self.0).clone()
+    }
+
+    pub fn set(&self, c: Arc<Client>) {
+        *lock(&self.0) = Some(c);
+    }
+
+    pub fn take(&self) -> Option<Arc<Client>> {
+        lock(&self.0).take()
+    }
+}
+
+/// What the reconnect tasks did.
+pub struct RecoverStats {
+    pub reconnects: AtomicU64,
+    pub failed_attempts: AtomicU64,
+    pub history_calls: AtomicU64,
+    pub history_errors: AtomicU64,
+    /// From noticing the drop to being connected again, µs.
+    pub reconnect_hist: Mutex<Histogram<u64>>,
+}
+
+impl Default for RecoverStats {
+    fn default() -> Self {
+        RecoverStats {
+            reconnects: AtomicU64::new(0),
+            failed_attempts: AtomicU64::new(0),
+            history_calls: AtomicU64::new(0),
+            history_errors: AtomicU64::new(0),
+            reconnect_hist: Mutex::new(histogram()),
+        }
+    }
+}
+
+/// Opens a new connection for a client; the argument is the attempt number (to rotate URLs).
+pub type Connect = Arc<dyn Fn(u32) -> BoxFuture<'static, Result<Client, String>> + Send + Sync>;
+
+/// Page size of the recovery's `chat:history` calls (the protocol's maximum).
+const HISTORY_PAGE: u64 = 1000;
+
+/// Everything one client's reconnect task needs.
+pub struct Supervisor {
+    pub client: usize,
+    pub slot: Arc<Slot>,
+    pub connect: Connect,
+    pub rooms: Vec<u32>,
+    pub join: bool,
+    pub recv: Arc<Receivers>,
+    pub state: Arc<Mutex<RecvState>>,
+    pub stats: Arc<RecoverStats>,
+    pub ack_timeout: Duration,
+}
+
+impl Supervisor {
+    /// Keeps the client connected until `stop`.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut attempt = 0u32;
+        loop {
+            let Some(current) = self.slot.any() else {
+                return;
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = wait_closed(&current) => {}
+            }
+            let since: Vec<(u32, Option<u64>)> = {
+                let st = lock(&self.state);
+                self.rooms
+                    .iter()
+                    .map(|&r| (r, st.resume_offset(r)))
+                    .collect()
+            };
+            let t0 = Instant::now();
+            let mut backoff = Duration::from_millis(50);
+            let client = loop {
+                attempt += 1;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    res = (self.connect)(attempt) => match res {
+                        Ok(c) => break Arc::new(c),
+                        Err(_) => {
+                            self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                // Jitter spreads a storm of reconnects over time, as real clients do.
+                let jitter = Duration::from_millis(u64::from(attempt.wrapping_mul(7919) % 50));
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = sleep(backoff + jitter) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            };
+            self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            lock(&self.stats.reconnect_hist)
+                .saturating_record((t0.elapsed().as_micros() as u64).max(1));
+            if self.join {
+                for &r in &self.rooms {
+                    let data = json!({ "chatId": self.recv.chat_id(r) });
+                    let _ = client
+                        .emit_with_ack("chat:join", data, self.ack_timeout)
+                        .await;
+                }
+            }
+            self.slot.set(Arc::clone(&client));
+            for &(room, since) in &since {
+                self.catch_up(&client, room, since).await;
+            }
+        }
+    }
+
+    /// Pages `chat:history` of `room` from `since` until the answer is short.
+    async fn catch_up(&self, client: &Client, room: u32, mut since: Option<u64>) {
+        loop {
+            // Offsets start at 1: since 0 is "everything retained" for a client that had none.
+            let req = json!({
+                "chatId": self.recv.chat_id(room),
+                "since": since.unwrap_or(0),
+                "limit": HISTORY_PAGE,
+            });
+            self.stats.history_calls.fetch_add(1, Ordering::Relaxed);
+            let ack = match client
+                .emit_with_ack("chat:history", req, self.ack_timeout)
+                .await
+            {
+                Ok(ack) if ack["success"] == true => ack,
+                _ => {
+                    // The connection is gone again (the next round resumes) or the server
+                    // refused; either way the run's accounting shows what is missing.
+                    self.stats.history_errors.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            };
+            let messages = ack["messages"].as_array().cloned().unwrap_or_default();
+            self.recv.on_history(self.client, &self.state, &messages);
+            let last = messages.last().and_then(|m| m["offset"].as_u64());
+            match last {
+                Some(l) if (messages.len() as u64) >= HISTORY_PAGE => since = Some(l),
+                _ => return,
+            }
+        }
+    }
+}
+
+async fn wait_closed(c: &Client) {
+    while !c.wait_closed(Duration::from_secs(3600)).await {}
+}
