@@ -177,9 +177,18 @@ pub struct Config {
     pub ping_interval_ms: u64,
 
     /// Engine.IO ping timeout, ms: a client that does not answer a ping in time is closed
-    /// (this also ends a client that stopped reading altogether).
+    /// (a websocket client that stopped reading once its TCP window filled is ended by
+    /// TCP_USER_TIMEOUT_MS instead: this close waits behind the blocked write).
     #[arg(long, env = "PING_TIMEOUT_MS", default_value_t = 20_000)]
     pub ping_timeout_ms: u64,
+
+    /// TCP_USER_TIMEOUT of accepted public connections, ms: how long data the node wrote may
+    /// stay unacknowledged, or unsent behind a closed receive window, before the kernel drops
+    /// the connection. It ends a client that stopped reading, which the ping timeout cannot
+    /// (its close waits behind the blocked write). Default PING_INTERVAL_MS + PING_TIMEOUT_MS;
+    /// 0 = off.
+    #[arg(long, env = "TCP_USER_TIMEOUT_MS")]
+    pub tcp_user_timeout_ms: Option<u64>,
 
     /// Seconds a draining node waits before exiting.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
@@ -212,6 +221,15 @@ impl Config {
         }
         if self.cors_origins.iter().all(|o| o.is_empty()) {
             w.push("CORS_ORIGINS is empty: any web origin may use long-polling".into());
+        }
+        if cfg!(not(any(target_os = "linux", target_os = "android")))
+            && self.tcp_user_timeout().is_some()
+        {
+            w.push(
+                "TCP_USER_TIMEOUT_MS has no effect on this platform: a client that stops reading \
+                 keeps its socket until it closes the connection"
+                    .into(),
+            );
         }
         w
     }
@@ -268,6 +286,15 @@ impl Config {
         }
         if self.ping_interval_ms < 100 || self.ping_timeout_ms < 100 {
             return Err("invalid setting PING_INTERVAL_MS/PING_TIMEOUT_MS: at least 100".into());
+        }
+        if self
+            .tcp_user_timeout_ms
+            .is_some_and(|ms| ms > u64::from(u32::MAX))
+        {
+            return Err(format!(
+                "invalid setting TCP_USER_TIMEOUT_MS: at most {} (0 = off)",
+                u32::MAX
+            ));
         }
         if self.socket_buffer_packets == 0 {
             return Err("invalid setting SOCKET_BUFFER_PACKETS: must be at least 1".into());
@@ -381,6 +408,18 @@ impl Config {
         }
     }
 
+    /// The `TCP_USER_TIMEOUT` to set on accepted public connections, `None` when off. The
+    /// default covers one ping round (interval + timeout): a healthy client never has data
+    /// unacknowledged that long, and the kernel's own retransmission limit is ~15 minutes.
+    pub fn tcp_user_timeout(&self) -> Option<Duration> {
+        let ms = self
+            .tcp_user_timeout_ms
+            .unwrap_or(self.ping_interval_ms.saturating_add(self.ping_timeout_ms))
+            // The socket option is an unsigned int; only the default can get here above it.
+            .min(u64::from(u32::MAX));
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+
     /// Presence key TTL as a duration.
     pub fn presence_ttl(&self) -> Duration {
         Duration::from_secs(self.presence_ttl_secs)
@@ -463,6 +502,38 @@ mod tests {
             Config::try_from_args(args)
                 .unwrap_err()
                 .contains("SERVICES")
+        );
+    }
+
+    #[test]
+    fn tcp_user_timeout_defaults_to_one_ping_round_and_0_turns_it_off() {
+        let c = Config::try_from_args(base()).expect("valid");
+        assert_eq!(c.tcp_user_timeout(), Some(Duration::from_millis(45_000)));
+        let mut args = base();
+        args.extend(["--ping-interval-ms", "1000", "--ping-timeout-ms", "500"]);
+        let c = Config::try_from_args(args).expect("valid");
+        assert_eq!(c.tcp_user_timeout(), Some(Duration::from_millis(1500)));
+        let mut args = base();
+        args.extend(["--tcp-user-timeout-ms", "3000"]);
+        let c = Config::try_from_args(args).expect("valid");
+        assert_eq!(c.tcp_user_timeout(), Some(Duration::from_secs(3)));
+        let mut args = base();
+        args.extend(["--tcp-user-timeout-ms", "0"]);
+        let c = Config::try_from_args(args).expect("valid");
+        assert_eq!(c.tcp_user_timeout(), None);
+        let mut args = base();
+        args.extend(["--tcp-user-timeout-ms", "4294967296"]);
+        let e = Config::try_from_args(args).unwrap_err();
+        assert!(
+            !e.contains('\n') && e.contains("TCP_USER_TIMEOUT_MS"),
+            "{e}"
+        );
+        let mut args = base();
+        args.extend(["--tcp-user-timeout-ms", "soon"]);
+        let e = Config::try_from_args(args).unwrap_err();
+        assert!(
+            !e.contains('\n') && e.contains("--tcp-user-timeout-ms"),
+            "{e}"
         );
     }
 

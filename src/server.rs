@@ -235,9 +235,13 @@ pub async fn run(
     let servers_stop = CancellationToken::new();
     // Nagle would hold a small frame written right after another (a sender's own chat:message,
     // then its ACK) until the client's delayed ACK, up to 40 ms: real-time traffic wants none.
-    let public_listener = listeners.public.tap_io(|tcp| {
+    let user_timeout = config.tcp_user_timeout();
+    let public_listener = listeners.public.tap_io(move |tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+        if let Some(timeout) = user_timeout {
+            set_tcp_user_timeout(tcp, timeout);
         }
     });
     let public_srv = axum::serve(public_listener, public)
@@ -301,6 +305,39 @@ async fn readyz(State(st): State<PublicState>) -> impl IntoResponse {
         })),
     )
 }
+
+/// Sets `TCP_USER_TIMEOUT` on an accepted connection, so the kernel drops it once data the node
+/// wrote has stayed unacknowledged, or unsent behind the client's closed receive window, for
+/// `timeout`. A client that stops reading blocks engineioxide's writer in a write that nothing
+/// else interrupts (the ping timeout's close waits for that writer); the kernel's error is what
+/// ends the write, and with it the socket, its presence and what was queued for it.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn set_tcp_user_timeout(tcp: &tokio::net::TcpStream, timeout: Duration) {
+    use std::os::fd::AsRawFd;
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    // Config::tcp_user_timeout keeps it within an unsigned int.
+    let ms = libc::c_uint::try_from(timeout.as_millis()).unwrap_or(libc::c_uint::MAX);
+    // SAFETY: the descriptor is open (we hold the stream) and setsockopt only reads the
+    // `c_uint` we pass, whose size we give.
+    let rc = unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&ms as *const libc::c_uint).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        // The same on every connection (an old kernel, a sandbox): once is enough to see it.
+        WARNED.call_once(|| tracing::warn!(error = %e, "TCP_USER_TIMEOUT not set"));
+    }
+}
+
+/// No `TCP_USER_TIMEOUT` here; [`Config::warnings`] says so at start-up.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn set_tcp_user_timeout(_tcp: &tokio::net::TcpStream, _timeout: Duration) {}
 
 fn cors(origins: &[String]) -> CorsLayer {
     let origins: Vec<HeaderValue> = origins

@@ -1,22 +1,110 @@
-//! Slow consumers: a socket that stops reading never slows delivery to the others.
-//!
-//! What becomes of the stalled socket itself is not asserted: when its TCP window is full,
-//! engineioxide's writer blocks on the socket and even the ping timeout's close waits for it, so
-//! the socket can live as long as the client keeps the connection open (docs/protocol.md §12).
+//! Slow consumers: a socket that stops reading never slows delivery to the others, and it does
+//! not live forever.
 //!
 //! Over websocket, socketioxide's writer moves packets from the socket's bounded buffer into
 //! tungstenite's write buffer, which has no limit, so a client that stops reading never fills
-//! the bounded buffer: what ends it is the Engine.IO ping it cannot answer (PING_INTERVAL_MS +
-//! PING_TIMEOUT_MS). The deliverer's full-buffer policy covers the cases where the buffer does
-//! fill (long-polling, bursts).
+//! the bounded buffer. Once its TCP window is full too, engineioxide's writer blocks in a write,
+//! and even the close that the Engine.IO ping timeout triggers waits for that writer: without
+//! `TCP_USER_TIMEOUT` the socket lives until the client closes the connection. With it, the
+//! kernel fails the blocked write once the window has stayed closed that long, and the socket
+//! ends (docs/protocol.md §12).
 
 use std::time::{Duration, Instant};
 
+use fanout::client::Client;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::*;
+
+/// A raw websocket client of `user` with a tiny receive buffer (so the node's writes to it
+/// stall after a few MB instead of after the kernel's autotuned buffers). It behaves until its
+/// namespace CONNECT is answered, then the caller stops reading it.
+async fn stalled_client(node: &Node, user: &str) -> WebSocketStream<TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(node.public).await.unwrap();
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", node.public);
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    let open = ws.next().await.unwrap().unwrap();
+    assert!(open.to_text().unwrap().starts_with('0'));
+    ws.send(Message::text(format!(
+        "40{{\"token\":\"{}\"}}",
+        token(user)
+    )))
+    .await
+    .unwrap();
+    loop {
+        let frame = ws.next().await.unwrap().unwrap();
+        let text = frame.to_text().unwrap().to_owned();
+        if text == "2" {
+            ws.send(Message::text("3")).await.unwrap();
+            continue;
+        }
+        assert!(text.starts_with("40"), "{text}");
+        return ws;
+    }
+}
+
+/// Sends `count` ACCEPTED messages of about `bytes` each to `chat`, numbered `i:`.
+async fn send_many(sender: &Client, chat: &str, count: usize, bytes: usize) {
+    let content = "x".repeat(bytes);
+    for i in 0..count {
+        let r = ack(
+            sender,
+            "chat:send",
+            json!({"chatId": chat, "content": format!("{i}:{content}")}),
+        )
+        .await;
+        assert_eq!(r["status"], "ACCEPTED", "send {i}: {r}");
+    }
+}
+
+/// Every one of `clients` receives offsets 1..=count in order.
+async fn all_received(clients: &mut [Client], count: usize) {
+    for (n, c) in clients.iter_mut().enumerate() {
+        for i in 0..count {
+            let m = c
+                .wait_for("chat:message", Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|| panic!("member {n} got only {i} messages"));
+            assert_eq!(
+                m["offset"],
+                (i + 1) as u64,
+                "member {n}: in order, none missing"
+            );
+        }
+    }
+}
+
+/// The users `GET /api/v1/presence` shows online among `users` (live, refreshed fields only).
+async fn online(node: &Node, users: &[&str]) -> Vec<String> {
+    let (status, body) = node
+        .api(
+            "GET",
+            &format!("/api/v1/presence?users={}", users.join(",")),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["online"]
+        .as_array()
+        .expect("online list")
+        .iter()
+        .filter_map(|u| u.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Waits up to `limit` for `presence:offline` about `user` on `c` and returns its reason;
+/// panics naming any other user reported offline meanwhile (nobody else stopped reading).
+async fn offline_about(c: &mut Client, user: &str, limit: Duration) -> Option<String> {
+    let ev = c.wait_for("presence:offline", limit).await?;
+    assert_eq!(ev["userId"], user, "only {user} goes offline: {ev}");
+    Some(ev["reason"].as_str().unwrap_or_default().to_owned())
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_that_stops_reading_does_not_slow_the_others() {
@@ -37,61 +125,15 @@ async fn a_socket_that_stops_reading_does_not_slow_the_others() {
     let refs: Vec<&str> = members.iter().map(String::as_str).collect();
     a.create_chat("big", &refs).await;
 
-    // The slow client: a raw websocket with a tiny receive buffer that connects, then never reads.
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let stream = sock.connect(a.public).await.unwrap();
-    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", a.public);
-    let (mut slow, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
-    let open = slow.next().await.unwrap().unwrap();
-    assert!(open.to_text().unwrap().starts_with('0'));
-    slow.send(Message::text(format!(
-        "40{{\"token\":\"{}\"}}",
-        token("slowpoke")
-    )))
-    .await
-    .unwrap();
-    // Until connected it behaves (answers pings); from then on it reads nothing.
-    loop {
-        let frame = slow.next().await.unwrap().unwrap();
-        let text = frame.to_text().unwrap().to_owned();
-        if text == "2" {
-            slow.send(Message::text("3")).await.unwrap();
-            continue;
-        }
-        assert!(text.starts_with("40"), "{text}");
-        break;
-    }
-
+    let slow = stalled_client(&a, "slowpoke").await;
     let mut others = Vec::new();
     for m in members.iter().take(OTHERS) {
         others.push(connect(&a.url(), m).await);
     }
     let sender = connect(&a.url(), "sender").await;
-    let content = "x".repeat(16_000);
     let t0 = Instant::now();
-    for i in 0..MESSAGES {
-        let r = ack(
-            &sender,
-            "chat:send",
-            json!({"chatId": "big", "content": format!("{i}:{content}")}),
-        )
-        .await;
-        assert_eq!(r["status"], "ACCEPTED");
-    }
-    for (n, c) in others.iter_mut().enumerate() {
-        for i in 0..MESSAGES {
-            let m = c
-                .wait_for("chat:message", Duration::from_secs(10))
-                .await
-                .unwrap_or_else(|| panic!("u{n} got only {i} messages"));
-            assert_eq!(
-                m["offset"],
-                (i + 1) as u64,
-                "u{n} in order, nothing missing"
-            );
-        }
-    }
+    send_many(&sender, "big", MESSAGES, 16_000).await;
+    all_received(&mut others, MESSAGES).await;
     let elapsed = t0.elapsed();
     assert!(
         elapsed < Duration::from_secs(30),
@@ -99,4 +141,117 @@ async fn a_socket_that_stops_reading_does_not_slow_the_others() {
     );
 
     drop(slow);
+}
+
+/// The setting under test, and the same scenario without it as the control: pings are left at
+/// their defaults (45 s) in the first, so nothing but the TCP user timeout can end the stalled
+/// socket within the bound; the control has 2 s pings and shows that they alone do not end it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_user_timeout_ends_a_socket_whose_client_stopped_reading() {
+    // 150 × 64 KB ≈ 9.6 MB: far beyond the node's send buffer (autotuned up to 4 MB) plus the
+    // stalled client's 4 KB receive buffer, so the node's writes to it block.
+    const MESSAGES: usize = 150;
+    const BYTES: usize = 64_000;
+    const OTHERS: usize = 5;
+    let redis = Redis::start().await;
+    let opts = NodeOpts::default()
+        .with("tcp-user-timeout-ms", "3000")
+        .with("presence-ttl-secs", "2")
+        .with("max-message-bytes", "65536")
+        .with("ws-max-message-bytes", "400000");
+    let a = Node::start_with(&redis, "a", opts).await;
+    let mut members: Vec<String> = (0..OTHERS).map(|i| format!("u{i}")).collect();
+    members.push("sender".into());
+    let mut all: Vec<&str> = members.iter().map(String::as_str).collect();
+    all.push("slowpoke");
+    a.create_chat("big", &all).await;
+
+    let slow = stalled_client(&a, "slowpoke").await;
+    let mut others = Vec::new();
+    for m in members.iter().take(OTHERS) {
+        others.push(connect(&a.url(), m).await);
+    }
+    let sender = connect(&a.url(), "sender").await;
+    assert_eq!(online(&a, &all).await.len(), all.len(), "everyone online");
+
+    send_many(&sender, "big", MESSAGES, BYTES).await;
+    let sent = Instant::now();
+    all_received(&mut others, MESSAGES).await;
+    // The node's write to the stalled socket failed 3 s after its window closed (during the
+    // sends); the transport error leaves the presence field to expire (TTL 2 s, then the sweep
+    // or the expiry event).
+    let reason = offline_about(&mut others[0], "slowpoke", Duration::from_secs(15))
+        .await
+        .expect("the stalled socket ended well before the 45 s ping timeout");
+    eprintln!(
+        "stalled socket's user offline {:?} after the last send",
+        sent.elapsed()
+    );
+    assert_eq!(
+        reason, "expired",
+        "a broken transport leaves its field to expire"
+    );
+    let mut still: Vec<&str> = members.iter().map(String::as_str).collect();
+    still.sort_unstable();
+    assert_eq!(online(&a, &all).await, still, "only slowpoke went offline");
+
+    // The others were not touched: they still receive, in order.
+    let r = ack(
+        &sender,
+        "chat:send",
+        json!({"chatId": "big", "content": "after"}),
+    )
+    .await;
+    assert_eq!(r["status"], "ACCEPTED", "{r}");
+    for (n, c) in others.iter_mut().enumerate() {
+        let m = c.wait_for("chat:message", WAIT).await.expect("delivered");
+        assert_eq!(m["offset"], (MESSAGES + 1) as u64, "member {n}");
+    }
+    drop(slow);
+}
+
+/// The control: with the option off, the ping timeout (here 1 s + 1 s) does not end a stalled
+/// socket; it lives until its client closes the connection. If this ever fails because the
+/// socket ended, the transport learned to time out its writes and docs/protocol.md §12 and the
+/// TCP_USER_TIMEOUT_MS default deserve another look.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_tcp_user_timeout_a_stalled_socket_outlives_its_ping_timeout() {
+    const MESSAGES: usize = 150;
+    const BYTES: usize = 64_000;
+    let redis = Redis::start().await;
+    let opts = NodeOpts::default()
+        .with("tcp-user-timeout-ms", "0")
+        .with("ping-interval-ms", "1000")
+        .with("ping-timeout-ms", "1000")
+        .with("presence-ttl-secs", "2")
+        .with("max-message-bytes", "65536")
+        .with("ws-max-message-bytes", "400000");
+    let a = Node::start_with(&redis, "a", opts).await;
+    a.create_chat("big", &["u0", "sender", "slowpoke"]).await;
+    let slow = stalled_client(&a, "slowpoke").await;
+    let mut u0 = connect(&a.url(), "u0").await;
+    let sender = connect(&a.url(), "sender").await;
+    send_many(&sender, "big", MESSAGES, BYTES).await;
+    all_received(std::slice::from_mut(&mut u0), MESSAGES).await;
+
+    // Four ping rounds and two presence TTLs later, the socket is still refreshed as live.
+    let early = offline_about(&mut u0, "slowpoke", Duration::from_secs(8)).await;
+    assert_eq!(
+        early, None,
+        "the stalled socket ended without TCP_USER_TIMEOUT"
+    );
+    assert!(
+        online(&a, &["slowpoke"])
+            .await
+            .contains(&"slowpoke".to_owned())
+    );
+
+    // Its client closing the connection (a reset: unread data) is what ends it.
+    drop(slow);
+    assert!(
+        offline_about(&mut u0, "slowpoke", Duration::from_secs(10))
+            .await
+            .is_some(),
+        "closed by its client"
+    );
 }
