@@ -291,9 +291,10 @@ async fn run_sender(
                 let res: Result<Value, ClientError> = res;
                 let lat: Duration = lat;
                 let q: u64 = q;
+                // What a resilient client retries: everything but a malformed request (a chat
+                // whose membership Redis lost is FORBIDDEN until the backend restores it).
                 let retryable = cx.recover && match &res {
-                    Ok(ack) => ack["success"] != true && ack["error"]["code"] != "VALIDATION_ERROR"
-                        && ack["error"]["code"] != "FORBIDDEN",
+                    Ok(ack) => ack["success"] != true && ack["error"]["code"] != "VALIDATION_ERROR",
                     Err(_) => true,
                 };
                 if retryable && Instant::now() < give_up {
@@ -1002,13 +1003,14 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
         }
     }
     let (mut offset_gaps, mut offset_regressions) = (0u64, 0u64);
-    let (mut offset_holes, mut overlaps) = (0u64, 0u64);
+    let (mut offset_holes, mut overlaps, mut epoch_changes) = (0u64, 0u64, 0u64);
     for s in &states {
         let s = lock(s);
         offset_gaps += s.offset_gaps;
         offset_regressions += s.offset_regressions;
         offset_holes += s.offset_holes();
         overlaps += s.overlaps;
+        epoch_changes += s.epoch_changes;
     }
     let recovered = recv.recovered();
     let resent: u64 = sender_results.iter().map(|(_, r)| r.resent).sum();
@@ -1120,7 +1122,7 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
             "latency_ms": deliv,
             "lost": lost, "duplicated": dup, "reordered": reordered,
             "offset_gaps": offset_gaps, "offset_regressions": offset_regressions,
-            "offset_holes_at_end": offset_holes,
+            "offset_holes_at_end": offset_holes, "epoch_changes_seen": epoch_changes,
             "recovered_from_history": recovered, "history_overlaps": overlaps,
             "delivered_without_ack": without_ack, "delivered_after_failed_ack": after_nack,
             "other_events": recv.other_events.load(Ordering::Relaxed),

@@ -96,7 +96,7 @@ impl Supervisor {
                 _ = stop.cancelled() => return,
                 _ = wait_closed(&current) => {}
             }
-            let since: Vec<(u32, Option<u64>)> = {
+            let since: Vec<(u32, (Option<String>, Option<u64>))> = {
                 let st = lock(&self.state);
                 self.rooms
                     .iter()
@@ -136,21 +136,26 @@ impl Supervisor {
                 }
             }
             self.slot.set(Arc::clone(&client));
-            for &(room, since) in &since {
-                self.catch_up(&client, room, since).await;
+            for (room, from) in since {
+                self.catch_up(&client, room, from).await;
             }
         }
     }
 
     /// Pages `chat:history` of `room` from `since` until the answer is short.
-    async fn catch_up(&self, client: &Client, room: u32, mut since: Option<u64>) {
+    async fn catch_up(&self, client: &Client, room: u32, from: (Option<String>, Option<u64>)) {
+        let (mut epoch, mut since) = from;
         loop {
             // Offsets start at 1: since 0 is "everything retained" for a client that had none.
-            let req = json!({
+            // With a stale epoch the server answers `reset` and the current epoch's messages.
+            let mut req = json!({
                 "chatId": self.recv.chat_id(room),
                 "since": since.unwrap_or(0),
                 "limit": HISTORY_PAGE,
             });
+            if let Some(e) = &epoch {
+                req["epoch"] = e.as_str().into();
+            }
             self.stats.history_calls.fetch_add(1, Ordering::Relaxed);
             let ack = match client
                 .emit_with_ack("chat:history", req, self.ack_timeout)
@@ -168,7 +173,10 @@ impl Supervisor {
             self.recv.on_history(self.client, &self.state, &messages);
             let last = messages.last().and_then(|m| m["offset"].as_u64());
             match last {
-                Some(l) if (messages.len() as u64) >= HISTORY_PAGE => since = Some(l),
+                Some(l) if (messages.len() as u64) >= HISTORY_PAGE => {
+                    since = Some(l);
+                    epoch = ack["epoch"].as_str().map(str::to_owned);
+                }
                 _ => return,
             }
         }

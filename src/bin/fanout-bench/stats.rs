@@ -100,28 +100,68 @@ pub struct RecvState {
     max_offset: HashMap<u32, u64>,
     /// Messages received again through `chat:history` (or live after history had them).
     pub overlaps: u64,
+    /// Current epoch per room, and every epoch seen: a chat whose sequence Redis lost restarts
+    /// its offsets in a new epoch, and a client starts its offset accounting over with it.
+    epoch: HashMap<u32, String>,
+    epochs_seen: HashMap<u32, Vec<String>>,
+    pub epoch_changes: u64,
+    /// Holes of the epochs already left behind.
+    holes_closed: u64,
 }
 
 impl RecvState {
-    /// Where a reconnecting client resumes room `room`: the highest offset it has.
-    pub fn resume_offset(&self, room: u32) -> Option<u64> {
-        self.max_offset.get(&room).copied()
+    /// Where a reconnecting client resumes room `room`: the epoch and highest offset it has.
+    pub fn resume_offset(&self, room: u32) -> (Option<String>, Option<u64>) {
+        (
+            self.epoch.get(&room).cloned(),
+            self.max_offset.get(&room).copied(),
+        )
     }
 
-    /// Offsets missing between the first and the last one received, over all rooms: what a
-    /// client that orders messages by offset would see as holes.
+    /// Offsets missing between the first and the last one received, over all rooms and epochs:
+    /// what a client that orders messages by offset would see as holes.
     pub fn offset_holes(&self) -> u64 {
-        self.offsets
-            .values()
-            .map(|bits| {
-                let set: Vec<u64> = bits.ones().collect();
-                match (set.first(), set.last()) {
-                    (Some(&lo), Some(&hi)) => (hi - lo + 1) - set.len() as u64,
-                    _ => 0,
-                }
-            })
-            .sum()
+        self.holes_closed + self.offsets.values().map(holes).sum::<u64>()
     }
+
+    /// Whether a message of `epoch` in `room` is to be accounted by offset; switches to a new
+    /// epoch (dropping the old one's offsets) when it first appears.
+    fn enter_epoch(&mut self, room: u32, epoch: &str) -> bool {
+        match self.epoch.get(&room) {
+            Some(e) if e == epoch => return true,
+            None => {}
+            Some(_) => {
+                if self
+                    .epochs_seen
+                    .get(&room)
+                    .is_some_and(|v| v.iter().any(|e| e == epoch))
+                {
+                    // A late message of an epoch already left behind.
+                    return false;
+                }
+                self.epoch_changes += 1;
+                self.holes_closed += self.offsets.remove(&room).as_ref().map_or(0, holes);
+                self.live_offsets.remove(&room);
+                self.max_offset.remove(&room);
+                self.last_offset.remove(&room);
+            }
+        }
+        self.epoch.insert(room, epoch.to_owned());
+        self.epochs_seen
+            .entry(room)
+            .or_default()
+            .push(epoch.to_owned());
+        true
+    }
+}
+
+fn holes(bits: &Bits) -> u64 {
+    let mut ones = bits.ones();
+    let Some(lo) = ones.next() else {
+        return 0;
+    };
+    let (hi, n) = ones.fold((lo, 1u64), |(_, n), b| (b, n + 1));
+    (hi - lo + 1) - n
 }
 
 /// Where a message reached a receiver.
@@ -164,6 +204,8 @@ pub struct ChatMessage<'a> {
     #[serde(borrow)]
     content: Cow<'a, str>,
     offset: Option<u64>,
+    #[serde(borrow)]
+    epoch: Option<Cow<'a, str>>,
 }
 
 /// The bench's own message content (padding `p` is skipped).
@@ -269,7 +311,8 @@ impl Receivers {
         let first = {
             let mut st = lock(state);
             let st = &mut *st;
-            if let Some(offset) = msg.offset {
+            let current = msg.epoch.as_deref().is_none_or(|e| st.enter_epoch(room, e));
+            if let Some(offset) = msg.offset.filter(|_| current) {
                 if source == Source::Live {
                     match st.last_offset.insert(room, offset) {
                         Some(last) if offset <= last => st.offset_regressions += 1,
@@ -400,7 +443,7 @@ mod tests {
         // Live 1, 2, then the connection drops; 3 and 4 come back through history, 4 and 5 live.
         r.on_event(0, &st, &live(0, 1));
         r.on_event(0, &st, &live(1, 2));
-        assert_eq!(lock(&st).resume_offset(1), Some(2));
+        assert_eq!(lock(&st).resume_offset(1), (Some("e".to_owned()), Some(2)));
         r.on_event(0, &st, &live(3, 4));
         assert_eq!(lock(&st).offset_holes(), 1);
         r.on_history(0, &st, &[msg(2, 3), msg(3, 4)]);
@@ -416,5 +459,16 @@ mod tests {
         // The same offset twice on the live stream is a duplicate.
         r.on_event(0, &st, &live(4, 5));
         assert_eq!(lock(&st).tracks[&((1u64 << 32) | 2)].dup, 1);
+        // A new epoch (Redis lost the sequence) starts the offsets over without holes.
+        let mut m = msg(5, 1);
+        m["epoch"] = "f".into();
+        r.on_event(0, &st, &serde_json::json!(["chat:message", m]).to_string());
+        let s = lock(&st);
+        // (The one regression is the duplicate above, not the epoch switch.)
+        assert_eq!(
+            (s.offset_holes(), s.epoch_changes, s.offset_regressions),
+            (0, 1, 1)
+        );
+        assert!(s.tracks[&((1u64 << 32) | 2)].received.get(5));
     }
 }
