@@ -68,6 +68,9 @@ impl Default for RecoverStats {
 /// Opens a new connection for a client; the argument is the attempt number (to rotate URLs).
 pub type Connect = Arc<dyn Fn(u32) -> BoxFuture<'static, Result<Client, String>> + Send + Sync>;
 
+/// Where a client resumes a room: the epoch and the highest offset it holds.
+type Resume = (Option<String>, Option<u64>);
+
 /// Page size of the recovery's `chat:history` calls (the protocol's maximum).
 const HISTORY_PAGE: u64 = 1000;
 
@@ -96,7 +99,7 @@ impl Supervisor {
                 _ = stop.cancelled() => return,
                 _ = wait_closed(&current) => {}
             }
-            let since: Vec<(u32, (Option<String>, Option<u64>))> = {
+            let since: Vec<(u32, Resume)> = {
                 let st = lock(&self.state);
                 self.rooms
                     .iter()
@@ -143,7 +146,7 @@ impl Supervisor {
     }
 
     /// Pages `chat:history` of `room` from `since` until the answer is short.
-    async fn catch_up(&self, client: &Client, room: u32, from: (Option<String>, Option<u64>)) {
+    async fn catch_up(&self, client: &Client, room: u32, from: Resume) {
         let (mut epoch, mut since) = from;
         loop {
             // Offsets start at 1: since 0 is "everything retained" for a client that had none.
