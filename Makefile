@@ -2,7 +2,8 @@
 #
 #   make up      start a local cluster: Redis + NODES nodes + HAProxy
 #                (e.g. `make up NODES=5 LB_PORT=8081`; Ctrl-C stops it)
-#   make test    what CI runs (.ci/run): fmt check, clippy, tests
+#   make test    what CI runs (.ci/run): fmt check, clippy, tests; with CHAOS=1
+#                (set in CI by CI=true) also the chaos sequence (deploy/chaos.sh)
 #
 # Settings for `make up` are passed through to deploy/up.sh as environment
 # variables (see the top of that script for the full list and defaults).
@@ -25,6 +26,7 @@ CARGO ?= cargo
 help:
 	@echo "make up          start Redis + NODES (default 3) nodes + HAProxy on :8080 (Ctrl-C stops)"
 	@echo "make test        install redis-server if needed, cargo fmt --check, clippy -D warnings, cargo test"
+	@echo "                 (CHAOS=1 or CI=true: then the chaos sequence, deploy/chaos.sh)"
 	@echo "make build       cargo build --release --bins"
 	@echo "make fmt         cargo fmt --all"
 	@echo "make clippy      cargo clippy --all-targets -- -D warnings"
@@ -40,7 +42,9 @@ test: rust-components
 	deploy/install-deps.sh redis-server haproxy
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) test --all-targets -- --test-threads=2
+	$(CARGO) test --all-targets -- --test-threads=2 --skip chaos
+	@if [[ "$${CHAOS:-}" == 1 || "$${CI:-}" == true ]]; then deploy/chaos.sh; \
+	else echo "chaos sequence skipped (CHAOS=1 make test, or deploy/chaos.sh; CI runs it)"; fi
 
 # rustfmt/clippy are missing from rustup's "minimal" profile.
 rust-components:
@@ -65,6 +69,7 @@ clean-run:
 deploy-check:
 	bash -n deploy/up.sh
 	bash -n deploy/install-deps.sh
+	bash -n deploy/chaos.sh
 	bash -n .ci/run
 	haproxy -c -f deploy/haproxy.cfg
 	FANOUT_DNS_NAME=fanout haproxy -c -f deploy/haproxy.cfg

@@ -18,6 +18,7 @@ async fn main() -> std::process::ExitCode {
         .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
         .clone();
     fanout::logging::init(config.log_format, &node_id);
+    raise_nofile();
 
     let listeners = match Listeners::bind(&config).await {
         Ok(l) => l,
@@ -37,6 +38,31 @@ async fn main() -> std::process::ExitCode {
             eprintln!("fanout: {e}");
             std::process::ExitCode::from(1)
         }
+    }
+}
+
+/// Every socket is a file descriptor: lift the soft `RLIMIT_NOFILE` (often 1 024) to the hard
+/// limit the operator granted, so a node takes as many connections as it was allowed to.
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && {
+            let soft = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            soft == lim.rlim_max || libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0
+        }
+    };
+    if raised {
+        tracing::info!(nofile = lim.rlim_cur, "file descriptor limit");
+    } else {
+        tracing::warn!(
+            nofile = lim.rlim_cur,
+            "could not raise the file descriptor limit"
+        );
     }
 }
 

@@ -24,7 +24,22 @@ pub const WAIT: Duration = Duration::from_secs(5);
 /// Window in which an event that should NOT arrive is watched for.
 pub const QUIET: Duration = Duration::from_millis(600);
 
-fn free_port() -> u16 {
+/// A free port below the kernel's ephemeral range: a port from that range (what binding port 0
+/// gives) can be taken, while its server is down, as the local port of some outgoing connection,
+/// and a restarted Redis or node could then not listen on it again (seen in the chaos test's
+/// reconnect storm, 20 000 connections from 127.0.0.1).
+pub fn free_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, span) = (10_000u16, low.saturating_sub(10_000).max(1000));
+    for _ in 0..10_000 {
+        let port = from + (uuid::Uuid::new_v4().as_u128() % u128::from(span)) as u16;
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     StdListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -345,7 +360,18 @@ pub struct NodeProcess {
 
 impl NodeProcess {
     pub async fn spawn(redis: &Redis, id: &str, opts: NodeOpts) -> NodeProcess {
-        let (port, admin) = (free_port(), free_port());
+        Self::spawn_on(redis, id, opts, free_port(), free_port()).await
+    }
+
+    /// Starts a node process on the given ports (to restart a node where a load balancer
+    /// expects it) and waits until it is ready.
+    pub async fn spawn_on(
+        redis: &Redis,
+        id: &str,
+        opts: NodeOpts,
+        port: u16,
+        admin: u16,
+    ) -> NodeProcess {
         let args = config_args(&redis.url(), id, port, admin, &opts);
         let child = Command::new(env!("CARGO_BIN_EXE_fanout"))
             .args(&args[1..])
@@ -375,6 +401,18 @@ impl NodeProcess {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.public)
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// SIGKILL: no drain, no cleanup.
@@ -529,4 +567,66 @@ fn dechunk(mut s: &str) -> String {
 /// Repo root (for scripts and fixtures).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// An HAProxy process with deploy/haproxy.cfg and the given servers, killed on drop.
+pub struct Haproxy {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Haproxy {
+    /// Starts HAProxy in front of `servers` (name, address) and waits until it forwards
+    /// `/readyz` and every server passed its health checks; `None` when haproxy is not installed
+    /// (`make test` installs it).
+    pub async fn start(servers: &[(&str, SocketAddr)]) -> Option<Haproxy> {
+        Command::new("haproxy").arg("-v").output().ok()?;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = std::fs::read_to_string(repo_root().join("deploy/haproxy.cfg"))
+            .expect("deploy/haproxy.cfg");
+        for (name, addr) in servers {
+            cfg.push_str(&format!("    server {name} {addr} cookie {name}\n"));
+        }
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, cfg).expect("write haproxy.cfg");
+        let port = free_port();
+        let child = Command::new("haproxy")
+            .arg("-f")
+            .arg(&path)
+            .env("LB_PORT", port.to_string())
+            .env("LB_BIND_ADDR", "127.0.0.1")
+            .env("STATS_PORT", free_port().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy");
+        let lb = Haproxy {
+            child,
+            port,
+            _dir: dir,
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let t = std::time::Instant::now();
+        while t.elapsed() < Duration::from_secs(15) {
+            if http(addr, "GET", "/readyz", None, None).await.map(|r| r.0) == Some(200) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Every server up (checks: inter 2 s, rise 2).
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Some(lb)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
 }

@@ -1,30 +1,12 @@
 //! The drain through the real load balancer (deploy/haproxy.cfg): SIGTERM to node A → A's
 //! clients reconnect through HAProxy and land on B, keep receiving, and miss nothing.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fanout::client::Client;
 use serde_json::json;
 
 use crate::harness::*;
-
-struct Haproxy(Child);
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        self.0.kill().ok();
-        self.0.wait().ok();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The node a user's only socket is on, from the presence API.
 async fn node_of(node: &Node, user: &str) -> Option<String> {
@@ -38,50 +20,16 @@ async fn node_of(node: &Node, user: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_through_the_load_balancer_moves_clients_to_the_other_node() {
-    if Command::new("haproxy").arg("-v").output().is_err() {
-        println!("lb test skipped: haproxy not found (make test installs it)");
-        return;
-    }
     let redis = Redis::start().await;
     let opts = NodeOpts::default().with("shutdown-grace-secs", "5");
     let mut a = NodeProcess::spawn(&redis, "a", opts.clone()).await;
     let b = Node::start_with(&redis, "b", opts).await;
 
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = std::fs::read_to_string(repo_root().join("deploy/haproxy.cfg")).unwrap();
-    cfg.push_str(&format!(
-        "    server a {} cookie a\n    server b {} cookie b\n",
-        a.public, b.public
-    ));
-    let cfg_path = dir.path().join("haproxy.cfg");
-    std::fs::write(&cfg_path, cfg).unwrap();
-    let lb_port = free_port();
-    let child = Command::new("haproxy")
-        .arg("-f")
-        .arg(&cfg_path)
-        .env("LB_PORT", lb_port.to_string())
-        .env("LB_BIND_ADDR", "127.0.0.1")
-        .env("STATS_PORT", free_port().to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("haproxy");
-    let _lb = Haproxy(child);
-    let lb = format!("http://127.0.0.1:{lb_port}");
-    let lb_addr: std::net::SocketAddr = format!("127.0.0.1:{lb_port}").parse().unwrap();
-    // Both nodes pass HAProxy's health checks (rise 2, inter 2 s).
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(15) {
-        if http(lb_addr, "GET", "/readyz", None, None)
-            .await
-            .map(|r| r.0)
-            == Some(200)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let Some(haproxy) = Haproxy::start(&[("a", a.public), ("b", b.public)]).await else {
+        println!("lb test skipped: haproxy not found (make test installs it)");
+        return;
+    };
+    let lb = haproxy.url();
 
     let users: Vec<String> = (0..6).map(|i| format!("u{i}")).collect();
     let refs: Vec<&str> = users.iter().map(String::as_str).collect();

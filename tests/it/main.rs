@@ -7,6 +7,7 @@ mod api;
 mod auth;
 mod bad_input;
 mod bench;
+mod chaos;
 mod chat;
 mod drain;
 mod hostile;

@@ -1147,6 +1147,7 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
             "reconnect_ms": reconnect_ms,
             "history_calls": recover_stats.history_calls.load(Ordering::Relaxed),
             "history_errors": recover_stats.history_errors.load(Ordering::Relaxed),
+            "history_error_kinds": *lock(&recover_stats.history_error_kinds),
             "resent_measured": resent,
         },
     });

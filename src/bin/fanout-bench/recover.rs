@@ -6,6 +6,7 @@
 //! live or recovered. Senders, for their part, resend what was not acknowledged with the same
 //! `clientMsgId` (see `run_sender`), which the server deduplicates.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -49,6 +50,8 @@ pub struct RecoverStats {
     pub failed_attempts: AtomicU64,
     pub history_calls: AtomicU64,
     pub history_errors: AtomicU64,
+    /// Failed history calls by error code or transport error.
+    pub history_error_kinds: Mutex<BTreeMap<String, u64>>,
     /// From noticing the drop to being connected again, µs.
     pub reconnect_hist: Mutex<Histogram<u64>>,
 }
@@ -60,6 +63,7 @@ impl Default for RecoverStats {
             failed_attempts: AtomicU64::new(0),
             history_calls: AtomicU64::new(0),
             history_errors: AtomicU64::new(0),
+            history_error_kinds: Mutex::default(),
             reconnect_hist: Mutex::new(histogram()),
         }
     }
@@ -119,13 +123,13 @@ impl Supervisor {
                         }
                     }
                 }
-                // Jitter spreads a storm of reconnects over time, as real clients do.
-                let jitter = Duration::from_millis(u64::from(attempt.wrapping_mul(7919) % 50));
+                // Randomized 0.5-1.5x, as Socket.IO clients do (randomizationFactor 0.5), so a
+                // storm of reconnects spreads out instead of coming back in waves.
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = sleep(backoff + jitter) => {}
+                    _ = sleep(jittered(backoff)) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             };
             self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
             lock(&self.stats.reconnect_hist)
@@ -140,13 +144,22 @@ impl Supervisor {
             }
             self.slot.set(Arc::clone(&client));
             for (room, from) in since {
-                self.catch_up(&client, room, from).await;
+                // Until it succeeds or the connection is gone (the next round resumes then).
+                let mut pause = Duration::from_millis(200);
+                while !self.catch_up(&client, room, from.clone()).await && !client.is_closed() {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = sleep(jittered(pause)) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
             }
         }
     }
 
-    /// Pages `chat:history` of `room` from `since` until the answer is short.
-    async fn catch_up(&self, client: &Client, room: u32, from: Resume) {
+    /// Pages `chat:history` of `room` from `since` until the answer is short; false when a call
+    /// failed (what was received so far is accounted).
+    async fn catch_up(&self, client: &Client, room: u32, from: Resume) -> bool {
         let (mut epoch, mut since) = from;
         loop {
             // Offsets start at 1: since 0 is "everything retained" for a client that had none.
@@ -165,11 +178,19 @@ impl Supervisor {
                 .await
             {
                 Ok(ack) if ack["success"] == true => ack,
-                _ => {
-                    // The connection is gone again (the next round resumes) or the server
-                    // refused; either way the run's accounting shows what is missing.
+                res => {
+                    let why = match res {
+                        Ok(ack) => ack["error"]["code"]
+                            .as_str()
+                            .unwrap_or("UNKNOWN")
+                            .to_owned(),
+                        Err(e) => e.to_string(),
+                    };
                     self.stats.history_errors.fetch_add(1, Ordering::Relaxed);
-                    return;
+                    *lock(&self.stats.history_error_kinds)
+                        .entry(why)
+                        .or_default() += 1;
+                    return false;
                 }
             };
             let messages = ack["messages"].as_array().cloned().unwrap_or_default();
@@ -180,10 +201,16 @@ impl Supervisor {
                     since = Some(l);
                     epoch = ack["epoch"].as_str().map(str::to_owned);
                 }
-                _ => return,
+                _ => return true,
             }
         }
     }
+}
+
+/// `d` scaled by a random factor in [0.5, 1.5).
+fn jittered(d: Duration) -> Duration {
+    let r = (uuid::Uuid::new_v4().as_u128() % 1000) as f64 / 1000.0;
+    d.mul_f64(0.5 + r)
 }
 
 async fn wait_closed(c: &Client) {
