@@ -185,7 +185,10 @@ async fn authenticate(
     s.extensions.insert(Arc::new(identity));
     s.extensions.insert(InitialChats(Arc::new(chats)));
     s.extensions.insert(ConnectedAt(clock::now_iso().into()));
-    s.extensions.insert(SendOrder::new());
+    // A socket may have at most its burst of sends waiting for Redis: while Redis stalls, what
+    // a socket queues (each send holding its payload) is bounded by a count, not by how long the
+    // stall lasts (docs/reliability.md).
+    s.extensions.insert(SendOrder::new(app.rate_limit.1.max(1)));
     s.extensions.insert(EventBudget::new(
         app.rate_limit,
         app.limits.disconnect_after_over_budget,
@@ -380,20 +383,35 @@ pub struct SendOrder(Arc<SendOrderState>);
 pub struct SendOrderState {
     next_ticket: std::sync::atomic::AtomicU64,
     serving: tokio::sync::watch::Sender<u64>,
+    /// Most sends that may wait for their turn at once.
+    max_waiting: u64,
 }
 
 impl SendOrder {
-    fn new() -> Self {
+    fn new(max_waiting: u32) -> Self {
         SendOrder(Arc::new(SendOrderState {
             next_ticket: std::sync::atomic::AtomicU64::new(0),
             serving: tokio::sync::watch::Sender::new(0),
+            max_waiting: u64::from(max_waiting),
         }))
     }
 
-    fn take_ticket(&self) -> u64 {
+    /// The next ticket, or `None` when `max_waiting` sends are already waiting or running.
+    /// Tickets are taken by the socket's event handlers, which socketioxide calls one at a
+    /// time per socket, so the check and the increment cannot race with another take.
+    fn take_ticket(&self) -> Option<u64> {
+        let serving = *self.0.serving.borrow();
+        let next = self
+            .0
+            .next_ticket
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if next.saturating_sub(serving) >= self.0.max_waiting {
+            return None;
+        }
         self.0
             .next_ticket
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .store(next + 1, std::sync::atomic::Ordering::Relaxed);
+        Some(next)
     }
 }
 
@@ -449,35 +467,56 @@ impl FromMessageParts<LocalAdapter> for Responder {
             responder.socket.clone().disconnect().ok();
             return Err(OverBudget);
         }
+        let is_send = matches!(responder.event.as_str(), "chat:send" | "sendMessage");
         if matches!(verdict, Verdict::Refuse) {
             crate::metrics::rate_limited(&responder.event);
             let err = ClientError::new(
                 crate::error::ErrorCode::RateLimited,
                 "too many events: slow down",
             );
-            if matches!(responder.event.as_str(), "chat:send" | "sendMessage") {
-                // A refused send still answers in chat:send's shape (PROTOCOL.md §3).
-                let Ok(TryData(payload)) = TryData::<Value>::from_message_parts(s, v, ack_id);
-                let client_msg_id = payload.ok().and_then(|p| {
-                    p.get("clientMsgId")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                });
-                let body = json!({ "success": false, "status": "FAILED",
-                                   "clientMsgId": client_msg_id, "error": err.to_json() });
-                responder.fail_with(err, body);
+            if is_send {
+                refuse_send(responder, s, v, ack_id, err);
             } else {
                 responder.fail(err);
             }
             return Err(OverBudget);
         }
-        if matches!(responder.event.as_str(), "chat:send" | "sendMessage")
-            && let Some(order) = s.extensions.get::<SendOrder>()
-        {
-            responder.ticket = Some(order.take_ticket());
+        if is_send && let Some(order) = s.extensions.get::<SendOrder>() {
+            match order.take_ticket() {
+                Some(t) => responder.ticket = Some(t),
+                // Sends are piling up behind a slow store: refuse this one at once rather than
+                // hold it (certainly not accepted; the client retries later).
+                None => {
+                    let err = ClientError::new(
+                        crate::error::ErrorCode::Unavailable,
+                        "too many sends waiting for the store: retry later",
+                    );
+                    refuse_send(responder, s, v, ack_id, err);
+                    return Err(OverBudget);
+                }
+            }
         }
         Ok(responder)
     }
+}
+
+/// Answers a send refused before its handler ran, in chat:send's shape (PROTOCOL.md §3).
+fn refuse_send(
+    responder: Responder,
+    s: &Arc<Socket<LocalAdapter>>,
+    v: &mut socketioxide::handler::Value,
+    ack_id: &Option<i64>,
+    err: ClientError,
+) {
+    let Ok(TryData(payload)) = TryData::<Value>::from_message_parts(s, v, ack_id);
+    let client_msg_id = payload.ok().and_then(|p| {
+        p.get("clientMsgId")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    });
+    let body = json!({ "success": false, "status": "FAILED",
+                       "clientMsgId": client_msg_id, "error": err.to_json() });
+    responder.fail_with(err, body);
 }
 
 impl Responder {
@@ -540,5 +579,25 @@ impl Responder {
             Ok(body) => self.ok(body),
             Err(e) => self.fail(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_may_have_at_most_its_cap_of_sends_waiting() {
+        let order = SendOrder::new(2);
+        assert_eq!(order.take_ticket(), Some(0));
+        assert_eq!(order.take_ticket(), Some(1));
+        assert_eq!(order.take_ticket(), None, "a third send waits behind two");
+        // The first send finishes: one place frees up, and tickets stay consecutive.
+        drop(Turn {
+            order: order.clone(),
+            ticket: 0,
+        });
+        assert_eq!(order.take_ticket(), Some(2));
+        assert_eq!(order.take_ticket(), None);
     }
 }

@@ -422,12 +422,13 @@ async fn chaos_sequence_loses_nothing_accepted() {
             "storm: all nodes lost",
             &j1,
             format!(
-                "{} clients (2 generators) reconnected; slowest after {:.1} s / {:.1} s (nodes back after {:.1} s); {} history calls failed and were retried",
+                "{} clients (2 generators) reconnected; slowest after {:.1} s / {:.1} s (nodes back after {:.1} s); {} history calls failed and were retried ({})",
                 num(&j1, "connect.connected") + num(&j2, "connect.connected"),
                 max_ms(&j1) / 1000.0,
                 max_ms(&j2) / 1000.0,
                 up.as_secs_f64(),
-                num(&j1, "recover.history_errors") + num(&j2, "recover.history_errors")
+                num(&j1, "recover.history_errors") + num(&j2, "recover.history_errors"),
+                j1["recover"]["history_error_kinds"]
             ),
         );
         row1.check(&j1);

@@ -124,3 +124,93 @@ async fn a_rate_limited_send_answers_in_the_chat_send_shape() {
     assert_eq!(r["clientMsgId"], format!("m{i}"));
     assert_eq!(r["error"]["code"], "RATE_LIMITED");
 }
+
+/// While Redis stalls, a socket's sends wait for their turn holding their payloads; at most its
+/// burst (`RATE_LIMIT_BURST`) may wait at once, and the ones beyond are answered `UNAVAILABLE`
+/// at once instead of piling up for as long as the stall lasts (docs/reliability.md). The ones
+/// that waited are accepted once Redis is back, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_waiting_on_a_stalled_redis_are_capped_per_socket() {
+    let redis = Redis::start_with(&["--enable-debug-command", "yes"]).await;
+    let opts = NodeOpts::default()
+        .with("rate-limit-per-sec", "1000")
+        .with("rate-limit-burst", "20");
+    let a = Node::start_with(&redis, "a", opts).await;
+    a.create_chat("c", &["alice"]).await;
+    let alice = std::sync::Arc::new(connect(&a.url(), "alice").await);
+    let url = redis.url();
+    let stall = tokio::spawn(async move {
+        let client = redis::Client::open(url).expect("redis url");
+        let mut c = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis");
+        let _: redis::RedisResult<()> = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(3)
+            .query_async(&mut c)
+            .await;
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t0 = std::time::Instant::now();
+    let mut sends = Vec::new();
+    for i in 0..50 {
+        // 10 ms apart: within the event budget (1000/s), so only the cap refuses.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let alice = std::sync::Arc::clone(&alice);
+        sends.push(tokio::spawn(async move {
+                let r = alice
+                    .emit_with_ack(
+                        "chat:send",
+                        json!({"chatId": "c", "content": format!("m{i}"), "clientMsgId": format!("k{i}")}),
+                        Duration::from_secs(20),
+                    )
+                    .await
+                    .expect("every send is answered");
+            (r, t0.elapsed())
+        }));
+    }
+    let mut accepted = Vec::new();
+    let (mut refused_fast, mut timed_out, mut other) = (0, 0, Vec::new());
+    for s in sends {
+        let (r, at) = s.await.expect("send task");
+        let code = &r["error"]["code"];
+        let waiting = r["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("too many sends waiting"));
+        if r["status"] == "ACCEPTED" {
+            accepted.push(r["offset"].as_u64().expect("offset"));
+        } else if code == "UNAVAILABLE" && waiting && at < Duration::from_secs(2) {
+            refused_fast += 1;
+        } else if code == "UNAVAILABLE" && !waiting {
+            // The send at the head of the queue gives up after the command timeout (2 s).
+            timed_out += 1;
+        } else {
+            other.push(r);
+        }
+    }
+    stall.await.expect("stall task");
+    assert!(other.is_empty(), "unexpected answers: {other:?}");
+    // At most the burst (20) waited; the sends beyond it were refused while Redis still slept.
+    assert!(
+        refused_fast >= 50 - 20 - 1 && accepted.len() + timed_out <= 20 && timed_out <= 2,
+        "{} accepted, {refused_fast} refused at once, {timed_out} timed out",
+        accepted.len()
+    );
+    assert!(accepted.len() >= 15, "the waiting sends went through");
+    assert_eq!(accepted.len() + refused_fast + timed_out, 50);
+    let mut sorted = accepted.clone();
+    sorted.sort_unstable();
+    // In order and consecutive (a send that timed out may still have run when Redis woke and
+    // taken the first offset: UNAVAILABLE means "not known to be accepted", §11 reading 33).
+    assert_eq!(accepted, sorted);
+    assert!(sorted.windows(2).all(|w| w[1] == w[0] + 1), "{sorted:?}");
+    // Sends work again.
+    let r = ack(
+        &alice,
+        "chat:send",
+        json!({"chatId": "c", "content": "after"}),
+    )
+    .await;
+    assert_eq!(r["status"], "ACCEPTED", "{r}");
+}
