@@ -4,6 +4,7 @@
 //   node bench/report.mjs verdict <fanout-bench.json> <p99-limit-ms>   exit 0 = sustainable
 //   node bench/report.mjs report <results-dir>
 //   node bench/report.mjs summary <results-dir>   one JSON line per system (used by the test)
+//   node bench/report.mjs other <results-dir> <system> <step>   other processes' CPU % in a run
 
 import { readFileSync, existsSync } from "node:fs";
 import { join } from "node:path";
@@ -321,6 +322,12 @@ if (cmd === "verdict") {
   process.exit(why.length === 0 ? 0 : 1);
 } else if (cmd === "report") {
   console.log(report(args[0]));
+} else if (cmd === "other") {
+  // CPU % of one core that other processes used during one run (0 when unknown).
+  const meta = readJson(join(args[0], "meta.json"));
+  const st = loadStep(args[0], args[1], args[2]);
+  const f = st ? figures(st, meta.p99_limit_ms) : null;
+  console.log(Math.round(f?.foreign ?? 0));
 } else if (cmd === "summary") {
   summary(args[0]);
 } else {

@@ -60,6 +60,10 @@ const httpServer = createServer();
 // The adapter publishes with this client and duplicates it for its blocking XREAD loop.
 const io = new Server(httpServer, { adapter: createAdapter(redis) });
 
+// fanout's protocol makes `epoch` a string (a new one when Redis lost a chat's sequence); the
+// peer never changes it, but sends the same type so clients (and the generator) parse both alike.
+const EPOCH = "1";
+
 class ValidationError extends Error {}
 
 function ackWith(ack, body) {
@@ -156,7 +160,7 @@ io.on("connection", (socket) => {
         content,
         createdAt: new Date().toISOString(),
         offset,
-        epoch: 1,
+        epoch: EPOCH,
       };
       io.to(room).emit("chat:message", msg);
       ackWith(ack, {
@@ -166,7 +170,7 @@ io.on("connection", (socket) => {
         messageId: msg.id,
         chatId,
         offset,
-        epoch: 1,
+        epoch: EPOCH,
         createdAt: msg.createdAt,
       });
     } catch (e) {
