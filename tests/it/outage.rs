@@ -123,24 +123,6 @@ const PAUSE: Duration = Duration::from_secs(5);
 /// waits for the one before it: sends of one socket are handled in order) plus margin.
 const ACK_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// The pid of a node process, found by its `--port` in `/proc/*/cmdline` (ports are unique).
-fn pid_of(node: &NodeProcess) -> u32 {
-    let needle = format!("\0--port\0{}\0", node.public.port());
-    for entry in std::fs::read_dir("/proc").expect("/proc") {
-        let Ok(entry) = entry else { continue };
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if String::from_utf8_lossy(&cmdline).contains(&needle) {
-            return pid;
-        }
-    }
-    panic!("no process of node {}", node.id);
-}
-
 /// VmRSS of a process in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
@@ -220,7 +202,7 @@ async fn paused_under_load(how: Pause) {
     let opts = NodeOpts::default().with("history-maxlen", "10000");
     let a = NodeProcess::spawn(&redis, "a", opts.clone()).await;
     let b = NodeProcess::spawn(&redis, "b", opts).await;
-    let pids = [pid_of(&a), pid_of(&b)];
+    let pids = [a.pid().expect("node a runs"), b.pid().expect("node b runs")];
     let mut members = SENDERS.to_vec();
     members.push("bob");
     let (status, body) = http(

@@ -116,11 +116,11 @@ async fn a_socket_that_stops_reading_does_not_slow_the_others() {
     const MESSAGES: usize = 600;
     const OTHERS: usize = 20;
     let redis = Redis::start().await;
-    // Pings and TCP_USER_TIMEOUT at their defaults (45 s): the stalled socket stays for the
-    // whole test, and the others, read by this busy test process, are not dropped for reading
-    // a second or two late.
+    // Pings, TCP_USER_TIMEOUT and SOCKET_BUFFER_PACKETS (1024, more than the 600 messages) at
+    // their defaults: the stalled socket stays for the whole test, and the others, read by this
+    // busy test process, are neither dropped for reading a second or two late nor taken for
+    // slow consumers (with 32 packets the sender itself sometimes was, on a loaded machine).
     let opts = NodeOpts::default()
-        .with("socket-buffer-packets", "32")
         .with("presence-ttl-secs", "2")
         .with("rate-limit-per-sec", "1000")
         .with("rate-limit-burst", "1000");
