@@ -26,7 +26,7 @@ const VERSION_PURGE_AT: usize = 100_000;
 /// other events are dropped for that socket, and a socket that cannot take a chat message is
 /// disconnected — it reconnects and recovers with `chat:history`, instead of silently holding a
 /// gap it cannot see. (Over websocket the buffer drains into tungstenite's unbounded write
-/// buffer, so a client that stops reading is ended by the Engine.IO ping timeout instead.)
+/// buffer, so a client that stops reading is ended by `TCP_USER_TIMEOUT_MS` instead.)
 pub struct Deliverer {
     io: SocketIo,
     node_id: String,
@@ -48,7 +48,7 @@ fn is_essential(event: &str) -> bool {
 struct FellBehind;
 
 /// How long a disconnect of a slow socket is retried (its DISCONNECT packet needs one free slot
-/// in the buffer; a client that stopped reading altogether is closed by the ping timeout).
+/// in the buffer; a client that stopped reading altogether is ended by `TCP_USER_TIMEOUT_MS`).
 const SLOW_DISCONNECT_RETRY: Duration = Duration::from_millis(100);
 const SLOW_DISCONNECT_ATTEMPTS: u32 = 100;
 
