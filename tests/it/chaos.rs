@@ -302,19 +302,7 @@ async fn chaos_sequence_loses_nothing_accepted() {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let pids: Vec<u32> = nodes.iter().filter_map(NodeProcess::pid).collect();
         let before = rss_kib(&pids);
-        let url = redis.url();
-        let sleeper = tokio::spawn(async move {
-            let client = redis::Client::open(url).expect("redis url");
-            let mut c = client
-                .get_multiplexed_async_connection()
-                .await
-                .expect("redis connection");
-            let _: redis::RedisResult<()> = redis::cmd("DEBUG")
-                .arg("SLEEP")
-                .arg(5)
-                .query_async(&mut c)
-                .await;
-        });
+        let sleeper = redis.stall(5);
         let mut peak = before;
         while !sleeper.is_finished() {
             peak = peak.max(rss_kib(&pids));

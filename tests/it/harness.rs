@@ -139,6 +139,24 @@ impl Redis {
         }
     }
 
+    /// Stalls the server for `secs` seconds (`DEBUG SLEEP`; start it with
+    /// `--enable-debug-command yes`): the returned task ends when Redis answers again.
+    pub fn stall(&self, secs: u64) -> tokio::task::JoinHandle<()> {
+        let url = self.url();
+        tokio::spawn(async move {
+            let client = redis::Client::open(url).expect("redis url");
+            let mut c = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("redis connection");
+            let _: redis::RedisResult<()> = redis::cmd("DEBUG")
+                .arg("SLEEP")
+                .arg(secs)
+                .query_async(&mut c)
+                .await;
+        })
+    }
+
     /// Starts it again, empty, on the same port.
     pub async fn restart(&mut self) {
         self.stop();

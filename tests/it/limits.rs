@@ -138,19 +138,7 @@ async fn sends_waiting_on_a_stalled_redis_are_capped_per_socket() {
     let a = Node::start_with(&redis, "a", opts).await;
     a.create_chat("c", &["alice"]).await;
     let alice = std::sync::Arc::new(connect(&a.url(), "alice").await);
-    let url = redis.url();
-    let stall = tokio::spawn(async move {
-        let client = redis::Client::open(url).expect("redis url");
-        let mut c = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis");
-        let _: redis::RedisResult<()> = redis::cmd("DEBUG")
-            .arg("SLEEP")
-            .arg(3)
-            .query_async(&mut c)
-            .await;
-    });
+    let stall = redis.stall(3);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t0 = std::time::Instant::now();
     let mut sends = Vec::new();
