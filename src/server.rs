@@ -40,10 +40,30 @@ impl Listeners {
     /// Binds `BIND_ADDR:PORT` and `BIND_ADDR:ADMIN_PORT`.
     pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
         Ok(Listeners {
-            public: TcpListener::bind(SocketAddr::new(config.bind_addr, config.port)).await?,
+            public: listen(SocketAddr::new(config.bind_addr, config.port))?,
             admin: TcpListener::bind(SocketAddr::new(config.bind_addr, config.admin_port)).await?,
         })
     }
+}
+
+/// Connections the kernel may hold for the public listener before the node accepts them
+/// (capped by `net.core.somaxconn`). In a reconnect storm thousands of clients connect within a
+/// second; with tokio's default of 1 024 the kernel drops the SYNs beyond it, and those clients
+/// wait for SYN retransmits (1 s, 3 s, 7 s, ...) before they get in (seen in the chaos test's
+/// 20 000-client storm).
+const PUBLIC_BACKLOG: u32 = 4096;
+
+/// Binds the public listener with [`PUBLIC_BACKLOG`] (and `SO_REUSEADDR`, as
+/// `TcpListener::bind` does, so a restarted node can listen again at once).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(PUBLIC_BACKLOG)
 }
 
 /// Why a node stopped with an error.
