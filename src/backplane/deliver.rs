@@ -47,10 +47,34 @@ fn is_essential(event: &str) -> bool {
 #[derive(Clone)]
 struct FellBehind;
 
-/// How long a disconnect of a slow socket is retried (its DISCONNECT packet needs one free slot
-/// in the buffer; a client that stopped reading altogether is ended by `TCP_USER_TIMEOUT_MS`).
+/// How often the disconnect of a slow socket is retried: its `error` event and DISCONNECT packet
+/// need free slots in the buffer. It is retried for as long as the socket lives (a client that
+/// stopped reading altogether is ended by `TCP_USER_TIMEOUT_MS`), up to a safety bound: a
+/// socket marked as fallen behind gets no chat messages, so it must not linger connected.
 const SLOW_DISCONNECT_RETRY: Duration = Duration::from_millis(100);
-const SLOW_DISCONNECT_ATTEMPTS: u32 = 100;
+const SLOW_DISCONNECT_ATTEMPTS: u32 = 6_000;
+
+/// Marks a slow socket that has been sent the `error` event saying why it is disconnected.
+#[derive(Clone)]
+struct ToldWhy;
+
+/// Tells a slow socket why it is disconnected (an `error` event: the client sees it before the
+/// DISCONNECT), then disconnects it; false while its buffer has no room for both.
+fn try_disconnect_slow(s: &SocketRef) -> bool {
+    if s.extensions.get::<ToldWhy>().is_none() {
+        let why = serde_json::json!({
+            "event": "chat:message",
+            "code": "RATE_LIMITED",
+            "message": "disconnected: this socket fell behind the messages sent to it; \
+                        reconnect and recover with chat:history",
+        });
+        if s.emit("error", &why).is_err() {
+            return false;
+        }
+        s.extensions.insert(ToldWhy);
+    }
+    s.clone().disconnect().is_ok()
+}
 
 impl Deliverer {
     /// A deliverer for this node's sockets; background retries run on `tasks`.
@@ -152,13 +176,13 @@ impl Deliverer {
         crate::metrics::slow_consumer();
         tracing::info!(sid = %s.id, "disconnecting a socket that cannot keep up");
         s.extensions.insert(FellBehind);
-        if s.clone().disconnect().is_ok() {
+        if try_disconnect_slow(&s) {
             return;
         }
         self.tasks.spawn(async move {
             for _ in 0..SLOW_DISCONNECT_ATTEMPTS {
                 tokio::time::sleep(SLOW_DISCONNECT_RETRY).await;
-                if !s.connected() || s.clone().disconnect().is_ok() {
+                if !s.connected() || try_disconnect_slow(&s) {
                     return;
                 }
             }

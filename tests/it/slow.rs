@@ -281,3 +281,78 @@ async fn without_tcp_user_timeout_a_stalled_socket_outlives_its_ping_timeout() {
         "closed by its client"
     );
 }
+
+/// A socket whose buffer (`SOCKET_BUFFER_PACKETS`) cannot take a `chat:message` is told why
+/// (an `error` event) and disconnected; what it received is a gap-free prefix of the chat, and
+/// `chat:history` from its last offset gives it the rest (docs/reliability.md, slow consumers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_falls_behind_is_told_why_disconnected_and_recovers_with_history() {
+    const MESSAGES: usize = 150;
+    let redis = Redis::start().await;
+    let opts = NodeOpts::default()
+        .with("socket-buffer-packets", "16")
+        .with("max-message-bytes", "65536")
+        .with("ws-max-message-bytes", "400000")
+        .with("rate-limit-per-sec", "1000")
+        .with("rate-limit-burst", "1000");
+    let a = Node::start_with(&redis, "a", opts).await;
+    a.create_chat("big", &["slowpoke", "sender"]).await;
+    let mut slow = stalled_client(&a, "slowpoke").await;
+    let sender = connect(&a.url(), "sender").await;
+    // 150 × 64 KB: once the kernel buffers towards the stalled client are full, the node's
+    // writer blocks, its 16-packet buffer fills, and the next chat:message cannot be queued.
+    send_many(&sender, "big", MESSAGES, 64_000).await;
+
+    // The client reads again: a prefix of the messages, the error, the DISCONNECT, the close.
+    let (mut offsets, mut told, mut disconnected) = (Vec::new(), None, false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let frame = match tokio::time::timeout(Duration::from_secs(5), slow.next()).await {
+            Ok(Some(Ok(f))) => f,
+            _ => break,
+        };
+        let Ok(text) = frame.to_text() else { continue };
+        if text == "2" {
+            let _ = slow.send(Message::text("3")).await;
+        } else if let Some(json) = text.strip_prefix("42") {
+            let v: serde_json::Value = serde_json::from_str(json).expect("event JSON");
+            match v[0].as_str() {
+                Some("chat:message") => offsets.push(v[1]["offset"].as_u64().expect("offset")),
+                Some("error") => told = Some(v[1].clone()),
+                _ => {}
+            }
+        } else if text.starts_with("41") {
+            disconnected = true;
+        }
+    }
+    let told = told.expect("the slow socket was told why before it was disconnected");
+    assert_eq!(told["event"], "chat:message", "{told}");
+    assert_eq!(told["code"], "RATE_LIMITED", "{told}");
+    assert!(disconnected, "the node disconnected the slow socket");
+    let got = offsets.len();
+    assert!(0 < got && got < MESSAGES, "a prefix reached it: {got}");
+    assert_eq!(
+        offsets,
+        (1..=got as u64).collect::<Vec<_>>(),
+        "in order, no gap"
+    );
+
+    // It reconnects and gets exactly the rest from history.
+    let again = connect(&a.url(), "slowpoke").await;
+    let h = ack(
+        &again,
+        "chat:history",
+        json!({"chatId": "big", "since": got, "limit": 1000}),
+    )
+    .await;
+    let rest: Vec<u64> = h["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m["offset"].as_u64())
+        .collect();
+    assert_eq!(
+        rest,
+        ((got + 1) as u64..=MESSAGES as u64).collect::<Vec<_>>()
+    );
+}
