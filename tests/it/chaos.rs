@@ -109,16 +109,21 @@ fn count(seen: &Seen, event: &str, user: &str) -> usize {
 }
 
 /// Sum of the node processes' resident memory, KiB.
-fn rss_kib(pids: &[u32]) -> u64 {
-    pids.iter()
-        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
-        .filter_map(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .sum()
+fn nodes_rss_kib(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|&p| rss_kib(p)).sum()
+}
+
+/// Starts the phase load (run `run_id`) through the load balancer and returns 3 s into its
+/// measured window, when the phase applies its fault.
+async fn load_until_fault(lb: &Haproxy, admin: &NodeProcess, run_id: &str) -> Bench {
+    let bench = Bench::start_urls(
+        &[lb.url()],
+        admin.admin,
+        &[&LOAD[..], &["--run-id", run_id]].concat(),
+    );
+    bench.wait_measuring().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    bench
 }
 
 /// Re-creates the bench's rooms of run `run_id` (Redis lost them), as a backend re-syncing its
@@ -218,13 +223,7 @@ async fn chaos_sequence_loses_nothing_accepted() {
             }
         });
 
-        let bench = Bench::start_urls(
-            &[lb.url()],
-            nodes[0].admin,
-            &[&LOAD[..], &["--run-id", "kill"]].concat(),
-        );
-        bench.wait_measuring().await;
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        let bench = load_until_fault(&lb, &nodes[0], "kill").await;
         nodes[2].kill9();
         assert!(back.wait_closed(Duration::from_secs(5)).await);
         assert!(gone.wait_closed(Duration::from_secs(5)).await);
@@ -262,13 +261,7 @@ async fn chaos_sequence_loses_nothing_accepted() {
 
     // --- phase 2: Redis restarted empty under load; the backend re-creates the rooms.
     if phase("redis-restart") {
-        let bench = Bench::start_urls(
-            &[lb.url()],
-            nodes[0].admin,
-            &[&LOAD[..], &["--run-id", "rrestart"]].concat(),
-        );
-        bench.wait_measuring().await;
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        let bench = load_until_fault(&lb, &nodes[0], "rrestart").await;
         let t0 = Instant::now();
         redis.restart().await;
         recreate_rooms(&nodes[0], "rrestart").await;
@@ -293,19 +286,13 @@ async fn chaos_sequence_loses_nothing_accepted() {
 
     // --- phase 3: Redis stalled for 5 s (DEBUG SLEEP), node memory sampled meanwhile.
     if phase("redis-stall") {
-        let bench = Bench::start_urls(
-            &[lb.url()],
-            nodes[0].admin,
-            &[&LOAD[..], &["--run-id", "pause"]].concat(),
-        );
-        bench.wait_measuring().await;
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        let bench = load_until_fault(&lb, &nodes[0], "pause").await;
         let pids: Vec<u32> = nodes.iter().filter_map(NodeProcess::pid).collect();
-        let before = rss_kib(&pids);
+        let before = nodes_rss_kib(&pids);
         let sleeper = redis.stall(5);
         let mut peak = before;
         while !sleeper.is_finished() {
-            peak = peak.max(rss_kib(&pids));
+            peak = peak.max(nodes_rss_kib(&pids));
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let (_, j) = bench.finish().await;

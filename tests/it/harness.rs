@@ -498,7 +498,13 @@ pub async fn ack(c: &Client, event: &str, data: Value) -> Value {
 
 /// The offsets `chat:history` returns for `chat` after `since` (one page).
 pub async fn history_offsets(c: &Client, chat: &str, since: &Value) -> Vec<u64> {
-    let h = ack(c, "chat:history", json!({ "chatId": chat, "since": since })).await;
+    // The protocol's largest page, so the answer is the whole rest in every test here.
+    let h = ack(
+        c,
+        "chat:history",
+        json!({ "chatId": chat, "since": since, "limit": 1000 }),
+    )
+    .await;
     h["messages"]
         .as_array()
         .map(|ms| ms.iter().filter_map(|m| m["offset"].as_u64()).collect())
@@ -647,4 +653,23 @@ impl Drop for Haproxy {
         self.child.kill().ok();
         self.child.wait().ok();
     }
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS`), `None` when it is gone.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Whether `tool --version` runs and succeeds (for tests that skip, saying so, without it).
+pub fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }

@@ -20,14 +20,7 @@ fn js_dir() -> PathBuf {
 
 /// True when both `node` and `npm` can be run.
 fn have_node_and_npm() -> bool {
-    ["node", "npm"].iter().all(|tool| {
-        Command::new(tool)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })
+    have("node") && have("npm")
 }
 
 fn describe(out: &Output) -> String {

@@ -123,16 +123,6 @@ const PAUSE: Duration = Duration::from_secs(5);
 /// waits for the one before it: sends of one socket are handled in order) plus margin.
 const ACK_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// VmRSS of a process in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 /// Every message of `chat` as (offset, clientMsgId), oldest first, read page by page.
 async fn full_history(c: &Client, chat: &str) -> Vec<(u64, String)> {
     let mut out: Vec<(u64, String)> = Vec::new();
@@ -231,7 +221,10 @@ async fn paused_under_load(how: Pause) {
             let mut samples = Vec::new();
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             while stop.run_until_cancelled(tick.tick()).await.is_some() {
-                samples.push((Instant::now(), pids.map(rss_kib)));
+                samples.push((
+                    Instant::now(),
+                    pids.map(|p| rss_kib(p).expect("VmRSS of a node")),
+                ));
             }
             samples
         }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::repo_root;
+use crate::harness::{have, repo_root};
 
 /// Longest the smoke run may take (normally ~25 s, plus `npm ci` the first time).
 const LIMIT: Duration = Duration::from_secs(150);
@@ -41,15 +41,6 @@ impl Drop for Group {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 fn read(dir: &Path, name: &str) -> String {

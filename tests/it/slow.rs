@@ -339,18 +339,7 @@ async fn a_socket_that_falls_behind_is_told_why_disconnected_and_recovers_with_h
 
     // It reconnects and gets exactly the rest from history.
     let again = connect(&a.url(), "slowpoke").await;
-    let h = ack(
-        &again,
-        "chat:history",
-        json!({"chatId": "big", "since": got, "limit": 1000}),
-    )
-    .await;
-    let rest: Vec<u64> = h["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .filter_map(|m| m["offset"].as_u64())
-        .collect();
+    let rest = history_offsets(&again, "big", &json!(got)).await;
     assert_eq!(
         rest,
         ((got + 1) as u64..=MESSAGES as u64).collect::<Vec<_>>()
