@@ -397,21 +397,15 @@ impl SendOrder {
     }
 
     /// The next ticket, or `None` when `max_waiting` sends are already waiting or running.
-    /// Tickets are taken by the socket's event handlers, which socketioxide calls one at a
-    /// time per socket, so the check and the increment cannot race with another take.
     fn take_ticket(&self) -> Option<u64> {
         let serving = *self.0.serving.borrow();
-        let next = self
-            .0
-            .next_ticket
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if next.saturating_sub(serving) >= self.0.max_waiting {
-            return None;
-        }
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
         self.0
             .next_ticket
-            .store(next + 1, std::sync::atomic::Ordering::Relaxed);
-        Some(next)
+            .fetch_update(relaxed, relaxed, |next| {
+                (next.saturating_sub(serving) < self.0.max_waiting).then_some(next + 1)
+            })
+            .ok()
     }
 }
 
