@@ -79,6 +79,15 @@ impl Bench {
 
     /// Waits for the exit (killing it after [`BENCH_LIMIT`]) and returns the exit code and the
     /// `--out` JSON.
+    /// Kills `node` well inside the measured window (1.5 s in; the kill tests measure 6 s and
+    /// the phase shows within 1 s), then waits for the run's end like [`Bench::finish`].
+    async fn finish_after_killing(self, node: &mut NodeProcess) -> (Option<i32>, Value) {
+        self.wait_measuring().await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        node.kill9();
+        self.finish().await
+    }
+
     pub async fn finish(mut self) -> (Option<i32>, Value) {
         let mut child = self.child.take().expect("running");
         let deadline = Instant::now() + BENCH_LIMIT;
@@ -276,11 +285,7 @@ async fn a_node_killed_mid_run_is_reported_as_lost() {
             "2",
         ],
     );
-    // Kill node b well inside the measured window (it lasts 6 s; the phase shows within 1 s).
-    bench.wait_measuring().await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    b.kill9();
-    let (code, json) = bench.finish().await;
+    let (code, json) = bench.finish_after_killing(&mut b).await;
     let j = &json;
     // Documented behaviour (src/bin/fanout-bench/main.rs `main`): exit 0 for a completed run,
     // whatever it measured; 1 only when the run itself failed (2 for bad arguments). Losses are
@@ -348,10 +353,7 @@ async fn a_node_killed_mid_run_loses_nothing_for_recovering_clients() {
             "2",
         ],
     );
-    bench.wait_measuring().await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    b.kill9();
-    let (code, json) = bench.finish().await;
+    let (code, json) = bench.finish_after_killing(&mut b).await;
     let j = &json;
     assert_eq!(code, Some(0), "{}", show(j));
     assert_eq!(num(j, "connect.connected"), 60, "{}", show(j));
