@@ -177,17 +177,23 @@ async fn presence_and_nodes_endpoints() {
     let (status, _) = a.api("GET", "/api/v1/presence?users=bad%20id", None).await;
     assert_eq!(status, 400);
 
-    let mut listed = Value::Null;
-    for _ in 0..60 {
+    let list = || async {
         let (status, body) = b.api("GET", "/api/v1/nodes", None).await;
         assert_eq!(status, 200);
-        if body["nodes"].as_array().is_some_and(|n| n.len() == 2) {
-            listed = body;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let nodes = listed["nodes"].as_array().expect("both nodes listed");
+        body
+    };
+    let both = |body: &Value| body["nodes"].as_array().is_some_and(|n| n.len() == 2);
+    let listed = eventually(
+        Duration::from_secs(12),
+        Duration::from_millis(200),
+        list,
+        both,
+    )
+    .await;
+    let nodes = listed["nodes"]
+        .as_array()
+        .filter(|n| n.len() == 2)
+        .expect("both nodes listed");
     assert_eq!(nodes[0]["nodeId"], "a");
     assert_eq!(nodes[1]["nodeId"], "b");
     for n in nodes {

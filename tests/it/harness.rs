@@ -46,6 +46,28 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// Calls `probe` every `every` until `done` holds for what it returns or `limit` has passed, and
+/// returns the last value either way: the caller asserts on it, so a failure shows what was seen.
+pub async fn eventually<T, F, Fut>(
+    limit: Duration,
+    every: Duration,
+    mut probe: F,
+    done: impl Fn(&T) -> bool,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let value = probe().await;
+        if done(&value) || tokio::time::Instant::now() + every > deadline {
+            return value;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// A private redis-server on a free port, killed on drop.
 pub struct Redis {
     pub port: u16,
@@ -95,13 +117,9 @@ impl Redis {
             .spawn()
             .expect("redis-server on PATH (make test installs it)");
         self.child = Some(child);
-        for _ in 0..200 {
-            if self.ping().await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("redis-server did not start on port {}", self.port);
+        let every = Duration::from_millis(25);
+        let up = eventually(Duration::from_secs(5), every, || self.ping(), |&up| up).await;
+        assert!(up, "redis-server did not start on port {}", self.port);
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -292,17 +310,11 @@ impl Node {
     }
 
     pub async fn wait_ready(&self) {
-        for _ in 0..200 {
-            if http(self.public, "GET", "/readyz", None, None)
-                .await
-                .map(|r| r.0)
-                == Some(200)
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("node {} never became ready", self.id);
+        assert!(
+            ready_within(self.public, Duration::from_secs(5)).await,
+            "node {} never became ready",
+            self.id
+        );
     }
 
     /// Stops the node and waits for it to finish.
@@ -330,20 +342,18 @@ impl Node {
 
     /// Creates a chat, retrying while the node reconnects to a restarted Redis (503).
     pub async fn create_chat_when_ready(&self, chat_id: &str, members: &[&str]) {
-        for _ in 0..100 {
-            let (status, _) = self
-                .api(
-                    "POST",
-                    "/api/v1/chats",
-                    Some(json!({ "chatId": chat_id, "members": members })),
-                )
-                .await;
-            if status == 201 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("chat {chat_id} could not be created within 10 s");
+        let body = json!({ "chatId": chat_id, "members": members });
+        let create = || async {
+            self.api("POST", "/api/v1/chats", Some(body.clone()))
+                .await
+                .0
+        };
+        let every = Duration::from_millis(100);
+        let status = eventually(Duration::from_secs(10), every, create, |&s| s == 201).await;
+        assert_eq!(
+            status, 201,
+            "chat {chat_id} could not be created within 10 s"
+        );
     }
 
     /// Creates a chat with members through the API.
@@ -404,17 +414,11 @@ impl NodeProcess {
             admin: SocketAddr::from(([127, 0, 0, 1], admin)),
             child: Some(child),
         };
-        for _ in 0..400 {
-            if http(p.public, "GET", "/readyz", None, None)
-                .await
-                .map(|r| r.0)
-                == Some(200)
-            {
-                return p;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("node process {id} never became ready");
+        assert!(
+            ready_within(p.public, Duration::from_secs(10)).await,
+            "node process {id} never became ready"
+        );
+        p
     }
 
     pub fn url(&self) -> String {
@@ -469,6 +473,20 @@ pub fn init_logs() {
                 .init();
         }
     });
+}
+
+/// Whether the node listening on `public` answers `/readyz` with 200 within `limit`.
+pub async fn ready_within(public: SocketAddr, limit: Duration) -> bool {
+    let status = || async {
+        http(public, "GET", "/readyz", None, None)
+            .await
+            .map(|r| r.0)
+    };
+    eventually(limit, Duration::from_millis(25), status, |s| {
+        *s == Some(200)
+    })
+    .await
+        == Some(200)
 }
 
 /// A valid token for `user`, one hour.

@@ -79,22 +79,15 @@ async fn sigterm_through_the_load_balancer_moves_clients_to_the_other_node() {
         "A closed its sockets"
     );
     // The client reconnects through the load balancer, as a Socket.IO client would.
-    let mut again = None;
-    for _ in 0..50 {
-        if let Ok(c) = Client::connect(
-            &lb,
-            fanout::client::ConnectOptions {
-                auth: Some(json!({"token": token(&user_a)})),
-                ..Default::default()
-            },
-        )
-        .await
-        {
-            again = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let reconnect = || async {
+        let opts = fanout::client::ConnectOptions {
+            auth: Some(json!({"token": token(&user_a)})),
+            ..Default::default()
+        };
+        Client::connect(&lb, opts).await.ok()
+    };
+    let every = Duration::from_millis(100);
+    let again = eventually(Duration::from_secs(5), every, reconnect, Option::is_some).await;
     let mut client_a = again.expect("reconnected through the load balancer");
     let status = term.await.unwrap().expect("exit status");
     assert!(status.success(), "A exits 0: {status:?}");

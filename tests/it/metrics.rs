@@ -196,16 +196,14 @@ async fn scrape_after_a_known_workload() {
     assert_eq!(got.len(), 50, "bob receives every message once");
 
     // The emit counter moves right after the emit that bob saw: allow it a moment.
-    let mut after = scrape(node.admin).await;
-    for _ in 0..20 {
-        let d = after.value("fanout_local_emits_total", &[("event", "chat:message")])
-            - before.value("fanout_local_emits_total", &[("event", "chat:message")]);
-        if d >= 50.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        after = scrape(node.admin).await;
-    }
+    let emits = [("event", "chat:message")];
+    let counted = |after: &Scrape| {
+        after.value("fanout_local_emits_total", &emits)
+            - before.value("fanout_local_emits_total", &emits)
+            >= 50.0
+    };
+    let every = Duration::from_millis(100);
+    let after = eventually(WAIT, every, || scrape(node.admin), counted).await;
     let delta = |name: &str, labels: &[(&str, &str)]| {
         after.value(name, labels) - before.value(name, labels)
     };

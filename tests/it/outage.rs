@@ -69,31 +69,24 @@ async fn redis_stopped_gives_unavailable_and_503_then_everything_recovers() {
 
     // Redis comes back empty (no persistence): the backend re-creates membership.
     redis.restart().await;
-    let mut ready = false;
-    for _ in 0..100 {
-        if ready_status(&a).await == 200 && ready_status(&b).await == 200 {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let every = Duration::from_millis(100);
+    let both_ready = || async { ready_status(&a).await == 200 && ready_status(&b).await == 200 };
+    let ready = eventually(Duration::from_secs(10), every, both_ready, |&r| r).await;
     assert!(ready, "nodes ready again after Redis returned");
     a.create_chat_when_ready("c", &["alice", "bob"]).await;
-    let mut sent = None;
-    for _ in 0..20 {
-        let r = ack(
+    let send = || {
+        ack(
             &alice,
             "chat:send",
             json!({"chatId": "c", "content": "after"}),
         )
-        .await;
-        if r["status"] == "ACCEPTED" {
-            sent = Some(r);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let sent = sent.expect("sends work again without restarting nodes");
+    };
+    let accepted = |r: &Value| r["status"] == "ACCEPTED";
+    let sent = eventually(Duration::from_secs(2), every, send, accepted).await;
+    assert!(
+        accepted(&sent),
+        "sends work again without restarting nodes: {sent}"
+    );
     assert_eq!(
         sent["offset"], 1,
         "the lost sequence restarts in a new epoch"

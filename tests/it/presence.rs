@@ -212,15 +212,9 @@ async fn kill_9_with_the_user_alive_elsewhere_emits_nothing_and_prunes_the_dead_
     let _alice_live = connect(&b.url(), "alice").await;
     bob.wait_for("presence:online", WAIT).await.expect("online");
     // Each socket registers right after its connect: wait for both fields.
-    let mut fields = 0;
-    for _ in 0..50 {
-        fields = field_count(&redis, "alice").await;
-        if fields == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(fields, 2);
+    let every = Duration::from_millis(50);
+    let both = eventually(WAIT, every, || field_count(&redis, "alice"), |&n| n == 2).await;
+    assert_eq!(both, 2);
     doomed.kill9();
     let evs = presence_events(&mut bob, "alice", Duration::from_secs(5)).await;
     assert!(evs.is_empty(), "alice never went offline: {evs:?}");
@@ -454,16 +448,14 @@ async fn a_redis_that_refuses_config_set_keeps_the_node_unready() {
     ])
     .await;
     let node = Node::start_unready(&redis, "a").await;
-    let mut last = (0, serde_json::Value::Null);
-    for _ in 0..20 {
-        last = http(node.public, "GET", "/readyz", None, None)
+    let readyz = || async {
+        http(node.public, "GET", "/readyz", None, None)
             .await
-            .expect("readyz");
-        if last.1["backplaneReader"] == true {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            .expect("readyz")
+    };
+    let reading = |r: &(u16, Value)| r.1["backplaneReader"] == true;
+    let every = Duration::from_millis(100);
+    let last = eventually(Duration::from_secs(2), every, readyz, reading).await;
     assert_eq!(last.0, 503, "{}", last.1);
     assert_eq!(last.1["keyspaceNotifications"], false, "{}", last.1);
     assert_eq!(last.1["redis"], true);

@@ -205,14 +205,8 @@ async fn tcp_user_timeout_ends_a_socket_whose_client_stopped_reading() {
     // The API lists fresh fields only: polled, as a refresh may lag on a loaded machine.
     let mut still: Vec<String> = members.clone();
     still.sort_unstable();
-    let mut shown = Vec::new();
-    for _ in 0..50 {
-        shown = online(&a, &all).await;
-        if shown == still {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let every = Duration::from_millis(100);
+    let shown = eventually(WAIT, every, || online(&a, &all), |s| *s == still).await;
     assert_eq!(shown, still, "only slowpoke went offline");
 
     // The others were not touched: they still receive, in order, and nobody else went offline.
@@ -262,15 +256,19 @@ async fn without_tcp_user_timeout_a_stalled_socket_outlives_its_ping_timeout() {
         early, None,
         "the stalled socket ended without TCP_USER_TIMEOUT"
     );
-    let mut live = false;
-    for _ in 0..20 {
-        live = online(&a, &["slowpoke"]).await == ["slowpoke"];
-        if live {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(live, "the API shows the stalled socket's field as fresh");
+    let every = Duration::from_millis(100);
+    let shown = eventually(
+        Duration::from_secs(2),
+        every,
+        || online(&a, &["slowpoke"]),
+        |s| *s == ["slowpoke"],
+    )
+    .await;
+    assert_eq!(
+        shown,
+        ["slowpoke"],
+        "the API shows the stalled socket's field as fresh"
+    );
 
     // Its client closing the connection (a reset: unread data) is what ends it.
     drop(slow);
