@@ -343,3 +343,53 @@ async fn a_socket_that_falls_behind_is_told_why_disconnected_and_recovers_with_h
         ((got + 1) as u64..=MESSAGES as u64).collect::<Vec<_>>()
     );
 }
+
+/// The Engine.IO heartbeat (engineioxide's, patched in vendor/: the pong reaches the heartbeat
+/// job through a `Notify`): a client that answers every ping stays connected over many rounds,
+/// and once it stops answering, the server ends the connection after about
+/// pingInterval + pingTimeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heartbeat_keeps_answering_clients_and_ends_silent_ones() {
+    let redis = Redis::start().await;
+    let opts = NodeOpts::default()
+        .with("ping-interval-ms", "300")
+        .with("ping-timeout-ms", "300");
+    let a = Node::start_with(&redis, "a", opts).await;
+    let mut ws = stalled_client(&a, "pinger").await;
+
+    let (mut pings, answering) = (0, Instant::now());
+    while answering.elapsed() < Duration::from_secs(2) {
+        match tokio::time::timeout(Duration::from_secs(1), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "2" => {
+                pings += 1;
+                ws.send(Message::text("3")).await.expect("pong sent");
+            }
+            Ok(Some(Ok(Message::Close(_)) | Err(_)) | None) => {
+                panic!("the connection ended while the client answered its pings")
+            }
+            _ => {}
+        }
+    }
+    assert!(pings >= 4, "{pings} pings in 2 s at a 300 ms interval");
+
+    let silent = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "a client that stopped answering pings is still connected"
+    );
+    // One interval until the next ping, one timeout for its pong, and some scheduling.
+    assert!(
+        silent.elapsed() < Duration::from_millis(2_000),
+        "ended {:?} after the last pong",
+        silent.elapsed()
+    );
+}
