@@ -134,6 +134,7 @@ pub async fn run(
         config.service_streams().map_err(RunError::Config)?,
         config.service_stream_maxlen,
     );
+    let expiries = Arc::new(gateway::expiry::Expiries::default());
     let app = App {
         chats: chats.clone(),
         presence: presence.clone(),
@@ -148,8 +149,7 @@ pub async fn run(
         node_id: node_id.clone(),
         max_message_bytes: config.max_message_bytes,
         health: health.clone(),
-        tasks: tasks.clone(),
-        shutdown: shutdown.clone(),
+        expiries: expiries.clone(),
     };
     let (io_layer, io) = gateway::build(
         app,
@@ -160,6 +160,9 @@ pub async fn run(
             ping_timeout: Duration::from_millis(config.ping_timeout_ms),
         },
     );
+
+    // Expired sessions are no longer swept once the node drains: the drain ends them all.
+    tasks.spawn(gateway::expiry::run(io.clone(), expiries, shutdown.clone()));
 
     // The reader positions itself at the newest entries before the node reports ready; the
     // handshake refuses sockets until then, so none can miss an entry.

@@ -4,6 +4,7 @@
 //! the client asked for none and the event failed, with an `error` event.
 
 pub mod chat;
+pub mod expiry;
 pub mod presence;
 pub mod routing;
 
@@ -17,8 +18,6 @@ use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
 use socketioxide::handler::{ConnectHandler, FromMessageParts};
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::{DisconnectReason, Socket};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::auth::{AuthError, Authenticator, Identity, bearer};
 use crate::chat::{Chats, chat_room, role_room, user_room};
@@ -46,10 +45,8 @@ pub struct App {
     pub max_message_bytes: usize,
     /// Readiness flags: handshakes are refused until the backplane reader runs.
     pub health: Arc<crate::health::Health>,
-    /// Tracks per-socket background tasks (the token expiry timers).
-    pub tasks: TaskTracker,
-    /// Fires when the node shuts down.
-    pub shutdown: CancellationToken,
+    /// When each local socket's token expires ([`expiry::run`] tells and disconnects it).
+    pub expiries: Arc<expiry::Expiries>,
 }
 
 /// Limits on what one socket or user may hold (0 = unlimited).
@@ -79,7 +76,21 @@ pub struct IoLimits {
 /// Initial websocket read buffer of a socket (grown on demand for larger frames).
 const WS_READ_BUFFER_BYTES: usize = 1024;
 
-/// Copies the request's URI and header values out of the connection's read buffer.
+/// The request headers read after this middleware (the CORS layer in front has read its own):
+/// the token's fallback, the websocket handshake, the polling body's type. The others (cookies,
+/// user agent, languages: a kilobyte or more from a browser) are not kept: engineioxide would
+/// hold them for the socket's whole life.
+const KEPT_HEADERS: [axum::http::HeaderName; 6] = [
+    axum::http::header::AUTHORIZATION,
+    axum::http::header::CONNECTION,
+    axum::http::header::CONTENT_TYPE,
+    axum::http::header::SEC_WEBSOCKET_KEY,
+    axum::http::header::SEC_WEBSOCKET_VERSION,
+    axum::http::header::UPGRADE,
+];
+
+/// Copies the request's URI and the header values still needed out of the connection's read
+/// buffer, and drops the other headers.
 ///
 /// engineioxide keeps every session's request parts for the session's whole life, and hyper
 /// parses them as slices of the connection's 8 KiB read buffer, so without the copy each idle
@@ -87,12 +98,16 @@ const WS_READ_BUFFER_BYTES: usize = 1024;
 /// share of a socket's memory). The copy is the few hundred bytes the headers really take.
 pub async fn detach_request_buffers(req: axum::extract::Request) -> axum::extract::Request {
     let (mut parts, body) = req.into_parts();
-    for v in parts.headers.values_mut() {
-        if let Ok(mut owned) = axum::http::HeaderValue::from_bytes(v.as_bytes()) {
-            owned.set_sensitive(v.is_sensitive());
-            *v = owned;
+    let mut kept = axum::http::HeaderMap::new();
+    for name in KEPT_HEADERS {
+        for v in parts.headers.get_all(&name) {
+            if let Ok(mut owned) = axum::http::HeaderValue::from_bytes(v.as_bytes()) {
+                owned.set_sensitive(v.is_sensitive());
+                kept.append(name.clone(), owned);
+            }
         }
     }
+    parts.headers = kept;
     if let Ok(uri) = axum::http::Uri::try_from(parts.uri.to_string()) {
         // axum's router has put a clone of the URI (sharing the buffer) into the extensions.
         if let Some(original) = parts.extensions.get_mut::<axum::extract::OriginalUri>() {
@@ -285,21 +300,15 @@ enum HandshakeError {
     TooManyConnections(u32),
 }
 
-/// Runs once the socket is connected: starts its token-expiry timer and re-reads its chats.
+/// Runs once the socket is connected: puts it on the node's expiry list and re-reads its chats.
 async fn on_connect(s: SocketRef, State(app): State<App>) {
     let Some(identity) = s.extensions.get::<Arc<Identity>>() else {
         // Only reachable if the middleware did not run; never serve an anonymous socket.
         s.disconnect().ok();
         return;
     };
-    let expiry = app.shutdown.child_token();
-    s.extensions.insert(ExpiryTimer(expiry.clone()));
-    app.tasks.spawn(expire_session(
-        s.clone(),
-        identity.exp,
-        app.auth.leeway_secs(),
-        expiry,
-    ));
+    let expires = expiry::Expiries::deadline_ms(&identity, app.auth.leeway_secs());
+    app.expiries.add(expires, s.id);
 
     // A membership change published between the handshake's read and the room joins would be
     // missed; one more read closes that window.
@@ -337,29 +346,14 @@ async fn reconcile_chats(s: &SocketRef, app: &App, identity: &Identity) {
     }
 }
 
-#[derive(Clone)]
-struct ExpiryTimer(CancellationToken);
-
 async fn on_disconnect(s: SocketRef, reason: DisconnectReason, State(app): State<App>) {
-    if let Some(ExpiryTimer(t)) = s.extensions.get::<ExpiryTimer>() {
-        t.cancel();
+    if let Some(identity) = s.extensions.get::<Arc<Identity>>() {
+        let expires = expiry::Expiries::deadline_ms(&identity, app.auth.leeway_secs());
+        app.expiries.remove(expires, s.id);
     }
     tracing::debug!(sid = %s.id, ?reason, "disconnected");
     crate::metrics::disconnected(&reason);
     presence::on_disconnect(&s, &app, reason).await;
-}
-
-/// Emits `session:expired` and disconnects once `exp + leeway` has passed.
-async fn expire_session(s: SocketRef, exp: u64, leeway: u64, cancel: CancellationToken) {
-    let deadline_ms = (exp + leeway).saturating_mul(1000);
-    let wait = Duration::from_millis(deadline_ms.saturating_sub(clock::now_ms()));
-    tokio::select! {
-        _ = cancel.cancelled() => {}
-        _ = tokio::time::sleep(wait) => {
-            s.emit("session:expired", &json!({ "timestamp": clock::now_iso() })).ok();
-            s.disconnect().ok();
-        }
-    }
 }
 
 /// How a handler answers: the ACK callback when the client sent one, else an `error` event on
@@ -382,7 +376,9 @@ pub struct SendOrder(Arc<SendOrderState>);
 /// The state behind [`SendOrder`].
 pub struct SendOrderState {
     next_ticket: std::sync::atomic::AtomicU64,
-    serving: tokio::sync::watch::Sender<u64>,
+    /// The ticket being served; created at the socket's first send (its shared state is ~350
+    /// bytes, and most sockets, in a large room, only ever receive).
+    serving: std::sync::OnceLock<tokio::sync::watch::Sender<u64>>,
     /// Most sends that may wait for their turn at once.
     max_waiting: u64,
 }
@@ -391,14 +387,20 @@ impl SendOrder {
     fn new(max_waiting: u32) -> Self {
         SendOrder(Arc::new(SendOrderState {
             next_ticket: std::sync::atomic::AtomicU64::new(0),
-            serving: tokio::sync::watch::Sender::new(0),
+            serving: std::sync::OnceLock::new(),
             max_waiting: u64::from(max_waiting),
         }))
     }
 
+    fn serving(&self) -> &tokio::sync::watch::Sender<u64> {
+        self.0
+            .serving
+            .get_or_init(|| tokio::sync::watch::Sender::new(0))
+    }
+
     /// The next ticket, or `None` when `max_waiting` sends are already waiting or running.
     fn take_ticket(&self) -> Option<u64> {
-        let serving = *self.0.serving.borrow();
+        let serving = *self.serving().borrow();
         let relaxed = std::sync::atomic::Ordering::Relaxed;
         self.0
             .next_ticket
@@ -417,7 +419,7 @@ pub struct Turn {
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        self.order.0.serving.send_replace(self.ticket + 1);
+        self.order.serving().send_replace(self.ticket + 1);
     }
 }
 
@@ -519,7 +521,7 @@ impl Responder {
     pub async fn turn(&self) -> Option<Turn> {
         let ticket = self.ticket?;
         let order = self.socket.extensions.get::<SendOrder>()?;
-        let mut serving = order.0.serving.subscribe();
+        let mut serving = order.serving().subscribe();
         // The sender lives in the order, which this function holds: the wait cannot fail.
         let _ = serving.wait_for(|now| *now >= ticket).await;
         Some(Turn { order, ticket })
