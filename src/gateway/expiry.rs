@@ -35,7 +35,8 @@ impl Expiries {
         self.set().insert((at_ms, sid));
     }
 
-    /// Stops watching socket `sid` (it disconnected).
+    /// Stops watching socket `sid` (it disconnected). A socket gone before its connect handler
+    /// added it leaves its entry until `at_ms`; the sweep then finds no socket and drops it.
     pub fn remove(&self, at_ms: u64, sid: Sid) {
         self.set().remove(&(at_ms, sid));
     }
