@@ -703,8 +703,14 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
     let connect_timeout = Duration::from_secs_f64(args.connect_timeout);
     // tungstenite zero-fills its read buffer up to this size before every read, including the
     // reads that find nothing: at 8 KiB that memset was the generator's largest single cost
-    // (6% of its CPU at 50 000 deliveries/s). One message fits; larger frames grow it.
-    let read_buffer = (args.payload_bytes + 512).next_power_of_two().max(1024);
+    // (6% of its CPU at 50 000 deliveries/s). One message fits. The size is also the most one
+    // read takes, so with --recover, whose chat:history answers are frames of tens of KB, the
+    // reads stay at 8 KiB.
+    let read_buffer = if args.recover {
+        8 * 1024
+    } else {
+        (args.payload_bytes + 512).next_power_of_two().max(1024)
+    };
     let states: Vec<Arc<Mutex<RecvState>>> = (0..args.clients)
         .map(|_| Arc::new(Mutex::new(RecvState::default())))
         .collect();
