@@ -50,6 +50,11 @@ const LOAD: [&str; 16] = [
 ];
 const LOAD_CLIENTS: usize = 300;
 const LOAD_ROOM: usize = 10;
+/// `--rate` of [`LOAD`].
+const LOAD_RATE: u64 = 300;
+/// How far behind the Redis kill a node's backplane reader may be for the Redis-restart
+/// phase's exception (see [`Row::check_redis_lost_data`]).
+const EXCEPTION_WINDOW_MS: u64 = 200;
 
 /// One row of the summary.
 struct Row {
@@ -77,6 +82,36 @@ impl Row {
             reconnects: num(j, "recover.reconnects"),
             note,
         }
+    }
+
+    /// The promise's one exception (docs/reliability.md): Redis losing its data takes with it
+    /// the entries a node had not read yet (lost to that node's members) and the dedup keys of
+    /// sends whose ACK the kill cut off (resent, then delivered twice). Only sends around the
+    /// kill are exposed: at the phase's 300 msg/s in rooms of 10, a node reading
+    /// `EXCEPTION_WINDOW_MS` behind (a host stealing a third of the CPU, as seen) puts at most
+    /// that many messages' deliveries at risk. No holes, and nothing else, is allowed.
+    fn check_redis_lost_data(&self, j: &Value) {
+        let at_risk = LOAD_RATE * EXCEPTION_WINDOW_MS / 1000 * LOAD_ROOM as u64;
+        assert!(self.accepted > 0, "{}: nothing was accepted", self.phase);
+        assert_eq!(
+            self.holes, 0,
+            "{}: offset holes; bench JSON:\n{j:#}",
+            self.phase
+        );
+        assert!(
+            self.lost + self.dup <= at_risk,
+            "{}: {} lost + {} duplicated deliveries, more than the {at_risk} that sends within \
+             {EXCEPTION_WINDOW_MS} ms of the kill can account for; bench JSON:\n{j:#}",
+            self.phase,
+            self.lost,
+            self.dup
+        );
+        assert_eq!(
+            num(j, "delivery.received_of_expected") + self.lost,
+            num(j, "delivery.expected_on_connected"),
+            "{}: every accepted message is received or counted lost",
+            self.phase
+        );
     }
 
     /// The promise: every ACCEPTED message with every member exactly once, no holes.
@@ -271,13 +306,15 @@ async fn chaos_sequence_loses_nothing_accepted() {
             "Redis restart (empty)",
             &j,
             format!(
-                "rooms re-created {:.1} s after the kill; {} sends NACKed then resent; epochs changed {}",
+                "rooms re-created {:.1} s after the kill; {} sends NACKed then resent; epochs changed {}; {} lost / {} duplicated with Redis's data (the exception)",
                 resync.as_secs_f64(),
                 num(&j, "recover.resent_measured"),
-                num(&j, "delivery.epoch_changes_seen")
+                num(&j, "delivery.epoch_changes_seen"),
+                num(&j, "delivery.lost"),
+                num(&j, "delivery.duplicated")
             ),
         );
-        row.check(&j);
+        row.check_redis_lost_data(&j);
         rows.push(row);
         for n in &mut nodes {
             assert!(n.alive(), "node {} survived the Redis restart", n.id);
