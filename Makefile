@@ -25,7 +25,7 @@ CARGO ?= cargo
 
 help:
 	@echo "make up          start Redis + NODES (default 3) nodes + HAProxy on :8080 (Ctrl-C stops)"
-	@echo "make test        install redis-server if needed, cargo fmt --check, clippy -D warnings, cargo test"
+	@echo "make test        install redis-server if needed, cargo fmt --check, clippy -D warnings, cargo test, vendor/test.sh"
 	@echo "                 (CHAOS=1 or CI=true: then the chaos sequence, deploy/chaos.sh)"
 	@echo "make build       cargo build --release --bins"
 	@echo "make fmt         cargo fmt --all"
@@ -43,6 +43,7 @@ test: rust-components
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --all-targets -- --test-threads=2 --skip chaos
+	vendor/test.sh -q
 	@if [[ "$${CHAOS:-}" == 1 || "$${CI:-}" == true ]]; then deploy/chaos.sh; \
 	else echo "chaos sequence skipped (CHAOS=1 make test, or deploy/chaos.sh; CI runs it)"; fi
 

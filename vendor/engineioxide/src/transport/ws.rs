@@ -27,7 +27,7 @@ use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Sid, Str, TransportT
 
 use crate::{
     DisconnectReason, Socket, body::ResponseBody, config::EngineIoConfig, engine::EngineIo,
-    errors::Error, handler::EngineIoHandler, socket::InternalRx, transport::make_open_packet,
+    errors::Error, handler::EngineIoHandler, transport::make_open_packet,
 };
 
 /// Create a response for websocket upgrade
@@ -288,7 +288,8 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
 {
     // A polling request that was in progress during the upgrade may still hold the lock.
     let lock = socket.internal_rx.lock();
-    let Some(mut internal_rx) = lock
+    // Holding the lock makes this task the queue's one reader.
+    let Some(_reader) = lock
         .with_cancellation_token(&socket.cancellation_token)
         .await
     else {
@@ -296,11 +297,7 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         tracing::debug!(sid = %socket.id, "session closed before starting the ws writer");
         return;
     };
-    let InternalRx {
-        buffered_rx,
-        volatile_rx,
-        ..
-    } = &mut *internal_rx;
+    let queue = &socket.queue;
 
     // Forward buffered packets until the channel is closed or the session is cancelled.
     //
@@ -308,26 +305,23 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
     // select's three futures are gone while a write waits; this task lives as long as the
     // session and no longer keeps room for both at once (1 072 -> ~500 bytes).
     loop {
+        // The queue gives buffered packets first, then the latest volatile one.
         let (packets, buffered) = tokio::select! {
             biased;
-            items = buffered_rx.recv() => match items {
-                Some(packets) => (packets, true),
+            next = queue.next() => match next {
+                Some(next) => next,
                 None => break,
             },
             _ = socket.cancellation_token.cancelled() => break,
-            Ok(()) = volatile_rx.changed() => match volatile_rx.borrow_and_update().clone() {
-                Some(packets) => {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                    (packets, false)
-                }
-                None => continue,
-            },
         };
+        #[cfg(feature = "tracing")]
+        if !buffered {
+            tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
+        }
         feed_packets(socket.protocol, &mut tx, packets).await;
         // For every available packet we continue to send until the channel is drained.
         if buffered {
-            while let Ok(packets) = buffered_rx.try_recv() {
+            while let Some(packets) = queue.try_next() {
                 feed_packets(socket.protocol, &mut tx, packets).await;
             }
         }
@@ -439,7 +433,7 @@ where
 
     // We send a last Noop request to close a potential waiting polling request.
     socket
-        .internal_tx
+        .queue
         .send(smallvec![Packet::Noop])
         .await
         .map_err(|_| Error::Upgrade)?;
