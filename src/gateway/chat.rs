@@ -1,27 +1,30 @@
 //! Chat events (PROTOCOL.md §3) and their inbound aliases.
 
 use serde_json::{Map, Value, json};
-use socketioxide::extract::{SocketRef, State, TryData};
+use socketioxide::extract::{State, TryData};
 
-use super::{App, Responder};
+use super::{App, Handler, Responder};
 use crate::chat::{
     HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, MESSAGE_TYPES, SendRequest, chat_room,
 };
 use crate::error::ClientError;
 use crate::validate::{self, MAX_CLIENT_MSG_ID_LEN, is_valid_id};
+use socketioxide::handler::MessageHandler;
 
-/// Registers the chat handlers on a socket (before its first await).
-pub fn register(s: &SocketRef) {
-    s.on("chat:join", join);
-    s.on("join-chat", join);
-    s.on("joinRoom", join_room);
-    s.on("chat:leave", leave);
-    s.on("leave-chat", leave);
-    s.on("chat:send", send);
-    s.on("sendMessage", send_message);
-    s.on("chat:typing", typing);
-    s.on("chat:read", read);
-    s.on("chat:history", history);
+/// The handler of a chat event (or of one of its inbound aliases), by name.
+pub fn handler(event: &str) -> Option<Handler> {
+    let handler: Handler = match event {
+        "chat:join" | "join-chat" => |s, v, a| MessageHandler::call(&join, s, v, a),
+        "joinRoom" => |s, v, a| MessageHandler::call(&join_room, s, v, a),
+        "chat:leave" | "leave-chat" => |s, v, a| MessageHandler::call(&leave, s, v, a),
+        "chat:send" => |s, v, a| MessageHandler::call(&send, s, v, a),
+        "sendMessage" => |s, v, a| MessageHandler::call(&send_message, s, v, a),
+        "chat:typing" => |s, v, a| MessageHandler::call(&typing, s, v, a),
+        "chat:read" => |s, v, a| MessageHandler::call(&read, s, v, a),
+        "chat:history" => |s, v, a| MessageHandler::call(&history, s, v, a),
+        _ => return None,
+    };
+    Some(handler)
 }
 
 type Payload = TryData<Value>;

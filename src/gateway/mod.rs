@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::adapter::LocalAdapter;
 use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
-use socketioxide::handler::{ConnectHandler, FromMessageParts};
+use socketioxide::handler::{ConnectHandler, FromMessageParts, MessageHandler};
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::{DisconnectReason, Socket};
 
@@ -73,8 +73,12 @@ pub struct IoLimits {
     pub ping_timeout: Duration,
 }
 
-/// Initial websocket read buffer of a socket (grown on demand for larger frames).
-const WS_READ_BUFFER_BYTES: usize = 1024;
+/// Websocket read buffer of a socket, kept for its life, and the most one read takes: a frame
+/// longer than this costs one read per 512 bytes (tungstenite reserves the frame's length but
+/// reads in steps of this size). Client events are small and rare next to deliveries (a chat
+/// send is ~200 bytes; a 16 KiB one takes 32 reads instead of 16), while every idle socket
+/// holds 512 bytes less than with 1 KiB (docs/benchmarks.md, "Fourth cut").
+const WS_READ_BUFFER_BYTES: usize = 512;
 
 /// The request headers read after this middleware (the CORS layer in front has read its own):
 /// the token's fallback, the websocket handshake, the polling body's type. The others (cookies,
@@ -125,9 +129,7 @@ pub fn build(app: App, limits: IoLimits) -> (SocketIoLayer, SocketIo) {
         .ws_max_message_size(limits.ws_max_message_bytes)
         .max_payload(limits.ws_max_message_bytes as u64)
         .max_buffer_size(limits.socket_buffer_packets)
-        // tungstenite reserves this much per socket up front (engineioxide's default is 4 KiB)
-        // and grows the buffer for larger frames; chat frames are a few hundred bytes, so an
-        // idle socket need not hold more.
+        // tungstenite reserves this much per socket up front (engineioxide's default is 4 KiB).
         .ws_read_buffer_size(WS_READ_BUFFER_BYTES)
         .ping_interval(limits.ping_interval)
         .ping_timeout(limits.ping_timeout)
@@ -186,9 +188,7 @@ async fn authenticate(
         }
     }
 
-    chat::register(&s);
-    presence::register(&s);
-    routing::register(&s);
+    s.on_fallback(Events);
     s.on_disconnect(on_disconnect);
 
     let mut rooms = vec![user_room(&identity.user_id)];
@@ -354,6 +354,32 @@ async fn on_disconnect(s: SocketRef, reason: DisconnectReason, State(app): State
     tracing::debug!(sid = %s.id, ?reason, "disconnected");
     crate::metrics::disconnected(&reason);
     presence::on_disconnect(&s, &app, reason).await;
+}
+
+/// A client event handler as [`Events`] calls it: socketioxide's raw handler signature.
+pub type Handler = fn(Arc<Socket<LocalAdapter>>, socketioxide::handler::Value, Option<i64>);
+
+/// Every client event of a socket, dispatched by name to its family: [`chat`], [`presence`],
+/// else [`routing`] (service events, or `INVALID_EVENT`). Registered as the socket's one
+/// fallback handler: socketioxide keeps a map of named handlers per socket, ~670 bytes for our
+/// 15 names on every socket for a table that is the same for all of them; this one is the
+/// node's, and the per-socket map stays empty.
+struct Events;
+
+impl MessageHandler<LocalAdapter, ()> for Events {
+    fn call(
+        &self,
+        s: Arc<Socket<LocalAdapter>>,
+        mut v: socketioxide::handler::Value,
+        ack_id: Option<i64>,
+    ) {
+        // socketioxide read the name before it called us; were it unreadable, routing answers.
+        let handler = match Event::from_message_parts(&s, &mut v, &ack_id) {
+            Ok(Event(name)) => chat::handler(&name).or_else(|| presence::handler(&name)),
+            Err(_) => None,
+        };
+        handler.unwrap_or(routing::HANDLER)(s, v, ack_id);
+    }
 }
 
 /// How a handler answers: the ACK callback when the client sent one, else an `error` event on

@@ -11,20 +11,24 @@ use socketioxide::extract::{SocketRef, State, TryData};
 use socketioxide::socket::DisconnectReason;
 use tokio_util::sync::CancellationToken;
 
-use super::{App, ConnectedAt, Responder};
+use super::{App, ConnectedAt, Handler, Responder};
 use crate::auth::Identity;
 use crate::error::ClientError;
 use crate::presence::{LocalSocket, Presence, PresenceError};
 use crate::validate;
+use socketioxide::handler::MessageHandler;
 
 /// Most user ids one `presence:query` may ask about.
 pub const MAX_QUERY_USERS: usize = 1000;
 
-/// Registers the presence handlers on a socket (before its first await).
-pub fn register(s: &SocketRef) {
-    s.on("presence:ping", ping);
-    s.on("heartbeat", ping);
-    s.on("presence:query", query);
+/// The handler of a presence event (or of its inbound alias), by name.
+pub fn handler(event: &str) -> Option<Handler> {
+    let handler: Handler = match event {
+        "presence:ping" | "heartbeat" => |s, v, a| MessageHandler::call(&ping, s, v, a),
+        "presence:query" => |s, v, a| MessageHandler::call(&query, s, v, a),
+        _ => return None,
+    };
+    Some(handler)
 }
 
 fn local_socket(s: &SocketRef) -> Option<LocalSocket> {

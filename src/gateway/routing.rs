@@ -3,16 +3,15 @@
 //! `INVALID_EVENT`.
 
 use serde_json::{Value, json};
-use socketioxide::extract::{SocketRef, State, TryData};
+use socketioxide::extract::{State, TryData};
 
-use super::{App, Responder};
+use super::{App, Handler, Responder};
 use crate::error::ClientError;
 use crate::routing::Origin;
+use socketioxide::handler::MessageHandler;
 
-/// Registers the fallback handler on a socket (before its first await).
-pub fn register(s: &SocketRef) {
-    s.on_fallback(route);
-}
+/// The handler of every event no other family answers.
+pub const HANDLER: Handler = |s, v, a| MessageHandler::call(&route, s, v, a);
 
 async fn route(r: Responder, State(app): State<App>, TryData(data): TryData<Value>) {
     let result = async {
