@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: a 2-node fanout cluster against a 2-node Node.js socket.io 4.8 cluster
+# (--nodes N for more)
 # on the official @socket.io/redis-streams-adapter (bench/peer/server.js), on this machine, with
 # the same redis-server binary and the same load generator (fanout-bench --join) for both.
 #
@@ -19,6 +20,7 @@
 #   --connect-concurrency N          connects in flight (connect-storm: all clients)
 #   --generators K                   idle/connect-storm: K generator processes share the clients
 #                                    (one process can hold < 20 000 sockets here, see below)
+#   --nodes N                        nodes per system (2); clients are spread round-robin
 #   --p99-limit MS                   a step is unsustainable above this delivery p99 (100)
 #   --quiet-pct P  --quiet-wait S    before each run wait up to S s (120) for the machine to be
 #                                    below P% busy (30); the figure is recorded either way
@@ -41,8 +43,10 @@
 # limit, not the server, would then be measured. The peer has no such limit.
 #
 # Limits of this sandbox: the hard RLIMIT_NOFILE is 20 000 per process and cannot be raised, so
-# one generator holds at most ~19 900 sockets and one node likewise; 50 000 connections cannot
-# run here. `--generators 2 --clients 19000` is the largest idle run that fits (9 500 per node).
+# one generator holds at most ~19 900 sockets and one node likewise. `--generators 2 --clients
+# 19000` is the largest idle run of 2 nodes (9 500 per node); more connections need more nodes
+# and generators: `idle --nodes 4 --generators 3 --clients 50000` (12 500 per node),
+# `idle --nodes 8 --generators 6 --clients 100000`.
 #
 # Everything listens on 127.0.0.1 only; every run is bounded in time; every process started
 # here is killed on exit (trap), by its pid.
@@ -64,6 +68,7 @@ P99_LIMIT=100
 QUIET_PCT=30
 QUIET_WAIT=120
 GENERATORS=1
+NODES=2
 ALL_STEPS=0
 MAX_OTHER=20
 RETRIES=2
@@ -105,6 +110,7 @@ while [[ $# -gt 0 ]]; do
     --grace) GRACE=$val ;;
     --connect-concurrency) CONNECT_CONCURRENCY=$val ;;
     --generators) GENERATORS=$val ;;
+    --nodes) NODES=$val ;;
     --p99-limit) P99_LIMIT=$val ;;
     --quiet-pct) QUIET_PCT=$val ;;
     --quiet-wait) QUIET_WAIT=$val ;;
@@ -115,11 +121,12 @@ while [[ $# -gt 0 ]]; do
     *) die "unknown option $opt" ;;
     esac
 done
-for v in CLIENTS ROOM_SIZE SENDERS PAYLOAD CONNECT_CONCURRENCY GENERATORS QUIET_PCT QUIET_WAIT \
-    MAX_OTHER RETRIES; do
+for v in CLIENTS ROOM_SIZE SENDERS PAYLOAD CONNECT_CONCURRENCY GENERATORS NODES QUIET_PCT \
+    QUIET_WAIT MAX_OTHER RETRIES; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer (got '${!v}')"
 done
 [[ $GENERATORS -ge 1 ]] || die "--generators must be at least 1"
+[[ $NODES -ge 1 && $NODES -le 16 ]] || die "--nodes must be 1..16"
 [[ $CONNECT_CONCURRENCY -gt 0 ]] || CONNECT_CONCURRENCY=$(( (CLIENTS + GENERATORS - 1) / GENERATORS ))
 IFS=, read -r -a SYSTEM_LIST <<<"$SYSTEMS"
 for s in "${SYSTEM_LIST[@]}"; do
@@ -291,7 +298,7 @@ NODE_PIDS=() NODE_PORTS=() ADMIN_PORTS=()
 start_nodes() {
     local sys=$1 n port admin pid
     NODE_PIDS=() NODE_PORTS=() ADMIN_PORTS=()
-    for n in a b; do
+    for n in $(echo {a..p} | cut -d' ' -f1-"$NODES"); do
         port=$(free_port)
         if [[ $sys == fanout ]]; then
             admin=$(free_port)
@@ -328,9 +335,10 @@ stop_cluster() {
 # Runs the generator(s) for one step; writes <step>.json (or <step>-g<k>.json per generator) and
 # <step>.procs.json with what the script saw of the processes.
 run_step() {
-    local sys=$1 step=$2 rate=$3 busy urls admin_args=() k gens=() name files=() per rss_mid
+    local sys=$1 step=$2 rate=$3 busy urls admin_args=() k gens=() name files=() per rss_mid budget
     local cpu_before=() cpu_after=() rss_before=() hwm_after=() rss_after=() p limit
-    urls="http://127.0.0.1:${NODE_PORTS[0]},http://127.0.0.1:${NODE_PORTS[1]}"
+    urls=$(printf 'http://127.0.0.1:%s,' "${NODE_PORTS[@]}")
+    urls=${urls%,}
     if [[ $sys == fanout ]]; then
         admin_args=(--admin-url "http://127.0.0.1:${ADMIN_PORTS[0]}" --api-key "$API_KEY")
     fi
@@ -341,8 +349,11 @@ run_step() {
     done
     cpu_before+=("$(cpu_secs "$REDIS_PID")")
     per=$(( (CLIENTS + GENERATORS - 1) / GENERATORS ))
-    # Bound: connects, joins, warm-up, measure, grace, ACK timeouts and the close, with margin.
-    limit=$(awk -v w="$WARMUP" -v d="$DURATION" -v g="$GRACE" 'BEGIN { printf "%d", w + d + g + 240 }')
+    # Connects may take up to the budget (120 s, plus 1 s per 1 000 clients: the peer accepts
+    # ~900/s on this machine); bound: connects, joins, warm-up, measure, grace, ACK timeouts
+    # and the close, with margin.
+    budget=$((120 + CLIENTS / 1000))
+    limit=$(awk -v w="$WARMUP" -v d="$DURATION" -v g="$GRACE" -v b="$budget" 'BEGIN { printf "%d", w + d + g + b + 120 }')
     for ((k = 1; k <= GENERATORS; k++)); do
         if ((GENERATORS == 1)); then name=$step; else name=$step-g$k; fi
         files+=("$name")
@@ -350,7 +361,7 @@ run_step() {
             --join --jwt-secret "$SECRET" --clients "$per" --room-size "$ROOM_SIZE" \
             --senders "$SENDERS" --rate "$rate" --payload-bytes "$PAYLOAD" \
             --warmup "$WARMUP" --duration "$DURATION" --grace "$GRACE" \
-            --connect-concurrency "$CONNECT_CONCURRENCY" --connect-budget 120 \
+            --connect-concurrency "$CONNECT_CONCURRENCY" --connect-budget "$budget" \
             --watch-pid "$(IFS=,; echo "${NODE_PIDS[*]},$REDIS_PID")" \
             --out "$RESULTS/$sys/$name.json" \
             >"$RESULTS/$sys/$name.stdout" 2>"$RESULTS/$sys/$name.stderr" &
@@ -413,7 +424,7 @@ cat >"$RESULTS/meta.json" <<EOF
 {"scenario": "$SCENARIO", "systems": $(json_list "$(printf '"%s",' "${SYSTEM_LIST[@]}" | sed 's/,$//')"),
  "clients": $CLIENTS, "room_size": $ROOM_SIZE, "senders": $SENDERS, "rates": $(json_list "${RATE_LIST[@]}"),
  "payload_bytes": $PAYLOAD, "warmup": $WARMUP, "duration": $DURATION, "grace": $GRACE,
- "connect_concurrency": $CONNECT_CONCURRENCY, "generators": $GENERATORS, "p99_limit_ms": $P99_LIMIT,
+ "connect_concurrency": $CONNECT_CONCURRENCY, "generators": $GENERATORS, "nodes": $NODES, "p99_limit_ms": $P99_LIMIT,
  "fanout_bin_dir": "$BIN", "fanout_version": "$("$BIN/fanout" --version 2>/dev/null | head -1)",
  "git_head": "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)",
  "node_version": "$(node --version)", "redis_version": "$(redis-server --version | sed 's/"//g')",
@@ -422,7 +433,7 @@ EOF
 
 for sys in "${SYSTEM_LIST[@]}"; do
     mkdir -p "$RESULTS/$sys"
-    say "== $sys: starting redis and 2 nodes"
+    say "== $sys: starting redis and $NODES nodes"
     start_redis "$sys"
     start_nodes "$sys"
     # Let the nodes settle (JIT warm-up of the peer, presence ticks of fanout) before the

@@ -241,7 +241,7 @@ function idleReport(dir, meta, systems) {
   out.push(`### ${meta.scenario}: ${meta.clients} connections, ${meta.generators} generator process(es)`);
   out.push("");
   out.push(
-    "| system | connected / failed | connect time (s) | connects/s | connect p50 / p99 (ms) | sockets per node | node RSS before (MiB, a / b) | node RSS with sockets (MiB, a / b) | RSS per socket (KiB) | node peak RSS (MiB, a / b) | nodes CPU s over the run | redis CPU s | generator RSS (MiB) |",
+    "| system | connected / failed | connect time (s) | connects/s | connect p50 / p99 (ms) | sockets per node | node RSS before (MiB, each node) | node RSS with sockets (MiB, each node) | RSS per socket (KiB) | node peak RSS (MiB, each node) | nodes CPU s over the run | redis CPU s | generator RSS (MiB) |",
   );
   out.push("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
   const per = {};
