@@ -66,15 +66,18 @@ impl Bench {
 
     /// Waits until the progress lines (stderr, one a second) show the measured phase.
     pub async fn wait_measuring(&self) {
-        let deadline = Instant::now() + Duration::from_secs(150);
-        while !self.text("stderr").contains(" measure]") {
-            assert!(
-                Instant::now() < deadline,
-                "bench never reached the measured phase; stderr:\n{}",
-                self.text("stderr")
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let measuring = |stderr: &String| stderr.contains(" measure]");
+        let stderr = eventually(
+            Duration::from_secs(150),
+            Duration::from_millis(100),
+            || async { self.text("stderr") },
+            measuring,
+        )
+        .await;
+        assert!(
+            measuring(&stderr),
+            "bench never reached the measured phase; stderr:\n{stderr}"
+        );
     }
 
     /// Waits for the exit (killing it after [`BENCH_LIMIT`]) and returns the exit code and the

@@ -169,21 +169,15 @@ async fn recreate_rooms(node: &NodeProcess, run_id: &str) {
             .map(|j| format!("bench-u{}", (r * LOAD_ROOM + j) % LOAD_CLIENTS))
             .collect();
         let body = json!({ "chatId": format!("bench-{run_id}-r{r}"), "members": members });
-        let t = Instant::now();
-        loop {
-            let res = http(
-                node.admin,
-                "POST",
-                "/api/v1/chats",
-                Some(&body.to_string()),
-                Some(&format!("Bearer {API_KEY}")),
-            )
-            .await;
-            if matches!(res, Some((201, _))) || t.elapsed() > Duration::from_secs(20) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let (body, auth) = (body.to_string(), format!("Bearer {API_KEY}"));
+        let (body, auth, admin) = (body.as_str(), auth.as_str(), node.admin);
+        eventually(
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            move || http(admin, "POST", "/api/v1/chats", Some(body), Some(auth)),
+            |res| matches!(res, Some((201, _))),
+        )
+        .await;
     }
 }
 
@@ -272,11 +266,13 @@ async fn chaos_sequence_loses_nothing_accepted() {
         row.check(&j);
         rows.push(row);
         // "gone" never comes back: exactly one offline once its presence expired (TTL 12 s).
-        let t = Instant::now();
-        while count(&seen, "presence:offline", "gone") == 0 && t.elapsed() < Duration::from_secs(30)
-        {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        eventually(
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            || async { count(&seen, "presence:offline", "gone") },
+            |&n| n > 0,
+        )
+        .await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let expected: BTreeMap<(&str, &str), usize> = [
             (("presence:offline", "gone"), 1),
