@@ -19,4 +19,4 @@ engineioxide-core = { path = "engineioxide-core" }
 TOML
 export CARGO_TARGET_DIR="${VENDOR_TARGET_DIR:-$here/../target/vendor-test}"
 cd "$dir"
-cargo test -p engineioxide --lib --tests --features __test_harness,v3 "$@"
+"${CARGO:-cargo}" test -p engineioxide --lib --tests --features __test_harness,v3 "$@"

@@ -185,22 +185,23 @@ where
     /// Whether the socket is currently upgrading to a new transport.
     upgrading: AtomicBool,
 
-    /// Channel to send [`PacketBuf`] to the connection
+    /// The reading end of [`Socket::queue`] (fanout patch: it was the channel's receiver; its
+    /// lock still says which transport reads the queue)
     ///
     /// It is used and managed by the [`EngineIo`](crate::engine) struct depending on the transport type
     ///
-    /// It is locked if [`EngineIo`](crate::engine) is currently reading from it :
+    /// It is locked if [`EngineIo`](crate::engine) is currently reading from the queue :
     /// * In case of polling transport it will be locked and released for each request
     /// * In case of websocket transport it will always be locked until the connection is closed
     ///
     /// Closing behavior is driven by the [`Socket::cancellation_token`].
-    ///
-    /// The channel is made of a [`SmallVec`] of [`Packet`]s so that adjacent packets can be sent atomically.
     pub(crate) internal_rx: Mutex<InternalRx>,
 
     /// The packets waiting for the transport, and the latest volatile one (fanout patch: one
     /// queue inline in the socket instead of a tokio mpsc and a watch channel, ~2.5 KB per
     /// session allocated at creation; see `queue.rs`).
+    ///
+    /// Its items are [`SmallVec`]s of [`Packet`]s so that adjacent packets are sent atomically.
     pub(crate) queue: PacketQueue,
 
     /// Notified by the connection when a Pong (v4 protocol) or Ping (v3 protocol) arrives, for
