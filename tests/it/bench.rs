@@ -243,6 +243,25 @@ async fn bench_counts_match_the_nodes() {
     assert_eq!(expected, acked * 10, "expected = acked x room size");
     assert_eq!(num(j, "delivery.actual"), expected, "{}", show(j));
     assert_eq!(num(j, "delivery.received_of_expected"), expected);
+    // Every measured delivery has both latencies; taking out the time a frame waited after the
+    // kernel received it can only lower a latency, never below the clock's floor.
+    assert_eq!(num(j, "delivery.latency_ms.count"), expected, "{}", show(j));
+    assert_eq!(
+        num(j, "delivery.socket_latency_ms.count"),
+        expected,
+        "every read stamped: {}",
+        show(j)
+    );
+    let ms = |path: &str| {
+        j["delivery"][path]["max"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {path}.max: {}", show(j)))
+    };
+    assert!(
+        ms("socket_latency_ms") <= ms("latency_ms"),
+        "socket latency above read latency: {}",
+        show(j)
+    );
 
     // The nodes accepted exactly what the bench saw ACKed, warm-up sends included (the nodes
     // count every accepted chat:send; nothing else sent any). Both are separate processes that

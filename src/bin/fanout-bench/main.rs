@@ -134,6 +134,10 @@ struct Args {
     /// Run id used in chat ids and clientMsgIds (default: random).
     #[arg(long)]
     run_id: Option<String>,
+    /// Read with plain `recv` instead of `recvmsg` with the kernel's receive timestamps; the
+    /// report then has the read latency only (for comparing the stamps' own cost).
+    #[arg(long)]
+    no_rx_timestamps: bool,
 }
 
 /// Who is in which room and who sends where.
@@ -398,6 +402,7 @@ fn ms(h: &Histogram<u64>) -> Value {
     json!({
         "count": h.len(),
         "mean": (h.mean() / 1000.0 * 1000.0).round() / 1000.0,
+        "min": f(h.min()),
         "p50": f(h.value_at_quantile(0.50)),
         "p90": f(h.value_at_quantile(0.90)),
         "p99": f(h.value_at_quantile(0.99)),
@@ -711,6 +716,7 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
     } else {
         (args.payload_bytes + 512).next_power_of_two().max(1024)
     };
+    let rx_timestamps = !args.no_rx_timestamps;
     let states: Vec<Arc<Mutex<RecvState>>> = (0..args.clients)
         .map(|_| Arc::new(Mutex::new(RecvState::default())))
         .collect();
@@ -727,8 +733,8 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
                 let url = urls[(i + attempt as usize) % urls.len()].clone();
                 let (recv, state) = (Arc::clone(&recv), Arc::clone(&state));
                 Box::pin(async move {
-                    let handler = RawEventHandler::new(move |text: &str| {
-                        recv.on_event(i, &state, text);
+                    let handler = RawEventHandler::new(move |text: &str, received| {
+                        recv.on_event(i, &state, text, received);
                         true
                     });
                     let opts = ConnectOptions {
@@ -738,6 +744,7 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
                         tcp_nodelay: true,
                         ws_config: Some(WebSocketConfig::default().read_buffer_size(read_buffer)),
                         raw_events: Some(handler),
+                        rx_timestamps,
                         ..Default::default()
                     };
                     Client::connect(&url, opts).await.map_err(|e| e.to_string())
@@ -954,7 +961,7 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
         let _ = s.await;
     }
     let still_open = slots.iter().filter(|s| s.open().is_some()).count();
-    let (deliv_hist, measured_deliveries, warmup_deliveries) = recv.merged();
+    let (deliv_hist, socket_hist, measured_deliveries, warmup_deliveries) = recv.merged();
     let mut ack_hist = histogram();
     let mut lag_hist = histogram();
     let mut nack_codes: BTreeMap<String, u64> = BTreeMap::new();
@@ -1084,6 +1091,7 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
     let deliveries_per_sec = measured_deliveries as f64 / args.duration;
     let ack = ms(&ack_hist);
     let deliv = ms(&deliv_hist);
+    let at_socket = ms(&socket_hist);
     let lag = ms(&lag_hist);
     // Two ways the generator can distort the figures: it is CPU-bound itself, or it did not get
     // the CPU to keep its send schedule (the machine is saturated, e.g. by the server).
@@ -1130,6 +1138,7 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
             "warmup_deliveries": warmup_deliveries,
             "per_sec": deliveries_per_sec,
             "latency_ms": deliv,
+            "socket_latency_ms": at_socket,
             "lost": lost, "duplicated": dup, "reordered": reordered,
             "offset_gaps": offset_gaps, "offset_regressions": offset_regressions,
             "offset_holes_at_end": offset_holes, "epoch_changes_seen": epoch_changes,
@@ -1211,6 +1220,17 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
         fmt_ms(&deliv, "p999"),
         fmt_ms(&deliv, "max")
     );
+    if !socket_hist.is_empty() {
+        println!(
+            "at socket: p50 {} ms, p90 {} ms, p99 {} ms, p99.9 {} ms, max {} ms (send to the \
+             kernel's receipt at the client's socket: without the generator's own queueing)",
+            fmt_ms(&at_socket, "p50"),
+            fmt_ms(&at_socket, "p90"),
+            fmt_ms(&at_socket, "p99"),
+            fmt_ms(&at_socket, "p999"),
+            fmt_ms(&at_socket, "max")
+        );
+    }
     println!(
         "generator: cpu {} s total, {}% of one core while measuring ({threads} threads), \
          machine {}% busy + {}% stolen by the hypervisor (all cores), rss {} MiB{}",

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use hdrhistogram::Histogram;
 use serde::Deserialize;
@@ -169,6 +169,14 @@ fn holes(bits: &Bits) -> u64 {
     (hi - lo + 1) - n
 }
 
+/// When a receiver read a message: `now` on the time base of [`now_us`], and how long its
+/// bytes had waited since the kernel received them (µs) when the read was stamped.
+#[derive(Clone, Copy)]
+struct Arrival {
+    now: u64,
+    waited: Option<u64>,
+}
+
 /// Where a message reached a receiver.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -176,9 +184,13 @@ pub enum Source {
     History,
 }
 
-/// Counters and the delivery-latency histogram of one shard.
+/// Counters and the delivery-latency histograms of one shard.
 pub struct Shard {
+    /// Send to the generator's read of the frame.
     pub hist: Histogram<u64>,
+    /// Send to the kernel's receipt of the frame's bytes at the client's socket (reads with
+    /// receive timestamps only): the first without the generator's own queueing.
+    pub socket_hist: Histogram<u64>,
     /// All `chat:message` events of this run (warm-up included): for the progress line.
     pub events: u64,
     /// Measured deliveries, first copies only.
@@ -241,6 +253,7 @@ impl Receivers {
                 .map(|_| {
                     Mutex::new(Shard {
                         hist: histogram(),
+                        socket_hist: histogram(),
                         events: 0,
                         measured: 0,
                         warmup: 0,
@@ -266,13 +279,28 @@ impl Receivers {
         format!("{}{room}", self.prefix)
     }
 
-    /// Handles one raw server event of client `client` (the JSON array text).
-    pub fn on_event(&self, client: usize, state: &Mutex<RecvState>, json: &str) {
+    /// Handles one raw server event of client `client` (the JSON array text) that the kernel
+    /// received at `received`, when the read was stamped.
+    pub fn on_event(
+        &self,
+        client: usize,
+        state: &Mutex<RecvState>,
+        json: &str,
+        received: Option<SystemTime>,
+    ) {
         if !json.starts_with("[\"chat:message\",") {
             self.other_events.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let now = now_us();
+        // How long the frame waited in the socket and the generator: read on the wall clock
+        // (the kernel's), right beside the monotonic `now`, so clock adjustments cannot enter.
+        let waited = received.map(|at| {
+            SystemTime::now()
+                .duration_since(at)
+                .map_or(0, |d| d.as_micros() as u64)
+        });
+        let now = Arrival { now, waited };
         let Ok((_, msg)) = serde_json::from_str::<(IgnoredAny, ChatMessage)>(json) else {
             self.parse_errors.fetch_add(1, Ordering::Relaxed);
             return;
@@ -282,7 +310,10 @@ impl Receivers {
 
     /// Accounts for the messages of a `chat:history` answer (oldest first) of client `client`.
     pub fn on_history(&self, client: usize, state: &Mutex<RecvState>, messages: &[Value]) {
-        let now = now_us();
+        let now = Arrival {
+            now: now_us(),
+            waited: None,
+        };
         for m in messages {
             match ChatMessage::deserialize(m) {
                 Ok(msg) => self.account(client, state, &msg, Source::History, now),
@@ -299,7 +330,7 @@ impl Receivers {
         state: &Mutex<RecvState>,
         msg: &ChatMessage<'_>,
         source: Source,
-        now: u64,
+        arrival: Arrival,
     ) {
         let Some(room) = msg
             .chat_id
@@ -360,7 +391,12 @@ impl Receivers {
             match (measured, source) {
                 (true, Source::Live) => {
                     shard.measured += 1;
-                    shard.hist.saturating_record(now.saturating_sub(p.t).max(1));
+                    let latency = arrival.now.saturating_sub(p.t);
+                    shard.hist.saturating_record(latency.max(1));
+                    if let Some(waited) = arrival.waited {
+                        let at_socket = latency.saturating_sub(waited);
+                        shard.socket_hist.saturating_record(at_socket.max(1));
+                    }
                 }
                 (true, Source::History) => shard.recovered += 1,
                 (false, _) => shard.warmup += 1,
@@ -373,17 +409,18 @@ impl Receivers {
         self.shards.iter().map(|s| lock(s).events).sum()
     }
 
-    /// Merged delivery histogram and measured / warm-up counts.
-    pub fn merged(&self) -> (Histogram<u64>, u64, u64) {
-        let mut h = histogram();
+    /// Merged delivery histograms (at the read, at the socket) and measured / warm-up counts.
+    pub fn merged(&self) -> (Histogram<u64>, Histogram<u64>, u64, u64) {
+        let (mut read, mut socket) = (histogram(), histogram());
         let (mut measured, mut warmup) = (0, 0);
         for s in &self.shards {
             let s = lock(s);
-            h.add(&s.hist).expect("same bounds");
+            read.add(&s.hist).expect("same bounds");
+            socket.add(&s.socket_hist).expect("same bounds");
             measured += s.measured;
             warmup += s.warmup;
         }
-        (h, measured, warmup)
+        (read, socket, measured, warmup)
     }
 
     /// Measured messages first received through `chat:history`.
@@ -419,17 +456,51 @@ mod tests {
             serde_json::json!(["chat:message", m]).to_string()
         };
         for (q, off) in [(0, 1), (2, 3), (1, 2), (2, 3)] {
-            r.on_event(0, &st, &ev(q, off));
+            r.on_event(0, &st, &ev(q, off), None);
         }
-        r.on_event(0, &st, r#"["presence:online",{"userId":"a"}]"#);
+        r.on_event(0, &st, r#"["presence:online",{"userId":"a"}]"#, None);
         let s = lock(&st);
         let t = &s.tracks[&((3u64 << 32) | 5)];
         assert_eq!((t.dup, t.reordered), (1, 1));
         assert!(t.received.get(0) && t.received.get(1) && t.received.get(2));
         assert_eq!((s.offset_gaps, s.offset_regressions), (1, 1));
-        let (_, measured, _) = r.merged();
+        let (_, socket, measured, _) = r.merged();
         assert_eq!(measured, 3);
+        assert_eq!(socket.len(), 0, "no stamps, no socket latencies");
         assert_eq!(r.other_events.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn socket_latency_takes_out_the_wait_since_the_kernel_received() {
+        let r = Receivers::new("x");
+        r.warm_end_us.store(0, Ordering::Relaxed);
+        let st = Mutex::new(RecvState::default());
+        let m = serde_json::json!({
+            "id": "m", "chatId": "bench-x-r1", "senderId": "u", "clientMsgId": null,
+            "type": "text", "content": content(2, 0, now_us(), 64), "createdAt": "",
+            "offset": 1, "epoch": "e"
+        });
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        // The bytes arrived 30 ms before the read: 10 ms after the send.
+        let received = SystemTime::now() - std::time::Duration::from_millis(30);
+        r.on_event(
+            0,
+            &st,
+            &serde_json::json!(["chat:message", m]).to_string(),
+            Some(received),
+        );
+        let (read, socket, measured, _) = r.merged();
+        assert_eq!((measured, read.len(), socket.len()), (1, 1, 1));
+        assert!(read.max() >= 40_000, "read latency {} µs", read.max());
+        let at_socket = socket.max();
+        assert!(
+            (10_000..40_000).contains(&at_socket),
+            "socket latency {at_socket} µs"
+        );
+        assert!(
+            read.max() - at_socket >= 29_000,
+            "the 30 ms wait is taken out"
+        );
     }
 
     #[test]
@@ -446,13 +517,13 @@ mod tests {
         };
         let live = |q: u64, off: u64| serde_json::json!(["chat:message", msg(q, off)]).to_string();
         // Live 1, 2, then the connection drops; 3 and 4 come back through history, 4 and 5 live.
-        r.on_event(0, &st, &live(0, 1));
-        r.on_event(0, &st, &live(1, 2));
+        r.on_event(0, &st, &live(0, 1), None);
+        r.on_event(0, &st, &live(1, 2), None);
         assert_eq!(lock(&st).resume_offset(1), (Some("e".to_owned()), Some(2)));
-        r.on_event(0, &st, &live(3, 4));
+        r.on_event(0, &st, &live(3, 4), None);
         assert_eq!(lock(&st).offset_holes(), 1);
         r.on_history(0, &st, &[msg(2, 3), msg(3, 4)]);
-        r.on_event(0, &st, &live(4, 5));
+        r.on_event(0, &st, &live(4, 5), None);
         let s = lock(&st);
         assert_eq!(s.offset_holes(), 0);
         assert_eq!(s.overlaps, 1);
@@ -462,12 +533,17 @@ mod tests {
         drop(s);
         assert_eq!(r.recovered(), 1);
         // The same offset twice on the live stream is a duplicate.
-        r.on_event(0, &st, &live(4, 5));
+        r.on_event(0, &st, &live(4, 5), None);
         assert_eq!(lock(&st).tracks[&((1u64 << 32) | 2)].dup, 1);
         // A new epoch (Redis lost the sequence) starts the offsets over without holes.
         let mut m = msg(5, 1);
         m["epoch"] = "f".into();
-        r.on_event(0, &st, &serde_json::json!(["chat:message", m]).to_string());
+        r.on_event(
+            0,
+            &st,
+            &serde_json::json!(["chat:message", m]).to_string(),
+            None,
+        );
         let s = lock(&st);
         // (The one regression is the duplicate above, not the epoch switch.)
         assert_eq!(

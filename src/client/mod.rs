@@ -8,7 +8,10 @@
 //! For load generation, [`ConnectOptions`] can also bind the TCP socket to a chosen local
 //! address (to spread many connections over source addresses of 127.0.0.0/8), disable Nagle's
 //! algorithm, shrink the websocket buffers, and hand server events to a [`RawEventHandler`] as
-//! raw JSON text, so a receiver parses each event once, into its own types.
+//! raw JSON text, so a receiver parses each event once, into its own types; with
+//! `rx_timestamps` each comes with the kernel's receive time of its bytes ([`transport`]).
+
+mod transport;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -16,24 +19,26 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout, timeout_at};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use transport::{RxStamp, Transport};
+
+type Ws = WebSocketStream<Transport>;
 type Event = (String, Value);
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -51,35 +56,35 @@ pub struct ConnectOptions {
     /// Limit for the whole connect (TCP, upgrade, namespace CONNECT); 5 s when `None`.
     pub connect_timeout: Option<Duration>,
     /// Local address to bind the TCP socket to before connecting (port chosen by the kernel),
-    /// e.g. one of 127.0.0.0/8 to get another ~28k ephemeral ports. `ws://` URLs only.
+    /// e.g. one of 127.0.0.0/8 to get another ~28k ephemeral ports.
     pub local_addr: Option<IpAddr>,
-    /// Sets `TCP_NODELAY` on the socket (small frames leave at once). `ws://` URLs only.
+    /// Sets `TCP_NODELAY` on the socket (small frames leave at once).
     pub tcp_nodelay: bool,
     /// Websocket settings (e.g. a small `read_buffer_size` for very many connections);
-    /// tungstenite's defaults when `None`. `ws://` URLs only.
+    /// tungstenite's defaults when `None`.
     pub ws_config: Option<WebSocketConfig>,
     /// Receives every server event as raw text before it is parsed; see [`RawEventHandler`].
     pub raw_events: Option<RawEventHandler>,
-}
-
-impl ConnectOptions {
-    /// Whether the connect needs our own TCP socket instead of `connect_async`.
-    fn custom_socket(&self) -> bool {
-        self.local_addr.is_some() || self.tcp_nodelay || self.ws_config.is_some()
-    }
+    /// Reads with the kernel's receive timestamps (Linux `SO_TIMESTAMPNS`), so each raw event
+    /// is handed over with the time its bytes reached this socket (see [`RawEventHandler`]).
+    pub rx_timestamps: bool,
 }
 
 /// A callback that sees each server->client EVENT packet of namespace `/` as the raw JSON array
 /// text `["name", arg, ...]` (any ack id stripped), on the connection's reader task, before the
-/// client parses it. Returning `true` consumes the event (it is neither parsed nor queued for
+/// client parses it, with the kernel's receive time of the read that completed its frame when
+/// [`ConnectOptions::rx_timestamps`] is on (the newest bytes of that read: never earlier than
+/// the frame's own). Returning `true` consumes the event (it is neither parsed nor queued for
 /// [`Client::next_event`]); `false` lets it take the normal path. It must be quick: it runs
 /// inline with the reading of the socket.
 #[derive(Clone)]
-pub struct RawEventHandler(Arc<dyn Fn(&str) -> bool + Send + Sync>);
+pub struct RawEventHandler(Arc<RawEventFn>);
+
+type RawEventFn = dyn Fn(&str, Option<SystemTime>) -> bool + Send + Sync;
 
 impl RawEventHandler {
     /// Wraps a callback.
-    pub fn new(f: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+    pub fn new(f: impl Fn(&str, Option<SystemTime>) -> bool + Send + Sync + 'static) -> Self {
         Self(Arc::new(f))
     }
 }
@@ -172,7 +177,7 @@ impl Client {
     pub async fn connect(base_url: &str, opts: ConnectOptions) -> Result<Client, ClientError> {
         let request = build_request(base_url, &opts)?;
         let limit = opts.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-        let (ws, sid, liveness) = timeout(limit, handshake(request, &opts))
+        let (ws, sid, liveness, stamp) = timeout(limit, handshake(request, &opts))
             .await
             .map_err(|_| ClientError::Timeout)??;
         let (writer, reader) = ws.split();
@@ -183,7 +188,7 @@ impl Client {
             raw_events: opts.raw_events.clone(),
         });
         let (tx, events) = mpsc::unbounded_channel();
-        let reader = tokio::spawn(read_loop(reader, Arc::clone(&shared), tx, liveness));
+        let reader = tokio::spawn(read_loop(reader, Arc::clone(&shared), tx, liveness, stamp));
         Ok(Client {
             sid,
             shared,
@@ -387,14 +392,18 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
-/// Opens the websocket on a TCP socket of our own: bound to `opts.local_addr` when set, with
-/// `TCP_NODELAY` and the websocket settings of `opts`.
-async fn open_custom(request: Request, opts: &ConnectOptions) -> Result<Ws, ClientError> {
+/// Opens the websocket: bound to `opts.local_addr` when set, with `TCP_NODELAY`, receive
+/// timestamps and the websocket settings of `opts`. Plain `ws://` only (the crate builds
+/// tungstenite without TLS).
+async fn open(
+    request: Request,
+    opts: &ConnectOptions,
+) -> Result<(Ws, Option<RxStamp>), ClientError> {
     let uri = request.uri();
     if uri.scheme_str() != Some("ws") {
-        return Err(ClientError::InvalidRequest(
-            "local_addr, tcp_nodelay and ws_config need a ws:// (or http://) URL".to_owned(),
-        ));
+        return Err(ClientError::InvalidRequest(format!(
+            "{uri}: only ws:// (or http://) URLs are supported"
+        )));
     }
     let host = uri
         .host()
@@ -420,13 +429,16 @@ async fn open_custom(request: Request, opts: &ConnectOptions) -> Result<Ws, Clie
                 if opts.tcp_nodelay {
                     stream.set_nodelay(true)?;
                 }
-                let (ws, _) = tokio_tungstenite::client_async_with_config(
-                    request,
-                    MaybeTlsStream::Plain(stream),
-                    opts.ws_config,
-                )
-                .await?;
-                return Ok(ws);
+                let (transport, stamp) = if opts.rx_timestamps {
+                    let (t, s) = Transport::stamped(stream)?;
+                    (t, Some(s))
+                } else {
+                    (Transport::plain(stream), None)
+                };
+                let (ws, _) =
+                    tokio_tungstenite::client_async_with_config(request, transport, opts.ws_config)
+                        .await?;
+                return Ok((ws, stamp));
             }
             Err(e) => last_err = Some(e),
         }
@@ -437,17 +449,14 @@ async fn open_custom(request: Request, opts: &ConnectOptions) -> Result<Ws, Clie
 }
 
 /// Opens the websocket, reads the Engine.IO OPEN and joins namespace `/`.
-/// Returns the stream, the Socket.IO sid and the liveness limit (pingInterval + pingTimeout).
+/// Returns the stream, the Socket.IO sid, the liveness limit (pingInterval + pingTimeout) and
+/// the receive stamp when reads are stamped.
 async fn handshake(
     request: Request,
     opts: &ConnectOptions,
-) -> Result<(Ws, String, Duration), ClientError> {
+) -> Result<(Ws, String, Duration, Option<RxStamp>), ClientError> {
     let auth = opts.auth.as_ref();
-    let mut ws = if opts.custom_socket() {
-        open_custom(request, opts).await?
-    } else {
-        tokio_tungstenite::connect_async(request).await?.0
-    };
+    let (mut ws, stamp) = open(request, opts).await?;
     let open = next_text(&mut ws).await?;
     let open: OpenPacket = open
         .strip_prefix('0')
@@ -466,7 +475,7 @@ async fn handshake(
                 .ok()
                 .and_then(|v| v.get("sid")?.as_str().map(str::to_owned))
                 .ok_or_else(|| ClientError::Protocol(format!("bad CONNECT answer {text:?}")))?;
-            return Ok((ws, sid, liveness));
+            return Ok((ws, sid, liveness, stamp));
         } else if let Some(body) = text.strip_prefix("44") {
             let message = serde_json::from_str::<Value>(body)
                 .ok()
@@ -501,6 +510,7 @@ async fn read_loop(
     shared: Arc<Shared>,
     events: mpsc::UnboundedSender<Event>,
     liveness: Duration,
+    stamp: Option<RxStamp>,
 ) {
     // Ends on read error, end of stream, or no traffic within pingInterval + pingTimeout. One
     // timer for the connection's life, moved only when it fires: a `timeout()` per message
@@ -524,7 +534,10 @@ async fn read_loop(
         let Some(Ok(msg)) = next else { break };
         last_seen = Instant::now();
         let flow = match msg {
-            Message::Text(text) => handle_engine_packet(&shared, &events, text.as_str()).await,
+            Message::Text(text) => {
+                let at = stamp.as_ref().and_then(RxStamp::get);
+                handle_engine_packet(&shared, &events, text.as_str(), at).await
+            }
             Message::Close(_) => ControlFlow::Break(()),
             _ => ControlFlow::Continue(()),
         };
@@ -540,6 +553,7 @@ async fn handle_engine_packet(
     shared: &Shared,
     events: &mpsc::UnboundedSender<Event>,
     text: &str,
+    received: Option<SystemTime>,
 ) -> ControlFlow<()> {
     if let Some(payload) = text.strip_prefix('2') {
         let pong = shared.send(Message::text(format!("3{payload}"))).await;
@@ -551,7 +565,7 @@ async fn handle_engine_packet(
     } else if text.starts_with('1') {
         return ControlFlow::Break(());
     } else if let Some(packet) = text.strip_prefix('4') {
-        return handle_socketio_packet(shared, events, packet);
+        return handle_socketio_packet(shared, events, packet, received);
     } else {
         tracing::debug!(packet = %text, "ignoring Engine.IO packet");
     }
@@ -563,6 +577,7 @@ fn handle_socketio_packet(
     shared: &Shared,
     events: &mpsc::UnboundedSender<Event>,
     packet: &str,
+    received: Option<SystemTime>,
 ) -> ControlFlow<()> {
     let mut chars = packet.chars();
     let kind = chars.next();
@@ -573,7 +588,7 @@ fn handle_socketio_packet(
     }
     if let (Some('2'), Some(handler)) = (kind, &shared.raw_events) {
         let array = rest.trim_start_matches(|c: char| c.is_ascii_digit());
-        if (handler.0)(array) {
+        if (handler.0)(array, received) {
             return ControlFlow::Continue(());
         }
     }
