@@ -9,7 +9,7 @@
 //! address (to spread many connections over source addresses of 127.0.0.0/8), disable Nagle's
 //! algorithm, shrink the websocket buffers, and hand server events to a [`RawEventHandler`] as
 //! raw JSON text, so a receiver parses each event once, into its own types; with
-//! `rx_timestamps` each comes with the kernel's receive time of its bytes ([`transport`]).
+//! `rx_timestamps` each comes with the kernel's receive time of its bytes (`transport.rs`).
 
 mod transport;
 
