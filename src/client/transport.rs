@@ -37,6 +37,11 @@ impl RxStamp {
 }
 
 /// A websocket's TCP stream; `stamp` is set when reads take kernel receive timestamps.
+///
+/// The kernel turns receive stamping on (a static key) in deferred work when the first socket
+/// asks for it, so bytes arriving in the first moments after that may come unstamped: those
+/// reads clear the stamp, and their frames are handed over without one. The load generator connects its clients seconds before it
+/// measures, and its report counts the stamped deliveries (`socket_latency_ms.count`).
 pub(crate) struct Transport {
     stream: TcpStream,
     stamp: Option<RxStamp>,
@@ -91,9 +96,9 @@ impl AsyncRead for Transport {
                     // SAFETY: the kernel wrote `n` bytes at the start of the unfilled part.
                     unsafe { buf.assume_init(n) };
                     buf.advance(n);
-                    if let Some(ns) = ns {
-                        stamp.0.store(ns, Ordering::Relaxed);
-                    }
+                    // An unstamped read clears the stamp: keeping an older one would make the
+                    // frame look received earlier than it was.
+                    stamp.0.store(ns.unwrap_or(0), Ordering::Relaxed);
                     return Poll::Ready(Ok(()));
                 }
                 // `try_io` cleared the readiness: wait for the next edge.
@@ -206,4 +211,70 @@ fn recv_stamped(fd: RawFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<(usize, Op
 #[cfg(not(target_os = "linux"))]
 fn recv_stamped(_fd: RawFd, _buf: &mut [MaybeUninit<u8>]) -> io::Result<(usize, Option<u64>)> {
     Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A real loopback connection: the stamped side reads what the other wrote, with a receive
+    /// time between the write and the read, and a plain transport reads the same bytes unstamped.
+    #[tokio::test]
+    async fn reads_carry_the_kernel_receive_time() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (mut server, _) = server.unwrap();
+        let (mut stamped, stamp) = Transport::stamped(client.unwrap()).unwrap();
+        assert!(stamp.get().is_none(), "no read yet");
+        // The kernel turns receive stamping on in deferred work when the first socket asks:
+        // bytes that arrive in that moment come unstamped.
+        let mut buf = [0u8; 16];
+        for _ in 0..100 {
+            server.write_all(b"w").await.unwrap();
+            assert_eq!(stamped.read(&mut buf).await.unwrap(), 1);
+            if stamp.get().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(stamp.get().is_some(), "stamping never came on");
+
+        let before = SystemTime::now();
+        server.write_all(b"hello").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let n = stamped.read(&mut buf).await.unwrap();
+        let after = SystemTime::now();
+        assert_eq!(&buf[..n], b"hello");
+        let at = stamp.get().expect("the read was stamped");
+        assert!(
+            before <= at && at <= after,
+            "{before:?} <= {at:?} <= {after:?}"
+        );
+        // Received when written, not when read 30 ms later.
+        assert!(after.duration_since(at).unwrap() >= Duration::from_millis(25));
+
+        // Writes go through unchanged; end of stream reads as 0 bytes.
+        stamped.write_all(b"back").await.unwrap();
+        let mut back = [0u8; 4];
+        server.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"back");
+        drop(server);
+        assert_eq!(stamped.read(&mut buf).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn plain_transport_reads_without_stamps() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (mut server, _) = server.unwrap();
+        let mut plain = Transport::plain(client.unwrap());
+        server.write_all(b"x").await.unwrap();
+        let mut buf = [0u8; 4];
+        assert_eq!(plain.read(&mut buf).await.unwrap(), 1);
+        assert!(plain.stamp.is_none());
+    }
 }
