@@ -16,13 +16,19 @@ const int = (x) => (x === null || x === undefined ? "–" : Math.round(x).toLoca
 const ratio = (a, b, d = 2) => (a == null || b == null || b === 0 ? "–" : `${(a / b).toFixed(d)}×`);
 
 /**
- * The delivery latency a step is judged on: send to the kernel's receipt at the client's socket
- * (`socket_latency_ms`) when the generator read with receive timestamps, else send to the
- * generator's read (`latency_ms`, generators before the stamps). The first leaves out the time
- * frames waited for the generator itself, which shares the machine; a generator that falls
- * behind by more than the grace period still fails the step, as loss.
+ * Whether every measured delivery of a step has its latency at the client's socket (the
+ * generator read with kernel receive timestamps and the kernel stamped every read).
  */
-const judged = (d) => (d.socket_latency_ms?.p99 !== undefined ? d.socket_latency_ms : d.latency_ms);
+const stamped = (d) => d.socket_latency_ms?.p99 !== undefined && d.socket_latency_ms.count === d.latency_ms?.count;
+
+/**
+ * The delivery latency a step is judged on: send to the kernel's receipt at the client's socket
+ * (`socket_latency_ms`) when every delivery has it, else send to the generator's read
+ * (`latency_ms`: generators before the stamps, or reads the kernel left unstamped). The first
+ * leaves out the time frames waited for the generator itself, which shares the machine; a
+ * generator that falls behind by more than the grace period still fails the step, as loss.
+ */
+const judged = (d) => (stamped(d) ? d.socket_latency_ms : d.latency_ms);
 
 /** Why a step is not sustainable (empty = sustainable). */
 function reasons(r, p99Limit) {
@@ -40,7 +46,7 @@ function reasons(r, p99Limit) {
   if (d.duplicated > 0) out.push(`${d.duplicated} duplicated`);
   if (d.reordered > 0) out.push(`${d.reordered} reordered`);
   const p99 = judged(d)?.p99;
-  const where = d.socket_latency_ms?.p99 !== undefined ? " at socket" : "";
+  const where = stamped(d) ? " at socket" : "";
   if (p99 === undefined) out.push("no deliveries");
   else if (p99 > p99Limit) out.push(`delivery p99${where} ${p99.toFixed(1)} ms > ${p99Limit} ms`);
   // A generator that could not keep its schedule did not offer the rate the step names.
@@ -333,7 +339,7 @@ if (cmd === "verdict") {
   console.log(
     why.length === 0
       ? `deliveries ${Math.round(r.delivery.per_sec)}/s, delivery p99 ${judged(r.delivery)?.p99} ms` +
-          (r.delivery.socket_latency_ms?.p99 !== undefined ? ` at socket (${r.delivery.latency_ms?.p99} ms at read)` : "")
+          (stamped(r.delivery) ? ` at socket (${r.delivery.latency_ms?.p99} ms at read)` : "")
       : why.join("; "),
   );
   process.exit(why.length === 0 ? 0 : 1);
