@@ -25,7 +25,8 @@ use tokio::net::TcpStream;
 pub(crate) struct RxStamp(Arc<AtomicU64>);
 
 impl RxStamp {
-    /// The newest receive time, `None` before the first stamped read.
+    /// The receive time of the newest read; `None` before the first read or after an
+    /// unstamped one.
     pub(crate) fn get(&self) -> Option<SystemTime> {
         // Written and read on the reader task: the reader reads it right after the read that
         // produced the frame, so relaxed ordering sees that read's value.
@@ -40,8 +41,9 @@ impl RxStamp {
 ///
 /// The kernel turns receive stamping on (a static key) in deferred work when the first socket
 /// asks for it, so bytes arriving in the first moments after that may come unstamped: those
-/// reads clear the stamp, and their frames are handed over without one. The load generator connects its clients seconds before it
-/// measures, and its report counts the stamped deliveries (`socket_latency_ms.count`).
+/// reads clear the stamp, and their frames are handed over without one. The load generator
+/// connects its clients seconds before it measures, and its report counts the stamped
+/// deliveries (`socket_latency_ms.count`).
 pub(crate) struct Transport {
     stream: TcpStream,
     stamp: Option<RxStamp>,
