@@ -177,9 +177,10 @@ impl Client {
     pub async fn connect(base_url: &str, opts: ConnectOptions) -> Result<Client, ClientError> {
         let request = build_request(base_url, &opts)?;
         let limit = opts.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-        let (ws, sid, liveness, stamp) = timeout(limit, handshake(request, &opts))
+        let (ws, sid, liveness) = timeout(limit, handshake(request, &opts))
             .await
             .map_err(|_| ClientError::Timeout)??;
+        let stamp = ws.get_ref().stamp();
         let (writer, reader) = ws.split();
         let shared = Arc::new(Shared {
             writer: tokio::sync::Mutex::new(writer),
@@ -395,10 +396,7 @@ fn percent_encode(s: &str) -> String {
 /// Opens the websocket: bound to `opts.local_addr` when set, with `TCP_NODELAY`, receive
 /// timestamps and the websocket settings of `opts`. Plain `ws://` only (the crate builds
 /// tungstenite without TLS).
-async fn open(
-    request: Request,
-    opts: &ConnectOptions,
-) -> Result<(Ws, Option<RxStamp>), ClientError> {
+async fn open(request: Request, opts: &ConnectOptions) -> Result<Ws, ClientError> {
     let uri = request.uri();
     if uri.scheme_str() != Some("ws") {
         return Err(ClientError::InvalidRequest(format!(
@@ -429,16 +427,15 @@ async fn open(
                 if opts.tcp_nodelay {
                     stream.set_nodelay(true)?;
                 }
-                let (transport, stamp) = if opts.rx_timestamps {
-                    let (t, s) = Transport::stamped(stream)?;
-                    (t, Some(s))
+                let transport = if opts.rx_timestamps {
+                    Transport::stamped(stream)?
                 } else {
-                    (Transport::plain(stream), None)
+                    Transport::plain(stream)
                 };
                 let (ws, _) =
                     tokio_tungstenite::client_async_with_config(request, transport, opts.ws_config)
                         .await?;
-                return Ok((ws, stamp));
+                return Ok(ws);
             }
             Err(e) => last_err = Some(e),
         }
@@ -449,14 +446,13 @@ async fn open(
 }
 
 /// Opens the websocket, reads the Engine.IO OPEN and joins namespace `/`.
-/// Returns the stream, the Socket.IO sid, the liveness limit (pingInterval + pingTimeout) and
-/// the receive stamp when reads are stamped.
+/// Returns the stream, the Socket.IO sid and the liveness limit (pingInterval + pingTimeout).
 async fn handshake(
     request: Request,
     opts: &ConnectOptions,
-) -> Result<(Ws, String, Duration, Option<RxStamp>), ClientError> {
+) -> Result<(Ws, String, Duration), ClientError> {
     let auth = opts.auth.as_ref();
-    let (mut ws, stamp) = open(request, opts).await?;
+    let mut ws = open(request, opts).await?;
     let open = next_text(&mut ws).await?;
     let open: OpenPacket = open
         .strip_prefix('0')
@@ -475,7 +471,7 @@ async fn handshake(
                 .ok()
                 .and_then(|v| v.get("sid")?.as_str().map(str::to_owned))
                 .ok_or_else(|| ClientError::Protocol(format!("bad CONNECT answer {text:?}")))?;
-            return Ok((ws, sid, liveness, stamp));
+            return Ok((ws, sid, liveness));
         } else if let Some(body) = text.strip_prefix("44") {
             let message = serde_json::from_str::<Value>(body)
                 .ok()

@@ -58,16 +58,20 @@ impl Transport {
         }
     }
 
-    /// A stream read with `recvmsg` and `SO_TIMESTAMPNS`; the stamp of each read goes to the
-    /// returned [`RxStamp`].
-    pub(crate) fn stamped(stream: TcpStream) -> io::Result<(Self, RxStamp)> {
+    /// A stream read with `recvmsg` and `SO_TIMESTAMPNS`; the stamp of each read goes to its
+    /// [`RxStamp`] (see [`Transport::stamp`]).
+    pub(crate) fn stamped(stream: TcpStream) -> io::Result<Self> {
         enable_rx_timestamps(stream.as_raw_fd())?;
-        let stamp = RxStamp::default();
-        let transport = Transport {
+        Ok(Transport {
             stream,
-            stamp: Some(stamp.clone()),
-        };
-        Ok((transport, stamp))
+            stamp: Some(RxStamp::default()),
+        })
+    }
+
+    /// A handle on the receive stamp of the reads, for the reader task; `None` for a plain
+    /// stream.
+    pub(crate) fn stamp(&self) -> Option<RxStamp> {
+        self.stamp.clone()
     }
 }
 
@@ -223,13 +227,19 @@ mod tests {
 
     /// A real loopback connection: the stamped side reads what the other wrote, with a receive
     /// time between the write and the read, and a plain transport reads the same bytes unstamped.
-    #[tokio::test]
-    async fn reads_carry_the_kernel_receive_time() {
+    /// Both ends of a real loopback connection: (client, server).
+    async fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let (mut server, _) = server.unwrap();
-        let (mut stamped, stamp) = Transport::stamped(client.unwrap()).unwrap();
+        (client.unwrap(), server.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn reads_carry_the_kernel_receive_time() {
+        let (client, mut server) = pair().await;
+        let mut stamped = Transport::stamped(client).unwrap();
+        let stamp = stamped.stamp().expect("a stamped transport has a stamp");
         assert!(stamp.get().is_none(), "no read yet");
         // The kernel turns receive stamping on in deferred work when the first socket asks:
         // bytes that arrive in that moment come unstamped.
@@ -269,14 +279,11 @@ mod tests {
 
     #[tokio::test]
     async fn plain_transport_reads_without_stamps() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let (mut server, _) = server.unwrap();
-        let mut plain = Transport::plain(client.unwrap());
+        let (client, mut server) = pair().await;
+        let mut plain = Transport::plain(client);
         server.write_all(b"x").await.unwrap();
         let mut buf = [0u8; 4];
         assert_eq!(plain.read(&mut buf).await.unwrap(), 1);
-        assert!(plain.stamp.is_none());
+        assert!(plain.stamp().is_none());
     }
 }
