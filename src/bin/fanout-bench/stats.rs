@@ -300,23 +300,23 @@ impl Receivers {
                 .duration_since(at)
                 .map_or(0, |d| d.as_micros() as u64)
         });
-        let now = Arrival { now, waited };
+        let arrival = Arrival { now, waited };
         let Ok((_, msg)) = serde_json::from_str::<(IgnoredAny, ChatMessage)>(json) else {
             self.parse_errors.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        self.account(client, state, &msg, Source::Live, now);
+        self.account(client, state, &msg, Source::Live, arrival);
     }
 
     /// Accounts for the messages of a `chat:history` answer (oldest first) of client `client`.
     pub fn on_history(&self, client: usize, state: &Mutex<RecvState>, messages: &[Value]) {
-        let now = Arrival {
+        let arrival = Arrival {
             now: now_us(),
             waited: None,
         };
         for m in messages {
             match ChatMessage::deserialize(m) {
-                Ok(msg) => self.account(client, state, &msg, Source::History, now),
+                Ok(msg) => self.account(client, state, &msg, Source::History, arrival),
                 Err(_) => {
                     self.parse_errors.fetch_add(1, Ordering::Relaxed);
                 }
