@@ -74,6 +74,18 @@ function loadSystem(dir, meta, sys) {
   return names.map((s) => loadStep(dir, sys, s)).filter((s) => s !== null);
 }
 
+/** µs of CPU per delivery from a share of one core (%) and deliveries per second. */
+function perDelivery(pct, perSec) {
+  return pct == null || !perSec ? null : (pct / 100 / perSec) * 1e6;
+}
+
+/** "user / kernel" µs per delivery, or the total alone when the split is unknown. */
+function splitUs(f) {
+  if (!f || f.nodeUsPerDelivery == null) return "–";
+  if (f.nodeSysUsPerDelivery == null) return num(f.nodeUsPerDelivery, 1);
+  return `${num(f.nodeUsPerDelivery - f.nodeSysUsPerDelivery, 1)} / ${num(f.nodeSysUsPerDelivery, 1)}`;
+}
+
 /** CPU and memory figures of one step (generator 1's view of the measured window). */
 function figures(st, p99Limit) {
   const r = st.r;
@@ -81,6 +93,9 @@ function figures(st, p99Limit) {
   const nNodes = st.procs.node_pids.length;
   const w = r.watched ?? [];
   const nodeCpu = w.slice(0, nNodes).map((x) => x.cpu_pct_of_one_core);
+  // The kernel's part (stime); absent in result files from before it was recorded.
+  const nodeSys = w.slice(0, nNodes).map((x) => x.cpu_sys_pct_of_one_core);
+  const nodesSys = nodeSys.every((x) => x != null) ? sum(nodeSys) : null;
   const redisCpu = w[nNodes]?.cpu_pct_of_one_core ?? null;
   const genCpu = sum(st.gens.map((g) => g.generator.cpu_pct_of_one_core_measured));
   const busy = r.generator.machine_cpu_busy_pct_all_cores_measured;
@@ -111,6 +126,9 @@ function figures(st, p99Limit) {
     skipped: r.send.skipped_inflight_cap,
     nodeCpu,
     nodesCpu: sum(nodeCpu),
+    // Node CPU per delivery in µs, split into user space and the kernel.
+    nodeUsPerDelivery: perDelivery(sum(nodeCpu), r.delivery.per_sec),
+    nodeSysUsPerDelivery: nodesSys == null ? null : perDelivery(nodesSys, r.delivery.per_sec),
     redisCpu,
     genCpu,
     busy,
@@ -163,27 +181,27 @@ function saturation(steps, p99Limit) {
 }
 
 function compareRow(name, f) {
-  if (!f) return `| ${name} | – | – | – | – | – | – | – | – | – | – | – | – | – |`;
+  if (!f) return `| ${name} | – | – | – | – | – | – | – | – | – | – | – | – | – | – |`;
   return (
     `| ${name} | ${int(f.rate)} | ${int(f.deliveriesPerSec)} | ${num(f.dp50, 2)} / ${num(f.dp99, 2)} | ${num(f.rp50, 2)} / ${num(f.rp99, 2)} | ${num(f.ap50, 2)} / ${num(f.ap99, 2)} | ` +
-    `${f.lost} / ${f.dup} / ${f.reordered} / ${f.offsetRegressions} | ${num(f.nodesCpu, 0)} | ${num(f.nodesHwmMiB, 0)} / ${num(f.nodesRssEndMiB, 0)} | ` +
+    `${f.lost} / ${f.dup} / ${f.reordered} / ${f.offsetRegressions} | ${num(f.nodesCpu, 0)} | ${splitUs(f)} | ${num(f.nodesHwmMiB, 0)} / ${num(f.nodesRssEndMiB, 0)} | ` +
     `${num(f.redisCpu, 0)} | ${num(f.genCpu, 0)} | ${num(f.busy, 0)} | ${num(f.foreign, 0)} |`
   );
 }
 
 function ratioRow(a, b) {
-  if (!a || !b) return "| fanout ÷ peer | – | – | – | – | – | – | – | – | – | – | – | – | – |";
+  if (!a || !b) return "| fanout ÷ peer | – | – | – | – | – | – | – | – | – | – | – | – | – | – |";
   return (
     `| fanout ÷ peer | ${ratio(a.rate, b.rate)} | ${ratio(a.deliveriesPerSec, b.deliveriesPerSec)} | ${ratio(a.dp50, b.dp50)} / ${ratio(a.dp99, b.dp99)} | ` +
     `${ratio(a.rp50, b.rp50)} / ${ratio(a.rp99, b.rp99)} | ` +
-    `${ratio(a.ap50, b.ap50)} / ${ratio(a.ap99, b.ap99)} | | ${ratio(a.nodesCpu, b.nodesCpu)} | ${ratio(a.nodesHwmMiB, b.nodesHwmMiB)} / ${ratio(a.nodesRssEndMiB, b.nodesRssEndMiB)} | ` +
+    `${ratio(a.ap50, b.ap50)} / ${ratio(a.ap99, b.ap99)} | | ${ratio(a.nodesCpu, b.nodesCpu)} | ${ratio(a.nodeUsPerDelivery, b.nodeUsPerDelivery)} | ${ratio(a.nodesHwmMiB, b.nodesHwmMiB)} / ${ratio(a.nodesRssEndMiB, b.nodesRssEndMiB)} | ` +
     `${ratio(a.redisCpu, b.redisCpu)} | ${ratio(a.genCpu, b.genCpu)} | | |`
   );
 }
 
 const COMPARE_HEAD = [
-  "| system | rate (msg/s) | deliveries/s | delivery p50 / p99 (ms) | read p50 / p99 (ms) | ACK p50 / p99 (ms) | lost / dup / reordered / offset regr. | nodes CPU % of one core (sum) | nodes RSS peak / end (MiB, sum) | redis CPU % | generator CPU % | machine busy % | other CPU % |",
-  "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+  "| system | rate (msg/s) | deliveries/s | delivery p50 / p99 (ms) | read p50 / p99 (ms) | ACK p50 / p99 (ms) | lost / dup / reordered / offset regr. | nodes CPU % of one core (sum) | nodes CPU per delivery, user / kernel (µs) | nodes RSS peak / end (MiB, sum) | redis CPU % | generator CPU % | machine busy % | other CPU % |",
+  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
 ];
 
 function trafficReport(dir, meta, systems) {

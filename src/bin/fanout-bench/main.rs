@@ -573,13 +573,19 @@ async fn progress(
     }
 }
 
-/// CPU seconds of this process and of the watched ones, and the machine's busy/total ticks.
-type CpuSnapshot = (Option<f64>, Vec<Option<f64>>, Option<sys::MachineCpu>);
+/// CPU times of this process and of the watched ones, and the machine's busy/total ticks.
+type CpuSnapshot = (
+    Option<sys::CpuTimes>,
+    Vec<Option<sys::CpuTimes>>,
+    Option<sys::MachineCpu>,
+);
 
 fn cpu_snapshot(pids: &[u32]) -> CpuSnapshot {
     (
-        sys::cpu_secs("self"),
-        pids.iter().map(|p| sys::cpu_secs(&p.to_string())).collect(),
+        sys::cpu_times("self"),
+        pids.iter()
+            .map(|p| sys::cpu_times(&p.to_string()))
+            .collect(),
         sys::machine_cpu(),
     )
 }
@@ -1052,10 +1058,15 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
     let wall_total = wall_start.elapsed().as_secs_f64();
 
     // --- report
-    let (gen_window, watched, machine_busy) = match &window_cpu {
+    let (gen_window, gen_window_sys, watched, machine_busy) = match &window_cpu {
         Some(((a_self, a_pids, a_m), (b_self, b_pids, b_m), secs)) => {
-            let pct = |a: &Option<f64>, b: &Option<f64>| match (a, b) {
-                (Some(a), Some(b)) => Some(((b - a) / secs * 1000.0).round() / 10.0),
+            let share = |d: f64| Some((d / secs * 1000.0).round() / 10.0);
+            let pct = |a: &Option<sys::CpuTimes>, b: &Option<sys::CpuTimes>| match (a, b) {
+                (Some(a), Some(b)) => share(b.total() - a.total()),
+                _ => None,
+            };
+            let pct_sys = |a: &Option<sys::CpuTimes>, b: &Option<sys::CpuTimes>| match (a, b) {
+                (Some(a), Some(b)) => share(b.sys - a.sys),
                 _ => None,
             };
             let watched: Vec<Value> = args
@@ -1069,7 +1080,7 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
                         .ok();
                     json!({
                         "pid": pid, "comm": name, "cpu_pct_of_one_core": pct(a, b),
-                        "rss_mib": rss,
+                        "cpu_sys_pct_of_one_core": pct_sys(a, b), "rss_mib": rss,
                     })
                 })
                 .collect();
@@ -1080,9 +1091,14 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
                 }
                 _ => None,
             };
-            (pct(a_self, b_self), watched, machine)
+            (
+                pct(a_self, b_self),
+                pct_sys(a_self, b_self),
+                watched,
+                machine,
+            )
         }
-        None => (None, Vec::new(), None),
+        None => (None, None, Vec::new(), None),
     };
     let gen_total = match (cpu_start, cpu_end) {
         (Some(a), Some(b)) => Some(((b - a) * 1000.0).round() / 1000.0),
@@ -1151,6 +1167,7 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
         "generator": {
             "cpu_secs_total": gen_total, "wall_secs_total": wall_total,
             "cpu_pct_of_one_core_measured": gen_window,
+            "cpu_sys_pct_of_one_core_measured": gen_window_sys,
             "machine_cpu_busy_pct_all_cores_measured": machine_busy.map(|m| m.0),
             "machine_cpu_steal_pct_all_cores_measured": machine_busy.map(|m| m.1),
             "rss_mib": gen_rss,
@@ -1232,10 +1249,13 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
         );
     }
     println!(
-        "generator: cpu {} s total, {}% of one core while measuring ({threads} threads), \
-         machine {}% busy + {}% stolen by the hypervisor (all cores), rss {} MiB{}",
+        "generator: cpu {} s total, {}% of one core while measuring (kernel {}%; {threads} \
+         threads), machine {}% busy + {}% stolen by the hypervisor (all cores), rss {} MiB{}",
         gen_total.map(|v| format!("{v:.2}")).unwrap_or("?".into()),
         gen_window.map(|v| format!("{v:.1}")).unwrap_or("?".into()),
+        gen_window_sys
+            .map(|v| format!("{v:.1}"))
+            .unwrap_or("?".into()),
         machine_busy
             .map(|v| format!("{:.1}", v.0))
             .unwrap_or("?".into()),
@@ -1253,10 +1273,11 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
     );
     for w in &report["watched"].as_array().cloned().unwrap_or_default() {
         println!(
-            "watched:   pid {} ({}): {}% of one core while measuring, rss {} MiB",
+            "watched:   pid {} ({}): {}% of one core while measuring (kernel {}%), rss {} MiB",
             w["pid"],
             w["comm"].as_str().unwrap_or("?"),
             w["cpu_pct_of_one_core"],
+            w["cpu_sys_pct_of_one_core"],
             w["rss_mib"]
         );
     }

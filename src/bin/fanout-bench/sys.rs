@@ -62,8 +62,24 @@ fn clk_tck() -> f64 {
     if t > 0 { t as f64 } else { 100.0 }
 }
 
-/// utime + stime of a process in seconds, from `/proc/<pid>/stat` (`self` for this process).
-pub fn cpu_secs(pid: &str) -> Option<f64> {
+/// CPU time of a process in seconds, split as the kernel accounts it.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuTimes {
+    /// utime: the process's own code (and its libraries).
+    pub user: f64,
+    /// stime: the kernel working for it; for a server on loopback that is mostly the send path,
+    /// which also runs the receiving socket's side and is the same for any server.
+    pub sys: f64,
+}
+
+impl CpuTimes {
+    pub fn total(&self) -> f64 {
+        self.user + self.sys
+    }
+}
+
+/// utime and stime of a process, from `/proc/<pid>/stat` (`self` for this process).
+pub fn cpu_times(pid: &str) -> Option<CpuTimes> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces: the fields we want follow its ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -71,7 +87,15 @@ pub fn cpu_secs(pid: &str) -> Option<f64> {
     // rest[0] is field 3 (state); utime and stime are fields 14 and 15.
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / clk_tck())
+    Some(CpuTimes {
+        user: utime / clk_tck(),
+        sys: stime / clk_tck(),
+    })
+}
+
+/// utime + stime of a process in seconds (`self` for this process).
+pub fn cpu_secs(pid: &str) -> Option<f64> {
+    cpu_times(pid).map(|t| t.total())
 }
 
 /// Machine-wide CPU time (all cores, clock ticks) from /proc/stat.
@@ -212,6 +236,19 @@ mod tests {
         assert_eq!(source_ip(0).to_string(), "127.0.0.1");
         assert_eq!(source_ip(255).to_string(), "127.0.1.0");
         assert!(cpu_secs("self").is_some());
+        // Spinning in user space moves utime, not stime: the fields are the right ones.
+        let a = cpu_times("self").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut x = 0u64;
+        while cpu_times("self").unwrap().user - a.user < 0.1 && std::time::Instant::now() < deadline
+        {
+            for i in 0..1_000_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
+        let b = cpu_times("self").unwrap();
+        assert!(b.user - a.user >= 0.1, "utime did not move: {a:?} -> {b:?}");
+        assert!(b.sys - a.sys < b.user - a.user, "{a:?} -> {b:?}");
         assert!(rss_mib("self").is_some_and(|m| m > 0.0));
         let m = machine_cpu().unwrap();
         assert!(m.busy >= 0.0 && m.steal >= 0.0 && m.total >= m.busy + m.steal);
