@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
@@ -32,6 +33,27 @@ pub struct Deliverer {
     node_id: String,
     versions: Mutex<HashMap<String, (u64, Instant)>>,
     tasks: TaskTracker,
+    /// Sockets marked [`FellBehind`] whose disconnect is still being retried. While it is
+    /// zero (nearly always) a chat message skips looking up the mark on every socket of the
+    /// room (socketioxide's extensions: a lock and a map per socket); a disconnected socket
+    /// refuses emits by itself.
+    slow_pending: Arc<AtomicUsize>,
+}
+
+/// Counts one socket in [`Deliverer::slow_pending`] for as long as it lives.
+struct SlowPending(Arc<AtomicUsize>);
+
+impl SlowPending {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        SlowPending(Arc::clone(count))
+    }
+}
+
+impl Drop for SlowPending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Whether a socket that cannot take an event must be disconnected. Other events are simply
@@ -84,6 +106,7 @@ impl Deliverer {
             node_id,
             versions: Mutex::new(HashMap::new()),
             tasks,
+            slow_pending: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -151,8 +174,9 @@ impl Deliverer {
     ) {
         let result = if is_essential(event) {
             // One by one, so the socket that could not take it is known.
+            let check_marks = self.slow_pending.load(Ordering::SeqCst) > 0;
             for s in op.sockets() {
-                if s.extensions.get::<FellBehind>().is_some() {
+                if check_marks && s.extensions.get::<FellBehind>().is_some() {
                     continue;
                 }
                 if let Err(SendError::Socket(SocketError::InternalChannelFull)) =
@@ -175,11 +199,14 @@ impl Deliverer {
     fn disconnect_slow(&self, s: SocketRef) {
         crate::metrics::slow_consumer();
         tracing::info!(sid = %s.id, "disconnecting a socket that cannot keep up");
+        // Counted before the mark is set, so no delivery sees the mark uncounted.
+        let pending = SlowPending::new(&self.slow_pending);
         s.extensions.insert(FellBehind);
         if try_disconnect_slow(&s) {
             return;
         }
         self.tasks.spawn(async move {
+            let _pending = pending;
             for _ in 0..SLOW_DISCONNECT_ATTEMPTS {
                 tokio::time::sleep(SLOW_DISCONNECT_RETRY).await;
                 if !s.connected() || try_disconnect_slow(&s) {

@@ -92,6 +92,9 @@ impl<H: EngineIoHandler> EngineIo<H> {
         // transports (the ws `forward_to_socket` task and pending polling requests) will release
         // the `internal_rx` lock as soon as they observe the cancellation.
         socket.cancellation_token.cancel();
+        // fanout patch: the ws writer waits on the queue alone; this ends its loop the way the
+        // token's cancellation did (after what is queued).
+        socket.queue.interrupt_reader();
 
         let handler = self.handler.clone();
         tokio::spawn(async move {

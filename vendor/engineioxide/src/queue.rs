@@ -50,6 +50,9 @@ struct State {
     volatile: Option<PacketBuf>,
     /// A sender waits for room: the reader notifies `waiters` when it takes a packet.
     room_wanted: bool,
+    /// The session is closing: the websocket writer stops once nothing is queued
+    /// ([`interrupt_reader`](PacketQueue::interrupt_reader)).
+    interrupted: bool,
 }
 
 impl State {
@@ -186,16 +189,61 @@ impl PacketQueue {
     /// For the reader: the next buffered packet group, else the volatile one (`false` in the
     /// pair), `None` at the end. The caller must be the one reader (it holds `internal_rx`).
     pub(crate) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<(PacketBuf, bool)>> {
-        // Registered before looking, so a send after the look wakes this reader.
+        self.poll_next_inner(cx, false)
+    }
+
+    /// For the reader: waits for [`poll_next`](Self::poll_next). (The transports use
+    /// `poll_next` and [`next_until_interrupted`](Self::next_until_interrupted).)
+    #[cfg(any(test, feature = "__test_harness"))]
+    pub(crate) async fn next(&self) -> Option<(PacketBuf, bool)> {
+        std::future::poll_fn(|cx| self.poll_next_inner(cx, false)).await
+    }
+
+    /// Like [`next`](Self::next), but also `None` once [`interrupt_reader`](Self::interrupt_reader)
+    /// was called and nothing is queued: the websocket writer's loop, which so needs no
+    /// `select!` on the session's cancellation token (a `Notify` waiter registered and removed
+    /// under the token's lock for every packet written).
+    pub(crate) async fn next_until_interrupted(&self) -> Option<(PacketBuf, bool)> {
+        std::future::poll_fn(|cx| self.poll_next_inner(cx, true)).await
+    }
+
+    /// Stops a reader in [`next_until_interrupted`](Self::next_until_interrupted) once it has
+    /// taken what is queued (what the writer's biased select on the token did); sends still
+    /// succeed until [`close`](Self::close). Called when the session closes, beside cancelling
+    /// its token.
+    pub(crate) fn interrupt_reader(&self) {
+        self.state().interrupted = true;
+        self.reader.wake();
+    }
+
+    fn poll_next_inner(
+        &self,
+        cx: &mut Context<'_>,
+        interruptible: bool,
+    ) -> Poll<Option<(PacketBuf, bool)>> {
+        // A reader that finds a packet need not register: it is polled again before it waits.
+        if let Some(next) = self.take_next(interruptible) {
+            return Poll::Ready(next);
+        }
         self.reader.register(cx.waker());
+        // Looked at again after registering: a send between the two looks woke nobody.
+        match self.take_next(interruptible) {
+            Some(next) => Poll::Ready(next),
+            None => Poll::Pending,
+        }
+    }
+
+    /// What the reader gets now: `Some(Some(..))` a packet group, `Some(None)` the end (or the
+    /// interruption), `None` nothing yet.
+    fn take_next(&self, interruptible: bool) -> Option<Option<(PacketBuf, bool)>> {
         let mut s = self.state();
         let (packets, wake) = s.pop();
         let next = match packets {
-            Some(p) => Poll::Ready(Some((p, true))),
+            Some(p) => Some(Some((p, true))),
             None => match s.volatile.take() {
-                Some(p) => Poll::Ready(Some((p, false))),
-                None if s.is_finished() => Poll::Ready(None),
-                None => Poll::Pending,
+                Some(p) => Some(Some((p, false))),
+                None if s.is_finished() || (interruptible && s.interrupted) => Some(None),
+                None => None,
             },
         };
         drop(s);
@@ -203,11 +251,6 @@ impl PacketQueue {
             self.waiters.notify_waiters();
         }
         next
-    }
-
-    /// For the reader: waits for [`poll_next`](Self::poll_next).
-    pub(crate) async fn next(&self) -> Option<(PacketBuf, bool)> {
-        std::future::poll_fn(|cx| self.poll_next(cx)).await
     }
 
     /// For the reader: the next buffered packet group if one is queued now.
@@ -378,6 +421,38 @@ mod tests {
         q.close();
         let refused = tokio::time::timeout(Duration::from_secs(1), blocked).await;
         assert!(refused.unwrap().unwrap(), "closing refuses a waiting send");
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_reader_takes_what_is_queued_then_stops() {
+        let q = std::sync::Arc::new(PacketQueue::new(4));
+        q.try_send(msg("a")).unwrap();
+        q.interrupt_reader();
+        let first = q
+            .next_until_interrupted()
+            .await
+            .map(|(p, _)| text(&p).to_owned());
+        assert_eq!(
+            first.as_deref(),
+            Some("a"),
+            "queued before the interruption"
+        );
+        assert!(q.next_until_interrupted().await.is_none());
+        // Only the writer's loop stops: sends still succeed and a plain reader still gets them.
+        q.try_send(msg("b")).unwrap();
+        assert_eq!(text(&q.next().await.unwrap().0), "b");
+
+        // A reader already waiting is woken by the interruption.
+        let q = std::sync::Arc::new(PacketQueue::new(4));
+        let reader = tokio::spawn({
+            let q = q.clone();
+            async move { q.next_until_interrupted().await.is_none() }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!reader.is_finished(), "nothing queued, not interrupted yet");
+        q.interrupt_reader();
+        let stopped = tokio::time::timeout(Duration::from_secs(1), reader).await;
+        assert!(stopped.unwrap().unwrap());
     }
 
     #[tokio::test]

@@ -301,18 +301,15 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
 
     // Forward buffered packets until the channel is closed or the session is cancelled.
     //
-    // fanout patch: the select only picks what to send, and the writes happen after it, so the
-    // select's three futures are gone while a write waits; this task lives as long as the
-    // session and no longer keeps room for both at once (1 072 -> ~500 bytes).
+    // fanout patch: the wait only picks what to send, and the writes happen after it, so the
+    // wait's future is gone while a write waits; this task lives as long as the session and
+    // keeps no room for both at once (1 072 -> ~500 bytes). The end of the session reaches
+    // this loop through the queue (`close_session` interrupts its reader beside cancelling the
+    // token), so no future on the token is made and dropped for every packet.
     loop {
         // The queue gives buffered packets first, then the latest volatile one.
-        let (packets, buffered) = tokio::select! {
-            biased;
-            next = queue.next() => match next {
-                Some(next) => next,
-                None => break,
-            },
-            _ = socket.cancellation_token.cancelled() => break,
+        let Some((packets, buffered)) = queue.next_until_interrupted().await else {
+            break;
         };
         #[cfg(feature = "tracing")]
         if !buffered {
@@ -551,6 +548,46 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(msg, Message::text("4hello"));
+    }
+
+    /// fanout patch: the writer waits on the queue alone; closing the session still ends it,
+    /// after what was queued, and the session then finishes closing (its queue is closed once
+    /// the writer gave back the reader's lock).
+    #[tokio::test]
+    async fn writer_stops_when_the_session_closes_after_what_is_queued() {
+        let engine = Arc::new(EngineIo::new(
+            Arc::new(StubHandler),
+            EngineIoConfig::default(),
+        ));
+        let socket = engine.create_session(
+            ProtocolVersion::V4,
+            TransportType::Websocket,
+            Request::<()>::default().into_parts().0,
+            false,
+        );
+        let (server, mut client) = ws_pair().await;
+        let (tx, _rx) = server.split();
+        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+
+        socket.emit(Str::from("first")).unwrap();
+        let msg = tokio::time::timeout(TIMEOUT, client.next()).await.unwrap();
+        assert_eq!(msg.unwrap().unwrap(), Message::text("4first"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!writer.is_finished(), "an idle writer waits for packets");
+
+        socket.emit(Str::from("last")).unwrap();
+        engine.close_session(socket.id, DisconnectReason::TransportClose);
+        tokio::time::timeout(TIMEOUT, writer)
+            .await
+            .expect("the writer should stop")
+            .unwrap();
+        tokio::time::timeout(TIMEOUT, socket.closed())
+            .await
+            .expect("the session should finish closing");
+        let msg = tokio::time::timeout(TIMEOUT, client.next()).await.unwrap();
+        assert_eq!(msg.unwrap().unwrap(), Message::text("4last"));
+        let msg = tokio::time::timeout(TIMEOUT, client.next()).await.unwrap();
+        assert!(matches!(msg, Some(Ok(Message::Close(_))) | None), "{msg:?}");
     }
 
     #[tokio::test]
