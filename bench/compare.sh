@@ -21,6 +21,9 @@
 #   --generators K                   idle/connect-storm: K generator processes share the clients
 #                                    (one process can hold < 20 000 sockets here, see below)
 #   --nodes N                        nodes per system (2); clients are spread round-robin
+#   --generator-nice N               run the generator N nice levels below the servers (0): on
+#                                    a machine they share, the servers then get the CPU first,
+#                                    as with clients on machines of their own (0..19)
 #   --p99-limit MS                   a step is unsustainable above this delivery p99 (100)
 #   --quiet-pct P  --quiet-wait S    before each run wait up to S s (120) for the machine to be
 #                                    below P% busy (30); the figure is recorded either way
@@ -68,6 +71,7 @@ P99_LIMIT=100
 QUIET_PCT=30
 QUIET_WAIT=120
 GENERATORS=1
+GENERATOR_NICE=0
 NODES=2
 ALL_STEPS=0
 MAX_OTHER=20
@@ -111,6 +115,7 @@ while [[ $# -gt 0 ]]; do
     --connect-concurrency) CONNECT_CONCURRENCY=$val ;;
     --generators) GENERATORS=$val ;;
     --nodes) NODES=$val ;;
+    --generator-nice) GENERATOR_NICE=$val ;;
     --p99-limit) P99_LIMIT=$val ;;
     --quiet-pct) QUIET_PCT=$val ;;
     --quiet-wait) QUIET_WAIT=$val ;;
@@ -121,12 +126,13 @@ while [[ $# -gt 0 ]]; do
     *) die "unknown option $opt" ;;
     esac
 done
-for v in CLIENTS ROOM_SIZE SENDERS PAYLOAD CONNECT_CONCURRENCY GENERATORS NODES QUIET_PCT \
-    QUIET_WAIT MAX_OTHER RETRIES; do
+for v in CLIENTS ROOM_SIZE SENDERS PAYLOAD CONNECT_CONCURRENCY GENERATORS GENERATOR_NICE NODES \
+    QUIET_PCT QUIET_WAIT MAX_OTHER RETRIES; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer (got '${!v}')"
 done
 [[ $GENERATORS -ge 1 ]] || die "--generators must be at least 1"
 [[ $NODES -ge 1 && $NODES -le 16 ]] || die "--nodes must be 1..16"
+[[ $GENERATOR_NICE -le 19 ]] || die "--generator-nice must be 0..19"
 [[ $CONNECT_CONCURRENCY -gt 0 ]] || CONNECT_CONCURRENCY=$(( (CLIENTS + GENERATORS - 1) / GENERATORS ))
 IFS=, read -r -a SYSTEM_LIST <<<"$SYSTEMS"
 for s in "${SYSTEM_LIST[@]}"; do
@@ -357,7 +363,8 @@ run_step() {
     for ((k = 1; k <= GENERATORS; k++)); do
         if ((GENERATORS == 1)); then name=$step; else name=$step-g$k; fi
         files+=("$name")
-        timeout --kill-after=10 "$limit" "$BIN/fanout-bench" --url "$urls" "${admin_args[@]}" \
+        timeout --kill-after=10 "$limit" nice -n "$GENERATOR_NICE" "$BIN/fanout-bench" \
+            --url "$urls" "${admin_args[@]}" \
             --join --jwt-secret "$SECRET" --clients "$per" --room-size "$ROOM_SIZE" \
             --senders "$SENDERS" --rate "$rate" --payload-bytes "$PAYLOAD" \
             --warmup "$WARMUP" --duration "$DURATION" --grace "$GRACE" \
@@ -424,7 +431,8 @@ cat >"$RESULTS/meta.json" <<EOF
 {"scenario": "$SCENARIO", "systems": $(json_list "$(printf '"%s",' "${SYSTEM_LIST[@]}" | sed 's/,$//')"),
  "clients": $CLIENTS, "room_size": $ROOM_SIZE, "senders": $SENDERS, "rates": $(json_list "${RATE_LIST[@]}"),
  "payload_bytes": $PAYLOAD, "warmup": $WARMUP, "duration": $DURATION, "grace": $GRACE,
- "connect_concurrency": $CONNECT_CONCURRENCY, "generators": $GENERATORS, "nodes": $NODES, "p99_limit_ms": $P99_LIMIT,
+ "connect_concurrency": $CONNECT_CONCURRENCY, "generators": $GENERATORS, "generator_nice": $GENERATOR_NICE,
+ "nodes": $NODES, "p99_limit_ms": $P99_LIMIT,
  "fanout_bin_dir": "$BIN", "fanout_version": "$("$BIN/fanout" --version 2>/dev/null | head -1)",
  "git_head": "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)",
  "node_version": "$(node --version)", "redis_version": "$(redis-server --version | sed 's/"//g')",

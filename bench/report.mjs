@@ -328,7 +328,8 @@ function report(dir) {
     "",
     `${meta.fanout_version} from ${meta.fanout_bin_dir} (repo HEAD ${meta.git_head}); peer on Node ${meta.node_version}; ${meta.redis_version}; ` +
       `RLIMIT_NOFILE hard ${meta.nofile_hard}. Warm-up ${meta.warmup} s, measured ${meta.duration} s, grace ${meta.grace} s, ` +
-      `${meta.payload_bytes}-byte payloads, connect concurrency ${meta.connect_concurrency}. "Delivery" latency is send to the kernel's receipt at the ` +
+      `${meta.payload_bytes}-byte payloads, connect concurrency ${meta.connect_concurrency}` +
+      `${meta.generator_nice ? `, the generator ${meta.generator_nice} nice levels below the servers` : ""}. "Delivery" latency is send to the kernel's receipt at the ` +
       `client's socket (receive timestamps; send to the generator's read, "read", when the generator did not stamp); steps are judged on it. ` +
       `CPU % are of one core over the measured window; ` +
       `"machine busy" is % of all cores; "other CPU" = machine busy × cores − (nodes + redis + generator): work of other processes.`,
