@@ -250,6 +250,14 @@ function trafficReport(dir, meta, systems) {
       if (systems.includes("peer")) out.push(compareRow("peer", b));
       if (a && b) out.push(ratioRow(a, b));
       out.push("");
+    } else if (sat.peer && data.peer?.length) {
+      // Without a sustainable peer step there is no rate to compare the two systems at.
+      const lowest = Math.min(...meta.rates);
+      out.push(
+        `The peer sustained none of the steps (the lowest was ${lowest} msg/s), so neither ratio can be taken: ` +
+          `run again with lower \`--rates\` (or a quieter machine; see "other CPU" in the steps).`,
+      );
+      out.push("");
     }
     out.push("### Steps");
     out.push("");

@@ -68,11 +68,13 @@ pub struct CpuTimes {
     /// utime: the process's own code (and its libraries).
     pub user: f64,
     /// stime: the kernel working for it; for a server on loopback that is mostly the send path,
-    /// which also runs the receiving socket's side and is the same for any server.
+    /// which also runs the receiving socket's side: much the same for any server writing the
+    /// same frames.
     pub sys: f64,
 }
 
 impl CpuTimes {
+    /// user + sys.
     pub fn total(&self) -> f64 {
         self.user + self.sys
     }
