@@ -225,8 +225,6 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    /// A real loopback connection: the stamped side reads what the other wrote, with a receive
-    /// time between the write and the read, and a plain transport reads the same bytes unstamped.
     /// Both ends of a real loopback connection: (client, server).
     async fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

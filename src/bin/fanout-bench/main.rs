@@ -1060,15 +1060,15 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
     // --- report
     let (gen_window, gen_window_sys, watched, machine_busy) = match &window_cpu {
         Some(((a_self, a_pids, a_m), (b_self, b_pids, b_m), secs)) => {
-            let share = |d: f64| Some((d / secs * 1000.0).round() / 10.0);
-            let pct = |a: &Option<sys::CpuTimes>, b: &Option<sys::CpuTimes>| match (a, b) {
-                (Some(a), Some(b)) => share(b.total() - a.total()),
-                _ => None,
+            // % of one core that `part` of a process's CPU time took over the window.
+            let share = |a: &Option<sys::CpuTimes>,
+                         b: &Option<sys::CpuTimes>,
+                         part: fn(&sys::CpuTimes) -> f64| {
+                let (a, b) = (a.as_ref()?, b.as_ref()?);
+                Some(((part(b) - part(a)) / secs * 1000.0).round() / 10.0)
             };
-            let pct_sys = |a: &Option<sys::CpuTimes>, b: &Option<sys::CpuTimes>| match (a, b) {
-                (Some(a), Some(b)) => share(b.sys - a.sys),
-                _ => None,
-            };
+            let pct = |a: &_, b: &_| share(a, b, sys::CpuTimes::total);
+            let pct_sys = |a: &_, b: &_| share(a, b, |t| t.sys);
             let watched: Vec<Value> = args
                 .watch_pids
                 .iter()
