@@ -42,6 +42,9 @@ test: rust-components
 	deploy/install-deps.sh redis-server haproxy
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	# fanout-bench is a workspace member of its own: the tests run it from target/debug, and
+	# cargo test builds only the bins of the package under test.
+	$(CARGO) build --bins
 	$(CARGO) test --all-targets -- --test-threads=2 --skip chaos
 	vendor/test.sh -q
 	@if [[ "$${CHAOS:-}" == 1 || "$${CI:-}" == true ]]; then deploy/chaos.sh; \

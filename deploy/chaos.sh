@@ -20,4 +20,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 deploy/install-deps.sh redis-server haproxy
 export CHAOS=1
+# The tests run fanout-bench, a workspace member of its own: cargo test builds only the bins of
+# the package under test, so every binary is built first.
+${CARGO:-cargo} build --release --bins
 exec ${CARGO:-cargo} test --release --test it chaos -- --nocapture --test-threads=1

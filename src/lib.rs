@@ -15,7 +15,6 @@
 //! - [`api`]: the internal HTTP API; [`publish`] and [`nodes`] are its domain.
 //! - [`redis`]: connections, scripts, and every key name.
 //! - [`metrics`]: every metric name and help text, the Prometheus exporter, `/metrics`.
-//! - [`client`]: a minimal Socket.IO client for tests and the load generator.
 //!
 //! [`run`] starts a node on listeners the caller bound (tests bind port 0).
 
@@ -25,7 +24,6 @@ pub mod api;
 pub mod auth;
 pub mod backplane;
 pub mod chat;
-pub mod client;
 pub mod clock;
 pub mod config;
 pub mod error;

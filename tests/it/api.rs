@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use fanout::client::Client;
+use fanout_client::Client;
 use serde_json::{Value, json};
 
 use crate::harness::*;

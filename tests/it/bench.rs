@@ -36,7 +36,7 @@ impl Bench {
     /// server API at `admin`.
     pub fn start_urls(urls: &[String], admin: std::net::SocketAddr, extra: &[&str]) -> Bench {
         let dir = tempfile::tempdir().expect("tempdir");
-        let child = Command::new(env!("CARGO_BIN_EXE_fanout-bench"))
+        let child = Command::new(bench_bin())
             .arg("--url")
             .arg(urls.join(","))
             .arg("--admin-url")
@@ -309,7 +309,7 @@ async fn a_node_killed_mid_run_is_reported_as_lost() {
     );
     let (code, json) = bench.finish_after_killing(&mut b).await;
     let j = &json;
-    // Documented behaviour (src/bin/fanout-bench/main.rs `main`): exit 0 for a completed run,
+    // Documented behaviour (crates/fanout-bench/src/main.rs `main`): exit 0 for a completed run,
     // whatever it measured; 1 only when the run itself failed (2 for bad arguments). Losses are
     // reported in the figures, not in the exit code.
     assert_eq!(code, Some(0), "bench should complete the run: {}", show(j));

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use fanout::client::Client;
+use fanout_client::Client;
 use serde_json::{Value, json};
 
 use crate::harness::*;

@@ -5,12 +5,12 @@
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use fanout::client::{Client, ConnectOptions};
 use fanout::{Config, Listeners};
+use fanout_client::{Client, ConnectOptions};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -609,6 +609,20 @@ fn dechunk(mut s: &str) -> String {
 /// Repo root (for scripts and fixtures).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The load generator's binary: a member of the workspace of its own (`crates/fanout-bench`),
+/// so cargo gives this package no `CARGO_BIN_EXE_` for it; it is built into the same directory
+/// as the node's binary (`make test` builds every binary of the workspace before the tests).
+pub fn bench_bin() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_fanout"))
+        .with_file_name(format!("fanout-bench{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build --workspace --bins` (make test does)",
+        bin.display()
+    );
+    bin
 }
 
 /// An HAProxy process with deploy/haproxy.cfg and the given servers, killed on drop.

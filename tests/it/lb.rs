@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use fanout::client::Client;
+use fanout_client::Client;
 use serde_json::json;
 
 use crate::harness::*;
@@ -80,7 +80,7 @@ async fn sigterm_through_the_load_balancer_moves_clients_to_the_other_node() {
     );
     // The client reconnects through the load balancer, as a Socket.IO client would.
     let reconnect = || async {
-        let opts = fanout::client::ConnectOptions {
+        let opts = fanout_client::ConnectOptions {
             auth: Some(json!({"token": token(&user_a)})),
             ..Default::default()
         };

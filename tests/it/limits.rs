@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use fanout::client::{Client, ClientError, ConnectOptions};
+use fanout_client::{Client, ClientError, ConnectOptions};
 use serde_json::json;
 
 use crate::harness::*;

@@ -13,8 +13,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use fanout::client::{Client, ClientError, ConnectOptions};
 use fanout::metrics::{ALL, Kind};
+use fanout_client::{Client, ClientError, ConnectOptions};
 use serde_json::{Value, json};
 use serde_norway::Value as Yaml;
 
@@ -574,7 +574,7 @@ fn compose_stack_references_files_that_exist() {
         .position(|a| a == "--url")
         .map(|i| cmd[i + 1].as_str());
     assert_eq!(url, Some("http://lb:8080"), "{cmd:?}");
-    assert!(root.join("src/bin/fanout-bench/main.rs").is_file());
+    assert!(root.join("crates/fanout-bench/src/main.rs").is_file());
 
     // The Dockerfile copies only what exists, and ships the binaries compose runs.
     let dockerfile = std::fs::read_to_string(root.join("deploy/Dockerfile")).unwrap();

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use fanout::client::Client;
+use fanout_client::Client;
 use serde_json::{Value, json};
 
 use crate::harness::*;

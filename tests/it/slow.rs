@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use fanout::client::Client;
+use fanout_client::Client;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::net::TcpStream;

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fanout::client::Client;
+use fanout_client::Client;
 use futures_util::future::BoxFuture;
 use hdrhistogram::Histogram;
 use serde_json::json;

@@ -1,5 +1,5 @@
 //! `fanout-bench`: a load generator for a fanout cluster, speaking Engine.IO v4 / Socket.IO over
-//! websocket through [`fanout::client`] (tokio-tungstenite underneath, no heavy client crate).
+//! websocket through [`fanout_client`] (tokio-tungstenite underneath, no heavy client crate).
 //!
 //! One run: create rooms through the server API (`POST /api/v1/chats`, fresh chat ids per run),
 //! connect `--clients` sockets round-robin over `--url`s (spread over source addresses of
@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
-use fanout::client::{Client, ClientError, ConnectOptions, RawEventHandler};
+use fanout_client::{Client, ClientError, ConnectOptions, RawEventHandler};
 use futures_util::stream::{self, FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
