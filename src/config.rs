@@ -67,7 +67,7 @@ pub struct Config {
     #[arg(long, env = "REDIS_DB", default_value_t = 0)]
     pub redis_db: u32,
 
-    /// HS256 secret. Exactly one of JWT_SECRET and JWT_PUBLIC_KEY_FILE must be set.
+    /// HS256 secret. Exactly one of JWT_SECRET, JWT_PUBLIC_KEY_FILE and JWT_JWKS_URL must be set.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
@@ -75,9 +75,26 @@ pub struct Config {
     #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
     pub jwt_public_key_file: Option<PathBuf>,
 
-    /// The one accepted algorithm; defaults to HS256 with a secret, RS256 with a key file.
-    #[arg(long, env = "JWT_ALGORITHM")]
-    pub jwt_algorithm: Option<JwtAlgorithm>,
+    /// The accepted algorithm: one with a secret or key file (default HS256 / RS256); with
+    /// JWT_JWKS_URL a comma-separated list of asymmetric ones (default RS256).
+    #[arg(long, env = "JWT_ALGORITHM", value_delimiter = ',')]
+    pub jwt_algorithm: Vec<JwtAlgorithm>,
+
+    /// JSON Web Key Set URL (http or https) of an identity provider: keys chosen by `kid`.
+    #[arg(long, env = "JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+
+    /// Seconds between fetches of the key set.
+    #[arg(long, env = "JWT_JWKS_REFRESH_SECS", default_value_t = 300)]
+    pub jwt_jwks_refresh_secs: u64,
+
+    /// Fewest seconds between two fetches caused by tokens naming an unknown `kid`.
+    #[arg(long, env = "JWT_JWKS_MIN_REFETCH_SECS", default_value_t = 10)]
+    pub jwt_jwks_min_refetch_secs: u64,
+
+    /// `session:expiring` goes out when a session has this many seconds left (or fewer).
+    #[arg(long, env = "SESSION_EXPIRY_NOTICE_SECS", default_value_t = 60)]
+    pub session_expiry_notice_secs: u64,
 
     /// Required `iss` claim, checked only when set.
     #[arg(long, env = "JWT_ISSUER")]
@@ -206,6 +223,8 @@ pub enum JwtKey {
     Secret(String),
     /// PEM-encoded public key and its algorithm.
     PublicKeyPem(Vec<u8>, JwtAlgorithm),
+    /// A key set fetched from this URL, and the algorithms its tokens may use.
+    Jwks(crate::auth::fetch::JwksUrl, Vec<JwtAlgorithm>),
 }
 
 impl Config {
@@ -320,14 +339,63 @@ impl Config {
 
     /// The JWT key with its algorithm, or the line naming what is wrong.
     pub fn jwt_key(&self) -> Result<JwtKey, String> {
-        match (&self.jwt_secret, &self.jwt_public_key_file) {
-            (Some(_), Some(_)) => Err(
-                "invalid setting JWT_SECRET/JWT_PUBLIC_KEY_FILE: set exactly one of them".into(),
-            ),
-            (None, None) => {
-                Err("missing setting JWT_SECRET (or JWT_PUBLIC_KEY_FILE with JWT_ALGORITHM)".into())
+        let sources = [
+            self.jwt_secret.is_some(),
+            self.jwt_public_key_file.is_some(),
+            self.jwt_jwks_url.is_some(),
+        ];
+        match sources.iter().filter(|set| **set).count() {
+            0 => {
+                return Err(
+                    "missing setting JWT_SECRET (or JWT_PUBLIC_KEY_FILE with JWT_ALGORITHM, \
+                            or JWT_JWKS_URL)"
+                        .into(),
+                );
             }
-            (Some(secret), None) => match self.jwt_algorithm.unwrap_or(JwtAlgorithm::HS256) {
+            1 => {}
+            _ => {
+                return Err(
+                    "invalid setting JWT_SECRET/JWT_PUBLIC_KEY_FILE/JWT_JWKS_URL: set \
+                            exactly one of them"
+                        .into(),
+                );
+            }
+        }
+        if let Some(url) = &self.jwt_jwks_url {
+            let url = crate::auth::fetch::JwksUrl::parse(url)
+                .map_err(|e| format!("invalid setting JWT_JWKS_URL: {e}"))?;
+            let mut algs = self.jwt_algorithm.clone();
+            if algs.is_empty() {
+                algs.push(JwtAlgorithm::RS256);
+            }
+            if algs.contains(&JwtAlgorithm::HS256) {
+                return Err("invalid setting JWT_ALGORITHM: HS256 cannot be used with \
+                            JWT_JWKS_URL (RS256, ES256)"
+                    .into());
+            }
+            if self.jwt_jwks_refresh_secs == 0 || self.jwt_jwks_min_refetch_secs == 0 {
+                return Err(
+                    "invalid setting JWT_JWKS_REFRESH_SECS/JWT_JWKS_MIN_REFETCH_SECS: \
+                            must be at least 1"
+                        .into(),
+                );
+            }
+            algs.dedup();
+            return Ok(JwtKey::Jwks(url, algs));
+        }
+        let alg = match self.jwt_algorithm.as_slice() {
+            [] => None,
+            [one] => Some(*one),
+            _ => {
+                return Err(
+                    "invalid setting JWT_ALGORITHM: one algorithm with JWT_SECRET or \
+                            JWT_PUBLIC_KEY_FILE (a list needs JWT_JWKS_URL)"
+                        .into(),
+                );
+            }
+        };
+        if let Some(secret) = &self.jwt_secret {
+            return match alg.unwrap_or(JwtAlgorithm::HS256) {
                 JwtAlgorithm::HS256 if secret.is_empty() => {
                     Err("invalid setting JWT_SECRET: must not be empty".into())
                 }
@@ -335,24 +403,24 @@ impl Config {
                 other => Err(format!(
                     "invalid setting JWT_ALGORITHM: {other:?} needs JWT_PUBLIC_KEY_FILE, not JWT_SECRET"
                 )),
-            },
-            (None, Some(path)) => {
-                let alg = self.jwt_algorithm.unwrap_or(JwtAlgorithm::RS256);
-                if alg == JwtAlgorithm::HS256 {
-                    return Err(
-                        "invalid setting JWT_ALGORITHM: HS256 needs JWT_SECRET, not a public key"
-                            .into(),
-                    );
-                }
-                let pem = std::fs::read(path).map_err(|e| {
-                    format!(
-                        "invalid setting JWT_PUBLIC_KEY_FILE: {}: {e}",
-                        path.display()
-                    )
-                })?;
-                Ok(JwtKey::PublicKeyPem(pem, alg))
-            }
+            };
         }
+        let Some(path) = &self.jwt_public_key_file else {
+            return Err("missing setting JWT_SECRET".into());
+        };
+        let alg = alg.unwrap_or(JwtAlgorithm::RS256);
+        if alg == JwtAlgorithm::HS256 {
+            return Err(
+                "invalid setting JWT_ALGORITHM: HS256 needs JWT_SECRET, not a public key".into(),
+            );
+        }
+        let pem = std::fs::read(path).map_err(|e| {
+            format!(
+                "invalid setting JWT_PUBLIC_KEY_FILE: {}: {e}",
+                path.display()
+            )
+        })?;
+        Ok(JwtKey::PublicKeyPem(pem, alg))
     }
 
     /// The routed services of `SERVICES` (`name=stream,...`; a bare `name` routes to

@@ -15,6 +15,8 @@ pub enum ErrorCode {
     Forbidden,
     /// The socket exceeded its event budget.
     RateLimited,
+    /// `session:refresh` with a bad, expired or another user's token.
+    Unauthorized,
     /// Redis could not be reached; nothing was accepted, retry is safe.
     Unavailable,
     /// Anything else; the message carries a correlation id that is also logged.
@@ -29,6 +31,7 @@ impl ErrorCode {
             ErrorCode::InvalidEvent => "INVALID_EVENT",
             ErrorCode::Forbidden => "FORBIDDEN",
             ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::Unauthorized => "UNAUTHORIZED",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Internal => "INTERNAL",
         }

@@ -94,7 +94,7 @@ metric!(
 metric!(
     /// Refused handshakes.
     CONNECT_REFUSALS, "fanout_connect_refusals_total", Counter, ["reason"],
-    "Socket.IO handshakes refused (connect_error), by reason: missing_token, expired, not_yet_valid, bad_signature, wrong_algorithm, wrong_claim, invalid_token, unavailable, too_many_connections."
+    "Socket.IO handshakes refused (connect_error), by reason: missing_token, expired, not_yet_valid, bad_signature, wrong_algorithm, wrong_claim, invalid_token, unknown_key, key_set_unavailable, unavailable, too_many_connections."
 );
 metric!(
     /// Disconnects.
@@ -202,6 +202,23 @@ metric!(
     "Users past their presence deadline that this node's sweep tried to claim (it holds the sweep lease)."
 );
 
+// ---- sessions and keys ----------------------------------------------------------------------
+metric!(
+    /// JWKS fetches.
+    JWKS_FETCHES, "fanout_jwks_fetches_total", Counter, ["outcome"],
+    "Fetches of the JWT key set (JWT_JWKS_URL), by outcome: ok, error (the cached keys keep verifying)."
+);
+metric!(
+    /// Key-set age.
+    JWKS_AGE, "fanout_jwks_age_seconds", Gauge, [],
+    "Seconds since the key set was last fetched successfully; -1 before the first fetch (JWKS mode only)."
+);
+metric!(
+    /// Session refreshes.
+    SESSION_REFRESHES, "fanout_session_refreshes_total", Counter, ["outcome"],
+    "session:refresh requests, by outcome: ok, refused (bad, expired or another user's token)."
+);
+
 // ---- process --------------------------------------------------------------------------------
 metric!(
     /// Build info.
@@ -233,6 +250,9 @@ pub const ALL: &[Metric] = &[
     PRESENCE_TRANSITIONS,
     KEYSPACE_NOTIFICATIONS,
     PRESENCE_SWEEP_CLAIMS,
+    JWKS_FETCHES,
+    JWKS_AGE,
+    SESSION_REFRESHES,
     BUILD_INFO,
 ];
 
@@ -309,7 +329,7 @@ fn describe_all() {
 }
 
 const TRANSPORTS: [&str; 2] = ["polling", "websocket"];
-const REFUSAL_REASONS: [&str; 9] = [
+const REFUSAL_REASONS: [&str; 11] = [
     "missing_token",
     "expired",
     "not_yet_valid",
@@ -319,6 +339,8 @@ const REFUSAL_REASONS: [&str; 9] = [
     "invalid_token",
     "unavailable",
     "too_many_connections",
+    "unknown_key",
+    "key_set_unavailable",
 ];
 
 fn register_known_series() {
@@ -328,6 +350,9 @@ fn register_known_series() {
     }
     for r in REFUSAL_REASONS {
         counter!(CONNECT_REFUSALS.name, "reason" => r).absolute(0);
+    }
+    for outcome in ["ok", "refused"] {
+        counter!(SESSION_REFRESHES.name, "outcome" => outcome).absolute(0);
     }
     for r in ["transport_close", "transport_error", "heartbeat_timeout"] {
         counter!(DISCONNECTS.name, "reason" => r).absolute(0);
@@ -476,6 +501,10 @@ pub fn refused_auth(e: &AuthError) {
         AuthError::WrongAlgorithm => "wrong_algorithm",
         AuthError::WrongClaim(_) => "wrong_claim",
         AuthError::Invalid(_) => "invalid_token",
+        AuthError::UnknownKey => "unknown_key",
+        AuthError::KeySetUnavailable => "key_set_unavailable",
+        // Only session:refresh compares users; a handshake has no current user.
+        AuthError::OtherUser => "invalid_token",
     };
     counter!(CONNECT_REFUSALS.name, "reason" => reason).increment(1);
 }
@@ -633,6 +662,23 @@ pub fn keyspace_notification() {
 /// The sweep found `n` users past their deadline and claims them.
 pub fn sweep_claims(n: usize) {
     counter!(PRESENCE_SWEEP_CLAIMS.name).increment(n as u64);
+}
+
+/// A fetch of the JWT key set ended: `ok` or not.
+pub fn jwks_fetch(ok: bool) {
+    let outcome = if ok { "ok" } else { "error" };
+    counter!(JWKS_FETCHES.name, "outcome" => outcome).increment(1);
+}
+
+/// The key set's age (`None`: never fetched).
+pub fn jwks_age(secs: Option<f64>) {
+    gauge!(JWKS_AGE.name).set(secs.unwrap_or(-1.0));
+}
+
+/// A `session:refresh` was answered.
+pub fn session_refresh(ok: bool) {
+    let outcome = if ok { "ok" } else { "refused" };
+    counter!(SESSION_REFRESHES.name, "outcome" => outcome).increment(1);
 }
 
 /// The metrics table of docs/operations.md, generated from [`ALL`] (a test keeps the doc equal

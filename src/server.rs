@@ -81,6 +81,8 @@ pub enum RunError {
 struct PublicState {
     conn: ConnectionManager,
     health: Arc<Health>,
+    /// JWKS mode: the key set, without which no handshake can succeed.
+    key_set: Option<Arc<crate::auth::jwks::Jwks>>,
 }
 
 /// Runs a node until `shutdown` is cancelled, then drains and returns.
@@ -104,6 +106,9 @@ pub async fn run(
     let conn = crate::redis::command_connection(&client)
         .map_err(|e| RunError::Config(format!("invalid setting REDIS_URL: {e}")))?;
     let auth = Authenticator::from_config(&config).map_err(RunError::Config)?;
+    // JWKS mode: the key set is fetched in the background; handshakes are refused (and the
+    // node is not ready) until the first fetch succeeds.
+    let key_set = auth.key_set();
 
     let health = Arc::new(Health::default());
     let tasks = TaskTracker::new();
@@ -134,7 +139,10 @@ pub async fn run(
         config.service_streams().map_err(RunError::Config)?,
         config.service_stream_maxlen,
     );
-    let expiries = Arc::new(gateway::expiry::Expiries::default());
+    let expiries = Arc::new(gateway::expiry::Expiries::new(
+        auth.leeway_secs(),
+        config.session_expiry_notice_secs,
+    ));
     let app = App {
         chats: chats.clone(),
         presence: presence.clone(),
@@ -160,6 +168,10 @@ pub async fn run(
             ping_timeout: Duration::from_millis(config.ping_timeout_ms),
         },
     );
+
+    if let Some(keys) = key_set.clone() {
+        tasks.spawn(crate::auth::jwks::run(keys, shutdown.clone()));
+    }
 
     // Expired sessions are no longer swept once the node drains: the drain ends them all.
     tasks.spawn(gateway::expiry::run(io.clone(), expiries, shutdown.clone()));
@@ -231,6 +243,7 @@ pub async fn run(
         .with_state(PublicState {
             conn: conn.clone(),
             health: health.clone(),
+            key_set,
         })
         .layer(io_layer)
         .layer(axum::middleware::map_request(
@@ -311,7 +324,8 @@ async fn readyz(State(st): State<PublicState>) -> impl IntoResponse {
     let reader = st.health.reader_running();
     let keyspace = st.health.keyspace_ok();
     let draining = st.health.draining();
-    let ready = redis_ok && reader && keyspace && !draining;
+    let keys = st.key_set.as_ref().is_none_or(|k| k.available());
+    let ready = redis_ok && reader && keyspace && keys && !draining;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -325,6 +339,7 @@ async fn readyz(State(st): State<PublicState>) -> impl IntoResponse {
             "backplaneReader": reader,
             "keyspaceNotifications": keyspace,
             "draining": draining,
+            "keySet": keys,
         })),
     )
 }

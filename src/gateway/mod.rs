@@ -7,6 +7,7 @@ pub mod chat;
 pub mod expiry;
 pub mod presence;
 pub mod routing;
+pub mod session;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -167,7 +168,11 @@ async fn authenticate(
             .map(str::to_owned)
             .ok_or(HandshakeError::Auth(AuthError::Missing))?,
     };
-    let identity = app.auth.verify(&token).map_err(HandshakeError::Auth)?;
+    let identity = app
+        .auth
+        .verify(&token)
+        .await
+        .map_err(HandshakeError::Auth)?;
     // A socket accepted before the reader is positioned could miss its first messages.
     if !app.health.reader_running() || app.health.draining() {
         return Err(HandshakeError::Unavailable);
@@ -307,8 +312,7 @@ async fn on_connect(s: SocketRef, State(app): State<App>) {
         s.disconnect().ok();
         return;
     };
-    let expires = expiry::Expiries::deadline_ms(&identity, app.auth.leeway_secs());
-    app.expiries.add(expires, s.id);
+    app.expiries.watch(&identity, s.id);
 
     // A membership change published between the handshake's read and the room joins would be
     // missed; one more read closes that window.
@@ -348,8 +352,7 @@ async fn reconcile_chats(s: &SocketRef, app: &App, identity: &Identity) {
 
 async fn on_disconnect(s: SocketRef, reason: DisconnectReason, State(app): State<App>) {
     if let Some(identity) = s.extensions.get::<Arc<Identity>>() {
-        let expires = expiry::Expiries::deadline_ms(&identity, app.auth.leeway_secs());
-        app.expiries.remove(expires, s.id);
+        app.expiries.unwatch(&identity, s.id);
     }
     tracing::debug!(sid = %s.id, ?reason, "disconnected");
     crate::metrics::disconnected(&reason);
@@ -375,7 +378,9 @@ impl MessageHandler<LocalAdapter, ()> for Events {
     ) {
         // socketioxide read the name before it called us; were it unreadable, routing answers.
         let handler = match Event::from_message_parts(&s, &mut v, &ack_id) {
-            Ok(Event(name)) => chat::handler(&name).or_else(|| presence::handler(&name)),
+            Ok(Event(name)) => chat::handler(&name)
+                .or_else(|| presence::handler(&name))
+                .or_else(|| session::handler(&name)),
             Err(_) => None,
         };
         handler.unwrap_or(routing::HANDLER)(s, v, ack_id);

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::harness::*;
 
-async fn refused(url: &str, opts: ConnectOptions) -> String {
+pub(crate) async fn refused(url: &str, opts: ConnectOptions) -> String {
     match Client::connect(url, opts).await {
         Err(ClientError::Refused(msg)) => msg,
         Err(other) => panic!("expected a CONNECT_ERROR, got {other}"),
@@ -16,7 +16,7 @@ async fn refused(url: &str, opts: ConnectOptions) -> String {
     }
 }
 
-fn with_auth(token: &str) -> ConnectOptions {
+pub(crate) fn with_auth(token: &str) -> ConnectOptions {
     ConnectOptions {
         auth: Some(json!({ "token": token })),
         ..Default::default()
@@ -32,7 +32,7 @@ fn sign(alg: Algorithm, claims: serde_json::Value, secret: &str) -> String {
     .expect("sign")
 }
 
-fn b64url(bytes: &[u8]) -> String {
+pub(crate) fn b64url(bytes: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
@@ -219,7 +219,7 @@ async fn session_expired_is_emitted_and_the_socket_closed_when_exp_passes() {
 
 /// Generates a key pair with the openssl CLI (Debian base has it; `make test` installs it if
 /// missing) and returns (private PEM, public PEM path).
-fn keypair(dir: &std::path::Path, kind: &str) -> (Vec<u8>, std::path::PathBuf) {
+pub(crate) fn keypair(dir: &std::path::Path, kind: &str) -> (Vec<u8>, std::path::PathBuf) {
     let private = dir.join(format!("{kind}.key"));
     let public = dir.join(format!("{kind}.pub"));
     let gen_args: Vec<&str> = match kind {

@@ -260,6 +260,17 @@ impl Node {
         Self::launch(redis, id, NodeOpts::default(), true).await
     }
 
+    /// Starts a node with extra flags without waiting for readiness; `with_secret: false` leaves
+    /// out the harness's HS256 secret (a key file or key set in `opts` instead).
+    pub async fn start_unready_with(
+        redis: &Redis,
+        id: &str,
+        opts: NodeOpts,
+        with_secret: bool,
+    ) -> Node {
+        Self::launch(redis, id, opts, with_secret).await
+    }
+
     /// Starts a node verifying tokens with the key file given in `opts` (no HS256 secret).
     pub async fn start_with_key_file(redis: &Redis, id: &str, opts: NodeOpts) -> Node {
         Self::start_args(redis, id, opts, false).await

@@ -119,6 +119,9 @@ pub enum ClientError {
     /// The server sent something that does not follow the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The server answered a request with `success: false`: its error object, as JSON.
+    #[error("request failed: {0}")]
+    Failed(String),
 }
 
 impl From<tungstenite::Error> for ClientError {
@@ -248,6 +251,27 @@ impl Client {
         .unwrap_or(Err(ClientError::Timeout));
         self.shared.acks().remove(&id);
         result
+    }
+
+    /// Extends this connection's session with a fresh token (`session:refresh`) instead of a
+    /// reconnect: returns the new `exp` (Unix seconds) the server granted, or the refusal's
+    /// error object (`{ code, message }`) as [`ClientError::Failed`].
+    pub async fn refresh_session(
+        &self,
+        token: &str,
+        timeout: Duration,
+    ) -> Result<u64, ClientError> {
+        let ack = self
+            .emit_with_ack(
+                "session:refresh",
+                serde_json::json!({ "token": token }),
+                timeout,
+            )
+            .await?;
+        match ack["exp"].as_u64() {
+            Some(exp) if ack["success"] == true => Ok(exp),
+            _ => Err(ClientError::Failed(ack["error"].to_string())),
+        }
     }
 
     /// Sends a raw Engine.IO text frame as is (for hostile-input tests).
