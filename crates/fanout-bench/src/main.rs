@@ -16,18 +16,19 @@
 mod admin;
 mod args;
 mod recover;
+mod sender;
 mod stats;
 mod sys;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
-use fanout_client::{Client, ClientError, ConnectOptions, RawEventHandler};
-use futures_util::stream::{self, FuturesUnordered, StreamExt};
+use fanout_client::{Client, ConnectOptions, RawEventHandler};
+use futures_util::stream::{self, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::time::{Instant, sleep, sleep_until, timeout_at};
@@ -36,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use args::{Args, validate};
 use recover::{Connect, RecoverStats, Slot, Supervisor};
+use sender::{ACCEPTED, FAILED, MEASURED, Schedule, SenderCtx, run_sender};
 use stats::{Receivers, RecvState, histogram, lock, now_us};
 
 /// Who is in which room and who sends where.
@@ -88,208 +90,6 @@ struct Counters {
 const PHASES: [&str; 7] = [
     "rooms", "connect", "warm-up", "measure", "drain", "close", "done",
 ];
-
-/// Per-sequence status of a sender's messages.
-const ACCEPTED: u8 = 1;
-const FAILED: u8 = 2;
-const MEASURED: u8 = 0x80;
-
-/// What one sender did.
-struct SenderResult {
-    room: u32,
-    /// Status of each sequence number: ACCEPTED / FAILED / 0 (no ACK), | MEASURED.
-    status: Vec<u8>,
-    sent_measured: u64,
-    sent_warmup: u64,
-    accepted_measured: u64,
-    accepted_warmup: u64,
-    /// Failed ACKs of measured sends, by error code.
-    nack_codes: HashMap<String, u64>,
-    /// Measured sends whose ACK did not come in time / whose connection failed.
-    ack_timeouts: u64,
-    ack_errors: u64,
-    /// Warm-up sends that failed, timed out or errored.
-    unaccepted_warmup: u64,
-    skipped: u64,
-    /// Measured sends sent again after a failure (--recover).
-    resent: u64,
-    ack_hist: Histogram<u64>,
-    /// How late sends left relative to their schedule (µs).
-    lag_hist: Histogram<u64>,
-}
-
-/// Timing of the send phase.
-#[derive(Clone, Copy)]
-struct Schedule {
-    start: Instant,
-    end: Instant,
-    interval: Duration,
-}
-
-struct SenderCtx {
-    k: u32,
-    room: u32,
-    chat_id: String,
-    run_id: String,
-    payload_bytes: usize,
-    max_inflight: usize,
-    ack_timeout: Duration,
-    recover: bool,
-    /// Decides, from the send stamp, whether a message is measured (same rule as receivers).
-    recv: Arc<Receivers>,
-}
-
-async fn run_sender(
-    slot: Arc<Slot>,
-    cx: SenderCtx,
-    sched: Schedule,
-    counters: Arc<Counters>,
-) -> SenderResult {
-    let mut r = SenderResult {
-        room: cx.room,
-        status: Vec::new(),
-        sent_measured: 0,
-        sent_warmup: 0,
-        accepted_measured: 0,
-        accepted_warmup: 0,
-        nack_codes: HashMap::new(),
-        unaccepted_warmup: 0,
-        ack_timeouts: 0,
-        ack_errors: 0,
-        skipped: 0,
-        resent: 0,
-        ack_hist: histogram(),
-        lag_hist: histogram(),
-    };
-    let mut inflight = FuturesUnordered::new();
-    // With --recover: sends to (re)send, in sequence order, with their original clientMsgId.
-    let mut retry: BTreeMap<u64, (bool, Value)> = BTreeMap::new();
-    // Resending stops here, so a cluster that never recovers still ends the run.
-    let give_up = sched.end + cx.ack_timeout * 3;
-    // Senders are staggered over one interval so the total rate is smooth.
-    let mut next = sched.start;
-    loop {
-        if next >= sched.end
-            && inflight.is_empty()
-            && (retry.is_empty() || Instant::now() >= give_up)
-        {
-            break;
-        }
-        if cx.recover
-            && let Some(client) = slot.open()
-        {
-            while inflight.len() < cx.max_inflight
-                && let Some((q, (measured, data))) = retry.pop_first()
-            {
-                if measured {
-                    r.resent += 1;
-                }
-                inflight.push(send(Arc::clone(&client), q, measured, data, cx.ack_timeout));
-            }
-        }
-        tokio::select! {
-            biased;
-            Some((q, measured, data, res, lat)) = inflight.next(), if !inflight.is_empty() => {
-                let res: Result<Value, ClientError> = res;
-                let lat: Duration = lat;
-                let q: u64 = q;
-                // What a resilient client retries: everything but a malformed request (a chat
-                // whose membership Redis lost is FORBIDDEN until the backend restores it).
-                let retryable = cx.recover && match &res {
-                    Ok(ack) => ack["success"] != true && ack["error"]["code"] != "VALIDATION_ERROR",
-                    Err(_) => true,
-                };
-                if retryable && Instant::now() < give_up {
-                    retry.insert(q, (measured, data));
-                    continue;
-                }
-                match res {
-                    Ok(ack) if ack["success"] == true => {
-                        r.status[q as usize] |= ACCEPTED;
-                        counters.acked.fetch_add(1, Ordering::Relaxed);
-                        if measured {
-                            r.accepted_measured += 1;
-                            r.ack_hist.saturating_record((lat.as_micros() as u64).max(1));
-                        } else {
-                            r.accepted_warmup += 1;
-                        }
-                    }
-                    Ok(ack) => {
-                        r.status[q as usize] |= FAILED;
-                        counters.nacked.fetch_add(1, Ordering::Relaxed);
-                        let code = ack["error"]["code"].as_str().unwrap_or("UNKNOWN").to_owned();
-                        if measured {
-                            *r.nack_codes.entry(code).or_default() += 1;
-                        } else {
-                            r.unaccepted_warmup += 1;
-                        }
-                    }
-                    Err(_) if !measured => r.unaccepted_warmup += 1,
-                    Err(ClientError::Timeout) => r.ack_timeouts += 1,
-                    Err(_) => r.ack_errors += 1,
-                }
-            }
-            _ = sleep(Duration::from_millis(20)), if cx.recover && !retry.is_empty() => {}
-            _ = sleep_until(next), if next < sched.end => {
-                let now = Instant::now();
-                let client = slot.open();
-                while next <= now && next < sched.end {
-                    let lag = now.saturating_duration_since(next);
-                    next += sched.interval;
-                    let down = client.is_none() || inflight.len() >= cx.max_inflight;
-                    if down && !cx.recover {
-                        if cx.recv.is_measured(now_us()) {
-                            r.skipped += 1;
-                        }
-                        counters.skipped.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    r.lag_hist.saturating_record((lag.as_micros() as u64).max(1));
-                    let q = r.status.len() as u64;
-                    let t = now_us();
-                    let measured = cx.recv.is_measured(t);
-                    r.status.push(if measured { MEASURED } else { 0 });
-                    if measured {
-                        r.sent_measured += 1;
-                    } else {
-                        r.sent_warmup += 1;
-                    }
-                    counters.sent.fetch_add(1, Ordering::Relaxed);
-                    let data = json!({
-                        "chatId": cx.chat_id,
-                        "content": stats::content(cx.k, q, t, cx.payload_bytes),
-                        "clientMsgId": format!("{}-{}-{q}", cx.run_id, cx.k),
-                    });
-                    match &client {
-                        Some(c) if !down => {
-                            inflight.push(send(Arc::clone(c), q, measured, data, cx.ack_timeout));
-                        }
-                        // --recover: a real client queues what it writes while offline.
-                        _ => {
-                            retry.insert(q, (measured, data));
-                        }
-                    }
-                }
-            }
-        }
-    }
-    r
-}
-
-/// One `chat:send` with its ACK: (seq, measured, the data for a resend, result, ACK latency).
-async fn send(
-    client: Arc<Client>,
-    q: u64,
-    measured: bool,
-    data: Value,
-    ack_timeout: Duration,
-) -> (u64, bool, Value, Result<Value, ClientError>, Duration) {
-    let t0 = std::time::Instant::now();
-    let res = client
-        .emit_with_ack("chat:send", data.clone(), ack_timeout)
-        .await;
-    (q, measured, data, res, t0.elapsed())
-}
 
 /// A histogram's figures in milliseconds.
 fn ms(h: &Histogram<u64>) -> Value {
