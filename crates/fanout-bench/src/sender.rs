@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::time::{Instant, sleep, sleep_until};
 
-use crate::Counters;
+use crate::progress::Counters;
 use crate::recover::Slot;
 use crate::stats::{self, Receivers, histogram, now_us};
 
