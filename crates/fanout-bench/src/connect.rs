@@ -117,6 +117,7 @@ pub async fn connect(run: &Run) -> Clients {
 /// client's source address and event handler, to the next `--url` on each attempt.
 fn connectors(run: &Run, states: &[Arc<Mutex<RecvState>>]) -> Vec<Connect> {
     let (args, recv, source_ips) = (&run.args, &run.recv, run.limits.source_ips);
+    // Valid beyond the run's longest possible end, so that no reconnect meets an expired token.
     let exp = fanout::auth::now_secs()
         + (args.warmup + args.duration + args.grace + args.connect_budget + args.ack_timeout)
             as u64

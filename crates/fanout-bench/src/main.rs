@@ -35,6 +35,7 @@ use progress::Progress;
 use setup::Run;
 use stats::now_us;
 
+/// Exits with 2 on bad arguments (before anything was touched), 1 when the run failed.
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Err(e) = validate(&args) {
@@ -62,14 +63,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// One run, phase by phase; each phase takes what the earlier ones produced.
+/// One run, phase by phase: each phase takes what the earlier ones produced and returns what
+/// it did. A phase that fails ends the run there; a failed room creation first deletes the
+/// rooms it did create.
 async fn run(args: Args, threads: usize) -> Result<(), String> {
     now_us(); // fixes the time base
     let started = report::Started::now();
-    // --- limits and source addresses
     let run = Run::start(args, threads)?;
     let progress = Progress::spawn(&run.counters, &run.recv, run.args.clients);
-    // --- rooms
     let rooms = match setup::create_rooms(&run).await {
         Ok(rooms) => rooms,
         Err(failed) => {
@@ -80,20 +81,13 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
             return Err(failed.error);
         }
     };
-    // --- connect
     let clients = connect::connect(&run).await;
-    // --- join (for servers that do not join members at connect)
     let joins = connect::join(&run, &clients).await;
-    // --- keep clients connected (--recover)
     let supervisors = connect::supervise(&run, &clients);
-    // --- send
     let sent = measure::send(&run, &clients).await?;
-    // --- account
     let totals = account::account(&run, &clients, supervisors, &sent).await;
-    // --- close
     progress.stop().await;
     let close_secs = setup::close(&run, &clients.slots, &rooms.created).await;
-    // --- report
     report::report(
         &run,
         report::Outcome {

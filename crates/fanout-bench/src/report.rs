@@ -26,6 +26,7 @@ pub struct Started {
 }
 
 impl Started {
+    /// Also the first reading of the generator's CPU time: call it before anything else.
     pub fn now() -> Started {
         Started {
             command: std::env::args().collect(),
@@ -54,6 +55,7 @@ struct Figures {
     wall_total: f64,
     cpu: WindowCpu,
     deliveries_per_sec: f64,
+    /// The [`ms`] figures of the ACK, delivery, at-socket and schedule-lag histograms.
     ack: Value,
     deliv: Value,
     at_socket: Value,
@@ -79,6 +81,8 @@ struct Distortion {
 }
 
 impl Distortion {
+    /// CPU-bound: over 85% of one core per worker thread; late: the p99 send left more than
+    /// 50 ms after its time.
     fn check(gen_window: Option<f64>, threads: usize, lag_hist: &Histogram<u64>) -> Distortion {
         let gen_cpu_bound = gen_window.is_some_and(|p| p > 85.0 * threads as f64);
         let schedule_late = !lag_hist.is_empty() && lag_hist.value_at_quantile(0.99) > 50_000;
