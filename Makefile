@@ -21,7 +21,7 @@ CARGO ?= cargo
 # READY_TIMEOUT, ... without listing them here (an explicit `export` would
 # also export unset ones as empty strings).
 
-.PHONY: help up test build fmt clippy clean-run deploy-check rust-components
+.PHONY: help up test build fmt clippy clean-run deploy-check rust-components skip-summary
 
 help:
 	@echo "make up          start Redis + NODES (default 3) nodes + HAProxy on :8080 (Ctrl-C stops)"
@@ -37,15 +37,30 @@ up:
 	deploy/up.sh
 
 # The test harness starts its own redis-server and haproxy processes (found on
-# PATH); node/npm (the interop test) and openssl (key tests) are on the image.
+# PATH); node/npm (the interop and peer tests) and openssl (key tests) are on the
+# image. A test whose tool is missing fails under CI=true and is skipped elsewhere,
+# recorded in $(SKIP_LOG) (tests/it/skip.rs); the summary follows cargo test.
+SKIP_LOG := $(CURDIR)/target/test-skips.txt
+
 test: rust-components
 	deploy/install-deps.sh redis-server haproxy
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) test --all-targets -- --test-threads=2 --skip chaos
+	mkdir -p "$(dir $(SKIP_LOG))"; rm -f "$(SKIP_LOG)"
+	status=0; FANOUT_SKIP_LOG="$(SKIP_LOG)" $(CARGO) test --all-targets -- --test-threads=2 --skip chaos || status=$$?; \
+	$(SKIP_SUMMARY); exit $$status
 	vendor/test.sh -q
 	@if [[ "$${CHAOS:-}" == 1 || "$${CI:-}" == true ]]; then deploy/chaos.sh; \
 	else echo "chaos sequence skipped (CHAOS=1 make test, or deploy/chaos.sh; CI runs it)"; fi
+
+# "N tests skipped:" and one "<test>: <reason>" line each, from the last `make test` (nothing to say when none
+# were). A shell snippet, not a sub-make, so that `make -n test` runs nothing.
+SKIP_SUMMARY = if [[ -s "$(SKIP_LOG)" ]]; then \
+		echo "$$(wc -l <"$(SKIP_LOG)") tests skipped:"; sed 's/^/  /' "$(SKIP_LOG)"; \
+	else echo "0 tests skipped"; fi
+
+skip-summary:
+	@$(SKIP_SUMMARY)
 
 # rustfmt/clippy are missing from rustup's "minimal" profile.
 rust-components:
