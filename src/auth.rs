@@ -112,7 +112,7 @@ impl Authenticator {
                 validation.set_audience(&[aud]);
                 required.push("aud");
             }
-            // PROTOCOL.md §8: when no audience is configured, a token's `aud` is not checked.
+            // docs/protocol.md §8: when no audience is configured, a token's `aud` is not checked.
             None => validation.validate_aud = false,
         }
         validation.set_required_spec_claims(&required);

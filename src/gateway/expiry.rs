@@ -1,4 +1,4 @@
-//! Token expiry of connected sockets (PROTOCOL.md §1, §7: `session:expired` within 2 s after
+//! Token expiry of connected sockets (docs/protocol.md §1, §7: `session:expired` within 2 s after
 //! `exp + leeway`): one ordered list per node, swept by one task. A timer task per socket did
 //! the same for ~500 bytes of every idle socket's memory (the task and its cancellation token).
 

@@ -1,4 +1,4 @@
-//! Handshake authentication (PROTOCOL.md §1): where the token may come from and what is refused.
+//! Handshake authentication (docs/protocol.md §1): where the token may come from, what is refused.
 
 use std::time::Duration;
 
@@ -178,7 +178,7 @@ async fn issuer_and_audience_are_checked_when_configured() {
             .starts_with("UNAUTHORIZED")
     );
 
-    // Without configured iss/aud, tokens carrying them are accepted (PROTOCOL.md §8).
+    // Without configured iss/aud, tokens carrying them are accepted (docs/protocol.md §8).
     let plain = Node::start(&redis, "b").await;
     Client::connect(&plain.url(), with_auth(&wrong_iss))
         .await
