@@ -25,11 +25,13 @@ CARGO ?= cargo
 
 help:
 	@echo "make up          start Redis + NODES (default 3) nodes + HAProxy on :8080 (Ctrl-C stops)"
-	@echo "make test        install redis-server if needed, cargo fmt --check, clippy -D warnings, cargo test, vendor/test.sh"
+	@echo "make test        install redis-server if needed, cargo fmt --check, clippy -D warnings, cargo test"
+	@echo "                 (then the skipped tests and why; with CI=true a missing tool fails instead), vendor/test.sh"
 	@echo "                 (CHAOS=1 or CI=true: then the chaos sequence, deploy/chaos.sh)"
 	@echo "make build       cargo build --release --bins"
 	@echo "make fmt         cargo fmt --all"
 	@echo "make clippy      cargo clippy --all-targets -- -D warnings"
+	@echo "make skip-summary  the tests the last make test skipped, and why (target/test-skips.txt)"
 	@echo "make clean-run   remove .run/ (logs, Redis data of the local cluster)"
 	@echo "make deploy-check  bash -n the scripts and validate deploy/haproxy.cfg"
 
@@ -53,8 +55,9 @@ test: rust-components
 	@if [[ "$${CHAOS:-}" == 1 || "$${CI:-}" == true ]]; then deploy/chaos.sh; \
 	else echo "chaos sequence skipped (CHAOS=1 make test, or deploy/chaos.sh; CI runs it)"; fi
 
-# "N tests skipped:" and one "<test>: <reason>" line each, from the last `make test` (nothing to say when none
-# were). A shell snippet, not a sub-make, so that `make -n test` runs nothing.
+# "N tests skipped:" and one "<test>: <reason>" line each, from the last `make test`
+# ("0 tests skipped" when none were). A shell snippet, not a sub-make, so that
+# `make -n test` runs nothing.
 SKIP_SUMMARY = if [[ -s "$(SKIP_LOG)" ]]; then \
 		echo "$$(wc -l <"$(SKIP_LOG)") tests skipped:"; sed 's/^/  /' "$(SKIP_LOG)"; \
 	else echo "0 tests skipped"; fi
