@@ -21,15 +21,17 @@ CARGO ?= cargo
 # READY_TIMEOUT, ... without listing them here (an explicit `export` would
 # also export unset ones as empty strings).
 
-.PHONY: help up test build fmt clippy clean-run deploy-check rust-components
+.PHONY: help up test build fmt clippy clean-run deploy-check rust-components skip-summary
 
 help:
 	@echo "make up          start Redis + NODES (default 3) nodes + HAProxy on :8080 (Ctrl-C stops)"
-	@echo "make test        install redis-server if needed, cargo fmt --check, clippy -D warnings, cargo test, vendor/test.sh"
+	@echo "make test        install redis-server if needed, cargo fmt --check, clippy -D warnings, cargo test"
+	@echo "                 (then the skipped tests and why; with CI=true a missing tool fails instead), vendor/test.sh"
 	@echo "                 (CHAOS=1 or CI=true: then the chaos sequence, deploy/chaos.sh)"
 	@echo "make build       cargo build --release --bins"
 	@echo "make fmt         cargo fmt --all"
 	@echo "make clippy      cargo clippy --all-targets -- -D warnings"
+	@echo "make skip-summary  the tests the last make test skipped, and why (target/test-skips.txt)"
 	@echo "make clean-run   remove .run/ (logs, Redis data of the local cluster)"
 	@echo "make deploy-check  bash -n the scripts and validate deploy/haproxy.cfg"
 
@@ -37,7 +39,11 @@ up:
 	deploy/up.sh
 
 # The test harness starts its own redis-server and haproxy processes (found on
-# PATH); node/npm (the interop test) and openssl (key tests) are on the image.
+# PATH); node/npm (the interop and peer tests) and openssl (key tests) are on the
+# image. A test whose tool is missing fails under CI=true and is skipped elsewhere,
+# recorded in $(SKIP_LOG) (tests/it/skip.rs); the summary follows cargo test.
+SKIP_LOG := $(CURDIR)/target/test-skips.txt
+
 test: rust-components
 	deploy/install-deps.sh redis-server haproxy
 	$(CARGO) fmt --all -- --check
@@ -45,10 +51,22 @@ test: rust-components
 	# fanout-bench is a workspace member of its own: the tests run it from target/debug, and
 	# cargo test builds only the bins of the package under test.
 	$(CARGO) build --bins
-	$(CARGO) test --all-targets -- --test-threads=2 --skip chaos
+	mkdir -p "$(dir $(SKIP_LOG))"; rm -f "$(SKIP_LOG)"
+	status=0; FANOUT_SKIP_LOG="$(SKIP_LOG)" $(CARGO) test --all-targets -- --test-threads=2 --skip chaos || status=$$?; \
+	$(SKIP_SUMMARY); exit $$status
 	vendor/test.sh -q
 	@if [[ "$${CHAOS:-}" == 1 || "$${CI:-}" == true ]]; then deploy/chaos.sh; \
 	else echo "chaos sequence skipped (CHAOS=1 make test, or deploy/chaos.sh; CI runs it)"; fi
+
+# "N tests skipped:" and one "<test>: <reason>" line each, from the last `make test`
+# ("0 tests skipped" when none were). A shell snippet, not a sub-make, so that
+# `make -n test` runs nothing.
+SKIP_SUMMARY = if [[ -s "$(SKIP_LOG)" ]]; then \
+		echo "$$(wc -l <"$(SKIP_LOG)") tests skipped:"; sed 's/^/  /' "$(SKIP_LOG)"; \
+	else echo "0 tests skipped"; fi
+
+skip-summary:
+	@$(SKIP_SUMMARY)
 
 # rustfmt/clippy are missing from rustup's "minimal" profile.
 rust-components:

@@ -1,5 +1,5 @@
 //! A small backend service behind fanout: it consumes the routed events of the `stickyNotes`
-//! service (`events:stickyNotes`, PROTOCOL.md §5) with a consumer group and answers the sender
+//! service (`events:stickyNotes`, docs/protocol.md §5) with a consumer group, answers the sender
 //! through the `fanout:publish` stream — no HTTP needed.
 //!
 //! A client emits `stickyNotes:note:create { text }`; the gateway appends

@@ -1,6 +1,6 @@
 //! Every setting of a node in one typed struct, read from flags and environment variables.
 //!
-//! Each field is both a `--flag` and an `ENV_VAR` (PROTOCOL.md §7). [`Config::load`] turns any
+//! Each field is a `--flag` and an `ENV_VAR` (docs/protocol.md §7). [`Config::load`] turns any
 //! parse or validation failure into one line naming the setting, so a bad deployment fails at
 //! start-up instead of at the first client.
 
@@ -31,7 +31,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// The configuration of one node. Defaults are those of PROTOCOL.md §7.
+/// The configuration of one node. Defaults are those of docs/protocol.md §7.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "fanout", version, about = "fanout: a Socket.IO gateway node")]
 pub struct Config {

@@ -1,4 +1,4 @@
-//! Client-facing error codes (PROTOCOL.md §2) and the ACK bodies built from them.
+//! Client-facing error codes (docs/protocol.md §2) and the ACK bodies built from them.
 
 use serde::Serialize;
 use serde_json::{Value, json};

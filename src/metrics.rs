@@ -383,7 +383,7 @@ fn register_known_series() {
     counter!(PRESENCE_SWEEP_CLAIMS.name).absolute(0);
 }
 
-/// The `/metrics` route of the admin router: Prometheus text format, no API key (PROTOCOL.md
+/// The `/metrics` route of the admin router: Prometheus text format, no API key (docs/protocol.md
 /// §8). `io` is this node's Socket.IO handle: the live-connection gauge is counted from it at
 /// each scrape (a socket may upgrade from polling to websocket, so counting at connect and
 /// disconnect would misattribute it).

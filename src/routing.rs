@@ -1,4 +1,4 @@
-//! Routed service events (PROTOCOL.md §5): a client event named `service:module:name` is
+//! Routed service events (docs/protocol.md §5): a client event named `service:module:name` is
 //! appended to the Redis stream of its registered service, as an envelope whose `userId` comes
 //! from the token. Services consume their stream with consumer groups and answer through the
 //! server API or the `fanout:publish` stream.

@@ -1,11 +1,11 @@
 //! Payload validation shared by the gateway and the API: ids, strings, the JSON shapes of
-//! PROTOCOL.md. Every failure names the field so the client knows what to fix.
+//! docs/protocol.md. Every failure names the field so the client knows what to fix.
 
 use serde_json::{Map, Value};
 
 use crate::error::ClientError;
 
-/// Longest id (PROTOCOL.md conventions).
+/// Longest id (docs/protocol.md conventions).
 pub const MAX_ID_LEN: usize = 128;
 /// Longest `clientMsgId`.
 pub const MAX_CLIENT_MSG_ID_LEN: usize = 64;

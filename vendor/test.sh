@@ -5,6 +5,8 @@
 # top-level Cargo.lock pins the versions. Usage: vendor/test.sh [extra cargo test args]
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+# The committed patch must describe the vendored copies (vendor/README.md).
+"$here/make-patch.sh" --check
 dir="$(mktemp -d "${TMPDIR:-/tmp}/fanout-vendor-test.XXXXXX")"
 trap 'rm -rf "$dir"' EXIT
 cp -r "$here/engineioxide" "$here/engineioxide-core" "$dir/"

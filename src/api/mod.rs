@@ -1,4 +1,4 @@
-//! The internal HTTP API on `ADMIN_PORT` (PROTOCOL.md §6): every `/api/v1/*` route needs
+//! The internal HTTP API on `ADMIN_PORT` (docs/protocol.md §6): every `/api/v1/*` route needs
 //! `Authorization: Bearer <API_KEY>`; errors are JSON `{ error: { code, message } }`.
 //!
 //! Bodies are read as bytes and parsed here, not with axum's `Json` extractor, so a body of the
@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use crate::chat::Chats;
 use crate::error::StoreError;
 
-/// Largest accepted request body (PROTOCOL.md §8).
+/// Largest accepted request body (docs/protocol.md §8).
 pub const BODY_LIMIT: usize = 64 * 1024;
 
 /// What the API handlers share.

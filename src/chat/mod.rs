@@ -64,7 +64,7 @@ pub struct SendRequest {
     pub kind: String,
 }
 
-/// The `chat:message` payload (PROTOCOL.md §3), also what `chat:history` returns.
+/// The `chat:message` payload (docs/protocol.md §3), also what `chat:history` returns.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ChatMessage {
@@ -211,7 +211,7 @@ impl Chats {
         Ok(accepted)
     }
 
-    /// A page of the chat's history (PROTOCOL.md §3 and §8).
+    /// A page of the chat's history (docs/protocol.md §3 and §8).
     pub async fn history(
         &self,
         reader: &str,

@@ -1,4 +1,4 @@
-//! Chat events (PROTOCOL.md §3) and their inbound aliases.
+//! Chat events (docs/protocol.md §3) and their inbound aliases.
 
 use serde_json::{Map, Value, json};
 use socketioxide::extract::{State, TryData};
@@ -124,7 +124,7 @@ async fn do_send(r: Responder, app: App, data: Payload, id_field: &str) {
     }
 }
 
-/// Validates a `chat:send` payload (PROTOCOL.md §3).
+/// Validates a `chat:send` payload (docs/protocol.md §3).
 pub fn parse_send(
     obj: &Map<String, Value>,
     id_field: &str,

@@ -1,5 +1,5 @@
 //! The Socket.IO side of a node: the handshake (JWT in a connect middleware), the connect
-//! sequence of PROTOCOL.md §1, and one file per event family. Handlers stay thin: they parse
+//! sequence of docs/protocol.md §1, and one file per event family. Handlers stay thin: they parse
 //! and validate a payload, call the domain ([`crate::chat`]) and answer with an ACK — or, when
 //! the client asked for none and the event failed, with an `error` event.
 
@@ -235,7 +235,7 @@ async fn counted_authenticate(
     result
 }
 
-/// A socket's event budget (PROTOCOL.md §8: `RATE_LIMIT_PER_SEC`, `RATE_LIMIT_BURST`), and how
+/// A socket's event budget (docs/protocol.md §8, `RATE_LIMIT_PER_SEC`/`_BURST`), and how
 /// many events in a row it refused: sustained abuse ends in a disconnect.
 #[derive(Clone)]
 pub struct EventBudget(Arc<BudgetState>);
@@ -388,7 +388,7 @@ impl MessageHandler<LocalAdapter, ()> for Events {
 }
 
 /// How a handler answers: the ACK callback when the client sent one, else an `error` event on
-/// failure (PROTOCOL.md §2). Extracted once per event, before the payload.
+/// failure (docs/protocol.md §2). Extracted once per event, before the payload.
 pub struct Responder {
     socket: SocketRef,
     ack: AckSender,
@@ -527,7 +527,7 @@ impl FromMessageParts<LocalAdapter> for Responder {
     }
 }
 
-/// Answers a send refused before its handler ran, in chat:send's shape (PROTOCOL.md §3).
+/// Answers a send refused before its handler ran, in chat:send's shape (docs/protocol.md §3).
 fn refuse_send(
     responder: Responder,
     s: &Arc<Socket<LocalAdapter>>,

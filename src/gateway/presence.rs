@@ -1,4 +1,4 @@
-//! Presence events (PROTOCOL.md §4) and this node's side of presence: registering sockets at
+//! Presence events (docs/protocol.md §4) and this node's side of presence: registering sockets at
 //! connect, removing them at a clean disconnect, and refreshing the live ones.
 
 use std::collections::HashMap;
@@ -76,7 +76,7 @@ pub async fn on_connect(s: &SocketRef, app: &App, identity: &Identity) {
 
 /// A clean disconnect removes the socket's presence field at once (`reason: disconnected`); an
 /// unclean one (the transport broke, pings stopped) leaves it to expire like a crash would
-/// (`reason: expired`), as PROTOCOL.md §4 reads.
+/// (`reason: expired`), as docs/protocol.md §4 reads.
 pub async fn on_disconnect(s: &SocketRef, app: &App, reason: DisconnectReason) {
     if matches!(
         reason,

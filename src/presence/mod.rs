@@ -1,4 +1,4 @@
-//! User-level presence across the cluster (PROTOCOL.md §4).
+//! User-level presence across the cluster (docs/protocol.md §4).
 //!
 //! State machine per user, kept in Redis by the scripts of `lua/presence_*.lua`, each atomic on
 //! the user's slot (`{<userId>}`):
@@ -360,7 +360,7 @@ impl Presence {
         self.online_among(&peers).await
     }
 
-    /// Which of `asked` are online, restricted to `user`'s peers (PROTOCOL.md §8).
+    /// Which of `asked` are online, restricted to `user`'s peers (docs/protocol.md §8).
     pub async fn query(&self, user: &str, asked: &[String]) -> Result<Vec<String>, PresenceError> {
         let peers: HashSet<String> = self.peers(user).await?.into_iter().collect();
         let mut wanted: Vec<String> = asked

@@ -1,4 +1,4 @@
-//! Server-side publishing (PROTOCOL.md §6 `POST /api/v1/publish`): backends emit an event to
+//! Server-side publishing (docs/protocol.md §6 `POST /api/v1/publish`): backends emit an event to
 //! rooms, users and chats cluster-wide. Two ways in, one envelope: the HTTP API, and the
 //! `fanout:publish` stream that services can `XADD` to without HTTP ([`consumer`]).
 //!

@@ -76,7 +76,7 @@ pub fn user_chats(user_id: &str) -> String {
     format!("user:{{{user_id}}}:chats")
 }
 
-/// HASH of a user's live sockets (PROTOCOL.md §4): field = socket id, value = JSON
+/// HASH of a user's live sockets (docs/protocol.md §4): field = socket id, value = JSON
 /// `{nodeId, connectedAt, lastSeen}`, key TTL `PRESENCE_TTL_SECS`.
 pub fn presence_user(user_id: &str) -> String {
     format!("presence:user:{{{user_id}}}")

@@ -1,4 +1,4 @@
-//! The server API (PROTOCOL.md §6): publish, presence, disconnect, nodes, the OpenAPI document,
+//! Server API (docs/protocol.md §6): publish, presence, disconnect, nodes, the OpenAPI document,
 //! and the `fanout:publish` stream with its consumer group.
 
 use std::collections::HashSet;

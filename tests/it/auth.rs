@@ -1,4 +1,4 @@
-//! Handshake authentication (PROTOCOL.md §1): where the token may come from and what is refused.
+//! Handshake authentication (docs/protocol.md §1): where the token may come from, what is refused.
 
 use std::time::Duration;
 
@@ -178,7 +178,7 @@ async fn issuer_and_audience_are_checked_when_configured() {
             .starts_with("UNAUTHORIZED")
     );
 
-    // Without configured iss/aud, tokens carrying them are accepted (PROTOCOL.md §8).
+    // Without configured iss/aud, tokens carrying them are accepted (docs/protocol.md §8).
     let plain = Node::start(&redis, "b").await;
     Client::connect(&plain.url(), with_auth(&wrong_iss))
         .await
@@ -217,8 +217,8 @@ async fn session_expired_is_emitted_and_the_socket_closed_when_exp_passes() {
     );
 }
 
-/// Generates a key pair with the openssl CLI (Debian base has it; `make test` installs it if
-/// missing) and returns (private PEM, public PEM path).
+/// Generates a key pair with the openssl CLI (on Debian images; the test that calls this
+/// checks for it with `skip::require_tools`) and returns (private PEM, public PEM path).
 pub(crate) fn keypair(dir: &std::path::Path, kind: &str) -> (Vec<u8>, std::path::PathBuf) {
     let private = dir.join(format!("{kind}.key"));
     let public = dir.join(format!("{kind}.pub"));
@@ -260,6 +260,13 @@ pub(crate) fn keypair(dir: &std::path::Path, kind: &str) -> (Vec<u8>, std::path:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rs256_and_es256_public_keys_pin_their_algorithm() {
+    if !crate::skip::require_tools(
+        "auth::rs256_and_es256_public_keys_pin_their_algorithm",
+        &["openssl"],
+        "apt-get install openssl",
+    ) {
+        return;
+    }
     let redis = Redis::start().await;
     let dir = tempfile::tempdir().unwrap();
     let now = fanout::auth::now_secs();

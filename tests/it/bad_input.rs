@@ -1,4 +1,4 @@
-//! Bad input gets the right error code and changes nothing else (PROTOCOL.md §2).
+//! Bad input gets the right error code and changes nothing else (docs/protocol.md §2).
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! Chat across nodes (PROTOCOL.md §3): delivery, order, offsets, idempotency, typing, read
+//! Chat across nodes (docs/protocol.md §3): delivery, order, offsets, idempotency, typing, read
 //! receipts, history and the inbound aliases.
 
 use std::collections::HashMap;
@@ -71,7 +71,7 @@ async fn messages_cross_nodes_to_every_member_socket_including_the_sender() {
         assert_eq!(m["createdAt"], ackv["createdAt"]);
     }
 
-    // Without a clientMsgId the ACK carries null (PROTOCOL.md §8).
+    // Without a clientMsgId the ACK carries null (docs/protocol.md §8).
     let a2 = ack(
         &bob,
         "chat:send",

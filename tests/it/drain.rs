@@ -1,4 +1,4 @@
-//! Graceful drain on SIGTERM (PROTOCOL.md §7): readiness off, sockets told to reconnect (their
+//! Graceful drain on SIGTERM (docs/protocol.md §7): readiness off, sockets told to reconnect (the
 //! transport closes, so clients reconnect elsewhere), presence removed, nothing accepted lost,
 //! exit 0 within SHUTDOWN_GRACE_SECS.
 

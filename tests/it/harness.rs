@@ -636,6 +636,9 @@ pub fn bench_bin() -> PathBuf {
     bin
 }
 
+/// How to get haproxy, for `skip::require_tools`.
+pub const HAPROXY_HINT: &str = "make test installs it: deploy/install-deps.sh haproxy";
+
 /// An HAProxy process with deploy/haproxy.cfg and the given servers, killed on drop.
 pub struct Haproxy {
     child: Child,
@@ -645,10 +648,9 @@ pub struct Haproxy {
 
 impl Haproxy {
     /// Starts HAProxy in front of `servers` (name, address) and waits until it forwards
-    /// `/readyz` and every server passed its health checks; `None` when haproxy is not installed
-    /// (`make test` installs it).
-    pub async fn start(servers: &[(&str, SocketAddr)]) -> Option<Haproxy> {
-        Command::new("haproxy").arg("-v").output().ok()?;
+    /// `/readyz` and every server passed its health checks. Callers check first that haproxy is
+    /// installed (`skip::require_tools` with [`HAPROXY_HINT`]).
+    pub async fn start(servers: &[(&str, SocketAddr)]) -> Haproxy {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cfg = std::fs::read_to_string(repo_root().join("deploy/haproxy.cfg"))
             .expect("deploy/haproxy.cfg");
@@ -683,7 +685,7 @@ impl Haproxy {
         }
         // Every server up (checks: inter 2 s, rise 2).
         tokio::time::sleep(Duration::from_secs(5)).await;
-        Some(lb)
+        lb
     }
 
     pub fn url(&self) -> String {
@@ -705,14 +707,4 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// Whether `tool --version` runs and succeeds (for tests that skip, saying so, without it).
-pub fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }

@@ -2,7 +2,8 @@
 //! node, over the websocket and the polling transports. The client side is
 //! `tests/js/interop.mjs`; it exits non-zero naming the step that failed.
 //!
-//! Skipped (with a message) only when `node` or `npm` is not on PATH.
+//! Needs `node` and `npm` on PATH: without them it fails under `CI=true` and is reported as
+//! skipped elsewhere (`skip::require_tools`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -10,17 +11,13 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::harness::*;
+use crate::skip::require_tools;
 
 /// Upper bound for one run of the script (it has its own 60 s guard).
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
 
 fn js_dir() -> PathBuf {
     repo_root().join("tests").join("js")
-}
-
-/// True when both `node` and `npm` can be run.
-fn have_node_and_npm() -> bool {
-    have("node") && have("npm")
 }
 
 fn describe(out: &Output) -> String {
@@ -75,10 +72,8 @@ async fn npm_install_once() {
 }
 
 async fn run_interop(transport: &str) {
-    if !have_node_and_npm() {
-        eprintln!(
-            "interop_js ({transport}): skipped: npm not found (node and npm must be on PATH)"
-        );
+    let test = format!("interop_js::official_js_client_works_over_{transport}");
+    if !require_tools(&test, &["node", "npm"], "install Node.js 18+ with npm") {
         return;
     }
     npm_install_once().await;

@@ -7,6 +7,7 @@ use fanout_client::Client;
 use serde_json::json;
 
 use crate::harness::*;
+use crate::skip::require_tools;
 
 /// The node a user's only socket is on, from the presence API.
 async fn node_of(node: &Node, user: &str) -> Option<String> {
@@ -20,15 +21,19 @@ async fn node_of(node: &Node, user: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_through_the_load_balancer_moves_clients_to_the_other_node() {
+    if !require_tools(
+        "lb::sigterm_through_the_load_balancer_moves_clients_to_the_other_node",
+        &["haproxy"],
+        HAPROXY_HINT,
+    ) {
+        return;
+    }
     let redis = Redis::start().await;
     let opts = NodeOpts::default().with("shutdown-grace-secs", "5");
     let mut a = NodeProcess::spawn(&redis, "a", opts.clone()).await;
     let b = Node::start_with(&redis, "b", opts).await;
 
-    let Some(haproxy) = Haproxy::start(&[("a", a.public), ("b", b.public)]).await else {
-        println!("lb test skipped: haproxy not found (make test installs it)");
-        return;
-    };
+    let haproxy = Haproxy::start(&[("a", a.public), ("b", b.public)]).await;
     let lb = haproxy.url();
 
     let users: Vec<String> = (0..6).map(|i| format!("u{i}")).collect();

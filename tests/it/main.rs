@@ -2,6 +2,7 @@
 //! Socket.IO clients. One test binary (faster to build than one per file).
 
 mod harness;
+mod skip;
 
 mod api;
 mod auth;

@@ -1,4 +1,4 @@
-//! The membership and chat endpoints of the server API (PROTOCOL.md §6) and how live sockets
+//! The membership and chat endpoints of the server API (docs/protocol.md §6) and how live sockets
 //! follow them on every node.
 
 use serde_json::{Value, json};

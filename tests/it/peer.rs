@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{have, repo_root};
+use crate::harness::repo_root;
+use crate::skip::require_tools;
 
 /// Longest the smoke run may take (normally ~25 s, plus `npm ci` the first time).
 const LIMIT: Duration = Duration::from_secs(150);
@@ -49,8 +50,11 @@ fn read(dir: &Path, name: &str) -> String {
 
 #[test]
 fn compare_smoke_runs_both_systems_without_loss() {
-    if !have("node") || !have("npm") {
-        eprintln!("peer: skipped: node and npm must be on PATH");
+    if !require_tools(
+        "peer::compare_smoke_runs_both_systems_without_loss",
+        &["node", "npm"],
+        "install Node.js 18+ with npm",
+    ) {
         return;
     }
     let root = repo_root();

@@ -1,4 +1,4 @@
-//! Presence (PROTOCOL.md §4): exactly one online per offline→online transition and exactly one
+//! Presence (docs/protocol.md §4): exactly one online per offline→online transition, exactly one
 //! offline per online→offline transition at every peer socket, cluster-wide, kills included.
 
 use std::time::{Duration, Instant};
@@ -291,7 +291,7 @@ async fn users_who_start_sharing_a_chat_learn_each_others_state() {
     let mut carol = connect(&a.url(), "carol").await;
     let mut dave = connect(&b.url(), "dave").await;
     // Let their own connect transitions settle first: a membership change racing a connect can
-    // announce the user twice (a documented defect, docs/protocol.md §12).
+    // announce the user twice (a documented defect, docs/protocol.md section 12).
     tokio::time::sleep(Duration::from_millis(300)).await;
     a.create_chat("z", &["carol", "dave"]).await;
     let about_dave = presence_events(&mut carol, "dave", Duration::from_secs(1)).await;

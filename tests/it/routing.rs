@@ -1,4 +1,4 @@
-//! Routed service events (PROTOCOL.md §5), the example service's reply path, the per-socket
+//! Routed service events (docs/protocol.md §5), the example service's reply path, the per-socket
 //! event budget, and the `fanout:publish` consumer group across nodes.
 
 use std::collections::HashMap;

@@ -7,7 +7,7 @@
 //! and even the close that the Engine.IO ping timeout triggers waits for that writer: without
 //! `TCP_USER_TIMEOUT` the socket lives until the client closes the connection. With it, the
 //! kernel fails the blocked write once the window has stayed closed that long, and the socket
-//! ends (docs/protocol.md §12).
+//! ends (docs/protocol.md section 12).
 
 use std::time::{Duration, Instant};
 
@@ -228,8 +228,8 @@ async fn tcp_user_timeout_ends_a_socket_whose_client_stopped_reading() {
 
 /// The control: with the option off, the ping timeout (here 1 s + 1 s) does not end a stalled
 /// socket; it lives until its client closes the connection. If this ever fails because the
-/// socket ended, the transport learned to time out its writes and docs/protocol.md §12 and the
-/// TCP_USER_TIMEOUT_MS default deserve another look.
+/// socket ended, the transport learned to time out its writes and docs/protocol.md section 12
+/// and the TCP_USER_TIMEOUT_MS default deserve another look.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_tcp_user_timeout_a_stalled_socket_outlives_its_ping_timeout() {
     const MESSAGES: usize = 150;
