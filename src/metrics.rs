@@ -211,7 +211,7 @@ metric!(
 metric!(
     /// Key-set age.
     JWKS_AGE, "fanout_jwks_age_seconds", Gauge, [],
-    "Seconds since the key set was last fetched successfully; -1 before the first fetch (JWKS mode only)."
+    "Seconds since the JWT key set (JWT_JWKS_URL) was last fetched successfully; -1 before the first fetch; 0 on a node that verifies with a configured key."
 );
 metric!(
     /// Session refreshes.
@@ -354,6 +354,10 @@ fn register_known_series() {
     for outcome in ["ok", "refused"] {
         counter!(SESSION_REFRESHES.name, "outcome" => outcome).absolute(0);
     }
+    for outcome in ["ok", "error"] {
+        counter!(JWKS_FETCHES.name, "outcome" => outcome).absolute(0);
+    }
+    gauge!(JWKS_AGE.name).set(0.0);
     for r in ["transport_close", "transport_error", "heartbeat_timeout"] {
         counter!(DISCONNECTS.name, "reason" => r).absolute(0);
     }
