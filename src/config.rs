@@ -553,6 +553,65 @@ mod tests {
     }
 
     #[test]
+    fn a_key_set_takes_asymmetric_algorithms_and_a_real_url() {
+        let jwks = |extra: &[&'static str]| {
+            let mut args = vec!["fanout", "--api-key", "k"];
+            args.extend(extra);
+            Config::try_from_args(args)
+        };
+        let c = jwks(&["--jwt-jwks-url", "https://idp.example/jwks.json"]).unwrap();
+        assert!(matches!(
+            c.jwt_key(),
+            Ok(JwtKey::Jwks(_, ref a)) if a == &[JwtAlgorithm::RS256]
+        ));
+        let c = jwks(&[
+            "--jwt-jwks-url",
+            "http://127.0.0.1:8080/k",
+            "--jwt-algorithm",
+            "RS256,ES256",
+        ])
+        .unwrap();
+        assert!(matches!(c.jwt_key(), Ok(JwtKey::Jwks(_, ref a)) if a.len() == 2));
+        for (extra, names) in [
+            (
+                vec![
+                    "--jwt-jwks-url",
+                    "http://x/k",
+                    "--jwt-algorithm",
+                    "RS256,HS256",
+                ],
+                "JWT_ALGORITHM",
+            ),
+            (vec!["--jwt-jwks-url", "ftp://x/k"], "JWT_JWKS_URL"),
+            (vec!["--jwt-jwks-url", "not a url"], "JWT_JWKS_URL"),
+            (
+                vec!["--jwt-jwks-url", "http://x/k", "--jwt-secret", "s"],
+                "JWT_JWKS_URL",
+            ),
+            (
+                vec!["--jwt-secret", "s", "--jwt-algorithm", "HS256,RS256"],
+                "JWT_ALGORITHM",
+            ),
+            (
+                vec![
+                    "--jwt-jwks-url",
+                    "http://x/k",
+                    "--jwt-jwks-refresh-secs",
+                    "0",
+                ],
+                "JWT_JWKS_REFRESH_SECS",
+            ),
+            (
+                vec!["--jwt-algorithm", "none", "--jwt-jwks-url", "http://x/k"],
+                "none",
+            ),
+        ] {
+            let e = jwks(&extra).unwrap_err();
+            assert!(e.contains(names), "{extra:?}: {e}");
+        }
+    }
+
+    #[test]
     fn services_parse_with_default_streams() {
         let mut args = base();
         args.extend(["--services", "stickyNotes=events:stickyNotes, whiteboard"]);

@@ -412,3 +412,44 @@ async fn a_node_killed_mid_run_loses_nothing_for_recovering_clients() {
         show(j)
     );
 }
+
+/// `--token-secs`: tokens that live 3 s, refreshed on the live connection every 1.5 s through a
+/// 5-second run: every client stays connected, every refresh is granted, nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_lived_tokens_are_refreshed_without_reconnects() {
+    let redis = Redis::start().await;
+    let opts = NodeOpts::default().with("jwt-leeway-secs", "0");
+    let a = NodeProcess::spawn(&redis, "bench-a", opts).await;
+    let bench = Bench::start(
+        &[&a],
+        &[
+            "--clients",
+            "20",
+            "--room-size",
+            "10",
+            "--senders",
+            "4",
+            "--rate",
+            "100",
+            "--warmup",
+            "1",
+            "--duration",
+            "5",
+            "--grace",
+            "1",
+            "--token-secs",
+            "3",
+            "--threads",
+            "2",
+        ],
+    );
+    let (code, json) = bench.finish().await;
+    assert_eq!(code, Some(0), "bench failed: {}", show(&json));
+    let j = &json;
+    assert_eq!(num(j, "connect.still_open_at_end"), 20, "{}", show(j));
+    // At least three rounds of 20 (at 1.5, 3, 4.5 s … of a run of 7 s and more).
+    assert!(num(j, "session_refreshes.ok") >= 60, "{}", show(j));
+    assert_eq!(num(j, "session_refreshes.failed"), 0, "{}", show(j));
+    assert_eq!(num(j, "delivery.lost"), 0, "{}", show(j));
+    assert_eq!(num(j, "delivery.duplicated"), 0, "{}", show(j));
+}

@@ -90,6 +90,11 @@ async fn run_interop(transport: &str) {
         .env("URL", node.url())
         .env("TOKEN_ALICE", token("alice"))
         .env("TOKEN_BOB", token("bob"))
+        .env(
+            "TOKEN_ALICE_LATER",
+            fanout::auth::mint_hs256(SECRET, "alice", fanout::auth::now_secs() + 7200, None)
+                .expect("mint"),
+        )
         .env("CHAT", &chat)
         .env("TRANSPORT", transport)
         .stdin(Stdio::null())

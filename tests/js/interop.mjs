@@ -4,6 +4,7 @@
 //   URL          node base URL, e.g. http://127.0.0.1:3000
 //   TOKEN_ALICE  JWT for alice (sent as auth.token)
 //   TOKEN_BOB    JWT for bob (sent as the Authorization: Bearer header)
+//   TOKEN_ALICE_LATER  a later-expiring JWT for alice (session:refresh)
 //   CHAT         id of a chat whose members include alice and bob
 //   TRANSPORT    "websocket" or "polling" (the only transport the clients may use)
 //
@@ -212,6 +213,20 @@ await step("receive chat:message x" + N, async () => {
 await step("unknown event", async () => {
   const ack = await alice.timeout(ACK_MS).emitWithAck("interop:no-such-event", { x: 1 });
   check(ack?.success === false && ack.error?.code === "INVALID_EVENT", `unknown event ACK ${show(ack)}`);
+});
+
+// (6b) alice refreshes her session on the live connection; bob's token is refused for her.
+await step("session:refresh", async () => {
+  const later = env("TOKEN_ALICE_LATER");
+  const ok = await alice.timeout(ACK_MS).emitWithAck("session:refresh", { token: later });
+  const exp = JSON.parse(Buffer.from(later.split(".")[1], "base64url")).exp;
+  check(ok?.success === true && ok.exp === exp, `refresh ACK ${show(ok)}, expected exp ${exp}`);
+  const foreign = await alice.timeout(ACK_MS).emitWithAck("session:refresh", { token: TOKEN_BOB });
+  check(
+    foreign?.success === false && foreign.error?.code === "UNAUTHORIZED",
+    `refresh with another user's token ACK ${show(foreign)}`,
+  );
+  check(alice.connected, "alice still connected after refreshing");
 });
 
 // Nothing unexpected arrived meanwhile (no server `error` events, no early disconnects,

@@ -104,6 +104,11 @@ pub struct Args {
     /// Run id used in chat ids and clientMsgIds (default: random).
     #[arg(long)]
     pub run_id: Option<String>,
+    /// Lifetime of each client's token in seconds, as behind an identity provider; every
+    /// connected client then refreshes its session (`session:refresh`) every half lifetime
+    /// instead of reconnecting. 0 (the default): one token valid for the whole run.
+    #[arg(long, default_value_t = 0)]
+    pub token_secs: u64,
     /// Read with plain `recv` instead of `recvmsg` with the kernel's receive timestamps; the
     /// report then has the read latency only (for comparing the stamps' own cost).
     #[arg(long)]
@@ -116,6 +121,9 @@ pub fn validate(a: &Args) -> Result<(), String> {
     let bad = |m: &str| Err(m.to_owned());
     if a.clients == 0 || a.room_size == 0 {
         return bad("--clients and --room-size must be at least 1");
+    }
+    if a.token_secs == 1 {
+        return bad("--token-secs must be 0 (off) or at least 2");
     }
     if a.room_size > a.clients {
         return bad("--room-size cannot exceed --clients");

@@ -113,15 +113,17 @@ pub async fn connect(run: &Run) -> Clients {
     }
 }
 
-/// The connect functions: each mints its client's token once and opens a connection with the
-/// client's source address and event handler, to the next `--url` on each attempt.
+/// The connect functions: each mints its client's token (once, or with `--token-secs` at each
+/// attempt) and opens a connection with the client's source address and event handler, to the
+/// next `--url` on each attempt.
 fn connectors(run: &Run, states: &[Arc<Mutex<RecvState>>]) -> Vec<Connect> {
     let (args, recv, source_ips) = (&run.args, &run.recv, run.limits.source_ips);
     // Valid beyond the run's longest possible end, so that no reconnect meets an expired token.
-    let exp = fanout::auth::now_secs()
+    let run_exp = fanout::auth::now_secs()
         + (args.warmup + args.duration + args.grace + args.connect_budget + args.ack_timeout)
             as u64
         + 3600;
+    let token_secs = args.token_secs;
     let connect_timeout = Duration::from_secs_f64(args.connect_timeout);
     // tungstenite zero-fills its read buffer up to this size before every read, including the
     // reads that find nothing: at 8 KiB that memset was the generator's largest single cost
@@ -136,13 +138,21 @@ fn connectors(run: &Run, states: &[Arc<Mutex<RecvState>>]) -> Vec<Connect> {
     let rx_timestamps = !args.no_rx_timestamps;
     (0..args.clients)
         .map(|i| {
-            let token = fanout::auth::mint_hs256(&args.jwt_secret, &user_id(i as u32), exp, None)
-                .map_err(|e| format!("mint token: {e}"));
+            let (secret, user) = (args.jwt_secret.clone(), user_id(i as u32));
+            let mint = move || {
+                let exp = if token_secs == 0 {
+                    run_exp
+                } else {
+                    fanout::auth::now_secs() + token_secs
+                };
+                fanout::auth::mint_hs256(&secret, &user, exp, None)
+                    .map_err(|e| format!("mint token: {e}"))
+            };
             let urls = args.urls.clone();
             let local_addr = (source_ips > 1).then(|| sys::source_ip(i as u32 % source_ips));
             let (recv, state) = (Arc::clone(recv), Arc::clone(&states[i]));
             let connect: Connect = Arc::new(move |attempt: u32| {
-                let token = token.clone();
+                let token = mint();
                 let url = urls[(i + attempt as usize) % urls.len()].clone();
                 let (recv, state) = (Arc::clone(&recv), Arc::clone(&state));
                 Box::pin(async move {

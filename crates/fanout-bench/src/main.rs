@@ -20,6 +20,7 @@ mod connect;
 mod measure;
 mod progress;
 mod recover;
+mod refresh;
 mod report;
 mod sender;
 mod setup;
@@ -84,8 +85,13 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
     let clients = connect::connect(&run).await;
     let joins = connect::join(&run, &clients).await;
     let supervisors = connect::supervise(&run, &clients);
+    let refresher = refresh::Refresher::spawn(&run, &clients);
     let sent = measure::send(&run, &clients).await?;
     let totals = account::account(&run, &clients, supervisors, &sent).await;
+    let refreshes = match refresher {
+        Some(r) => Some(r.stop().await),
+        None => None,
+    };
     progress.stop().await;
     let close_secs = setup::close(&run, &clients.slots, &rooms.created).await;
     report::report(
@@ -97,6 +103,7 @@ async fn run(args: Args, threads: usize) -> Result<(), String> {
             joins: &joins,
             sent: &sent,
             totals: &totals,
+            refreshes: refreshes.as_deref(),
             close_secs,
         },
     )

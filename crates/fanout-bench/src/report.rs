@@ -45,6 +45,8 @@ pub struct Outcome<'a> {
     pub joins: &'a Joins,
     pub sent: &'a Sent,
     pub totals: &'a Totals,
+    /// With `--token-secs`: the session refreshes.
+    pub refreshes: Option<&'a crate::refresh::RefreshStats>,
     pub close_secs: f64,
 }
 
@@ -354,6 +356,16 @@ fn json(run: &Run, o: &Outcome, f: &Figures) -> Value {
             "history_error_kinds": *lock(&recover_stats.history_error_kinds),
             "resent_measured": resent,
         },
+        "session_refreshes": refreshes_json(args.token_secs, o.refreshes),
+    })
+}
+
+/// `--token-secs`: how many session refreshes the server granted and refused.
+fn refreshes_json(token_secs: u64, r: Option<&crate::refresh::RefreshStats>) -> Value {
+    json!({
+        "token_secs": token_secs,
+        "ok": r.map_or(0, |r| r.ok.load(Ordering::Relaxed)),
+        "failed": r.map_or(0, |r| r.failed.load(Ordering::Relaxed)),
     })
 }
 
@@ -461,6 +473,14 @@ fn print_summary(run: &Run, o: &Outcome, f: &Figures, report: &Value) {
             recover_stats.failed_attempts.load(Ordering::Relaxed),
             recover_stats.history_calls.load(Ordering::Relaxed),
             recover_stats.history_errors.load(Ordering::Relaxed),
+        );
+    }
+    if let Some(r) = o.refreshes {
+        println!(
+            "sessions:  {} refreshes granted, {} failed (tokens of {} s)",
+            r.ok.load(Ordering::Relaxed),
+            r.failed.load(Ordering::Relaxed),
+            args.token_secs
         );
     }
     println!(
