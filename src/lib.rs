@@ -28,6 +28,7 @@ pub mod chat;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod gateway;
 pub mod health;

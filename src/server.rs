@@ -26,7 +26,7 @@ use crate::chat::{ChatSettings, Chats};
 use crate::config::Config;
 use crate::gateway::{self, App, IoLimits};
 use crate::health::Health;
-use crate::presence::{Presence, listener, sweep};
+use crate::presence::{Presence, listener, refresher, sweep};
 
 /// The two listening sockets of a node.
 pub struct Listeners {
@@ -191,8 +191,12 @@ pub async fn run(
     let publisher = crate::publish::Publisher::new(backplane.clone());
     // Presence keeps working until the sockets are gone: the drain removes them first.
     let presence_stop = CancellationToken::new();
-    tasks.spawn(gateway::presence::run_refresher(
-        io.clone(),
+    let live_sockets = {
+        let io = io.clone();
+        move || gateway::local_sockets(&io)
+    };
+    tasks.spawn(refresher::run(
+        live_sockets,
         presence.clone(),
         presence_stop.clone(),
     ));
@@ -281,7 +285,7 @@ pub async fn run(
         // Presence first, while Redis and the backplane still carry the offline events; its
         // refresher stops before, so no tick re-registers a socket that was just removed.
         presence_stop.cancel();
-        if let Err(e) = gateway::presence::remove_all(&io, &presence).await {
+        if let Err(e) = crate::drain::remove_all(&io, &presence).await {
             tracing::warn!(error = %e, "drain could not remove every presence field; they expire");
         }
         io.close().await;
