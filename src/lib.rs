@@ -42,6 +42,7 @@ pub mod publish;
 pub mod redis;
 pub mod routing;
 pub mod server;
+pub mod tasks;
 pub mod validate;
 
 pub use config::Config;

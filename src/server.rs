@@ -204,6 +204,7 @@ pub async fn run(
         client.clone(),
         presence.clone(),
         health.clone(),
+        tasks.clone(),
         presence_stop.clone(),
     ));
     tasks.spawn(sweep::run(
