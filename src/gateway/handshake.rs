@@ -146,8 +146,8 @@ async fn authenticate(
     Ok(())
 }
 
-/// [`authenticate`], counted in [`crate::metrics`]: accepted handshakes by transport, refusals
-/// by reason.
+/// The handshake (token, readiness, chats, connection limit, rooms, socket state), counted in
+/// [`crate::metrics`]: accepted handshakes by transport, refusals by reason.
 pub async fn counted_authenticate(
     s: SocketRef,
     app: State<App>,
