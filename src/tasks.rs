@@ -2,13 +2,17 @@
 //! [`run_reconnecting`], the one loop every blocking reader (backplane reader, keyspace
 //! listener, publish consumer) runs in — open a dedicated connection, read until it breaks,
 //! wait, open a new one, until cancelled. Each reader supplies only its connect, read and
-//! handle steps ([`BlockingReader`]).
+//! handle steps ([`BlockingReader`]). [`Bounded`] spawns a reader's side tasks on the node's
+//! tracker with a cap on how many run at once.
 
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// First reconnect delay.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -137,6 +141,44 @@ pub async fn retry_until_ok<T, E, F: Future<Output = Result<T, E>>>(
     }
 }
 
+/// Tasks spawned on the node's tracker, at most a fixed number running at once: the drain
+/// waits for them like for any task, and a burst of work cannot spawn without limit.
+#[derive(Clone)]
+pub struct Bounded {
+    tasks: TaskTracker,
+    slots: Arc<Semaphore>,
+}
+
+impl Bounded {
+    /// At most `max` of the tasks spawned through this run at once, on `tasks`.
+    pub fn new(tasks: TaskTracker, max: usize) -> Self {
+        Bounded {
+            tasks,
+            slots: Arc::new(Semaphore::new(max)),
+        }
+    }
+
+    /// Spawns `task` once a slot is free, waiting for one meanwhile — the caller slows down
+    /// instead of dropping work. Returns false, without running `task`, if `cancel` fires
+    /// first.
+    pub async fn spawn<F>(&self, task: F, cancel: &CancellationToken) -> bool
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let slot = tokio::select! {
+            _ = cancel.cancelled() => return false,
+            s = self.slots.clone().acquire_owned() => s,
+        };
+        // The semaphore is never closed, so the wait can only end with a slot.
+        let Ok(slot) = slot else { return false };
+        self.tasks.spawn(async move {
+            task.await;
+            drop(slot);
+        });
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +197,79 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= BACKOFF_MIN);
+    }
+
+    #[tokio::test]
+    async fn a_bounded_spawn_waits_for_a_free_slot_and_gives_up_on_cancel() {
+        let tracker = TaskTracker::new();
+        let bounded = Bounded::new(tracker.clone(), 2);
+        let cancel = CancellationToken::new();
+        let (release, released) = tokio::sync::watch::channel(false);
+        for _ in 0..2 {
+            let mut released = released.clone();
+            let task = async move {
+                let _ = released.wait_for(|r| *r).await;
+            };
+            assert!(bounded.spawn(task, &cancel).await);
+        }
+        let third = bounded.spawn(async {}, &cancel);
+        tokio::pin!(third);
+        let waited = tokio::time::timeout(Duration::from_millis(50), &mut third).await;
+        assert!(waited.is_err(), "a third task waits while two run");
+        release.send_replace(true);
+        assert!(third.await, "and runs once one finished");
+        tracker.close();
+        tracker.wait().await;
+
+        let full = Bounded::new(TaskTracker::new(), 0);
+        cancel.cancel();
+        assert!(!full.spawn(async {}, &cancel).await);
+    }
+
+    /// Connects fail once, then each connection yields two batches and is lost.
+    struct Flaky {
+        connects: u32,
+        reads_left: u32,
+        handled: Vec<u32>,
+        stop_after: usize,
+        cancel: CancellationToken,
+    }
+
+    impl BlockingReader for Flaky {
+        type Conn = ();
+        type Batch = u32;
+
+        async fn connect(&mut self) -> Option<()> {
+            self.connects += 1;
+            self.reads_left = 2;
+            (self.connects > 1).then_some(())
+        }
+
+        async fn read(&mut self, _: &mut ()) -> Option<u32> {
+            self.reads_left = self.reads_left.checked_sub(1)?;
+            Some(self.connects)
+        }
+
+        async fn handle(&mut self, batch: u32) {
+            self.handled.push(batch);
+            if self.handled.len() == self.stop_after {
+                self.cancel.cancel();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_reconnect_loop_retries_connects_and_lost_connections_until_cancelled() {
+        let cancel = CancellationToken::new();
+        let mut reader = Flaky {
+            connects: 0,
+            reads_left: 0,
+            handled: Vec::new(),
+            stop_after: 4,
+            cancel: cancel.clone(),
+        };
+        run_reconnecting(&mut reader, Backoff::default(), &cancel).await;
+        assert_eq!(reader.handled, vec![2, 2, 3, 3]);
+        assert_eq!(reader.connects, 3);
     }
 }

@@ -8,18 +8,18 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::PubSub;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Presence;
 use crate::health::Health;
 use crate::redis::keys;
-use crate::tasks::{Backoff, BlockingReader, run_reconnecting};
+use crate::tasks::{Backoff, BlockingReader, Bounded, run_reconnecting};
 
-/// Most expiry claims in flight at once. Each is one script call on the shared connection, and
-/// Redis runs them one at a time, so more in flight would not finish sooner; the bound keeps an
-/// expiry storm (a node's worth of users expiring together) from spawning a task per key.
+/// Most expiry claims in flight at once. Each is one script call on the shared connection; 64
+/// keep its pipeline busy, and since Redis runs scripts one at a time more would only queue.
+/// The bound keeps an expiry storm (a node's worth of users expiring together) from spawning a
+/// task per key. At the bound the listener waits for a claim to finish (see `handle`).
 pub const MAX_CLAIMS_IN_FLIGHT: usize = 64;
 /// How often a node whose Redis lacks keyspace notifications checks again.
 const RECHECK: Duration = Duration::from_secs(5);
@@ -77,8 +77,7 @@ pub async fn run(
         client,
         presence,
         health,
-        tasks,
-        claims: Arc::new(Semaphore::new(MAX_CLAIMS_IN_FLIGHT)),
+        claims: Bounded::new(tasks, MAX_CLAIMS_IN_FLIGHT),
         cancel: cancel.clone(),
     };
     run_reconnecting(&mut listener, Backoff::default(), &cancel).await;
@@ -90,8 +89,7 @@ struct Listener {
     channel: String,
     presence: Presence,
     health: Arc<Health>,
-    tasks: TaskTracker,
-    claims: Arc<Semaphore>,
+    claims: Bounded,
     cancel: CancellationToken,
 }
 
@@ -152,20 +150,13 @@ impl BlockingReader for Listener {
         // listener waits for a claim to finish before it takes the next notification, which
         // waits meanwhile in the subscription's queue. One dropped because the node stops
         // while waiting is claimed by the other nodes' listeners or by the sweep.
-        let permit = tokio::select! {
-            _ = self.cancel.cancelled() => return,
-            p = self.claims.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return, // never closed
-            },
-        };
         let presence = self.presence.clone();
         let user = user.to_owned();
-        self.tasks.spawn(async move {
+        let claim = async move {
             if let Err(e) = presence.claim_expiry(&user).await {
                 tracing::warn!(error = %e, "presence expiry claim failed; the sweep retries");
             }
-            drop(permit);
-        });
+        };
+        self.claims.spawn(claim, &self.cancel).await;
     }
 }
