@@ -7,13 +7,17 @@
 //!
 //! - [`config`]: every setting, from flags and environment.
 //! - [`auth`]: JWT verification at the handshake.
-//! - [`gateway`]: Socket.IO handlers, one file per event family.
+//! - [`gateway`]: Socket.IO: handshake, per-socket budget and send order, ACKs, dispatch, one
+//!   file per event family.
 //! - [`chat`]: chat domain logic and membership.
-//! - [`presence`]: user-level presence: scripts, expiry listener, sweep.
+//! - [`presence`]: user-level presence: scripts, expiry listener, sweep, refresher.
 //! - [`routing`]: `service:module:name` events to the services' streams.
 //! - [`backplane`]: Redis Streams between nodes: publish, reader loop, local delivery.
 //! - [`api`]: the internal HTTP API; [`publish`] and [`nodes`] are its domain.
 //! - [`redis`]: connections, scripts, and every key name.
+//! - [`tasks`]: what the background tasks share: the reconnect backoff and the one reconnect
+//!   loop of every blocking Redis reader.
+//! - [`drain`]: the stop order: every task's cancellation token, the drain that walks them.
 //! - [`metrics`]: every metric name and help text, the Prometheus exporter, `/metrics`.
 //!
 //! [`run`] starts a node on listeners the caller bound (tests bind port 0).
@@ -26,6 +30,7 @@ pub mod backplane;
 pub mod chat;
 pub mod clock;
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod gateway;
 pub mod health;
@@ -39,6 +44,7 @@ pub mod publish;
 pub mod redis;
 pub mod routing;
 pub mod server;
+pub mod tasks;
 pub mod validate;
 
 pub use config::Config;

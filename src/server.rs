@@ -1,5 +1,6 @@
-//! Wiring and lifetime of one node: builds the services, serves both ports, runs the background
-//! tasks, and shuts everything down in order when the root token is cancelled.
+//! Wiring and lifetime of one node: builds the services, serves both ports, runs every
+//! background task on one `TaskTracker` under one cancellation tree ([`crate::drain::Stops`]),
+//! and drains in order ([`crate::drain::run`]) when the caller's `shutdown` token is cancelled.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,9 +25,10 @@ use crate::backplane::deliver::Deliverer;
 use crate::backplane::{Backplane, reader};
 use crate::chat::{ChatSettings, Chats};
 use crate::config::Config;
+use crate::drain::Stops;
 use crate::gateway::{self, App, IoLimits};
 use crate::health::Health;
-use crate::presence::{Presence, listener, sweep};
+use crate::presence::{Presence, listener, refresher, sweep};
 
 /// The two listening sockets of a node.
 pub struct Listeners {
@@ -112,6 +114,9 @@ pub async fn run(
 
     let health = Arc::new(Health::default());
     let tasks = TaskTracker::new();
+    let stops = Stops::default();
+    // A node that fails after starting its tasks (an error below) stops them on the way out.
+    let _stop_all = stops.root.clone().drop_guard();
     let backplane = Backplane::new(
         conn.clone(),
         node_id.to_string(),
@@ -170,15 +175,18 @@ pub async fn run(
     );
 
     if let Some(keys) = key_set.clone() {
-        tasks.spawn(crate::auth::jwks::run(keys, shutdown.clone()));
+        tasks.spawn(crate::auth::jwks::run(keys, stops.sessions.clone()));
     }
 
     // Expired sessions are no longer swept once the node drains: the drain ends them all.
-    tasks.spawn(gateway::expiry::run(io.clone(), expiries, shutdown.clone()));
+    tasks.spawn(gateway::expiry::run(
+        io.clone(),
+        expiries,
+        stops.sessions.clone(),
+    ));
 
     // The reader positions itself at the newest entries before the node reports ready; the
     // handshake refuses sockets until then, so none can miss an entry.
-    let reader_stop = CancellationToken::new();
     tasks.spawn(reader::run(
         client.clone(),
         Arc::new(Deliverer::new(
@@ -188,37 +196,41 @@ pub async fn run(
         )),
         config.backplane_shards,
         health.clone(),
-        reader_stop.clone(),
+        stops.readers.clone(),
     ));
     // Metrics upkeep and the shard-length sampler stop with the reader, at the end of the drain.
     tasks.spawn(crate::metrics::run_upkeep(
         prometheus.clone(),
-        reader_stop.clone(),
+        stops.readers.clone(),
     ));
     tasks.spawn(crate::metrics::sample_streams(
         conn.clone(),
         config.backplane_shards,
-        reader_stop.clone(),
+        stops.readers.clone(),
     ));
     let publisher = crate::publish::Publisher::new(backplane.clone());
     // Presence keeps working until the sockets are gone: the drain removes them first.
-    let presence_stop = CancellationToken::new();
-    tasks.spawn(gateway::presence::run_refresher(
-        io.clone(),
+    let live_sockets = {
+        let io = io.clone();
+        move || gateway::local_sockets(&io)
+    };
+    tasks.spawn(refresher::run(
+        live_sockets,
         presence.clone(),
-        presence_stop.clone(),
+        stops.presence.clone(),
     ));
     tasks.spawn(listener::run(
         client.clone(),
         presence.clone(),
         health.clone(),
-        presence_stop.clone(),
+        tasks.clone(),
+        stops.presence.clone(),
     ));
     tasks.spawn(sweep::run(
         conn.clone(),
         presence.clone(),
         node_id.to_string(),
-        presence_stop.clone(),
+        stops.presence.clone(),
     ));
     // The publish-stream consumer and the heartbeat stop with the presence tasks, first in a
     // drain: a draining node leaves the rest of the stream to the nodes that stay.
@@ -228,13 +240,13 @@ pub async fn run(
         publisher.clone(),
         node_id.to_string(),
         Duration::from_millis(config.publish_claim_idle_ms),
-        presence_stop.clone(),
+        stops.presence.clone(),
     ));
     tasks.spawn(crate::nodes::run_heartbeat(
         conn.clone(),
         io.clone(),
         node_id.to_string(),
-        presence_stop.clone(),
+        stops.presence.clone(),
     ));
 
     let public = Router::new()
@@ -267,8 +279,9 @@ pub async fn run(
         "fanout node started"
     );
 
-    // Servers stop once the sockets are closed; the drain task closes them.
-    let servers_stop = CancellationToken::new();
+    // Servers stop once the sockets are closed; the drain closes them. They are not on the
+    // tracker: the drain's wait must not hang on an HTTP client's graceful close; they get their
+    // own second after it.
     // Nagle would hold a small frame written right after another (a sender's own chat:message,
     // then its ACK) until the client's delayed ACK, up to 40 ms: real-time traffic wants none.
     let user_timeout = config.tcp_user_timeout();
@@ -281,34 +294,15 @@ pub async fn run(
         }
     });
     let public_srv = axum::serve(public_listener, public)
-        .with_graceful_shutdown(servers_stop.clone().cancelled_owned());
+        .with_graceful_shutdown(stops.servers.clone().cancelled_owned());
     let admin_srv = axum::serve(listeners.admin, admin)
-        .with_graceful_shutdown(servers_stop.clone().cancelled_owned());
+        .with_graceful_shutdown(stops.servers.clone().cancelled_owned());
     let serving = tokio::spawn(async move { tokio::try_join!(public_srv, admin_srv).map(|_| ()) });
 
     shutdown.cancelled().await;
-    let grace = Duration::from_secs(config.shutdown_grace_secs);
     tracing::info!(node = %node_id, "draining");
-    health.set_draining();
-    let drain = async {
-        // Presence first, while Redis and the backplane still carry the offline events; its
-        // refresher stops before, so no tick re-registers a socket that was just removed.
-        presence_stop.cancel();
-        if let Err(e) = gateway::presence::remove_all(&io, &presence).await {
-            tracing::warn!(error = %e, "drain could not remove every presence field; they expire");
-        }
-        io.close().await;
-        servers_stop.cancel();
-        reader_stop.cancel();
-        tasks.close();
-        tasks.wait().await;
-    };
-    if tokio::time::timeout(grace, drain).await.is_err() {
-        tracing::warn!("drain did not finish within SHUTDOWN_GRACE_SECS; exiting anyway");
-        servers_stop.cancel();
-        reader_stop.cancel();
-        presence_stop.cancel();
-    }
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    crate::drain::run(&stops, &io, &presence, &health, &tasks, grace).await;
     if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(1), serving).await {
         return Err(RunError::Io(e));
     }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
@@ -11,14 +12,12 @@ use super::deliver::Deliverer;
 use super::{Envelope, FIELD_ENVELOPE, FIELD_ORIGIN};
 use crate::health::Health;
 use crate::redis::{blocking_connection, keys};
+use crate::tasks::{Backoff, BlockingReader, retry_until_ok, run_reconnecting};
 
 /// How long one `XREAD` blocks; also bounds how late the reader notices cancellation.
 const BLOCK_MS: u64 = 1000;
 /// Entries per `XREAD` (per stream).
 const BATCH: usize = 1000;
-/// Reconnect backoff bounds.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// The reader's position in every shard.
 pub struct Cursor {
@@ -63,73 +62,87 @@ pub async fn run(
     health: Arc<Health>,
     cancel: CancellationToken,
 ) {
-    let mut backoff = BACKOFF_MIN;
-    let mut cursor = loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            c = Cursor::at_newest(&client, shards) => match c {
-                Ok(c) => break c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "backplane reader cannot reach redis; retrying");
-                    sleep_or_cancel(&mut backoff, &cancel).await;
-                }
-            },
-        }
-    };
-    'connect: while !cancel.is_cancelled() {
-        let mut conn = tokio::select! {
-            _ = cancel.cancelled() => break,
-            c = blocking_connection(&client, Duration::from_millis(BLOCK_MS)) => match c {
-                Ok(c) => c,
-                Err(e) => {
-                    health.set_reader_running(false);
-                    tracing::warn!(error = %e, "backplane reader cannot connect; retrying");
-                    sleep_or_cancel(&mut backoff, &cancel).await;
-                    continue;
-                }
-            },
+    let mut backoff = Backoff::default();
+    let cursor = retry_until_ok(
+        || Cursor::at_newest(&client, shards),
+        |e| tracing::warn!(error = %e, "backplane reader cannot reach redis; retrying"),
+        &mut backoff,
+        &cancel,
+    )
+    .await;
+    if let Some(cursor) = cursor {
+        let mut reader = Reader {
+            client,
+            deliverer,
+            health: health.clone(),
+            cursor,
         };
-        loop {
-            let mut cmd = redis::cmd("XREAD");
-            cmd.arg("COUNT")
-                .arg(BATCH)
-                .arg("BLOCK")
-                .arg(BLOCK_MS)
-                .arg("STREAMS")
-                .arg(&cursor.keys)
-                .arg(&cursor.ids);
-            let reply: redis::RedisResult<Option<StreamReadReply>> = tokio::select! {
-                _ = cancel.cancelled() => break 'connect,
-                r = cmd.query_async(&mut conn) => r,
-            };
-            match reply {
-                Ok(reply) => {
-                    health.set_reader_running(true);
-                    backoff = BACKOFF_MIN;
-                    crate::metrics::reader_lag(&cursor.keys, reply.as_ref());
-                    for stream in reply.map(|r| r.keys).unwrap_or_default() {
-                        let Some(pos) = cursor.keys.iter().position(|k| *k == stream.key) else {
-                            continue;
-                        };
-                        for entry in &stream.ids {
-                            apply(&deliverer, entry).await;
-                            crate::metrics::entry_applied(&entry.id);
-                            cursor.ids[pos].clone_from(&entry.id);
-                        }
-                    }
-                }
-                Err(e) => {
-                    health.set_reader_running(false);
-                    crate::metrics::redis_error("xread", &e);
-                    tracing::warn!(error = %e, "backplane reader lost redis; reconnecting");
-                    sleep_or_cancel(&mut backoff, &cancel).await;
-                    continue 'connect;
-                }
-            }
-        }
+        run_reconnecting(&mut reader, backoff, &cancel).await;
     }
     health.set_reader_running(false);
     tracing::debug!("backplane reader stopped");
+}
+
+/// The reader's state across reconnects: the cursor survives them, so entries written while it
+/// was away are delivered late, not skipped.
+struct Reader {
+    client: redis::Client,
+    deliverer: Arc<Deliverer>,
+    health: Arc<Health>,
+    cursor: Cursor,
+}
+
+impl BlockingReader for Reader {
+    type Conn = MultiplexedConnection;
+    type Batch = Option<StreamReadReply>;
+
+    async fn connect(&mut self) -> Option<MultiplexedConnection> {
+        match blocking_connection(&self.client, Duration::from_millis(BLOCK_MS)).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.health.set_reader_running(false);
+                tracing::warn!(error = %e, "backplane reader cannot connect; retrying");
+                None
+            }
+        }
+    }
+
+    async fn read(&mut self, conn: &mut MultiplexedConnection) -> Option<Self::Batch> {
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(BATCH)
+            .arg("BLOCK")
+            .arg(BLOCK_MS)
+            .arg("STREAMS")
+            .arg(&self.cursor.keys)
+            .arg(&self.cursor.ids);
+        let reply: redis::RedisResult<Option<StreamReadReply>> = cmd.query_async(conn).await;
+        match reply {
+            Ok(reply) => Some(reply),
+            Err(e) => {
+                self.health.set_reader_running(false);
+                crate::metrics::redis_error("xread", &e);
+                tracing::warn!(error = %e, "backplane reader lost redis; reconnecting");
+                None
+            }
+        }
+    }
+
+    async fn handle(&mut self, reply: Option<StreamReadReply>) {
+        self.health.set_reader_running(true);
+        let cursor = &mut self.cursor;
+        crate::metrics::reader_lag(&cursor.keys, reply.as_ref());
+        for stream in reply.map(|r| r.keys).unwrap_or_default() {
+            let Some(pos) = cursor.keys.iter().position(|k| *k == stream.key) else {
+                continue;
+            };
+            for entry in &stream.ids {
+                apply(&self.deliverer, entry).await;
+                crate::metrics::entry_applied(&entry.id);
+                cursor.ids[pos].clone_from(&entry.id);
+            }
+        }
+    }
 }
 
 async fn apply(deliverer: &Deliverer, entry: &StreamId) {
@@ -145,12 +158,4 @@ async fn apply(deliverer: &Deliverer, entry: &StreamId) {
             tracing::warn!(id = %entry.id, error = %e, "undecodable backplane entry; skipped")
         }
     }
-}
-
-async fn sleep_or_cancel(backoff: &mut Duration, cancel: &CancellationToken) {
-    tokio::select! {
-        _ = cancel.cancelled() => {}
-        _ = tokio::time::sleep(*backoff) => {}
-    }
-    *backoff = (*backoff * 2).min(BACKOFF_MAX);
 }

@@ -3,7 +3,8 @@
 use serde_json::{Map, Value, json};
 use socketioxide::extract::{State, TryData};
 
-use super::{App, Handler, Responder};
+use super::App;
+use super::ack::{Handler, Responder, client_msg_id};
 use crate::chat::{
     HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, MESSAGE_TYPES, SendRequest, chat_room,
 };
@@ -83,14 +84,6 @@ async fn send_message(r: Responder, State(app): State<App>, data: Payload) {
 }
 
 async fn do_send(r: Responder, app: App, data: Payload, id_field: &str) {
-    // Echo the clientMsgId in a failure ACK whenever it was readable.
-    let client_msg_id = data
-        .0
-        .as_ref()
-        .ok()
-        .and_then(|v| v.get("clientMsgId"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
     // In arrival order, even when the client pipelines its sends (see `SendOrder`).
     let turn = r.turn().await;
     let result = async {
@@ -112,15 +105,8 @@ async fn do_send(r: Responder, app: App, data: Payload, id_field: &str) {
     drop(turn);
     match result {
         Ok(body) => r.ok(body),
-        Err(e) => {
-            let body = json!({
-                "success": false,
-                "status": "FAILED",
-                "clientMsgId": client_msg_id,
-                "error": e.to_json(),
-            });
-            r.fail_with(e, body);
-        }
+        // Echo the clientMsgId in a failure ACK whenever it was readable.
+        Err(e) => r.fail_send(e, data.0.as_ref().ok().and_then(client_msg_id)),
     }
 }
 

@@ -1,20 +1,20 @@
-//! Presence events (docs/protocol.md §4) and this node's side of presence: registering sockets at
-//! connect, removing them at a clean disconnect, and refreshing the live ones.
+//! Presence events (docs/protocol.md §4) and a socket's presence at connect (registered, told its
+//! online peers) and at a clean disconnect (removed). The refresh of live sockets is
+//! [`crate::presence::refresher`]'s; their removal in a drain is [`crate::drain`]'s.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::extract::{SocketRef, State, TryData};
 use socketioxide::socket::DisconnectReason;
-use tokio_util::sync::CancellationToken;
 
-use super::{App, ConnectedAt, Handler, Responder};
+use super::App;
+use super::ack::{Handler, Responder};
+use super::sockets::local_socket;
 use crate::auth::Identity;
 use crate::error::ClientError;
-use crate::presence::{LocalSocket, Presence, PresenceError};
+use crate::presence::{LocalSocket, PresenceError};
 use crate::validate;
 use socketioxide::handler::MessageHandler;
 
@@ -29,14 +29,6 @@ pub fn handler(event: &str) -> Option<Handler> {
         _ => return None,
     };
     Some(handler)
-}
-
-fn local_socket(s: &SocketRef) -> Option<LocalSocket> {
-    let ConnectedAt(at) = s.extensions.get::<ConnectedAt>()?;
-    Some(LocalSocket {
-        sid: s.id.to_string(),
-        connected_at: at.to_string(),
-    })
 }
 
 /// Connect sequence steps 2–3: register in presence (peers hear `presence:online` if this is the
@@ -94,57 +86,6 @@ pub async fn on_disconnect(s: &SocketRef, app: &App, reason: DisconnectReason) {
     {
         tracing::warn!(error = %e, "presence removal failed; the field expires instead");
     }
-}
-
-/// This node's live sockets grouped by user.
-pub fn local_sockets(io: &SocketIo) -> Vec<(String, Vec<LocalSocket>)> {
-    let mut by_user: HashMap<String, Vec<LocalSocket>> = HashMap::new();
-    // `io.of("/")`, not `io.sockets()`: the latter panics once a draining node closed `io`.
-    let sockets = io.of("/").map(|ns| ns.sockets()).unwrap_or_default();
-    for s in sockets {
-        let (Some(identity), Some(me)) = (s.extensions.get::<Arc<Identity>>(), local_socket(&s))
-        else {
-            continue;
-        };
-        by_user
-            .entry(identity.user_id.clone())
-            .or_default()
-            .push(me);
-    }
-    by_user.into_iter().collect()
-}
-
-/// Refreshes every local socket's presence each TTL/3, so an idle but connected client never
-/// expires whether or not it sends `presence:ping`. One pipeline per tick for the whole node.
-pub async fn run_refresher(io: SocketIo, presence: Presence, cancel: CancellationToken) {
-    let period = (presence.ttl() / 3).max(Duration::from_millis(500));
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    presence.load_scripts().await;
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let groups = local_sockets(&io);
-        for chunk in groups.chunks(1000) {
-            if let Err(e) = presence.refresh(chunk).await {
-                tracing::warn!(error = %e, "presence refresh failed; retrying next tick");
-                break;
-            }
-        }
-    }
-}
-
-/// Removes every local socket's presence (drain), announcing users left with no socket.
-pub async fn remove_all(io: &SocketIo, presence: &Presence) -> Result<(), PresenceError> {
-    for (user, sockets) in local_sockets(io) {
-        for socket in sockets {
-            presence.disconnect(&user, &socket.sid).await?;
-        }
-    }
-    Ok(())
 }
 
 async fn ping(r: Responder, State(app): State<App>, io: SocketIo) {

@@ -5,7 +5,8 @@
 use serde_json::{Value, json};
 use socketioxide::extract::{State, TryData};
 
-use super::{App, Handler, Responder};
+use super::App;
+use super::ack::{Handler, Responder};
 use crate::error::ClientError;
 use crate::routing::Origin;
 use socketioxide::handler::MessageHandler;

@@ -17,6 +17,7 @@
 //! so no socket ever sees two consecutive events of the same kind for a user.
 
 pub mod listener;
+pub mod refresher;
 pub mod sweep;
 
 use std::collections::HashSet;

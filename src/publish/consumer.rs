@@ -11,13 +11,14 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::streams::{StreamId, StreamReadReply};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::{Outcome, PublishRequest, Publisher};
 use crate::redis::{blocking_connection, keys};
+use crate::tasks::{Backoff, BlockingReader, run_reconnecting};
 
 const BLOCK: Duration = Duration::from_millis(1000);
 const BATCH: usize = 100;
@@ -49,60 +50,73 @@ pub async fn run(
     claim_idle: Duration,
     cancel: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
-    let mut last_claim = tokio::time::Instant::now();
-    'connect: while !cancel.is_cancelled() {
-        let mut reader = tokio::select! {
-            _ = cancel.cancelled() => return,
-            c = blocking_connection(&client, BLOCK) => match c {
-                Ok(c) => c,
-                Err(_) => {
-                    sleep(&mut backoff, &cancel).await;
-                    continue;
-                }
-            },
-        };
+    let mut consumer = Consumer {
+        client,
+        conn,
+        publisher,
+        node_id,
+        claim_idle,
+        last_claim: tokio::time::Instant::now(),
+    };
+    run_reconnecting(&mut consumer, Backoff::default(), &cancel).await;
+}
+
+/// The consumer's state across reconnects.
+struct Consumer {
+    client: redis::Client,
+    conn: ConnectionManager,
+    publisher: Publisher,
+    node_id: String,
+    claim_idle: Duration,
+    last_claim: tokio::time::Instant,
+}
+
+impl BlockingReader for Consumer {
+    type Conn = MultiplexedConnection;
+    type Batch = Option<StreamReadReply>;
+
+    async fn connect(&mut self) -> Option<MultiplexedConnection> {
+        // Unreachable Redis is not logged here: the reader and the listener already say so.
+        let mut reader = blocking_connection(&self.client, BLOCK).await.ok()?;
         if let Err(e) = ensure_group(&mut reader).await {
             tracing::warn!(error = %e, "cannot create the fanout:publish consumer group");
-            sleep(&mut backoff, &cancel).await;
-            continue;
+            return None;
         }
-        loop {
-            let mut cmd = redis::cmd("XREADGROUP");
-            cmd.arg("GROUP")
-                .arg(keys::PUBLISH_GROUP)
-                .arg(&node_id)
-                .arg("COUNT")
-                .arg(BATCH)
-                .arg("BLOCK")
-                .arg(BLOCK.as_millis() as u64)
-                .arg("STREAMS")
-                .arg(keys::PUBLISH_STREAM)
-                .arg(">");
-            let read: redis::RedisResult<Option<StreamReadReply>> = tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = cmd.query_async(&mut reader) => r,
-            };
-            match read {
-                Ok(reply) => {
-                    backoff = Duration::from_millis(100);
-                    for stream in reply.map(|r| r.keys).unwrap_or_default() {
-                        for entry in &stream.ids {
-                            handle(&conn, &publisher, entry).await;
-                        }
-                    }
-                }
-                Err(e) => {
-                    // NOGROUP after Redis lost its data: recreate the group on reconnect.
-                    tracing::debug!(error = %e, "fanout:publish read failed; reconnecting");
-                    sleep(&mut backoff, &cancel).await;
-                    continue 'connect;
-                }
+        Some(reader)
+    }
+
+    async fn read(&mut self, reader: &mut MultiplexedConnection) -> Option<Self::Batch> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(keys::PUBLISH_GROUP)
+            .arg(&self.node_id)
+            .arg("COUNT")
+            .arg(BATCH)
+            .arg("BLOCK")
+            .arg(BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(keys::PUBLISH_STREAM)
+            .arg(">");
+        let read: redis::RedisResult<Option<StreamReadReply>> = cmd.query_async(reader).await;
+        match read {
+            Ok(reply) => Some(reply),
+            Err(e) => {
+                // NOGROUP after Redis lost its data: recreate the group on reconnect.
+                tracing::debug!(error = %e, "fanout:publish read failed; reconnecting");
+                None
             }
-            if last_claim.elapsed() >= claim_idle / 6 {
-                last_claim = tokio::time::Instant::now();
-                claim_abandoned(&conn, &publisher, &node_id, claim_idle).await;
+        }
+    }
+
+    async fn handle(&mut self, reply: Option<StreamReadReply>) {
+        for stream in reply.map(|r| r.keys).unwrap_or_default() {
+            for entry in &stream.ids {
+                handle(&self.conn, &self.publisher, entry).await;
             }
+        }
+        if self.last_claim.elapsed() >= self.claim_idle / 6 {
+            self.last_claim = tokio::time::Instant::now();
+            claim_abandoned(&self.conn, &self.publisher, &self.node_id, self.claim_idle).await;
         }
     }
 }
@@ -183,12 +197,4 @@ async fn ack(conn: &ConnectionManager, id: &str) {
     if let Err(e) = res {
         tracing::debug!(error = %e, "XACK failed; the entry is re-claimed and skipped as a repeat");
     }
-}
-
-async fn sleep(backoff: &mut Duration, cancel: &CancellationToken) {
-    tokio::select! {
-        _ = cancel.cancelled() => {}
-        _ = tokio::time::sleep(*backoff) => {}
-    }
-    *backoff = (*backoff * 2).min(Duration::from_secs(2));
 }
