@@ -695,14 +695,6 @@ mod tests {
     }
 
     #[test]
-    fn scripts_are_named_by_their_file() {
-        use crate::redis::scripts;
-        assert_eq!(scripts::name_of(&scripts::CHAT_SEND), "chat_send");
-        assert_eq!(scripts::name_of(&scripts::PRESENCE_CLAIM), "presence_claim");
-        assert_eq!(scripts::name_of(&redis::Script::new("return 1")), "other");
-    }
-
-    #[test]
     fn entry_ids_carry_the_xadd_time() {
         assert_eq!(entry_ms("1700000000123-4"), Some(1_700_000_000_123));
         assert_eq!(entry_ms("garbage"), None);

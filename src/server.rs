@@ -203,7 +203,6 @@ pub async fn run(
         presence_stop.clone(),
     ));
     tasks.spawn(sweep::run(
-        conn.clone(),
         presence.clone(),
         node_id.to_string(),
         presence_stop.clone(),

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::redis::keys;
+use crate::redis::scripts::{self, publish_once};
 
 /// One thing a node does to its local sockets.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -207,20 +208,18 @@ impl Backplane {
         ttl_secs: u64,
         envelope: &Envelope,
     ) -> Result<(String, bool), PublishError> {
-        let shard = keys::shard_of(routing_key, self.shards);
-        let call = crate::redis::scripts::publish_once_call(
-            keys::publish_idempotency(shard, idempotency_key),
-            keys::backplane_shard(shard),
+        let call = publish_once::call(
+            keys::shard_of(routing_key, self.shards),
+            idempotency_key,
             ttl_secs,
             self.maxlen,
             &self.node_id,
             serde_json::to_string(envelope)?,
         );
         let mut conn = self.conn.clone();
-        let (status, id): (String, String) =
-            crate::redis::scripts::invoke(&crate::redis::scripts::PUBLISH_ONCE, &mut conn, call)
-                .await?;
-        Ok((id, status == "new"))
+        let reply = scripts::invoke(&publish_once::SCRIPT, &mut conn, call).await?;
+        let once = publish_once::parse(&reply)?;
+        Ok((once.entry_id, once.new))
     }
 }
 
