@@ -183,9 +183,8 @@ pub async fn run(
         prometheus.clone(),
         reader_stop.clone(),
     ));
-    tasks.spawn(crate::metrics::sample_streams(
-        conn.clone(),
-        config.backplane_shards,
+    tasks.spawn(crate::backplane::sampling::run(
+        backplane.clone(),
         reader_stop.clone(),
     ));
     let publisher = crate::publish::Publisher::new(backplane.clone());

@@ -8,7 +8,7 @@
 //! every node in the same order. Every node, the sending node included, reads all shards on its
 //! own blocking connection ([`reader`]) and applies the actions to its local sockets
 //! ([`deliver`]); sockets stay in socketioxide's local adapter, so delivery is an in-memory room
-//! lookup.
+//! lookup. [`sampling`] reports each shard's length.
 //!
 //! Guarantees: an envelope whose `XADD` returned is applied by every node that is reading at
 //! that time, exactly once, in stream order. A reader that loses Redis resumes from the last id
@@ -17,6 +17,7 @@
 
 pub mod deliver;
 pub mod reader;
+pub mod sampling;
 
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
@@ -197,6 +198,16 @@ impl Backplane {
             .arg(body);
         let id: String = crate::metrics::redis_op("xadd", xadd.query_async(&mut conn)).await?;
         Ok(id)
+    }
+
+    /// The length of every shard stream, index = shard (one pipelined round trip).
+    pub async fn shard_lengths(&self) -> redis::RedisResult<Vec<u64>> {
+        let mut pipe = redis::pipe();
+        for shard in 0..self.shards {
+            pipe.cmd("XLEN").arg(keys::backplane_shard(shard));
+        }
+        let mut conn = self.conn.clone();
+        crate::metrics::redis_op("xlen_pipeline", pipe.query_async(&mut conn)).await
     }
 
     /// Like [`publish`](Self::publish), at most once per `idempotency_key` within `ttl_secs`:
