@@ -239,8 +239,7 @@ pub async fn run(
         chats,
         presence: presence.clone(),
         publisher: publisher.clone(),
-        backplane: backplane.clone(),
-        conn: conn.clone(),
+        nodes: crate::nodes::Nodes::new(conn.clone()),
         api_key: config.api_key.clone().into(),
     })
     .route("/metrics", crate::metrics::endpoint(prometheus, io.clone())); // no API key (§8)

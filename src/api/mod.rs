@@ -33,10 +33,8 @@ pub struct ApiState {
     pub presence: crate::presence::Presence,
     /// Server-side publishing.
     pub publisher: crate::publish::Publisher,
-    /// Backplane publisher (cluster-wide disconnects).
-    pub backplane: crate::backplane::Backplane,
-    /// Shared Redis connection (node registry).
-    pub conn: redis::aio::ConnectionManager,
+    /// The node registry.
+    pub nodes: crate::nodes::Nodes,
     /// The bearer key every route requires.
     pub api_key: std::sync::Arc<str>,
 }

@@ -268,6 +268,16 @@ impl Presence {
         Ok(self.store.socket_count(user).await?)
     }
 
+    /// Disconnects every socket of `user` on every node; each disconnect removes its presence
+    /// field as usual, so the user's peers see one offline once the last socket is gone.
+    pub async fn disconnect_everywhere(&self, user: &str) -> Result<(), PresenceError> {
+        let action = Action::Disconnect {
+            of: vec![user_room(user)],
+        };
+        self.backplane.publish(user, &vec![action]).await?;
+        Ok(())
+    }
+
     /// `user`'s online peers (for `presence:bulk-online`).
     pub async fn online_peers(&self, user: &str) -> Result<Vec<String>, PresenceError> {
         let peers = self.peers(user).await?;

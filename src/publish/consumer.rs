@@ -12,32 +12,15 @@
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use redis::streams::{StreamId, StreamReadReply};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use super::store::{PublishEntry, PublishStore, ensure_group, read_new};
 use super::{Outcome, PublishRequest, Publisher};
-use crate::redis::{blocking_connection, keys};
+use crate::redis::blocking_connection;
 
 const BLOCK: Duration = Duration::from_millis(1000);
 const BATCH: usize = 100;
-
-/// Creates the consumer group if it does not exist (from the stream's start, so entries a
-/// service wrote before any node ran are not lost).
-async fn ensure_group(conn: &mut impl redis::aio::ConnectionLike) -> redis::RedisResult<()> {
-    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(keys::PUBLISH_STREAM)
-        .arg(keys::PUBLISH_GROUP)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(conn)
-        .await;
-    match created {
-        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-        other => other,
-    }
-}
 
 /// Runs until `cancel`: reads new entries for this node, and every few seconds claims entries
 /// idle with a dead consumer.
@@ -49,6 +32,7 @@ pub async fn run(
     claim_idle: Duration,
     cancel: CancellationToken,
 ) {
+    let store = PublishStore::new(conn);
     let mut backoff = Duration::from_millis(100);
     let mut last_claim = tokio::time::Instant::now();
     'connect: while !cancel.is_cancelled() {
@@ -68,28 +52,15 @@ pub async fn run(
             continue;
         }
         loop {
-            let mut cmd = redis::cmd("XREADGROUP");
-            cmd.arg("GROUP")
-                .arg(keys::PUBLISH_GROUP)
-                .arg(&node_id)
-                .arg("COUNT")
-                .arg(BATCH)
-                .arg("BLOCK")
-                .arg(BLOCK.as_millis() as u64)
-                .arg("STREAMS")
-                .arg(keys::PUBLISH_STREAM)
-                .arg(">");
-            let read: redis::RedisResult<Option<StreamReadReply>> = tokio::select! {
+            let read = tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = cmd.query_async(&mut reader) => r,
+                r = read_new(&mut reader, &node_id, BATCH, BLOCK) => r,
             };
             match read {
-                Ok(reply) => {
+                Ok(entries) => {
                     backoff = Duration::from_millis(100);
-                    for stream in reply.map(|r| r.keys).unwrap_or_default() {
-                        for entry in &stream.ids {
-                            handle(&conn, &publisher, entry).await;
-                        }
+                    for entry in &entries {
+                        handle(&store, &publisher, entry).await;
                     }
                 }
                 Err(e) => {
@@ -101,7 +72,7 @@ pub async fn run(
             }
             if last_claim.elapsed() >= claim_idle / 6 {
                 last_claim = tokio::time::Instant::now();
-                claim_abandoned(&conn, &publisher, &node_id, claim_idle).await;
+                claim_abandoned(&store, &publisher, &node_id, claim_idle).await;
             }
         }
     }
@@ -109,44 +80,29 @@ pub async fn run(
 
 /// Claims and handles entries pending with any consumer for longer than `claim_idle`.
 pub async fn claim_abandoned(
-    conn: &ConnectionManager,
+    store: &PublishStore,
     publisher: &Publisher,
     node_id: &str,
     claim_idle: Duration,
 ) {
-    let mut c = conn.clone();
     let mut start = "0-0".to_owned();
     loop {
-        let claimed: redis::RedisResult<(String, redis::streams::StreamRangeReply, Value2)> =
-            redis::cmd("XAUTOCLAIM")
-                .arg(keys::PUBLISH_STREAM)
-                .arg(keys::PUBLISH_GROUP)
-                .arg(node_id)
-                .arg(claim_idle.as_millis() as u64)
-                .arg(&start)
-                .arg("COUNT")
-                .arg(BATCH)
-                .query_async(&mut c)
-                .await;
-        let Ok((next, entries, _)) = claimed else {
+        let Ok((next, entries)) = store.claim_idle(node_id, claim_idle, &start, BATCH).await else {
             return;
         };
-        for entry in &entries.ids {
-            handle(conn, publisher, entry).await;
+        for entry in &entries {
+            handle(store, publisher, entry).await;
         }
-        if next == "0-0" || entries.ids.is_empty() {
+        if next == "0-0" || entries.is_empty() {
             return;
         }
         start = next;
     }
 }
 
-/// The third element of an XAUTOCLAIM reply (deleted ids); ignored.
-type Value2 = redis::Value;
-
-async fn handle(conn: &ConnectionManager, publisher: &Publisher, entry: &StreamId) {
-    let body: Option<String> = entry.get("body");
-    let parsed = body
+async fn handle(store: &PublishStore, publisher: &Publisher, entry: &PublishEntry) {
+    let parsed = entry
+        .body
         .as_deref()
         .ok_or_else(|| "entry has no body field".to_owned())
         .and_then(|b| serde_json::from_str::<Value>(b).map_err(|e| format!("body: {e}")))
@@ -158,7 +114,7 @@ async fn handle(conn: &ConnectionManager, publisher: &Publisher, entry: &StreamI
         Ok(req) => {
             let key = format!("stream:{}", entry.id);
             match publisher.publish(&req, Some(&key)).await {
-                Ok(Outcome::Published(_)) | Ok(Outcome::Repeated(_)) => ack(conn, &entry.id).await,
+                Ok(Outcome::Published(_)) | Ok(Outcome::Repeated(_)) => ack(store, &entry.id).await,
                 // Left pending: retried by XAUTOCLAIM once idle long enough.
                 Err(e) => {
                     tracing::warn!(id = %entry.id, error = %e, "fanout:publish entry not published yet")
@@ -167,20 +123,13 @@ async fn handle(conn: &ConnectionManager, publisher: &Publisher, entry: &StreamI
         }
         Err(why) => {
             tracing::warn!(id = %entry.id, %why, "malformed fanout:publish entry dropped");
-            ack(conn, &entry.id).await;
+            ack(store, &entry.id).await;
         }
     }
 }
 
-async fn ack(conn: &ConnectionManager, id: &str) {
-    let mut c = conn.clone();
-    let res: redis::RedisResult<()> = redis::cmd("XACK")
-        .arg(keys::PUBLISH_STREAM)
-        .arg(keys::PUBLISH_GROUP)
-        .arg(id)
-        .query_async(&mut c)
-        .await;
-    if let Err(e) = res {
+async fn ack(store: &PublishStore, id: &str) {
+    if let Err(e) = store.ack(id).await {
         tracing::debug!(error = %e, "XACK failed; the entry is re-claimed and skipped as a repeat");
     }
 }

@@ -1,12 +1,14 @@
 //! Server-side publishing (PROTOCOL.md §6 `POST /api/v1/publish`): backends emit an event to
 //! rooms, users and chats cluster-wide. Two ways in, one envelope: the HTTP API, and the
-//! `fanout:publish` stream that services can `XADD` to without HTTP ([`consumer`]).
+//! `fanout:publish` stream that services can `XADD` to without HTTP ([`consumer`], its Redis
+//! commands in [`store`]).
 //!
 //! `rooms` are full room names (`chat:42`, `user:7`, `role:admin`); `users` and `chats` are bare
 //! ids that expand to `user:{id}` / `chat:{id}`; `except` lists full room names whose sockets
 //! are skipped. A request must name at least one target: there is no broadcast to everyone.
 
 pub mod consumer;
+pub mod store;
 
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
