@@ -21,5 +21,6 @@ mod outage;
 mod peer;
 mod presence;
 mod routing;
+mod scripts;
 mod slow;
 mod startup;
