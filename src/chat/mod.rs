@@ -40,19 +40,23 @@ pub const HISTORY_DEFAULT_LIMIT: u32 = 100;
 /// Largest page of `chat:history`; larger limits are clamped.
 pub const HISTORY_MAX_LIMIT: u32 = 1000;
 
+/// The kinds of room, each the prefix of a room name `<kind>:<id>` ([`chat_room`],
+/// [`user_room`], [`role_room`] build them; the server API accepts only these).
+pub const ROOM_KINDS: [&str; 3] = ["chat", "user", "role"];
+
 /// The room of a chat's live sockets.
 pub fn chat_room(chat_id: &str) -> String {
-    format!("chat:{chat_id}")
+    format!("{}:{chat_id}", ROOM_KINDS[0])
 }
 
 /// The room of all of a user's sockets.
 pub fn user_room(user_id: &str) -> String {
-    format!("user:{user_id}")
+    format!("{}:{user_id}", ROOM_KINDS[1])
 }
 
 /// The room of a role context.
 pub fn role_room(role_context_id: &str) -> String {
-    format!("role:{role_context_id}")
+    format!("{}:{role_context_id}", ROOM_KINDS[2])
 }
 
 /// A validated `chat:send`.
@@ -291,4 +295,19 @@ fn forbidden(chat_id: &str) -> ClientError {
 /// A short random epoch name (8 hex characters).
 fn new_epoch() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_names_are_kind_colon_id_and_the_api_accepts_them() {
+        assert_eq!(chat_room("42"), "chat:42");
+        assert_eq!(user_room("7"), "user:7");
+        assert_eq!(role_room("admin"), "role:admin");
+        for room in [chat_room("a"), user_room("b"), role_room("c")] {
+            assert!(crate::publish::is_room_name(&room), "{room}");
+        }
+    }
 }

@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::backplane::{Action, Backplane, PublishError};
-use crate::chat::{chat_room, user_room};
+use crate::chat::{ROOM_KINDS, chat_room, user_room};
 use crate::validate::is_valid_id;
 
 /// Most target rooms one publish may name.
@@ -40,10 +40,10 @@ pub fn is_valid_idempotency_key(key: &str) -> bool {
     !key.is_empty() && key.len() <= 200 && key.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// True for `chat:<id>`, `user:<id>` or `role:<id>`.
+/// True for `chat:<id>`, `user:<id>` or `role:<id>` (see [`crate::chat::ROOM_KINDS`]).
 pub fn is_room_name(room: &str) -> bool {
     room.split_once(':')
-        .is_some_and(|(kind, id)| matches!(kind, "chat" | "user" | "role") && is_valid_id(id))
+        .is_some_and(|(kind, id)| ROOM_KINDS.contains(&kind) && is_valid_id(id))
 }
 
 fn list<'a>(body: &'a Map<String, Value>, field: &str) -> Result<Vec<&'a str>, String> {
