@@ -8,13 +8,15 @@
 //! - [`config`]: every setting, from flags and environment.
 //! - [`auth`]: JWT verification at the handshake.
 //! - [`gateway`]: Socket.IO handlers, one file per event family.
-//! - [`chat`]: chat domain logic and membership.
-//! - [`presence`]: user-level presence: scripts, expiry listener, sweep.
+//! - [`chat`]: chat domain logic, membership, room names; its Redis commands in `chat::store`.
+//! - [`presence`]: user-level presence: transitions, store, expiry listener, sweep.
 //! - [`routing`]: `service:module:name` events to the services' streams.
-//! - [`backplane`]: Redis Streams between nodes: publish, reader loop, local delivery.
+//! - [`backplane`]: Redis Streams between nodes: publish, reader loop, local delivery, shard
+//!   lengths.
 //! - [`api`]: the internal HTTP API; [`publish`] and [`nodes`] are its domain.
-//! - [`redis`]: connections, scripts, and every key name.
-//! - [`metrics`]: every metric name and help text, the Prometheus exporter, `/metrics`.
+//! - [`redis`]: connections, the Lua scripts' contracts (one file each), and every key name.
+//! - [`metrics`]: every metric name and help text, the Prometheus exporter, `/metrics`; no
+//!   Redis.
 //! - [`client`]: a minimal Socket.IO client for tests and the load generator.
 //!
 //! [`run`] starts a node on listeners the caller bound (tests bind port 0).
