@@ -29,7 +29,8 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub struct ApiState {
     /// Chat and membership service.
     pub chats: Chats,
-    /// Presence service (membership changes introduce new peers; presence queries).
+    /// Presence service: membership changes that introduce new peers, presence queries, user
+    /// disconnects.
     pub presence: crate::presence::Presence,
     /// Server-side publishing.
     pub publisher: crate::publish::Publisher,

@@ -5,6 +5,11 @@
 //! membership therefore cannot change in one atomic step: writes go chat side first (what
 //! `chat:send` checks), user side second (what a connecting socket reads to join its rooms).
 //!
+//! Guarantees: `send` is one atomic script (membership, dedup, offset, history and backplane
+//! append on one slot); a member added is allowed to send once [`ChatStore::add_members`]
+//! returned, a member removed or a chat deleted is refused from the first write on (the chat's
+//! own keys go first).
+//!
 //! Methods return domain types; replies are parsed here and in the script contracts of
 //! [`crate::redis::scripts`], never in [`crate::chat`]'s logic.
 

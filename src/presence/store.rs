@@ -7,6 +7,11 @@
 //! (`presence:deadlines`) and the sweep lease are plain commands: they are a backstop, and a
 //! lost write there only delays a claim to the next sweep.
 //!
+//! Guarantees: each transition (a returned version) is handed to exactly one caller cluster-wide,
+//! whichever of connect, disconnect, refresh or claim decided it. The deadline index is written
+//! after the script, so a failed write leaves that user to the keyspace notification (and the
+//! next refresh's write).
+//!
 //! Methods return domain types; replies are parsed here and in the script contracts.
 
 use redis::aio::ConnectionManager;

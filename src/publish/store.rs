@@ -5,6 +5,10 @@
 //! Model: one consumer group ([`keys::PUBLISH_GROUP`]) of all nodes, each node a consumer named
 //! by its id. An entry stays pending with its consumer until [`PublishStore::ack`]; a pending
 //! entry idle for long enough is taken over by another node ([`PublishStore::claim_idle`]).
+//!
+//! Guarantees: an entry is acknowledged only after its publish returned (or it was malformed),
+//! so a node dying in between leaves it pending for another node, which finds its idempotency
+//! key and publishes nothing twice.
 
 use std::time::Duration;
 
