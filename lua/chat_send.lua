@@ -16,14 +16,18 @@
 -- ARGV[8] = HISTORY_MAXLEN (exact trim)
 -- ARGV[9] = HISTORY_TTL_SECS (the log's idle lifetime, refreshed on every append)
 -- ARGV[10] = dedup TTL in seconds
--- ARGV[11] = chat id
--- ARGV[12] = the chat's room name (chat:<chatId>)
--- ARGV[13] = publishing node id (stream field n)
--- ARGV[14] = backplane MAXLEN (approximate trim)
+-- ARGV[11] = publishing node id (stream field n)
+-- ARGV[12] = backplane MAXLEN (approximate trim)
+-- ARGV[13] = the chat:message envelope JSON up to the offset (serde's form, built by Rust)
+-- ARGV[14] = the envelope JSON between the offset and the epoch
+-- ARGV[15] = the envelope JSON after the epoch
 --
 -- returns {'forbidden'}                                      sender is not a member
 --      or {'dup', messageId, offset, epoch, createdAt}        same (sender, clientMsgId) seen: first ACK again, nothing published
 --      or {'new', messageId, offset, epoch, createdAt}        appended to history and published
+--
+-- The envelope (stream field e) is ARGV[13] .. offset .. ARGV[14] .. epoch as a JSON string ..
+-- ARGV[15]: Rust owns the wire form, this script only fills in what it assigns.
 --
 -- Every key carries the shard's hash tag, so this runs on one slot of a Redis Cluster too.
 -- Appending to history and to the shard stream in one step is what keeps delivery order equal
@@ -61,12 +65,7 @@ if ARGV[3] ~= '' then
   redis.call('SET', KEYS[4], cjson.encode({ARGV[2], offset, epoch, ARGV[6]}), 'EX', ARGV[10])
 end
 
-local message = {
-  id = ARGV[2], chatId = ARGV[11], senderId = ARGV[1],
-  clientMsgId = (ARGV[3] ~= '' and ARGV[3]) or cjson.null,
-  type = ARGV[4], content = ARGV[5], createdAt = ARGV[6], offset = offset, epoch = epoch,
-}
-local envelope = cjson.encode({{emit = {rooms = {ARGV[12]}, event = 'chat:message', data = message}}})
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[14], '*', 'n', ARGV[13], 'e', envelope)
+local envelope = ARGV[13] .. string.format('%d', offset) .. ARGV[14] .. cjson.encode(epoch) .. ARGV[15]
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[12], '*', 'n', ARGV[11], 'e', envelope)
 
 return {'new', ARGV[2], offset, epoch, ARGV[6]}

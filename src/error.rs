@@ -121,6 +121,34 @@ pub trait StoreError: std::fmt::Display {
     }
 }
 
+/// The error of a domain operation (chat membership, presence): the store failed, or the
+/// backplane publish that makes the change visible did.
+#[derive(Debug, thiserror::Error)]
+pub enum DomainError {
+    /// Redis refused or was unreachable.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The backplane publish failed.
+    #[error("backplane: {0}")]
+    Publish(#[from] crate::backplane::PublishError),
+}
+
+impl From<serde_json::Error> for DomainError {
+    /// An envelope that cannot be serialized (a bug): a publish that could not happen.
+    fn from(e: serde_json::Error) -> Self {
+        DomainError::Publish(e.into())
+    }
+}
+
+impl StoreError for DomainError {
+    fn redis(&self) -> Option<&redis::RedisError> {
+        match self {
+            DomainError::Redis(r) => Some(r),
+            DomainError::Publish(p) => p.redis(),
+        }
+    }
+}
+
 impl StoreError for redis::RedisError {
     fn redis(&self) -> Option<&redis::RedisError> {
         Some(self)

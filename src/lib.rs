@@ -9,16 +9,18 @@
 //! - [`auth`]: JWT verification at the handshake.
 //! - [`gateway`]: Socket.IO: handshake, per-socket budget and send order, ACKs, dispatch, one
 //!   file per event family.
-//! - [`chat`]: chat domain logic and membership.
-//! - [`presence`]: user-level presence: scripts, expiry listener, sweep, refresher.
+//! - [`chat`]: chat domain logic, membership, room names; its Redis commands in `chat::store`.
+//! - [`presence`]: user-level presence: transitions, store, expiry listener, sweep, refresher.
 //! - [`routing`]: `service:module:name` events to the services' streams.
-//! - [`backplane`]: Redis Streams between nodes: publish, reader loop, local delivery.
+//! - [`backplane`]: Redis Streams between nodes: publish, reader loop, local delivery, shard
+//!   lengths.
 //! - [`api`]: the internal HTTP API; [`publish`] and [`nodes`] are its domain.
-//! - [`redis`]: connections, scripts, and every key name.
+//! - [`redis`]: connections, the Lua scripts' contracts (one file each), and every key name.
 //! - [`tasks`]: what the background tasks share: the reconnect backoff and the one reconnect
 //!   loop of every blocking Redis reader.
 //! - [`drain`]: the stop order: every task's cancellation token, the drain that walks them.
-//! - [`metrics`]: every metric name and help text, the Prometheus exporter, `/metrics`.
+//! - [`metrics`]: every metric name and help text, the Prometheus exporter, `/metrics`; no
+//!   Redis.
 //!
 //! [`run`] starts a node on listeners the caller bound (tests bind port 0).
 

@@ -203,9 +203,8 @@ pub async fn run(
         prometheus.clone(),
         stops.readers.clone(),
     ));
-    tasks.spawn(crate::metrics::sample_streams(
-        conn.clone(),
-        config.backplane_shards,
+    tasks.spawn(crate::backplane::sampling::run(
+        backplane.clone(),
         stops.readers.clone(),
     ));
     let publisher = crate::publish::Publisher::new(backplane.clone());
@@ -227,7 +226,6 @@ pub async fn run(
         stops.presence.clone(),
     ));
     tasks.spawn(sweep::run(
-        conn.clone(),
         presence.clone(),
         node_id.to_string(),
         stops.presence.clone(),
@@ -266,8 +264,7 @@ pub async fn run(
         chats,
         presence: presence.clone(),
         publisher: publisher.clone(),
-        backplane: backplane.clone(),
-        conn: conn.clone(),
+        nodes: crate::nodes::Nodes::new(conn.clone()),
         api_key: config.api_key.clone().into(),
     })
     .route("/metrics", crate::metrics::endpoint(prometheus, io.clone())); // no API key (§8)

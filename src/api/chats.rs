@@ -20,9 +20,7 @@ pub async fn create(State(st): State<ApiState>, body: Body) -> Result<impl IntoR
         }
     };
     let members = id_list(&body, "members")?;
-    let before = peers_before(&st, &members).await?;
-    st.chats.create_chat(&chat_id, &members).await?;
-    st.presence.introduce(&chat_id, &before).await?;
+    st.presence.create_chat(&chat_id, &members).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({ "chatId": chat_id, "members": members })),
@@ -50,9 +48,7 @@ pub async fn add_members(
 ) -> Result<impl IntoResponse, ApiError> {
     let chat_id = path_id(&chat_id, "chatId")?;
     let users = id_list(&json_body(body).await?, "userIds")?;
-    let before = peers_before(&st, &users).await?;
-    st.chats.add_members(&chat_id, &users).await?;
-    st.presence.introduce(&chat_id, &before).await?;
+    st.presence.add_members(&chat_id, &users).await?;
     let members = st.chats.members(&chat_id).await?;
     Ok(axum::Json(json!({ "chatId": chat_id, "userIds": members })))
 }
@@ -83,16 +79,4 @@ pub async fn remove_member(
             "{user_id} is not a member of chat {chat_id}"
         )))
     }
-}
-
-/// Each user's peers before a membership change, so the change can introduce only new pairs.
-async fn peers_before(
-    st: &ApiState,
-    users: &[String],
-) -> Result<Vec<(String, Vec<String>)>, ApiError> {
-    let mut out = Vec::with_capacity(users.len());
-    for u in users {
-        out.push((u.clone(), st.presence.peers(u).await?));
-    }
-    Ok(out)
 }

@@ -29,14 +29,13 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub struct ApiState {
     /// Chat and membership service.
     pub chats: Chats,
-    /// Presence service (membership changes introduce new peers; presence queries).
+    /// Presence service: membership changes that introduce new peers, presence queries, user
+    /// disconnects.
     pub presence: crate::presence::Presence,
     /// Server-side publishing.
     pub publisher: crate::publish::Publisher,
-    /// Backplane publisher (cluster-wide disconnects).
-    pub backplane: crate::backplane::Backplane,
-    /// Shared Redis connection (node registry).
-    pub conn: redis::aio::ConnectionManager,
+    /// The node registry.
+    pub nodes: crate::nodes::Nodes,
     /// The bearer key every route requires.
     pub api_key: std::sync::Arc<str>,
 }

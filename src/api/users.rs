@@ -9,8 +9,6 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiError, ApiState, path_id};
-use crate::backplane::Action;
-use crate::chat::user_room;
 
 /// Most users one presence request may name.
 pub const MAX_PRESENCE_USERS: usize = 1000;
@@ -61,10 +59,7 @@ pub async fn disconnect(
     Path(user_id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let user_id = path_id(&user_id, "userId")?;
-    let action = Action::Disconnect {
-        of: vec![user_room(&user_id)],
-    };
-    st.backplane.publish(&user_id, &vec![action]).await?;
+    st.presence.disconnect_everywhere(&user_id).await?;
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(json!({ "userId": user_id })),
@@ -73,6 +68,6 @@ pub async fn disconnect(
 
 /// `GET /api/v1/nodes` → `{ nodes: [{ nodeId, connections, startedAt, lastSeen }] }`.
 pub async fn nodes(State(st): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
-    let nodes = crate::nodes::list(&st.conn).await?;
+    let nodes = st.nodes.list().await?;
     Ok(axum::Json(json!({ "nodes": nodes })))
 }

@@ -8,7 +8,7 @@
 //! every node in the same order. Every node, the sending node included, reads all shards on its
 //! own blocking connection ([`reader`]) and applies the actions to its local sockets
 //! ([`deliver`]); sockets stay in socketioxide's local adapter, so delivery is an in-memory room
-//! lookup.
+//! lookup. [`sampling`] reports each shard's length.
 //!
 //! Guarantees: an envelope whose `XADD` returned is applied by every node that is reading at
 //! that time, exactly once, in stream order. A reader that loses Redis resumes from the last id
@@ -17,12 +17,14 @@
 
 pub mod deliver;
 pub mod reader;
+pub mod sampling;
 
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::redis::keys;
+use crate::redis::scripts::{self, publish_once};
 
 /// One thing a node does to its local sockets.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -198,6 +200,16 @@ impl Backplane {
         Ok(id)
     }
 
+    /// The length of every shard stream, index = shard (one pipelined round trip).
+    pub async fn shard_lengths(&self) -> redis::RedisResult<Vec<u64>> {
+        let mut pipe = redis::pipe();
+        for shard in 0..self.shards {
+            pipe.cmd("XLEN").arg(keys::backplane_shard(shard));
+        }
+        let mut conn = self.conn.clone();
+        crate::metrics::redis_op("xlen_pipeline", pipe.query_async(&mut conn)).await
+    }
+
     /// Like [`publish`](Self::publish), at most once per `idempotency_key` within `ttl_secs`:
     /// returns the entry id and whether this call published it (false: a repeat).
     pub async fn publish_once(
@@ -207,20 +219,18 @@ impl Backplane {
         ttl_secs: u64,
         envelope: &Envelope,
     ) -> Result<(String, bool), PublishError> {
-        let shard = keys::shard_of(routing_key, self.shards);
-        let call = crate::redis::scripts::publish_once_call(
-            keys::publish_idempotency(shard, idempotency_key),
-            keys::backplane_shard(shard),
+        let call = publish_once::call(
+            keys::shard_of(routing_key, self.shards),
+            idempotency_key,
             ttl_secs,
             self.maxlen,
             &self.node_id,
             serde_json::to_string(envelope)?,
         );
         let mut conn = self.conn.clone();
-        let (status, id): (String, String) =
-            crate::redis::scripts::invoke(&crate::redis::scripts::PUBLISH_ONCE, &mut conn, call)
-                .await?;
-        Ok((id, status == "new"))
+        let reply = scripts::invoke(&publish_once::SCRIPT, &mut conn, call).await?;
+        let once = publish_once::parse(&reply)?;
+        Ok((once.entry_id, once.new))
     }
 }
 

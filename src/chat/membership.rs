@@ -1,38 +1,20 @@
 //! Who belongs to which chat, managed by backends through the server API.
 //!
-//! Membership is two sets — the chat's `members` (see [`crate::redis::keys::ChatKeys`]) and
-//! `user:{<userId>}:chats` — which live
-//! on different hash slots, so a change is a pipeline of commands rather than one script: the
-//! chat's set is written first (it is what `chat:send` checks), then each user's set (what a
-//! connecting socket reads to join its rooms). Live sockets follow through the backplane: the
-//! change publishes a Join/Leave action on the chat's shard, ordered with the chat's messages.
+//! Membership is two sets — the chat's `members` and `user:{<userId>}:chats` — which live on
+//! different hash slots, so a change is a pipeline of commands rather than one script (see
+//! [`super::store`] for the order of the writes). Live sockets follow through the backplane:
+//! the change publishes a Join/Leave action on the chat's shard, ordered with the chat's
+//! messages.
 
 use serde::Serialize;
 
 use super::{Chats, chat_room, user_room};
-use crate::backplane::{Action, PublishError};
+use crate::backplane::Action;
 use crate::clock;
-use crate::redis::keys;
+use crate::error::DomainError;
 
-/// Errors of membership operations.
-#[derive(Debug, thiserror::Error)]
-pub enum MembershipError {
-    /// Redis refused or was unreachable.
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    /// The backplane publish failed.
-    #[error("backplane: {0}")]
-    Publish(#[from] PublishError),
-}
-
-impl crate::error::StoreError for MembershipError {
-    fn redis(&self) -> Option<&redis::RedisError> {
-        match self {
-            MembershipError::Redis(r) => Some(r),
-            MembershipError::Publish(p) => p.redis(),
-        }
-    }
-}
+/// Errors of membership operations (the one domain error; the name stays for callers).
+pub type MembershipError = DomainError;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -57,7 +39,7 @@ impl Chats {
         chat_id: &str,
         members: &[String],
     ) -> Result<(), MembershipError> {
-        self.store_members(chat_id, members).await?;
+        self.store.add_members(chat_id, members).await?;
         let user_rooms: Vec<String> = members.iter().map(|u| user_room(u)).collect();
         let created = ChatCreated {
             chat_id,
@@ -69,7 +51,7 @@ impl Chats {
                 of: user_rooms.clone(),
                 join: vec![chat_room(chat_id)],
             },
-            Action::emit(user_rooms, "chat:created", &created).map_err(PublishError::from)?,
+            Action::emit(user_rooms, "chat:created", &created)?,
         ];
         self.backplane.publish(chat_id, &envelope).await?;
         Ok(())
@@ -81,7 +63,7 @@ impl Chats {
         chat_id: &str,
         users: &[String],
     ) -> Result<(), MembershipError> {
-        self.store_members(chat_id, users).await?;
+        self.store.add_members(chat_id, users).await?;
         let envelope = vec![Action::Join {
             of: users.iter().map(|u| user_room(u)).collect(),
             join: vec![chat_room(chat_id)],
@@ -92,16 +74,7 @@ impl Chats {
 
     /// Removes a member; their sockets leave the room. Returns false if they were not a member.
     pub async fn remove_member(&self, chat_id: &str, user: &str) -> Result<bool, MembershipError> {
-        let mut conn = self.conn.clone();
-        let (removed, _): (i64, i64) = redis::pipe()
-            .cmd("SREM")
-            .arg(self.keys(chat_id).members())
-            .arg(user)
-            .cmd("SREM")
-            .arg(keys::user_chats(user))
-            .arg(chat_id)
-            .query_async(&mut conn)
-            .await?;
+        let removed = self.store.remove_member(chat_id, user).await?;
         let envelope = vec![Action::Leave {
             of: vec![user_room(user)],
             leave: vec![chat_room(chat_id)],
@@ -109,58 +82,27 @@ impl Chats {
         // Published even when the sets said "not a member": a socket may still sit in the room
         // after an earlier half-applied removal, and leaving twice is harmless.
         self.backplane.publish(chat_id, &envelope).await?;
-        Ok(removed > 0)
+        Ok(removed)
     }
 
     /// The chat's members, sorted.
     pub async fn members(&self, chat_id: &str) -> Result<Vec<String>, MembershipError> {
-        let mut conn = self.conn.clone();
-        let mut users: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(self.keys(chat_id).members())
-            .query_async(&mut conn)
-            .await?;
-        users.sort();
-        Ok(users)
+        Ok(self.store.members(chat_id).await?)
     }
 
     /// Deletes a chat: its members, sequence and history; emits `chat:deleted` to the room and
     /// makes every socket leave it. Returns false if the chat did not exist.
     pub async fn delete_chat(&self, chat_id: &str) -> Result<bool, MembershipError> {
-        let k = self.keys(chat_id);
-        let mut conn = self.conn.clone();
-        let (members, meta_exists): (Vec<String>, bool) = redis::pipe()
-            .cmd("SMEMBERS")
-            .arg(k.members())
-            .cmd("EXISTS")
-            .arg(k.meta())
-            .query_async(&mut conn)
-            .await?;
-        if members.is_empty() && !meta_exists {
+        if !self.store.delete(chat_id).await? {
             return Ok(false);
         }
-        // The chat's own keys go first, so a send racing the deletion is refused as FORBIDDEN.
-        // Its dedup keys are left to expire.
-        let mut pipe = redis::pipe();
-        pipe.cmd("DEL")
-            .arg(k.members())
-            .arg(k.meta())
-            .arg(k.log())
-            .ignore();
-        for user in &members {
-            pipe.cmd("SREM")
-                .arg(keys::user_chats(user))
-                .arg(chat_id)
-                .ignore();
-        }
-        let () = pipe.query_async(&mut conn).await?;
         let deleted = ChatDeleted {
             chat_id,
             timestamp: clock::now_iso(),
         };
         let room = chat_room(chat_id);
         let envelope = vec![
-            Action::emit(vec![room.clone()], "chat:deleted", &deleted)
-                .map_err(PublishError::from)?,
+            Action::emit(vec![room.clone()], "chat:deleted", &deleted)?,
             Action::Leave {
                 of: vec![room.clone()],
                 leave: vec![room],
@@ -168,25 +110,5 @@ impl Chats {
         ];
         self.backplane.publish(chat_id, &envelope).await?;
         Ok(true)
-    }
-
-    async fn store_members(&self, chat_id: &str, users: &[String]) -> Result<(), MembershipError> {
-        if users.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        pipe.cmd("SADD")
-            .arg(self.keys(chat_id).members())
-            .arg(users)
-            .ignore();
-        for user in users {
-            pipe.cmd("SADD")
-                .arg(keys::user_chats(user))
-                .arg(chat_id)
-                .ignore();
-        }
-        let mut conn = self.conn.clone();
-        let () = pipe.query_async(&mut conn).await?;
-        Ok(())
     }
 }

@@ -6,17 +6,21 @@
 //! assigns the offset, appends to history and to the chat's backplane shard, atomically on one
 //! slot. The message is ACCEPTED once the script returned: it is in history and on its way to
 //! every node, in offset order.
+//!
+//! Every Redis command of the domain lives in [`store`]; this module decides, the store reads
+//! and writes. Room names are built here only: [`chat_room`], [`user_room`], [`role_room`].
 
 pub mod membership;
+pub mod store;
 
-use redis::Value;
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 
-use crate::backplane::{Action, Backplane};
+use crate::backplane::{Action, Backplane, Envelope};
 use crate::clock;
 use crate::error::{ClientError, ErrorCode};
-use crate::redis::{keys, scripts};
+use crate::redis::scripts::chat_history::Read;
+use crate::redis::scripts::chat_send::{SendArgs, Sent};
+use store::ChatStore;
 
 /// Tunables of the chat domain, from [`crate::config::Config`].
 #[derive(Debug, Clone)]
@@ -36,19 +40,23 @@ pub const HISTORY_DEFAULT_LIMIT: u32 = 100;
 /// Largest page of `chat:history`; larger limits are clamped.
 pub const HISTORY_MAX_LIMIT: u32 = 1000;
 
+/// The kinds of room, each the prefix of a room name `<kind>:<id>` ([`chat_room`],
+/// [`user_room`], [`role_room`] build them; the server API accepts only these).
+pub const ROOM_KINDS: [&str; 3] = ["chat", "user", "role"];
+
 /// The room of a chat's live sockets.
 pub fn chat_room(chat_id: &str) -> String {
-    format!("chat:{chat_id}")
+    format!("{}:{chat_id}", ROOM_KINDS[0])
 }
 
 /// The room of all of a user's sockets.
 pub fn user_room(user_id: &str) -> String {
-    format!("user:{user_id}")
+    format!("{}:{user_id}", ROOM_KINDS[1])
 }
 
 /// The room of a role context.
 pub fn role_room(role_context_id: &str) -> String {
-    format!("role:{role_context_id}")
+    format!("{}:{role_context_id}", ROOM_KINDS[2])
 }
 
 /// A validated `chat:send`.
@@ -89,8 +97,19 @@ pub struct ChatMessage {
     pub epoch: String,
 }
 
+/// The one wire form of a `chat:message`: an emit of the message to the chat's room.
+/// `chat_send.lua` writes exactly this (its envelope is cut from it, see
+/// [`crate::redis::scripts::chat_send`]).
+pub fn message_envelope(message: &ChatMessage) -> Result<Envelope, serde_json::Error> {
+    Ok(vec![Action::emit(
+        vec![chat_room(&message.chat_id)],
+        "chat:message",
+        message,
+    )?])
+}
+
 /// What an accepted (or deduplicated) send returns.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
     /// Message id.
     pub message_id: String,
@@ -105,7 +124,7 @@ pub struct Accepted {
 }
 
 /// A page of history.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct History {
     /// Messages, oldest first.
     pub messages: Vec<ChatMessage>,
@@ -120,37 +139,30 @@ pub struct History {
 /// The chat service of one node.
 #[derive(Clone)]
 pub struct Chats {
-    conn: ConnectionManager,
+    store: ChatStore,
     backplane: Backplane,
     settings: ChatSettings,
 }
 
 impl Chats {
     /// A service over the node's shared connection and backplane publisher.
-    pub fn new(conn: ConnectionManager, backplane: Backplane, settings: ChatSettings) -> Self {
+    pub fn new(
+        conn: redis::aio::ConnectionManager,
+        backplane: Backplane,
+        settings: ChatSettings,
+    ) -> Self {
         Chats {
-            conn,
+            store: ChatStore::new(conn, backplane.shards()),
             backplane,
             settings,
         }
     }
 
-    /// The Redis keys of a chat in this deployment.
-    pub(crate) fn keys(&self, chat_id: &str) -> keys::ChatKeys {
-        keys::ChatKeys::new(chat_id, self.backplane.shards())
-    }
-
-    /// The members SET key of a chat (presence reads it to find peers).
-    pub(crate) fn members_key(&self, chat_id: &str) -> String {
-        self.keys(chat_id).members()
-    }
-
     /// `FORBIDDEN` unless `user` is a member of `chat_id`.
     pub async fn require_member(&self, user: &str, chat_id: &str) -> Result<(), ClientError> {
-        let mut conn = self.conn.clone();
-        let mut cmd = redis::cmd("SISMEMBER");
-        cmd.arg(self.keys(chat_id).members()).arg(user);
-        let member: bool = crate::metrics::redis_op("sismember", cmd.query_async(&mut conn))
+        let member = self
+            .store
+            .is_member(chat_id, user)
             .await
             .map_err(|e| ClientError::from_redis(&e))?;
         if member {
@@ -162,10 +174,12 @@ impl Chats {
 
     /// The chats `user` is a member of.
     pub async fn chats_of(&self, user: &str) -> Result<Vec<String>, redis::RedisError> {
-        let mut conn = self.conn.clone();
-        let mut cmd = redis::cmd("SMEMBERS");
-        cmd.arg(keys::user_chats(user));
-        crate::metrics::redis_op("smembers", cmd.query_async(&mut conn)).await
+        self.store.chats_of(user).await
+    }
+
+    /// The users who share at least one chat with `user` (never `user` itself), sorted.
+    pub async fn peers(&self, user: &str) -> Result<Vec<String>, redis::RedisError> {
+        self.store.peers_of(user).await
     }
 
     /// Accepts a message into the chat's history and publishes it to the chat's room.
@@ -173,42 +187,33 @@ impl Chats {
         let message_id = uuid::Uuid::now_v7().to_string();
         let created_at = clock::now_iso();
         let candidate_epoch = new_epoch();
-        let call = scripts::chat_send_call(&scripts::SendArgs {
-            chat_id: &req.chat_id,
-            sender,
-            message_id: &message_id,
-            client_msg_id: req.client_msg_id.as_deref(),
-            kind: &req.kind,
-            content: &req.content,
-            created_at: &created_at,
-            candidate_epoch: &candidate_epoch,
-            history_maxlen: self.settings.history_maxlen,
-            history_ttl_secs: self.settings.history_ttl_secs,
-            dedup_ttl_secs: self.settings.dedup_ttl_secs,
-            shards: self.backplane.shards(),
-            node_id: self.backplane.node_id(),
-            backplane_maxlen: self.backplane.maxlen(),
-        });
-        let mut conn = self.conn.clone();
-        let reply: Vec<Value> = scripts::invoke(&scripts::CHAT_SEND, &mut conn, call)
-            .await
-            .map_err(|e| ClientError::from_redis(&e))?;
-        let status = reply.first().and_then(as_string).unwrap_or_default();
-        if status == "forbidden" {
-            return Err(forbidden(&req.chat_id));
-        }
-        let accepted = (|| {
-            Some(Accepted {
-                message_id: as_string(reply.get(1)?)?,
-                offset: as_u64(reply.get(2)?)?,
-                epoch: as_string(reply.get(3)?)?,
-                created_at: as_string(reply.get(4)?)?,
-                duplicate: status == "dup",
+        let sent = self
+            .store
+            .send(&SendArgs {
+                chat_id: &req.chat_id,
+                sender,
+                message_id: &message_id,
+                client_msg_id: req.client_msg_id.as_deref(),
+                kind: &req.kind,
+                content: &req.content,
+                created_at: &created_at,
+                candidate_epoch: &candidate_epoch,
+                history_maxlen: self.settings.history_maxlen,
+                history_ttl_secs: self.settings.history_ttl_secs,
+                dedup_ttl_secs: self.settings.dedup_ttl_secs,
+                shards: self.backplane.shards(),
+                node_id: self.backplane.node_id(),
+                backplane_maxlen: self.backplane.maxlen(),
             })
-        })()
-        .ok_or_else(|| ClientError::internal(&format!("unexpected chat_send reply {reply:?}")))?;
-        crate::metrics::message_accepted(accepted.duplicate);
-        Ok(accepted)
+            .await
+            .map_err(|e| ClientError::from_store(&e))?;
+        match sent {
+            Sent::Forbidden => Err(forbidden(&req.chat_id)),
+            Sent::Accepted(accepted) => {
+                crate::metrics::message_accepted(accepted.duplicate);
+                Ok(accepted)
+            }
+        }
     }
 
     /// A page of the chat's history (docs/protocol.md §3 and §8).
@@ -221,17 +226,15 @@ impl Chats {
         limit: u32,
     ) -> Result<History, ClientError> {
         let limit = limit.clamp(1, HISTORY_MAX_LIMIT);
-        let call = scripts::chat_history_call(&self.keys(chat_id), reader, since, epoch, limit);
-        let mut conn = self.conn.clone();
-        let reply: Vec<Value> = scripts::invoke(&scripts::CHAT_HISTORY, &mut conn, call)
+        let read = self
+            .store
+            .history(chat_id, reader, since, epoch, limit)
             .await
             .map_err(|e| ClientError::from_redis(&e))?;
-        if reply.first().and_then(as_string).as_deref() == Some("forbidden") {
-            return Err(forbidden(chat_id));
+        match read {
+            Read::Forbidden => Err(forbidden(chat_id)),
+            Read::Page(history) => Ok(history),
         }
-        parse_history(chat_id, &reply).ok_or_else(|| {
-            ClientError::internal(&format!("unexpected chat_history reply {reply:?}"))
-        })
     }
 
     /// Publishes a typing indicator to the chat's room, except the typing socket.
@@ -294,65 +297,17 @@ fn new_epoch() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
 }
 
-fn parse_history(chat_id: &str, reply: &[Value]) -> Option<History> {
-    let offset = as_u64(reply.get(1)?)?;
-    let epoch = as_string(reply.get(2)?)?;
-    let reset = as_u64(reply.get(3)?)? == 1;
-    let Value::Array(entries) = reply.get(4)? else {
-        return None;
-    };
-    let mut messages = Vec::with_capacity(entries.len());
-    for entry in entries {
-        let Value::Array(parts) = entry else {
-            return None;
-        };
-        let id = as_string(parts.first()?)?;
-        let msg_offset: u64 = id.strip_prefix("0-")?.parse().ok()?;
-        let Value::Array(fields) = parts.get(1)? else {
-            return None;
-        };
-        let field = |name: &str| -> Option<String> {
-            fields
-                .chunks(2)
-                .find(|kv| kv.first().and_then(as_string).as_deref() == Some(name))
-                .and_then(|kv| kv.get(1).and_then(as_string))
-        };
-        let client_msg_id = field("clientMsgId").filter(|s| !s.is_empty());
-        messages.push(ChatMessage {
-            id: field("id")?,
-            chat_id: chat_id.to_owned(),
-            sender_id: field("senderId")?,
-            client_msg_id,
-            kind: field("type")?,
-            content: field("content")?,
-            created_at: field("createdAt")?,
-            offset: msg_offset,
-            epoch: epoch.clone(),
-        });
-    }
-    Some(History {
-        messages,
-        offset,
-        epoch,
-        reset,
-    })
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// A Redis reply value as a string, if it is one (bulk, simple, or integer).
-pub(crate) fn as_string(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(i) => Some(i.to_string()),
-        Value::VerbatimString { text, .. } => Some(text.clone()),
-        _ => None,
-    }
-}
-
-/// A Redis reply value as a non-negative integer.
-pub(crate) fn as_u64(v: &Value) -> Option<u64> {
-    match v {
-        Value::Int(i) => u64::try_from(*i).ok(),
-        other => as_string(other)?.parse().ok(),
+    #[test]
+    fn room_names_are_kind_colon_id_and_the_api_accepts_them() {
+        assert_eq!(chat_room("42"), "chat:42");
+        assert_eq!(user_room("7"), "user:7");
+        assert_eq!(role_room("admin"), "role:admin");
+        for room in [chat_room("a"), user_room("b"), role_room("c")] {
+            assert!(crate::publish::is_room_name(&room), "{room}");
+        }
     }
 }

@@ -15,9 +15,14 @@
 //! other order; each node therefore remembers the last version it applied per user and drops
 //! an older one, and skips a newer one of the same parity (its peers already show that state),
 //! so no socket ever sees two consecutive events of the same kind for a user.
+//!
+//! Every Redis command of the domain lives in [`store`]; chat membership (who a user's peers
+//! are) is asked of [`Chats`], never read from chat keys here.
 
+pub mod introduce;
 pub mod listener;
 pub mod refresher;
+pub mod store;
 pub mod sweep;
 
 use std::collections::HashSet;
@@ -26,13 +31,12 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use serde_json::json;
 
-use crate::backplane::{Action, Backplane, PublishError};
+use crate::backplane::{Action, Backplane};
 use crate::chat::{Chats, user_room};
 use crate::clock;
-use crate::redis::{keys, scripts};
-
-/// How long an offline version is remembered (after that a user starts a fresh, larger one).
-const OFFLINE_MEMORY_SECS: u64 = 86_400;
+use crate::error::DomainError;
+use crate::redis::scripts::presence_claim::Claim;
+use store::{PresenceStore, SocketField};
 
 /// Why a user went offline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,34 +57,8 @@ impl OfflineReason {
     }
 }
 
-/// Errors of presence operations.
-#[derive(Debug, thiserror::Error)]
-pub enum PresenceError {
-    /// Redis refused or was unreachable.
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    /// Publishing a transition failed.
-    #[error("backplane: {0}")]
-    Publish(#[from] PublishError),
-}
-
-impl crate::error::StoreError for PresenceError {
-    fn redis(&self) -> Option<&redis::RedisError> {
-        match self {
-            PresenceError::Redis(r) => Some(r),
-            PresenceError::Publish(p) => p.redis(),
-        }
-    }
-}
-
-impl From<crate::chat::membership::MembershipError> for PresenceError {
-    fn from(e: crate::chat::membership::MembershipError) -> Self {
-        match e {
-            crate::chat::membership::MembershipError::Redis(r) => PresenceError::Redis(r),
-            crate::chat::membership::MembershipError::Publish(p) => PresenceError::Publish(p),
-        }
-    }
-}
+/// Errors of presence operations (the one domain error; the name stays for callers).
+pub type PresenceError = DomainError;
 
 /// One of this node's live sockets, as presence records it.
 #[derive(Debug, Clone)]
@@ -106,7 +84,7 @@ pub struct SocketInfo {
 /// The presence service of one node.
 #[derive(Clone)]
 pub struct Presence {
-    conn: ConnectionManager,
+    store: PresenceStore,
     backplane: Backplane,
     chats: Chats,
     ttl: Duration,
@@ -116,7 +94,7 @@ impl Presence {
     /// A service over the node's shared connection.
     pub fn new(conn: ConnectionManager, backplane: Backplane, chats: Chats, ttl: Duration) -> Self {
         Presence {
-            conn,
+            store: PresenceStore::new(conn),
             backplane,
             chats,
             ttl,
@@ -126,8 +104,7 @@ impl Presence {
     /// Loads the scripts into Redis's cache, so the first pipelined refresh does not fail with
     /// NOSCRIPT (it would be retried, but twice the work).
     pub async fn load_scripts(&self) {
-        let mut conn = self.conn.clone();
-        if let Err(e) = scripts::load_all(&mut conn).await {
+        if let Err(e) = self.store.load_scripts().await {
             tracing::debug!(error = %e, "script preload failed; NOSCRIPT handling covers it");
         }
     }
@@ -148,9 +125,12 @@ impl Presence {
         now_ms.saturating_sub(self.ttl_ms() * 2 / 3)
     }
 
-    fn field(&self, connected_at: &str, now_ms: u64) -> String {
-        json!({ "nodeId": self.backplane.node_id(), "connectedAt": connected_at, "lastSeen": now_ms })
-            .to_string()
+    fn field(&self, connected_at: &str, now_ms: u64) -> SocketField {
+        SocketField {
+            node_id: self.backplane.node_id().to_owned(),
+            connected_at: connected_at.to_owned(),
+            last_seen: now_ms,
+        }
     }
 
     /// Registers a new socket; tells the user's peers if the user just came online.
@@ -162,12 +142,13 @@ impl Presence {
     ) -> Result<Vec<String>, PresenceError> {
         let now = clock::now_ms();
         let field = self.field(&socket.connected_at, now);
-        let call = scripts::presence_connect_call(user, &socket.sid, &field, self.ttl_ms(), now);
-        let mut conn = self.conn.clone();
-        let version: u64 = scripts::invoke(&scripts::PRESENCE_CONNECT, &mut conn, call).await?;
-        self.track_deadlines(&[user.to_owned()], now).await?;
+        let came_online = self
+            .store
+            .connect(user, &socket.sid, &field, self.ttl_ms())
+            .await?;
+        self.track_deadlines(&[user], now).await?;
         let peers = self.peers(user).await?;
-        if version > 0 {
+        if let Some(version) = came_online {
             crate::metrics::presence_transition("online", "connect");
             self.publish_online(user, version, &peers).await?;
         }
@@ -176,16 +157,9 @@ impl Presence {
 
     /// Removes a socket; tells the user's peers if it was the user's last one.
     pub async fn disconnect(&self, user: &str, sid: &str) -> Result<(), PresenceError> {
-        let call = scripts::presence_disconnect_call(user, sid, OFFLINE_MEMORY_SECS);
-        let mut conn = self.conn.clone();
-        let version: u64 = scripts::invoke(&scripts::PRESENCE_DISCONNECT, &mut conn, call).await?;
-        if version > 0 {
+        if let Some(version) = self.store.disconnect(user, sid).await? {
             crate::metrics::presence_transition("offline", "disconnected");
-            let _: () = redis::cmd("ZREM")
-                .arg(keys::PRESENCE_DEADLINES)
-                .arg(user)
-                .query_async(&mut conn)
-                .await?;
+            self.store.drop_deadline(user).await?;
             let peers = self.peers(user).await?;
             self.publish_offline(user, version, OfflineReason::Disconnected, &peers)
                 .await?;
@@ -200,36 +174,24 @@ impl Presence {
             return Ok(());
         }
         let now = clock::now_ms();
-        let mut pipe = redis::pipe();
-        for (user, sockets) in users {
-            let fields: Vec<(String, String)> = sockets
-                .iter()
-                .map(|s| (s.sid.clone(), self.field(&s.connected_at, now)))
-                .collect();
-            let call = scripts::presence_refresh_call(
-                user,
-                self.ttl_ms(),
-                now,
-                self.prune_before(now),
-                &fields,
-            );
-            scripts::pipe_invoke(&mut pipe, &scripts::PRESENCE_REFRESH, call);
-        }
-        let mut conn = self.conn.clone();
-        let first = pipe.query_async(&mut conn);
-        let versions: Vec<u64> = match crate::metrics::redis_op("refresh_pipeline", first).await {
-            Ok(v) => v,
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                // Redis restarted and lost its script cache: load and try once more.
-                scripts::load_all(&mut conn).await?;
-                pipe.query_async(&mut conn).await?
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let names: Vec<String> = users.iter().map(|(u, _)| u.clone()).collect();
+        let fields: Vec<(&str, Vec<(String, SocketField)>)> = users
+            .iter()
+            .map(|(user, sockets)| {
+                let fields = sockets
+                    .iter()
+                    .map(|s| (s.sid.clone(), self.field(&s.connected_at, now)))
+                    .collect();
+                (user.as_str(), fields)
+            })
+            .collect();
+        let versions = self
+            .store
+            .refresh(&fields, self.ttl_ms(), now, self.prune_before(now))
+            .await?;
+        let names: Vec<&str> = users.iter().map(|(u, _)| u.as_str()).collect();
         self.track_deadlines(&names, now).await?;
         for ((user, _), version) in users.iter().zip(versions) {
-            if version > 0 {
+            if let Some(version) = version {
                 crate::metrics::presence_transition("online", "refresh");
                 let peers = self.peers(user).await?;
                 self.publish_online(user, version, &peers).await?;
@@ -242,23 +204,17 @@ impl Presence {
     /// this caller won, and drops the user's sweep deadline once the key is gone. Returns the
     /// key's remaining TTL in ms when the user is still online.
     pub async fn claim_expiry(&self, user: &str) -> Result<Option<i64>, PresenceError> {
-        let call = scripts::presence_claim_call(user, OFFLINE_MEMORY_SECS);
-        let mut conn = self.conn.clone();
-        let (claimed, value): (i64, i64) =
-            scripts::invoke(&scripts::PRESENCE_CLAIM, &mut conn, call).await?;
-        if claimed == 0 && value >= 0 {
-            return Ok(Some(value));
-        }
+        let claimed = match self.store.claim(user).await? {
+            Claim::Online(pttl) => return Ok(Some(pttl)),
+            Claim::Claimed(version) => Some(version),
+            Claim::Gone => None,
+        };
         // The key is gone, whoever turned it into the offline transition: its deadline too.
-        let _: () = redis::cmd("ZREM")
-            .arg(keys::PRESENCE_DEADLINES)
-            .arg(user)
-            .query_async(&mut conn)
-            .await?;
-        if claimed == 1 {
+        self.store.drop_deadline(user).await?;
+        if let Some(version) = claimed {
             crate::metrics::presence_transition("offline", "expired");
             let peers = self.peers(user).await?;
-            self.publish_offline(user, value as u64, OfflineReason::Expired, &peers)
+            self.publish_offline(user, version, OfflineReason::Expired, &peers)
                 .await?;
         }
         Ok(None)
@@ -266,40 +222,12 @@ impl Presence {
 
     /// The users who share at least one chat with `user` (never `user` itself).
     pub async fn peers(&self, user: &str) -> Result<Vec<String>, PresenceError> {
-        let chats = self.chats.chats_of(user).await?;
-        if chats.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for chat in &chats {
-            pipe.cmd("SMEMBERS").arg(self.chats.members_key(chat));
-        }
-        let mut conn = self.conn.clone();
-        let lists: Vec<Vec<String>> =
-            crate::metrics::redis_op("smembers_pipeline", pipe.query_async(&mut conn)).await?;
-        let mut peers: Vec<String> = lists
-            .into_iter()
-            .flatten()
-            .filter(|p| p != user)
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        peers.sort();
-        Ok(peers)
+        Ok(self.chats.peers(user).await?)
     }
 
     /// Which of `users` are online (their presence key exists).
     pub async fn online_among(&self, users: &[String]) -> Result<Vec<String>, PresenceError> {
-        if users.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for u in users {
-            pipe.cmd("EXISTS").arg(keys::presence_user(u));
-        }
-        let mut conn = self.conn.clone();
-        let exists: Vec<bool> =
-            crate::metrics::redis_op("exists_pipeline", pipe.query_async(&mut conn)).await?;
+        let exists = self.store.exist(users).await?;
         Ok(users
             .iter()
             .zip(exists)
@@ -314,15 +242,7 @@ impl Presence {
         &self,
         users: &[String],
     ) -> Result<Vec<(String, Vec<SocketInfo>)>, PresenceError> {
-        if users.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for u in users {
-            pipe.cmd("HGETALL").arg(keys::presence_user(u));
-        }
-        let mut conn = self.conn.clone();
-        let all: Vec<Vec<(String, String)>> = pipe.query_async(&mut conn).await?;
+        let all = self.store.sockets(users).await?;
         let fresh_after = self.prune_before(clock::now_ms());
         Ok(users
             .iter()
@@ -330,13 +250,11 @@ impl Presence {
             .map(|(u, fields)| {
                 let mut sockets: Vec<SocketInfo> = fields
                     .into_iter()
-                    .filter_map(|(sid, json)| {
-                        let v: serde_json::Value = serde_json::from_str(&json).ok()?;
-                        (v["lastSeen"].as_u64()? >= fresh_after).then(|| SocketInfo {
-                            socket_id: sid,
-                            node_id: v["nodeId"].as_str().unwrap_or_default().to_owned(),
-                            connected_at: v["connectedAt"].as_str().unwrap_or_default().to_owned(),
-                        })
+                    .filter(|(_, f)| f.last_seen >= fresh_after)
+                    .map(|(sid, f)| SocketInfo {
+                        socket_id: sid,
+                        node_id: f.node_id,
+                        connected_at: f.connected_at,
                     })
                     .collect();
                 sockets.sort_by(|a, b| a.socket_id.cmp(&b.socket_id));
@@ -348,11 +266,17 @@ impl Presence {
     /// How many sockets `user` has registered across the cluster (fields of its presence hash;
     /// a dead node's fields count until they are pruned, within the TTL).
     pub async fn socket_count(&self, user: &str) -> Result<usize, PresenceError> {
-        let mut conn = self.conn.clone();
-        Ok(redis::cmd("HLEN")
-            .arg(keys::presence_user(user))
-            .query_async(&mut conn)
-            .await?)
+        Ok(self.store.socket_count(user).await?)
+    }
+
+    /// Disconnects every socket of `user` on every node; each disconnect removes its presence
+    /// field as usual, so the user's peers see one offline once the last socket is gone.
+    pub async fn disconnect_everywhere(&self, user: &str) -> Result<(), PresenceError> {
+        let action = Action::Disconnect {
+            of: vec![user_room(user)],
+        };
+        self.backplane.publish(user, &vec![action]).await?;
+        Ok(())
     }
 
     /// `user`'s online peers (for `presence:bulk-online`).
@@ -374,50 +298,11 @@ impl Presence {
         self.online_among(&wanted).await
     }
 
-    /// Makes users who just started sharing a chat learn each other's current state: for each
-    /// pair that was not already peers, an online user is announced to the other one.
-    /// `before` holds each added user's peers before the change.
-    pub async fn introduce(
-        &self,
-        chat_id: &str,
-        added: &[(String, Vec<String>)],
-    ) -> Result<(), PresenceError> {
-        let members = self.chats.members(chat_id).await?;
-        let online: HashSet<String> = self.online_among(&members).await?.into_iter().collect();
-        let now = clock::now_iso();
-        // (to, about) pairs: two users added together are a new pair seen from both sides, but
-        // each must hear of the other once.
-        let mut told: HashSet<(&str, &str)> = HashSet::new();
-        let mut envelope = Vec::new();
-        for (user, before) in added {
-            let new_peers = members.iter().filter(|m| *m != user && !before.contains(m));
-            for peer in new_peers {
-                for (to, about) in [
-                    (user.as_str(), peer.as_str()),
-                    (peer.as_str(), user.as_str()),
-                ] {
-                    if online.contains(about) && told.insert((to, about)) {
-                        envelope.push(presence_emit(to, about, &now)?);
-                    }
-                }
-            }
-        }
-        if !envelope.is_empty() {
-            self.backplane.publish(chat_id, &envelope).await?;
-        }
-        Ok(())
-    }
-
-    async fn track_deadlines(&self, users: &[String], now_ms: u64) -> Result<(), PresenceError> {
-        let deadline = now_ms + self.ttl_ms();
-        let mut cmd = redis::cmd("ZADD");
-        cmd.arg(keys::PRESENCE_DEADLINES);
-        for u in users {
-            cmd.arg(deadline).arg(u);
-        }
-        let mut conn = self.conn.clone();
-        let _: () = cmd.query_async(&mut conn).await?;
-        Ok(())
+    async fn track_deadlines(&self, users: &[&str], now_ms: u64) -> Result<(), PresenceError> {
+        Ok(self
+            .store
+            .set_deadlines(users, now_ms + self.ttl_ms())
+            .await?)
     }
 
     async fn publish_online(
@@ -460,19 +345,9 @@ impl Presence {
             version,
             rooms: peers.iter().map(|p| user_room(p)).collect(),
             event: event.to_owned(),
-            data: serde_json::value::to_raw_value(&data).map_err(PublishError::from)?,
+            data: serde_json::value::to_raw_value(&data)?,
         };
         self.backplane.publish(user, &vec![action]).await?;
         Ok(())
     }
-}
-
-/// An unversioned `presence:online` of `about` for `to`'s sockets.
-fn presence_emit(to: &str, about: &str, now: &str) -> Result<Action, PresenceError> {
-    Action::emit(
-        vec![user_room(to)],
-        "presence:online",
-        &json!({ "userId": about, "timestamp": now }),
-    )
-    .map_err(|e| PresenceError::Publish(e.into()))
 }

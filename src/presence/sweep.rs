@@ -15,7 +15,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::Presence;
 use crate::clock;
-use crate::redis::keys;
 
 /// How often each node tries to sweep.
 pub const INTERVAL: Duration = Duration::from_secs(1);
@@ -23,12 +22,7 @@ pub const INTERVAL: Duration = Duration::from_secs(1);
 const BATCH: usize = 500;
 
 /// Runs until `cancel`.
-pub async fn run(
-    conn: redis::aio::ConnectionManager,
-    presence: Presence,
-    node_id: String,
-    cancel: CancellationToken,
-) {
+pub async fn run(presence: Presence, node_id: String, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -36,51 +30,28 @@ pub async fn run(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = sweep_once(&conn, &presence, &node_id).await {
+        if let Err(e) = sweep_once(&presence, &node_id).await {
             tracing::debug!(error = %e, "presence sweep failed; next second retries");
         }
     }
 }
 
 /// One sweep, if this node gets the lease. Returns how many users were examined.
-pub async fn sweep_once(
-    conn: &redis::aio::ConnectionManager,
-    presence: &Presence,
-    node_id: &str,
-) -> Result<usize, super::PresenceError> {
-    let mut conn = conn.clone();
+pub async fn sweep_once(presence: &Presence, node_id: &str) -> Result<usize, super::PresenceError> {
+    let store = &presence.store;
     let lease_ms = (INTERVAL.as_millis() as u64) * 3 / 2;
-    let got: Option<String> = redis::cmd("SET")
-        .arg(keys::PRESENCE_SWEEP_LOCK)
-        .arg(node_id)
-        .arg("NX")
-        .arg("PX")
-        .arg(lease_ms)
-        .query_async(&mut conn)
-        .await?;
-    if got.is_none() {
+    if !store.take_sweep_lease(node_id, lease_ms).await? {
         return Ok(0);
     }
     let now = clock::now_ms();
-    let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-        .arg(keys::PRESENCE_DEADLINES)
-        .arg("-inf")
-        .arg(now)
-        .arg("LIMIT")
-        .arg(0)
-        .arg(BATCH)
-        .query_async(&mut conn)
-        .await?;
+    let due = store.due(now, BATCH).await?;
     crate::metrics::sweep_claims(due.len());
     for user in &due {
         // Still online: its key lives on; look again when it would expire. (A key that is
         // gone had its deadline removed by the claim.)
         if let Some(pttl) = presence.claim_expiry(user).await? {
-            let _: () = redis::cmd("ZADD")
-                .arg(keys::PRESENCE_DEADLINES)
-                .arg(now + pttl.max(0) as u64)
-                .arg(user)
-                .query_async(&mut conn)
+            store
+                .set_deadlines(&[user.as_str()], now + pttl.max(0) as u64)
                 .await?;
         }
     }

@@ -1,18 +1,20 @@
 //! Server-side publishing (docs/protocol.md §6 `POST /api/v1/publish`): backends emit an event to
 //! rooms, users and chats cluster-wide. Two ways in, one envelope: the HTTP API, and the
-//! `fanout:publish` stream that services can `XADD` to without HTTP ([`consumer`]).
+//! `fanout:publish` stream that services can `XADD` to without HTTP ([`consumer`], its Redis
+//! commands in [`store`]).
 //!
 //! `rooms` are full room names (`chat:42`, `user:7`, `role:admin`); `users` and `chats` are bare
 //! ids that expand to `user:{id}` / `chat:{id}`; `except` lists full room names whose sockets
 //! are skipped. A request must name at least one target: there is no broadcast to everyone.
 
 pub mod consumer;
+pub mod store;
 
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::backplane::{Action, Backplane, PublishError};
-use crate::chat::{chat_room, user_room};
+use crate::chat::{ROOM_KINDS, chat_room, user_room};
 use crate::validate::is_valid_id;
 
 /// Most target rooms one publish may name.
@@ -38,10 +40,10 @@ pub fn is_valid_idempotency_key(key: &str) -> bool {
     !key.is_empty() && key.len() <= 200 && key.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// True for `chat:<id>`, `user:<id>` or `role:<id>`.
+/// True for `chat:<id>`, `user:<id>` or `role:<id>` (see [`crate::chat::ROOM_KINDS`]).
 pub fn is_room_name(room: &str) -> bool {
     room.split_once(':')
-        .is_some_and(|(kind, id)| matches!(kind, "chat" | "user" | "role") && is_valid_id(id))
+        .is_some_and(|(kind, id)| ROOM_KINDS.contains(&kind) && is_valid_id(id))
 }
 
 fn list<'a>(body: &'a Map<String, Value>, field: &str) -> Result<Vec<&'a str>, String> {

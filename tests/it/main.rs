@@ -23,6 +23,7 @@ mod outage;
 mod peer;
 mod presence;
 mod routing;
+mod scripts;
 mod session;
 mod slow;
 mod startup;

@@ -1,0 +1,187 @@
+//! Every Redis command of the chat domain: membership sets, the send and history scripts.
+//!
+//! Model: a chat's keys live on the slot of its backplane shard ([`ChatKeys`]); the set of a
+//! user's chats lives on the user's slot (`user:{<userId>}:chats`). The two sets of one
+//! membership therefore cannot change in one atomic step: writes go chat side first (what
+//! `chat:send` checks), user side second (what a connecting socket reads to join its rooms).
+//!
+//! Guarantees: `send` is one atomic script (membership, dedup, offset, history and backplane
+//! append on one slot); a member added is allowed to send once [`ChatStore::add_members`]
+//! returned, a member removed or a chat deleted is refused from the first write on (the chat's
+//! own keys go first).
+//!
+//! Methods return domain types; replies are parsed here and in the script contracts of
+//! [`crate::redis::scripts`], never in [`crate::chat`]'s logic.
+
+use std::collections::HashSet;
+
+use redis::aio::ConnectionManager;
+
+use crate::error::DomainError;
+use crate::metrics::redis_op;
+use crate::redis::keys::{self, ChatKeys};
+use crate::redis::scripts::{self, chat_history, chat_send};
+
+/// The chat domain's view of Redis.
+#[derive(Clone)]
+pub struct ChatStore {
+    conn: ConnectionManager,
+    shards: u16,
+}
+
+impl ChatStore {
+    /// A store over the node's shared connection, for a deployment of `shards` backplane shards.
+    pub fn new(conn: ConnectionManager, shards: u16) -> Self {
+        ChatStore { conn, shards }
+    }
+
+    fn keys(&self, chat_id: &str) -> ChatKeys {
+        ChatKeys::new(chat_id, self.shards)
+    }
+
+    /// True when `user` is a member of `chat_id`.
+    pub async fn is_member(&self, chat_id: &str, user: &str) -> redis::RedisResult<bool> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("SISMEMBER");
+        cmd.arg(self.keys(chat_id).members()).arg(user);
+        redis_op("sismember", cmd.query_async(&mut conn)).await
+    }
+
+    /// The chats `user` is a member of.
+    pub async fn chats_of(&self, user: &str) -> redis::RedisResult<Vec<String>> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("SMEMBERS");
+        cmd.arg(keys::user_chats(user));
+        redis_op("smembers", cmd.query_async(&mut conn)).await
+    }
+
+    /// The chat's members, sorted.
+    pub async fn members(&self, chat_id: &str) -> redis::RedisResult<Vec<String>> {
+        let mut conn = self.conn.clone();
+        let mut users: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys(chat_id).members())
+            .query_async(&mut conn)
+            .await?;
+        users.sort();
+        Ok(users)
+    }
+
+    /// The users who share at least one chat with `user` (never `user` itself), sorted.
+    pub async fn peers_of(&self, user: &str) -> redis::RedisResult<Vec<String>> {
+        let chats = self.chats_of(user).await?;
+        if chats.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for chat in &chats {
+            pipe.cmd("SMEMBERS").arg(self.keys(chat).members());
+        }
+        let mut conn = self.conn.clone();
+        let lists: Vec<Vec<String>> =
+            redis_op("smembers_pipeline", pipe.query_async(&mut conn)).await?;
+        let mut peers: Vec<String> = lists
+            .into_iter()
+            .flatten()
+            .filter(|p| p != user)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        peers.sort();
+        Ok(peers)
+    }
+
+    /// Adds `users` to the chat: the chat's set first, then each user's.
+    pub async fn add_members(&self, chat_id: &str, users: &[String]) -> redis::RedisResult<()> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("SADD")
+            .arg(self.keys(chat_id).members())
+            .arg(users)
+            .ignore();
+        for user in users {
+            pipe.cmd("SADD")
+                .arg(keys::user_chats(user))
+                .arg(chat_id)
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async(&mut conn).await
+    }
+
+    /// Removes `user` from the chat; false if they were not a member.
+    pub async fn remove_member(&self, chat_id: &str, user: &str) -> redis::RedisResult<bool> {
+        let mut conn = self.conn.clone();
+        let (removed, _): (i64, i64) = redis::pipe()
+            .cmd("SREM")
+            .arg(self.keys(chat_id).members())
+            .arg(user)
+            .cmd("SREM")
+            .arg(keys::user_chats(user))
+            .arg(chat_id)
+            .query_async(&mut conn)
+            .await?;
+        Ok(removed > 0)
+    }
+
+    /// Deletes the chat's members, sequence and history, and the chat from its members' sets.
+    /// False if the chat did not exist.
+    pub async fn delete(&self, chat_id: &str) -> redis::RedisResult<bool> {
+        let k = self.keys(chat_id);
+        let mut conn = self.conn.clone();
+        let (members, meta_exists): (Vec<String>, bool) = redis::pipe()
+            .cmd("SMEMBERS")
+            .arg(k.members())
+            .cmd("EXISTS")
+            .arg(k.meta())
+            .query_async(&mut conn)
+            .await?;
+        if members.is_empty() && !meta_exists {
+            return Ok(false);
+        }
+        // The chat's own keys go first, so a send racing the deletion is refused as FORBIDDEN.
+        // Its dedup keys are left to expire.
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL")
+            .arg(k.members())
+            .arg(k.meta())
+            .arg(k.log())
+            .ignore();
+        for user in &members {
+            pipe.cmd("SREM")
+                .arg(keys::user_chats(user))
+                .arg(chat_id)
+                .ignore();
+        }
+        let () = pipe.query_async(&mut conn).await?;
+        Ok(true)
+    }
+
+    /// Runs `chat_send.lua`: the message is in history and on the backplane once this returns
+    /// [`chat_send::Sent::Accepted`].
+    pub async fn send(
+        &self,
+        args: &chat_send::SendArgs<'_>,
+    ) -> Result<chat_send::Sent, DomainError> {
+        let call = chat_send::call(args)?;
+        let mut conn = self.conn.clone();
+        let reply = scripts::invoke(&chat_send::SCRIPT, &mut conn, call).await?;
+        Ok(chat_send::parse(&reply)?)
+    }
+
+    /// Runs `chat_history.lua` for `reader`.
+    pub async fn history(
+        &self,
+        chat_id: &str,
+        reader: &str,
+        since: Option<u64>,
+        epoch: Option<&str>,
+        limit: u32,
+    ) -> redis::RedisResult<chat_history::Read> {
+        let call = chat_history::call(&self.keys(chat_id), reader, since, epoch, limit);
+        let mut conn = self.conn.clone();
+        let reply = scripts::invoke(&chat_history::SCRIPT, &mut conn, call).await?;
+        chat_history::parse(chat_id, &reply)
+    }
+}

@@ -1,0 +1,285 @@
+//! The table of every metric: name, type, labels and help text, in the order of
+//! docs/operations.md (a test keeps the doc equal to [`markdown_table`]).
+
+use std::fmt::Write as _;
+
+/// What kind of series a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up (resets when the process restarts).
+    Counter,
+    /// A value that goes up and down.
+    Gauge,
+    /// A distribution in buckets (`_bucket`, `_sum`, `_count`).
+    Histogram,
+}
+
+impl Kind {
+    /// The Prometheus `# TYPE` word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One metric: name, type, label names and help text (the `# HELP` line and the row of
+/// docs/operations.md).
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    /// Full Prometheus name.
+    pub name: &'static str,
+    /// Series type.
+    pub kind: Kind,
+    /// Label names (their values are bounded, see the module doc).
+    pub labels: &'static [&'static str],
+    /// One line of meaning.
+    pub help: &'static str,
+}
+
+macro_rules! metric {
+    ($(#[$doc:meta])* $id:ident, $name:literal, $kind:ident, [$($label:literal),*], $help:literal) => {
+        $(#[$doc])*
+        pub const $id: Metric = Metric {
+            name: $name,
+            kind: Kind::$kind,
+            labels: &[$($label),*],
+            help: $help,
+        };
+    };
+}
+
+// ---- connections --------------------------------------------------------------------------
+metric!(
+    /// Live sockets, computed from the node's sockets at each scrape.
+    CONNECTIONS, "fanout_connections", Gauge, ["transport"],
+    "Live Socket.IO connections on this node, by current transport (polling, websocket)."
+);
+metric!(
+    /// Accepted handshakes.
+    CONNECTS, "fanout_connects_total", Counter, ["transport"],
+    "Socket.IO handshakes accepted, by transport at handshake time."
+);
+metric!(
+    /// Refused handshakes.
+    CONNECT_REFUSALS, "fanout_connect_refusals_total", Counter, ["reason"],
+    "Socket.IO handshakes refused (connect_error), by reason: missing_token, expired, not_yet_valid, bad_signature, wrong_algorithm, wrong_claim, invalid_token, unknown_key, key_set_unavailable, unavailable, too_many_connections."
+);
+metric!(
+    /// Disconnects.
+    DISCONNECTS, "fanout_disconnects_total", Counter, ["reason"],
+    "Socket disconnects, by socketioxide's reason (transport_close, transport_error, heartbeat_timeout, client_disconnect, server_disconnect, closing_server, ...)."
+);
+
+// ---- client events ------------------------------------------------------------------------
+metric!(
+    /// Client events received.
+    EVENTS_RECEIVED, "fanout_events_received_total", Counter, ["event"],
+    "Client events received, by event name (known names; routed for service:module:name; other)."
+);
+metric!(
+    /// Outcomes of client events.
+    ACKS, "fanout_acks_total", Counter, ["event", "status", "code"],
+    "Answers to client events, by event, status (ok, error) and error code (none when ok); without an ACK id a failure is answered with an error event and counted here too."
+);
+metric!(
+    /// Events over the socket's budget.
+    RATE_LIMITED_EVENTS, "fanout_rate_limited_events_total", Counter, ["event"],
+    "Client events refused with RATE_LIMITED (over the socket's RATE_LIMIT_PER_SEC / RATE_LIMIT_BURST budget), by event."
+);
+
+// ---- chat -----------------------------------------------------------------------------------
+metric!(
+    /// New messages.
+    MESSAGES_ACCEPTED, "fanout_messages_accepted_total", Counter, [],
+    "Chat messages accepted by this node (new ones only, not clientMsgId retries)."
+);
+metric!(
+    /// Deduplicated retries.
+    MESSAGES_DEDUPLICATED, "fanout_messages_deduplicated_total", Counter, [],
+    "chat:send retries answered from the dedup window (same clientMsgId): acknowledged again, not delivered again."
+);
+
+// ---- backplane and delivery -----------------------------------------------------------------
+metric!(
+    /// Entries the reader applied.
+    BACKPLANE_ENTRIES_READ, "fanout_backplane_entries_read_total", Counter, [],
+    "Backplane stream entries read and applied to this node's sockets."
+);
+metric!(
+    /// Local room broadcasts.
+    LOCAL_EMITS, "fanout_local_emits_total", Counter, ["event"],
+    "Backplane events emitted to this node's local rooms: one per room broadcast, however many sockets it reaches."
+);
+metric!(
+    /// Per-socket send failures.
+    SOCKET_SEND_FAILURES, "fanout_socket_send_failures_total", Counter, ["reason"],
+    "Packets not queued to a local socket: buffer_full (SOCKET_BUFFER_PACKETS reached, the packet is dropped for that socket), closed, or slow_consumer (a chat message it could not take: the socket is disconnected and recovers with chat:history)."
+);
+metric!(
+    /// XADD to local emit.
+    DELIVERY_LATENCY, "fanout_delivery_latency_seconds", Histogram, [],
+    "Time from a backplane entry's XADD (its id's Redis timestamp) to its local emit on this node; includes clock skew between Redis and the node."
+);
+metric!(
+    /// Reader lag in time.
+    BACKPLANE_LAG_SECONDS, "fanout_backplane_lag_seconds", Gauge, ["shard"],
+    "Age of the newest entry the last XREAD returned for the shard (0 when it returned none: caught up)."
+);
+metric!(
+    /// Reader lag in entries.
+    BACKPLANE_LAG_ENTRIES, "fanout_backplane_lag_entries", Gauge, ["shard"],
+    "Entries the last XREAD returned for the shard: the backlog it just caught up on (a lower bound; 1000 = at least one full batch behind)."
+);
+metric!(
+    /// XLEN of each shard.
+    BACKPLANE_STREAM_LENGTH, "fanout_backplane_stream_length", Gauge, ["shard"],
+    "XLEN of each backplane shard stream, sampled every 5 s (capped near BACKPLANE_MAXLEN)."
+);
+
+// ---- redis ----------------------------------------------------------------------------------
+metric!(
+    /// Command latency.
+    REDIS_COMMAND_DURATION, "fanout_redis_command_duration_seconds", Histogram, ["op"],
+    "Latency of Redis commands, by operation: a command (xadd, smembers, ...), a script (chat_send, ...) or a pipeline (..._pipeline). Blocking XREADs are not timed."
+);
+metric!(
+    /// Command errors.
+    REDIS_ERRORS, "fanout_redis_errors_total", Counter, ["op", "kind"],
+    "Failed Redis operations, by operation and kind: timeout, unavailable (connection lost or refused, server loading or read-only), error."
+);
+metric!(
+    /// Script invocations.
+    REDIS_SCRIPT_CALLS, "fanout_redis_script_calls_total", Counter, ["script"],
+    "Lua script invocations (single or pipelined), by script."
+);
+
+// ---- presence -------------------------------------------------------------------------------
+metric!(
+    /// Presence transitions decided here.
+    PRESENCE_TRANSITIONS, "fanout_presence_transitions_total", Counter, ["kind", "reason"],
+    "User presence transitions decided by this node: kind online (reason connect, refresh) or offline (reason disconnected, expired)."
+);
+metric!(
+    /// Keyspace notifications.
+    KEYSPACE_NOTIFICATIONS, "fanout_keyspace_notifications_total", Counter, [],
+    "Expired-key notifications received from Redis (any key; presence keys are claimed)."
+);
+metric!(
+    /// Sweep claims.
+    PRESENCE_SWEEP_CLAIMS, "fanout_presence_sweep_claims_total", Counter, [],
+    "Users past their presence deadline that this node's sweep tried to claim (it holds the sweep lease)."
+);
+
+// ---- sessions and keys ----------------------------------------------------------------------
+metric!(
+    /// JWKS fetches.
+    JWKS_FETCHES, "fanout_jwks_fetches_total", Counter, ["outcome"],
+    "Fetches of the JWT key set (JWT_JWKS_URL), by outcome: ok, error (the cached keys keep verifying)."
+);
+metric!(
+    /// Key-set age.
+    JWKS_AGE, "fanout_jwks_age_seconds", Gauge, [],
+    "Seconds since the JWT key set (JWT_JWKS_URL) was last fetched successfully; -1 before the first fetch; 0 on a node that verifies with a configured key."
+);
+metric!(
+    /// Session refreshes.
+    SESSION_REFRESHES, "fanout_session_refreshes_total", Counter, ["outcome"],
+    "session:refresh requests, by outcome: ok, refused (bad, expired or another user's token)."
+);
+
+// ---- process --------------------------------------------------------------------------------
+metric!(
+    /// Build info.
+    BUILD_INFO, "fanout_build_info", Gauge, ["version"],
+    "Always 1; the version label is the crate version of the running node."
+);
+
+/// Every metric, in the order of docs/operations.md.
+pub const ALL: &[Metric] = &[
+    CONNECTIONS,
+    CONNECTS,
+    CONNECT_REFUSALS,
+    DISCONNECTS,
+    EVENTS_RECEIVED,
+    ACKS,
+    RATE_LIMITED_EVENTS,
+    MESSAGES_ACCEPTED,
+    MESSAGES_DEDUPLICATED,
+    BACKPLANE_ENTRIES_READ,
+    LOCAL_EMITS,
+    SOCKET_SEND_FAILURES,
+    DELIVERY_LATENCY,
+    BACKPLANE_LAG_SECONDS,
+    BACKPLANE_LAG_ENTRIES,
+    BACKPLANE_STREAM_LENGTH,
+    REDIS_COMMAND_DURATION,
+    REDIS_ERRORS,
+    REDIS_SCRIPT_CALLS,
+    PRESENCE_TRANSITIONS,
+    KEYSPACE_NOTIFICATIONS,
+    PRESENCE_SWEEP_CLAIMS,
+    JWKS_FETCHES,
+    JWKS_AGE,
+    SESSION_REFRESHES,
+    BUILD_INFO,
+];
+
+/// Bucket upper bounds of every `_seconds` histogram: 0.5 ms to 10 s.
+pub const SECONDS_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The metrics table of docs/operations.md, generated from [`ALL`] (a test keeps the doc equal
+/// to it).
+pub fn markdown_table() -> String {
+    let mut out = String::from("| metric | type | labels | meaning |\n|---|---|---|---|\n");
+    for m in ALL {
+        let labels = if m.labels.is_empty() {
+            "—".to_owned()
+        } else {
+            m.labels
+                .iter()
+                .map(|l| format!("`{l}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "| `{}` | {} | {} | {} |",
+            m.name,
+            m.kind.as_str(),
+            labels,
+            m.help
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let mut seen = std::collections::HashSet::new();
+        for m in ALL {
+            assert!(seen.insert(m.name), "{} listed twice", m.name);
+            assert!(m.name.starts_with("fanout_"), "{}", m.name);
+            match m.kind {
+                Kind::Counter => assert!(m.name.ends_with("_total"), "{}", m.name),
+                Kind::Histogram => assert!(m.name.ends_with("_seconds"), "{}", m.name),
+                Kind::Gauge => assert!(!m.name.ends_with("_total"), "{}", m.name),
+            }
+            for l in m.labels {
+                assert!(
+                    !["user", "user_id", "chat", "chat_id", "sid", "socket"].contains(l),
+                    "{} has an unbounded label {l}",
+                    m.name
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Every Redis command of the presence domain: the `presence_*.lua` scripts, the sweep's
+//! deadline index and lease, and the reads behind the presence queries.
+//!
+//! Model: a user's presence is two keys on the user's slot — `presence:user:{u}` (a field per
+//! live socket, [`SocketField`]) and `presence:state:{u}` (the transition version) — changed
+//! only by the scripts, which decide the transitions. The deadline index
+//! (`presence:deadlines`) and the sweep lease are plain commands: they are a backstop, and a
+//! lost write there only delays a claim to the next sweep.
+//!
+//! Guarantees: each transition (a returned version) is handed to exactly one caller cluster-wide,
+//! whichever of connect, disconnect, refresh or claim decided it. The deadline index is written
+//! after the script, so a failed write leaves that user to the keyspace notification (and the
+//! next refresh's write).
+//!
+//! Methods return domain types; replies are parsed here and in the script contracts.
+
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::redis_op;
+use crate::redis::keys;
+use crate::redis::scripts::presence_claim::Claim;
+use crate::redis::scripts::{
+    self, presence_claim, presence_connect, presence_disconnect, presence_refresh,
+};
+
+/// How long an offline version is remembered (after that a user starts a fresh, larger one).
+const OFFLINE_MEMORY_SECS: u64 = 86_400;
+
+/// The value of one socket's field in a user's presence hash (docs/protocol.md §4).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SocketField {
+    /// The node holding the socket.
+    #[serde(default)]
+    pub node_id: String,
+    /// When it connected (ISO 8601).
+    #[serde(default)]
+    pub connected_at: String,
+    /// Its last refresh, ms since the epoch.
+    pub last_seen: u64,
+}
+
+impl SocketField {
+    fn to_json(&self) -> String {
+        // A struct of strings and a number always serializes.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// The presence domain's view of Redis.
+#[derive(Clone)]
+pub struct PresenceStore {
+    conn: ConnectionManager,
+}
+
+impl PresenceStore {
+    /// A store over the node's shared connection.
+    pub fn new(conn: ConnectionManager) -> Self {
+        PresenceStore { conn }
+    }
+
+    /// Loads every script into Redis's cache (pipelined EVALSHAs need them there).
+    pub async fn load_scripts(&self) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        scripts::load_all(&mut conn).await
+    }
+
+    /// Registers socket `sid` of `user`; the new version if the user came online.
+    pub async fn connect(
+        &self,
+        user: &str,
+        sid: &str,
+        field: &SocketField,
+        ttl_ms: u64,
+    ) -> redis::RedisResult<Option<u64>> {
+        let call = presence_connect::call(user, sid, &field.to_json(), ttl_ms, field.last_seen);
+        let mut conn = self.conn.clone();
+        let reply = scripts::invoke(&presence_connect::SCRIPT, &mut conn, call).await?;
+        presence_connect::parse(&reply)
+    }
+
+    /// Removes socket `sid` of `user`; the new version if the user went offline.
+    pub async fn disconnect(&self, user: &str, sid: &str) -> redis::RedisResult<Option<u64>> {
+        let call = presence_disconnect::call(user, sid, OFFLINE_MEMORY_SECS);
+        let mut conn = self.conn.clone();
+        let reply = scripts::invoke(&presence_disconnect::SCRIPT, &mut conn, call).await?;
+        presence_disconnect::parse(&reply)
+    }
+
+    /// Refreshes each user's sockets (socket id, field) in one pipeline, pruning fields last
+    /// seen before `prune_before_ms`; per user, the new version if the user is online again.
+    pub async fn refresh(
+        &self,
+        users: &[(&str, Vec<(String, SocketField)>)],
+        ttl_ms: u64,
+        now_ms: u64,
+        prune_before_ms: u64,
+    ) -> redis::RedisResult<Vec<Option<u64>>> {
+        let mut pipe = redis::pipe();
+        for (user, sockets) in users {
+            let fields: Vec<(String, String)> = sockets
+                .iter()
+                .map(|(sid, field)| (sid.clone(), field.to_json()))
+                .collect();
+            let call = presence_refresh::call(user, ttl_ms, now_ms, prune_before_ms, &fields);
+            scripts::pipe_invoke(&mut pipe, &presence_refresh::SCRIPT, call);
+        }
+        let mut conn = self.conn.clone();
+        let first = pipe.query_async(&mut conn);
+        let replies: Vec<redis::Value> = match redis_op("refresh_pipeline", first).await {
+            Ok(v) => v,
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                // Redis restarted and lost its script cache: load and try once more.
+                scripts::load_all(&mut conn).await?;
+                pipe.query_async(&mut conn).await?
+            }
+            Err(e) => return Err(e),
+        };
+        replies.iter().map(presence_refresh::parse).collect()
+    }
+
+    /// Tries to turn an expiry of `user`'s key into the offline transition.
+    pub async fn claim(&self, user: &str) -> redis::RedisResult<Claim> {
+        let call = presence_claim::call(user, OFFLINE_MEMORY_SECS);
+        let mut conn = self.conn.clone();
+        let reply = scripts::invoke(&presence_claim::SCRIPT, &mut conn, call).await?;
+        presence_claim::parse(&reply)
+    }
+
+    /// Records `deadline_ms` as the time each of `users`' keys expires unless refreshed.
+    pub async fn set_deadlines(&self, users: &[&str], deadline_ms: u64) -> redis::RedisResult<()> {
+        let mut cmd = redis::cmd("ZADD");
+        cmd.arg(keys::PRESENCE_DEADLINES);
+        for u in users {
+            cmd.arg(deadline_ms).arg(*u);
+        }
+        let mut conn = self.conn.clone();
+        cmd.query_async(&mut conn).await
+    }
+
+    /// Forgets `user`'s deadline (its key is gone).
+    pub async fn drop_deadline(&self, user: &str) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("ZREM")
+            .arg(keys::PRESENCE_DEADLINES)
+            .arg(user)
+            .query_async(&mut conn)
+            .await
+    }
+
+    /// Takes the sweep lease for `lease_ms` if nobody holds it; true when this node got it.
+    pub async fn take_sweep_lease(&self, node_id: &str, lease_ms: u64) -> redis::RedisResult<bool> {
+        let mut conn = self.conn.clone();
+        let got: Option<String> = redis::cmd("SET")
+            .arg(keys::PRESENCE_SWEEP_LOCK)
+            .arg(node_id)
+            .arg("NX")
+            .arg("PX")
+            .arg(lease_ms)
+            .query_async(&mut conn)
+            .await?;
+        Ok(got.is_some())
+    }
+
+    /// At most `limit` users whose deadline is at or before `now_ms`.
+    pub async fn due(&self, now_ms: u64, limit: usize) -> redis::RedisResult<Vec<String>> {
+        let mut conn = self.conn.clone();
+        redis::cmd("ZRANGEBYSCORE")
+            .arg(keys::PRESENCE_DEADLINES)
+            .arg("-inf")
+            .arg(now_ms)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut conn)
+            .await
+    }
+
+    /// For each of `users`, whether its presence key exists (the user is online).
+    pub async fn exist(&self, users: &[String]) -> redis::RedisResult<Vec<bool>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for u in users {
+            pipe.cmd("EXISTS").arg(keys::presence_user(u));
+        }
+        let mut conn = self.conn.clone();
+        redis_op("exists_pipeline", pipe.query_async(&mut conn)).await
+    }
+
+    /// Each of `users`' socket fields (socket id, field); fields that do not parse are left out.
+    pub async fn sockets(
+        &self,
+        users: &[String],
+    ) -> redis::RedisResult<Vec<Vec<(String, SocketField)>>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for u in users {
+            pipe.cmd("HGETALL").arg(keys::presence_user(u));
+        }
+        let mut conn = self.conn.clone();
+        let all: Vec<Vec<(String, String)>> = pipe.query_async(&mut conn).await?;
+        Ok(all
+            .into_iter()
+            .map(|fields| {
+                fields
+                    .into_iter()
+                    .filter_map(|(sid, json)| Some((sid, serde_json::from_str(&json).ok()?)))
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// How many socket fields `user`'s presence hash holds.
+    pub async fn socket_count(&self, user: &str) -> redis::RedisResult<usize> {
+        let mut conn = self.conn.clone();
+        redis::cmd("HLEN")
+            .arg(keys::presence_user(user))
+            .query_async(&mut conn)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_field_has_the_protocol_form() {
+        let f = SocketField {
+            node_id: "n".into(),
+            connected_at: "t".into(),
+            last_seen: 5,
+        };
+        assert_eq!(
+            f.to_json(),
+            r#"{"nodeId":"n","connectedAt":"t","lastSeen":5}"#
+        );
+        let back: SocketField = serde_json::from_str(r#"{"lastSeen":5}"#).unwrap();
+        assert_eq!(back.node_id, "");
+        assert!(serde_json::from_str::<SocketField>(r#"{"nodeId":"n"}"#).is_err());
+    }
+}

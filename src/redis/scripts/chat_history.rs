@@ -1,0 +1,195 @@
+//! `lua/chat_history.lua`: the chat's position and a page of its retained messages, read in
+//! one atomic step.
+//!
+//! History entries carry the fields `chat_send.lua` appends ([`FIELDS`], the `chat:message`
+//! field names); the chat id, offset (from the entry id `0-<offset>`) and epoch are not
+//! stored per entry but known from the key and the reply.
+
+use redis::Value;
+
+use super::{Call, NamedScript, as_array, as_string, as_u64, named_script, unexpected};
+use crate::chat::{ChatMessage, History};
+use crate::redis::keys::ChatKeys;
+
+/// The script.
+pub static SCRIPT: NamedScript = named_script!("chat_history");
+
+/// The fields of a history entry, as `chat_send.lua` writes them.
+pub const FIELDS: [&str; 6] = [
+    "id",
+    "senderId",
+    "clientMsgId",
+    "type",
+    "content",
+    "createdAt",
+];
+
+/// What the script read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    /// The reader is not a member of the chat.
+    Forbidden,
+    /// The page.
+    Page(History),
+}
+
+/// KEYS and ARGV of `chat_history.lua`.
+pub fn call(
+    k: &ChatKeys,
+    reader: &str,
+    since: Option<u64>,
+    epoch: Option<&str>,
+    limit: u32,
+) -> Call {
+    Call {
+        keys: vec![k.members(), k.meta(), k.log()],
+        args: vec![
+            since.map(|s| s.to_string()).unwrap_or_default(),
+            epoch.unwrap_or("").to_owned(),
+            limit.to_string(),
+            reader.to_owned(),
+        ],
+    }
+}
+
+/// The script's reply: `{'forbidden'}` or `{'ok', latestOffset, epoch, reset, entries}`.
+pub fn parse(chat_id: &str, reply: &Value) -> redis::RedisResult<Read> {
+    let parsed = (|| {
+        let items = as_array(reply)?;
+        match as_string(items.first()?)?.as_str() {
+            "forbidden" => Some(Read::Forbidden),
+            "ok" => parse_page(chat_id, items).map(Read::Page),
+            _ => None,
+        }
+    })();
+    parsed.ok_or_else(|| unexpected(&SCRIPT, reply))
+}
+
+fn parse_page(chat_id: &str, reply: &[Value]) -> Option<History> {
+    let offset = as_u64(reply.get(1)?)?;
+    let epoch = as_string(reply.get(2)?)?;
+    let reset = as_u64(reply.get(3)?)? == 1;
+    let entries = as_array(reply.get(4)?)?;
+    let mut messages = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let parts = as_array(entry)?;
+        let id = as_string(parts.first()?)?;
+        let msg_offset: u64 = id.strip_prefix("0-")?.parse().ok()?;
+        let fields = as_array(parts.get(1)?)?;
+        let field = |name: &str| -> Option<String> {
+            fields
+                .chunks(2)
+                .find(|kv| kv.first().and_then(as_string).as_deref() == Some(name))
+                .and_then(|kv| kv.get(1).and_then(as_string))
+        };
+        let [id, sender_id, client_msg_id, kind, content, created_at] = FIELDS;
+        messages.push(ChatMessage {
+            id: field(id)?,
+            chat_id: chat_id.to_owned(),
+            sender_id: field(sender_id)?,
+            client_msg_id: field(client_msg_id).filter(|s| !s.is_empty()),
+            kind: field(kind)?,
+            content: field(content)?,
+            created_at: field(created_at)?,
+            offset: msg_offset,
+            epoch: epoch.clone(),
+        });
+    }
+    Some(History {
+        messages,
+        offset,
+        epoch,
+        reset,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redis::scripts::test_values::{arr, bulk};
+
+    #[test]
+    fn call_uses_empty_strings_for_absent_values() {
+        let ck = ChatKeys::new("c", 1);
+        let c = call(&ck, "u", None, None, 100);
+        assert_eq!(
+            c.keys,
+            [
+                "fanout:{s0}:chat:c:members",
+                "fanout:{s0}:chat:c:meta",
+                "fanout:{s0}:chat:c:log"
+            ]
+        );
+        assert_eq!(c.args, ["", "", "100", "u"]);
+        let c = call(&ck, "u", Some(5), Some("ep"), 7);
+        assert_eq!(c.args, ["5", "ep", "7", "u"]);
+    }
+
+    #[test]
+    fn the_fields_are_the_ones_chat_send_appends() {
+        let send = include_str!("../../../lua/chat_send.lua");
+        for f in FIELDS {
+            assert!(send.contains(&format!("'{f}', ARGV[")), "{f}");
+        }
+        // And they are the names of the chat:message payload.
+        let msg = serde_json::to_value(ChatMessage {
+            id: String::new(),
+            chat_id: String::new(),
+            sender_id: String::new(),
+            client_msg_id: None,
+            kind: String::new(),
+            content: String::new(),
+            created_at: String::new(),
+            offset: 0,
+            epoch: String::new(),
+        })
+        .unwrap();
+        for f in FIELDS {
+            assert!(msg.get(f).is_some(), "{f}");
+        }
+    }
+
+    #[test]
+    fn a_page_parses_into_messages_of_the_chat() {
+        let fields = |cmid: &str| {
+            arr(vec![
+                bulk("id"),
+                bulk("m1"),
+                bulk("senderId"),
+                bulk("u"),
+                bulk("clientMsgId"),
+                bulk(cmid),
+                bulk("type"),
+                bulk("text"),
+                bulk("content"),
+                bulk("hi"),
+                bulk("createdAt"),
+                bulk("t"),
+            ])
+        };
+        let reply = arr(vec![
+            bulk("ok"),
+            Value::Int(9),
+            bulk("ep"),
+            Value::Int(0),
+            arr(vec![
+                arr(vec![bulk("0-8"), fields("")]),
+                arr(vec![bulk("0-9"), fields("k")]),
+            ]),
+        ]);
+        let Read::Page(h) = parse("c", &reply).unwrap() else {
+            panic!("not a page");
+        };
+        assert_eq!((h.offset, h.epoch.as_str(), h.reset), (9, "ep", false));
+        assert_eq!(h.messages.len(), 2);
+        assert_eq!(h.messages[0].offset, 8);
+        assert_eq!(h.messages[0].client_msg_id, None);
+        assert_eq!(h.messages[1].client_msg_id.as_deref(), Some("k"));
+        assert_eq!(h.messages[1].chat_id, "c");
+        assert_eq!(
+            parse("c", &arr(vec![bulk("forbidden")])).unwrap(),
+            Read::Forbidden
+        );
+        assert!(parse("c", &arr(vec![bulk("ok"), Value::Int(1)])).is_err());
+    }
+}

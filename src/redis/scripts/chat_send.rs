@@ -1,0 +1,242 @@
+//! `lua/chat_send.lua`: membership check, dedup, offset assignment, history append and the
+//! backplane entry that carries the message, in one atomic step on the chat's slot.
+//!
+//! The `chat:message` envelope's wire form is produced by Rust alone
+//! ([`crate::chat::message_envelope`]): the script only knows the offset and epoch, which are
+//! the message's last two fields, so [`call`] serializes the envelope around them and the
+//! script concatenates `head .. offset .. mid .. epoch .. tail`. An integration test checks
+//! the entry the script wrote against serde's form byte for byte.
+
+use redis::Value;
+
+use super::{Call, NamedScript, as_array, as_string, as_u64, named_script, unexpected};
+use crate::chat::{Accepted, ChatMessage, message_envelope};
+use crate::redis::keys::ChatKeys;
+
+/// The script.
+pub static SCRIPT: NamedScript = named_script!("chat_send");
+
+/// Everything `chat_send.lua` needs besides the keys derived from the chat and sender.
+#[derive(Debug, Clone)]
+pub struct SendArgs<'a> {
+    /// Chat id (validated).
+    pub chat_id: &'a str,
+    /// Sender user id, from the token.
+    pub sender: &'a str,
+    /// Node-chosen message id.
+    pub message_id: &'a str,
+    /// Client idempotency key, if any.
+    pub client_msg_id: Option<&'a str>,
+    /// Message type.
+    pub kind: &'a str,
+    /// Message content.
+    pub content: &'a str,
+    /// Creation timestamp, ISO 8601.
+    pub created_at: &'a str,
+    /// Epoch to use if the chat has none yet.
+    pub candidate_epoch: &'a str,
+    /// HISTORY_MAXLEN.
+    pub history_maxlen: u64,
+    /// HISTORY_TTL_SECS.
+    pub history_ttl_secs: u64,
+    /// Dedup window in seconds.
+    pub dedup_ttl_secs: u64,
+    /// Backplane shard count (decides the keys' hash tag).
+    pub shards: u16,
+    /// Publishing node id.
+    pub node_id: &'a str,
+    /// Backplane MAXLEN.
+    pub backplane_maxlen: u64,
+}
+
+/// What the script decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sent {
+    /// The sender is not a member of the chat.
+    Forbidden,
+    /// Accepted now, or earlier under the same `clientMsgId` (then `duplicate`).
+    Accepted(Accepted),
+}
+
+/// An offset no chat reaches, marking where the script writes the real one. Its digits may
+/// occur in the content too, so the envelope is split at their *last* occurrence: only the
+/// epoch follows the offset.
+const OFFSET_MARK: u64 = u64::MAX;
+/// An epoch no chat has (epochs are hex), marking where the script writes the real one.
+const EPOCH_MARK: &str = "\u{1}";
+
+/// The `chat:message` envelope of `a` in three parts around the offset and epoch the script
+/// assigns: `head`, then the offset, `mid`, the epoch as a JSON string, `tail`.
+pub fn envelope_parts(a: &SendArgs<'_>) -> Result<[String; 3], serde_json::Error> {
+    let message = ChatMessage {
+        id: a.message_id.to_owned(),
+        chat_id: a.chat_id.to_owned(),
+        sender_id: a.sender.to_owned(),
+        client_msg_id: a.client_msg_id.map(str::to_owned),
+        kind: a.kind.to_owned(),
+        content: a.content.to_owned(),
+        created_at: a.created_at.to_owned(),
+        offset: OFFSET_MARK,
+        epoch: EPOCH_MARK.to_owned(),
+    };
+    let json = serde_json::to_string(&message_envelope(&message)?)?;
+    let epoch_json = serde_json::to_string(EPOCH_MARK)?;
+    let split = json
+        .rsplit_once(&OFFSET_MARK.to_string())
+        .and_then(|(head, rest)| {
+            let (mid, tail) = rest.split_once(&epoch_json)?;
+            Some([head.to_owned(), mid.to_owned(), tail.to_owned()])
+        });
+    // Only reachable if ChatMessage stopped ending with offset and epoch.
+    split.ok_or_else(|| serde::ser::Error::custom("chat:message lost its offset or epoch"))
+}
+
+/// KEYS and ARGV of `chat_send.lua`.
+pub fn call(a: &SendArgs<'_>) -> Result<Call, serde_json::Error> {
+    let cmid = a.client_msg_id.unwrap_or("");
+    let k = ChatKeys::new(a.chat_id, a.shards);
+    let [head, mid, tail] = envelope_parts(a)?;
+    Ok(Call {
+        keys: vec![
+            k.members(),
+            k.meta(),
+            k.log(),
+            k.dedup(a.sender, cmid),
+            k.stream(),
+        ],
+        args: vec![
+            a.sender.to_owned(),
+            a.message_id.to_owned(),
+            cmid.to_owned(),
+            a.kind.to_owned(),
+            a.content.to_owned(),
+            a.created_at.to_owned(),
+            a.candidate_epoch.to_owned(),
+            a.history_maxlen.to_string(),
+            a.history_ttl_secs.to_string(),
+            a.dedup_ttl_secs.to_string(),
+            a.node_id.to_owned(),
+            a.backplane_maxlen.to_string(),
+            head,
+            mid,
+            tail,
+        ],
+    })
+}
+
+/// The script's reply: `{'forbidden'}` or `{'new'|'dup', messageId, offset, epoch, createdAt}`.
+pub fn parse(reply: &Value) -> redis::RedisResult<Sent> {
+    let parsed = (|| {
+        let items = as_array(reply)?;
+        let status = as_string(items.first()?)?;
+        if status == "forbidden" {
+            return Some(Sent::Forbidden);
+        }
+        if status != "new" && status != "dup" {
+            return None;
+        }
+        Some(Sent::Accepted(Accepted {
+            message_id: as_string(items.get(1)?)?,
+            offset: as_u64(items.get(2)?)?,
+            epoch: as_string(items.get(3)?)?,
+            created_at: as_string(items.get(4)?)?,
+            duplicate: status == "dup",
+        }))
+    })();
+    parsed.ok_or_else(|| unexpected(&SCRIPT, reply))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redis::scripts::test_values::{arr, bulk};
+
+    fn args<'a>(content: &'a str, cmid: Option<&'a str>) -> SendArgs<'a> {
+        SendArgs {
+            chat_id: "c1",
+            sender: "u1",
+            message_id: "m",
+            client_msg_id: cmid,
+            kind: "text",
+            content,
+            created_at: "t",
+            candidate_epoch: "e",
+            history_maxlen: 10,
+            history_ttl_secs: 20,
+            dedup_ttl_secs: 30,
+            shards: 1,
+            node_id: "n1",
+            backplane_maxlen: 40,
+        }
+    }
+
+    #[test]
+    fn call_orders_keys_and_args_as_the_script_header_says() {
+        let c = call(&args("hi", None)).unwrap();
+        assert_eq!(
+            c.keys,
+            [
+                "fanout:{s0}:chat:c1:members",
+                "fanout:{s0}:chat:c1:meta",
+                "fanout:{s0}:chat:c1:log",
+                "fanout:{s0}:chat:c1:dedup:u1|",
+                "fanout:{s0}:bp"
+            ]
+        );
+        assert_eq!(
+            c.args[..12],
+            [
+                "u1", "m", "", "text", "hi", "t", "e", "10", "20", "30", "n1", "40"
+            ]
+        );
+        assert_eq!(c.args.len(), 15);
+    }
+
+    #[test]
+    fn the_envelope_parts_rebuild_serdes_form() {
+        // Content that contains the offset mark's digits and JSON to escape.
+        let a = args("18446744073709551615 \"/\u{1}", Some("k"));
+        let [head, mid, tail] = envelope_parts(&a).unwrap();
+        let rebuilt = format!("{head}7{mid}\"ab12\"{tail}");
+        let message = ChatMessage {
+            id: "m".into(),
+            chat_id: "c1".into(),
+            sender_id: "u1".into(),
+            client_msg_id: Some("k".into()),
+            kind: "text".into(),
+            content: a.content.into(),
+            created_at: "t".into(),
+            offset: 7,
+            epoch: "ab12".into(),
+        };
+        let expected = serde_json::to_string(&message_envelope(&message).unwrap()).unwrap();
+        assert_eq!(rebuilt, expected);
+    }
+
+    #[test]
+    fn replies_parse_into_what_the_script_decided() {
+        assert_eq!(
+            parse(&arr(vec![bulk("forbidden")])).unwrap(),
+            Sent::Forbidden
+        );
+        let reply = arr(vec![
+            bulk("dup"),
+            bulk("m"),
+            Value::Int(3),
+            bulk("ep"),
+            bulk("t"),
+        ]);
+        assert_eq!(
+            parse(&reply).unwrap(),
+            Sent::Accepted(Accepted {
+                message_id: "m".into(),
+                offset: 3,
+                epoch: "ep".into(),
+                created_at: "t".into(),
+                duplicate: true,
+            })
+        );
+        assert!(parse(&arr(vec![bulk("new"), bulk("m")])).is_err());
+        assert!(parse(&Value::Nil).is_err());
+    }
+}
