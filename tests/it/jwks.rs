@@ -154,11 +154,6 @@ impl Signer {
     }
 }
 
-/// The keys are made with the openssl CLI: a missing one skips (fails under CI).
-fn openssl_here(test: &str) -> bool {
-    crate::skip::require_tools(test, &["openssl"], "apt-get install openssl")
-}
-
 fn openssl(args: &[&str], file: &Path) -> String {
     let out = std::process::Command::new("openssl")
         .args(args)
@@ -177,6 +172,33 @@ fn from_hex(hex: &str) -> Vec<u8> {
         .collect()
 }
 
+/// What every test starts from: a Redis, a provider publishing one key `k1` of `kind`, and the
+/// directory its key files live in (kept until the end of the test).
+struct Fixture {
+    redis: Redis,
+    dir: tempfile::TempDir,
+    k1: Signer,
+    keys: KeyServer,
+}
+
+/// The fixture, or `None` (the test skipped) without openssl.
+async fn fixture(test: &str, kind: &str) -> Option<Fixture> {
+    if !crate::skip::require_tools(test, &["openssl"], "apt-get install openssl") {
+        return None;
+    }
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let k1 = Signer::new(dir.path(), kind, "k1");
+    let keys = KeyServer::start().await;
+    keys.set(&[&k1.jwk]);
+    Some(Fixture {
+        redis,
+        dir,
+        k1,
+        keys,
+    })
+}
+
 /// A node verifying against `keys`, with the given refresh and on-demand intervals.
 async fn jwks_node(redis: &Redis, keys: &KeyServer, refresh: u64, min_refetch: u64) -> Node {
     let opts = NodeOpts::default()
@@ -193,15 +215,20 @@ async fn connects(node: &Node, token: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_rotate_without_a_restart_and_survive_an_outage() {
-    if !openssl_here("jwks::keys_rotate_without_a_restart_and_survive_an_outage") {
+    let Some(Fixture {
+        redis,
+        dir,
+        k1,
+        keys,
+    }) = fixture(
+        "jwks::keys_rotate_without_a_restart_and_survive_an_outage",
+        "rsa",
+    )
+    .await
+    else {
         return;
-    }
-    let redis = Redis::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let k1 = Signer::new(dir.path(), "rsa", "k1");
+    };
     let k2 = Signer::new(dir.path(), "ec", "k2");
-    let keys = KeyServer::start().await;
-    keys.set(&[&k1.jwk]);
     // Periodic fetches every 2 s; on-demand ones at most every second.
     let node = jwks_node(&redis, &keys, 2, 1).await;
 
@@ -260,14 +287,19 @@ async fn keys_rotate_without_a_restart_and_survive_an_outage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_unknown_kids_costs_one_fetch_per_interval() {
-    if !openssl_here("jwks::a_flood_of_unknown_kids_costs_one_fetch_per_interval") {
+    let Some(Fixture {
+        redis,
+        dir: _dir,
+        k1,
+        keys,
+    }) = fixture(
+        "jwks::a_flood_of_unknown_kids_costs_one_fetch_per_interval",
+        "ec",
+    )
+    .await
+    else {
         return;
-    }
-    let redis = Redis::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let k1 = Signer::new(dir.path(), "ec", "k1");
-    let keys = KeyServer::start().await;
-    keys.set(&[&k1.jwk]);
+    };
     let node = jwks_node(&redis, &keys, 300, 30).await;
     let at_start = keys.fetches();
     let url = node.url();
@@ -293,15 +325,16 @@ async fn a_flood_of_unknown_kids_costs_one_fetch_per_interval() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_tokens_are_refused() {
-    if !openssl_here("jwks::forged_tokens_are_refused") {
+    let Some(Fixture {
+        redis,
+        dir,
+        k1,
+        keys,
+    }) = fixture("jwks::forged_tokens_are_refused", "rsa").await
+    else {
         return;
-    }
-    let redis = Redis::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let k1 = Signer::new(dir.path(), "rsa", "k1");
+    };
     let outsider = Signer::new(dir.path(), "ec", "k9");
-    let keys = KeyServer::start().await;
-    keys.set(&[&k1.jwk]);
     let node = jwks_node(&redis, &keys, 300, 1).await;
     let claims = json!({ "sub": "alice", "exp": fanout::auth::now_secs() + 60 });
 
@@ -343,14 +376,19 @@ async fn forged_tokens_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_a_key_set_is_not_ready_and_refuses_handshakes() {
-    if !openssl_here("jwks::a_node_without_a_key_set_is_not_ready_and_refuses_handshakes") {
+    let Some(Fixture {
+        redis,
+        dir: _dir,
+        k1,
+        keys,
+    }) = fixture(
+        "jwks::a_node_without_a_key_set_is_not_ready_and_refuses_handshakes",
+        "ec",
+    )
+    .await
+    else {
         return;
-    }
-    let redis = Redis::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let k1 = Signer::new(dir.path(), "ec", "k1");
-    let keys = KeyServer::start().await;
-    keys.set(&[&k1.jwk]);
+    };
     keys.set_down(true);
     let opts = NodeOpts::default()
         .with("jwt-jwks-url", &keys.url())
