@@ -27,31 +27,16 @@ const RECHECK: Duration = Duration::from_secs(5);
 /// Makes sure Redis sends expired-key events (`E` keyevent class and `x` expired events),
 /// enabling them with CONFIG SET when allowed. Returns false (and logs what to set) otherwise.
 pub async fn ensure_notifications(client: &redis::Client) -> bool {
-    let result: redis::RedisResult<bool> = async {
+    let result = async {
         let mut conn = client.get_multiplexed_async_connection().await?;
-        let (_, flags): (String, String) = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("notify-keyspace-events")
-            .query_async(&mut conn)
-            .await?;
-        let has_event_class = flags.contains('E');
-        let has_expired = flags.contains('x') || flags.contains('A');
-        if has_event_class && has_expired {
-            return Ok(true);
-        }
-        let wanted = format!("{flags}Ex");
-        redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("notify-keyspace-events")
-            .arg(&wanted)
-            .query_async::<()>(&mut conn)
-            .await?;
-        tracing::info!(flags = %wanted, "enabled keyspace notifications for presence expiry");
-        Ok(true)
+        super::store::enable_expiry_events(&mut conn).await
     }
     .await;
+    if let Ok(Some(flags)) = &result {
+        tracing::info!(%flags, "enabled keyspace notifications for presence expiry");
+    }
     match result {
-        Ok(ok) => ok,
+        Ok(_) => true,
         Err(e) => {
             tracing::error!(error = %e,
                 "presence expiry needs keyspace notifications: set `notify-keyspace-events Ex` \

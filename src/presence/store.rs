@@ -225,6 +225,33 @@ impl PresenceStore {
     }
 }
 
+/// Makes Redis send the expired-key events presence listens to (`E` keyevent class and `x`
+/// expired events), with `CONFIG SET` when they are off: `Some(new flags)` when it changed
+/// them, `None` when they were on already; an error when Redis refuses (managed services
+/// often disable `CONFIG`).
+pub async fn enable_expiry_events(
+    conn: &mut impl redis::aio::ConnectionLike,
+) -> redis::RedisResult<Option<String>> {
+    let (_, flags): (String, String) = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("notify-keyspace-events")
+        .query_async(conn)
+        .await?;
+    let has_event_class = flags.contains('E');
+    let has_expired = flags.contains('x') || flags.contains('A');
+    if has_event_class && has_expired {
+        return Ok(None);
+    }
+    let wanted = format!("{flags}Ex");
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("notify-keyspace-events")
+        .arg(&wanted)
+        .query_async::<()>(conn)
+        .await?;
+    Ok(Some(wanted))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

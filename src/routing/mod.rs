@@ -3,6 +3,8 @@
 //! from the token. Services consume their stream with consumer groups and answer through the
 //! server API or the `fanout:publish` stream.
 
+pub mod store;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -10,6 +12,7 @@ use redis::aio::ConnectionManager;
 
 use crate::clock;
 use crate::error::{ClientError, ErrorCode};
+use store::{Envelope, ServiceStreams};
 
 /// Who sent a routed event.
 #[derive(Debug, Clone)]
@@ -23,10 +26,9 @@ pub struct Origin<'a> {
 /// The service registry of `SERVICES` and the appender.
 #[derive(Clone)]
 pub struct Router {
-    conn: ConnectionManager,
+    store: ServiceStreams,
     node_id: Arc<str>,
     streams: Arc<HashMap<String, String>>,
-    maxlen: u64,
 }
 
 /// Splits a routed event name into its service, or says why it is not one: exactly three
@@ -55,10 +57,9 @@ impl Router {
         maxlen: u64,
     ) -> Self {
         Router {
-            conn,
+            store: ServiceStreams::new(conn, maxlen),
             node_id,
             streams: Arc::new(services.into_iter().collect()),
-            maxlen,
         }
     }
 
@@ -89,26 +90,17 @@ impl Router {
         payload_json: &str,
     ) -> Result<String, ClientError> {
         let stream = self.stream_for(event)?;
-        let mut conn = self.conn.clone();
-        redis::cmd("XADD")
-            .arg(stream)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(self.maxlen)
-            .arg("*")
-            .arg("event")
-            .arg(event)
-            .arg("userId")
-            .arg(origin.user_id)
-            .arg("socketId")
-            .arg(origin.socket_id)
-            .arg("nodeId")
-            .arg(&*self.node_id)
-            .arg("payload")
-            .arg(payload_json)
-            .arg("receivedAt")
-            .arg(clock::now_iso())
-            .query_async(&mut conn)
+        let received_at = clock::now_iso();
+        let envelope = Envelope {
+            event,
+            user_id: origin.user_id,
+            socket_id: origin.socket_id,
+            node_id: &self.node_id,
+            payload_json,
+            received_at: &received_at,
+        };
+        self.store
+            .append(stream, &envelope)
             .await
             .map_err(|e| ClientError::from_redis(&e))
     }
