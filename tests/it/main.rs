@@ -2,6 +2,7 @@
 //! Socket.IO clients. One test binary (faster to build than one per file).
 
 mod harness;
+mod pyenv;
 mod skip;
 
 mod api;
@@ -13,6 +14,7 @@ mod chat;
 mod drain;
 mod hostile;
 mod interop_js;
+mod interop_py;
 mod jwks;
 mod lb;
 mod limits;
