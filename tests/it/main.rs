@@ -15,6 +15,7 @@ mod drain;
 mod hostile;
 mod interop_js;
 mod interop_py;
+mod interop_rs;
 mod jwks;
 mod lb;
 mod limits;
