@@ -17,6 +17,7 @@ mod interop_js;
 mod interop_py;
 mod interop_rs;
 mod jwks;
+mod k8s;
 mod lb;
 mod limits;
 mod measure;
