@@ -4,7 +4,7 @@
 //! across test processes by a file lock, and reused while the requirements file is unchanged
 //! (a stamp file holds the requirements the venv was installed from).
 //!
-//! Needs `python3` with its `venv` module (Debian: python3-venv) and the PyPI registry (or a pip
+//! Needs `python3` 3.11+ with its `venv` module (Debian: python3-venv) and the PyPI registry (or a pip
 //! cache/`find-links` holding the pinned packages). Without python3 or venv the caller's test
 //! fails under `CI=true` and is reported as skipped elsewhere ([`require_python`]); a failing
 //! `pip install` is a test failure.
@@ -17,25 +17,26 @@ use std::sync::{Mutex, OnceLock};
 use crate::skip::{in_ci, record_skip, require_tools};
 
 /// How to get Python, for the skip line.
-pub const PYTHON_HINT: &str =
-    "install Python 3.9+ with its venv module (Debian: apt-get install python3 python3-venv)";
+pub const PYTHON_HINT: &str = "install Python 3.11+ with its venv module (Debian 12: apt-get install python3 python3-venv; make test does)";
 
-/// Whether the test can run Python tools: `python3` on PATH with the `venv` and `ensurepip`
-/// modules. Otherwise: under `CI=true` a panic (the test fails); elsewhere the skip is recorded
+/// Whether the test can run Python tools: `python3` on PATH, 3.11 or newer (what the pinned
+/// packages need), with the `venv` and `ensurepip` modules. Otherwise: under `CI=true` a panic (the test fails); elsewhere the skip is recorded
 /// and the answer is false, and the test must return at once.
 #[must_use]
 pub fn require_python(test: &str) -> bool {
     if !require_tools(test, &["python3"], PYTHON_HINT) {
         return false;
     }
-    let has_venv = Command::new("python3")
-        .args(["-c", "import venv, ensurepip"])
+    let check = "import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))";
+    let usable = Command::new("python3")
+        .args(["-c", check])
         .output()
         .is_ok_and(|o| o.status.success());
-    if has_venv {
+    if usable {
         return true;
     }
-    let reason = format!("python3 has no venv/ensurepip module ({PYTHON_HINT})");
+    let reason =
+        format!("python3 is older than 3.11 or has no venv/ensurepip module ({PYTHON_HINT})");
     assert!(
         !in_ci(),
         "{test}: {reason}; with CI=true a missing tool fails the test instead of skipping it"
