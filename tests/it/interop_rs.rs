@@ -324,6 +324,17 @@ async fn run_interop(transport: &str) {
         }
     }
 
+    // (4b) chat:join answers its ACK (the socket already is in the room: nothing changes).
+    for peer in [&alice, &bob] {
+        let ack = peer.call("chat:join", json!({ "chatId": chat })).await;
+        assert_eq!(
+            ack,
+            json!({ "success": true, "chatId": chat }),
+            "{} chat:join ACK",
+            peer.name
+        );
+    }
+
     // (5) An unknown event is answered with INVALID_EVENT.
     let ack = alice.call("interop:no-such-event", json!({ "x": 1 })).await;
     assert!(

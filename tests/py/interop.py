@@ -272,6 +272,17 @@ async def main():
 
     await step(f"receive chat:message x{N}", receive)
 
+    # (4b) chat:join answers its ACK (the socket already is in the room: nothing changes).
+    async def join():
+        for who in (alice, bob):
+            ack = await who.call("chat:join", {"chatId": CHAT})
+            check(
+                isinstance(ack, dict) and ack.get("success") is True and ack.get("chatId") == CHAT,
+                f"{who.name} chat:join ACK {show(ack)}",
+            )
+
+    await step("chat:join", join)
+
     # (5) An unknown event is answered with INVALID_EVENT.
     async def unknown():
         ack = await alice.call("interop:no-such-event", {"x": 1})
