@@ -39,13 +39,15 @@ up:
 	deploy/up.sh
 
 # The test harness starts its own redis-server and haproxy processes (found on
-# PATH); node/npm (the interop and peer tests) and openssl (key tests) are on the
-# image. A test whose tool is missing fails under CI=true and is skipped elsewhere,
+# PATH); pkg-config and libssl-dev build the rust_socketio interop client (native-tls);
+# python3 with venv runs the python-socketio interop test and kubernetes-validate (venvs under
+# target/tmp, packages from PyPI); node/npm (the interop and peer tests) and openssl (key
+# tests) are on the image. A test whose tool is missing fails under CI=true and is skipped elsewhere,
 # recorded in $(SKIP_LOG) (tests/it/skip.rs); the summary follows cargo test.
 SKIP_LOG := $(CURDIR)/target/test-skips.txt
 
 test: rust-components
-	deploy/install-deps.sh redis-server haproxy
+	deploy/install-deps.sh redis-server haproxy pkg-config openssl-dev python3 python3-venv
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	# fanout-bench is a workspace member of its own: the tests run it from target/debug, and

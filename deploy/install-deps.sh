@@ -7,10 +7,17 @@
 #   deploy/install-deps.sh redis-server     # only what `make test` needs
 #   deploy/install-deps.sh prometheus       # optional: `WITH_PROMETHEUS=1 make up`
 #
-# Tools (command checked with `command -v` -> Debian package):
+# Tools (command checked with `command -v`, or the check named -> Debian package):
 #   redis-server -> redis-server  (also brings redis-cli via redis-tools)
 #   haproxy      -> haproxy
 #   curl         -> curl          (used by deploy/up.sh for readiness checks)
+#   pkg-config   -> pkg-config    (make test: finds OpenSSL for the rust_socketio interop
+#                                  test's dev-dependency, native-tls)
+#   openssl-dev  -> libssl-dev    (make test: the same; checked with `pkg-config --exists openssl`)
+#   python3      -> python3       (make test: the python-socketio interop test and the
+#                                  Kubernetes manifest validation run Python tools in venvs)
+#   python3-venv -> python3-venv  (make test: the same; checked with
+#                                  `python3 -c 'import venv, ensurepip'`)
 #   prometheus   -> prometheus    (optional, never in the default list; deploy/up.sh
 #                                  runs it as its own child process)
 #
@@ -22,7 +29,17 @@
 # after the next boot: deploy/up.sh starts its own Prometheus.
 set -euo pipefail
 
-declare -A PKG_OF=([redis-server]=redis-server [haproxy]=haproxy [curl]=curl [prometheus]=prometheus)
+declare -A PKG_OF=([redis-server]=redis-server [haproxy]=haproxy [curl]=curl [prometheus]=prometheus
+    [pkg-config]=pkg-config [openssl-dev]=libssl-dev [python3]=python3 [python3-venv]=python3-venv)
+
+# Whether `tool` is there: a command on PATH, or for the two library-like items their own check.
+present() {
+    case $1 in
+        openssl-dev) command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openssl ;;
+        python3-venv) python3 -c 'import venv, ensurepip' >/dev/null 2>&1 ;;
+        *) command -v "$1" >/dev/null 2>&1 ;;
+    esac
+}
 
 if [[ $# -gt 0 ]]; then
     wanted=("$@")
@@ -37,8 +54,8 @@ for tool in "${wanted[@]}"; do
         echo "install-deps: unknown tool '$tool' (known: ${!PKG_OF[*]})" >&2
         exit 2
     fi
-    if command -v "$tool" >/dev/null 2>&1; then
-        echo "install-deps: $tool: already installed ($(command -v "$tool"))"
+    if present "$tool"; then
+        echo "install-deps: $tool: already installed ($(command -v "$tool" || echo "${PKG_OF[$tool]}"))"
     else
         missing_pkgs+=("$pkg")
     fi
@@ -92,7 +109,7 @@ echo "install-deps: apt-get install ${missing_pkgs[*]}"
 
 status=0
 for tool in "${wanted[@]}"; do
-    if command -v "$tool" >/dev/null 2>&1; then
+    if present "$tool"; then
         :
     else
         echo "install-deps: $tool still not found after installing ${PKG_OF[$tool]}" >&2

@@ -2,6 +2,7 @@
 //! Socket.IO clients. One test binary (faster to build than one per file).
 
 mod harness;
+mod pyenv;
 mod skip;
 
 mod api;
@@ -13,7 +14,10 @@ mod chat;
 mod drain;
 mod hostile;
 mod interop_js;
+mod interop_py;
+mod interop_rs;
 mod jwks;
+mod k8s;
 mod lb;
 mod limits;
 mod measure;
