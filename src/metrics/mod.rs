@@ -54,6 +54,7 @@ pub const CLIENT_EVENTS: &[&str] = &[
     "presence:ping",
     "heartbeat",
     "presence:query",
+    "session:refresh",
 ];
 
 /// Server event names carried by the backplane that are labels as themselves.
