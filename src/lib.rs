@@ -19,6 +19,8 @@
 //! - [`tasks`]: what the background tasks share: the reconnect backoff and the one reconnect
 //!   loop of every blocking Redis reader.
 //! - [`drain`]: the stop order: every task's cancellation token, the drain that walks them.
+//! - [`admin`]: the official Socket.IO Admin UI (`/admin`, off by default), cluster-wide through
+//!   one Redis pub/sub channel.
 //! - [`metrics`]: every metric name and help text, the Prometheus exporter, `/metrics`; no
 //!   Redis.
 //!
@@ -26,6 +28,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod backplane;

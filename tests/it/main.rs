@@ -4,6 +4,7 @@
 mod harness;
 mod skip;
 
+mod admin;
 mod api;
 mod auth;
 mod bad_input;
