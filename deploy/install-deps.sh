@@ -11,6 +11,7 @@
 #   redis-server -> redis-server  (also brings redis-cli via redis-tools)
 #   haproxy      -> haproxy
 #   curl         -> curl          (used by deploy/up.sh for readiness checks)
+#   node, npm    -> nodejs, npm   (optional: the Admin UI and demo page of deploy/up.sh)
 #   prometheus   -> prometheus    (optional, never in the default list; deploy/up.sh
 #                                  runs it as its own child process)
 #
@@ -22,7 +23,7 @@
 # after the next boot: deploy/up.sh starts its own Prometheus.
 set -euo pipefail
 
-declare -A PKG_OF=([redis-server]=redis-server [haproxy]=haproxy [curl]=curl [prometheus]=prometheus)
+declare -A PKG_OF=([redis-server]=redis-server [haproxy]=haproxy [curl]=curl [prometheus]=prometheus [node]=nodejs [npm]=npm)
 
 if [[ $# -gt 0 ]]; then
     wanted=("$@")
