@@ -1,6 +1,8 @@
 // A tiny static server for `make up` (deploy/up.sh): the official Socket.IO Admin UI's built
 // files at /admin-ui/ and the demo chat page at /demo/, from this package's node_modules (no
-// CDN, nothing fetched at run time). No dependencies beyond Node itself.
+// CDN, nothing fetched at run time: the UI's icon font, which its index.html takes from a CDN,
+// is served from npm's @mdi/font instead; its web font falls back to the system's). No
+// dependencies beyond Node itself.
 //
 // Environment:
 //   UI_PORT [8090]          port to listen on
@@ -19,6 +21,7 @@ const BIND = process.env.UI_BIND ?? "127.0.0.1";
 const DEMO_CONFIG = process.env.DEMO_CONFIG ?? "";
 
 const roots = {
+  "/admin-ui/mdi/": join(here, "node_modules", "@mdi", "font"),
   "/admin-ui/": join(here, "node_modules", "@socket.io", "admin-ui", "ui", "dist"),
   "/demo/": join(here, "..", "demo"),
 };
@@ -72,7 +75,13 @@ const server = createServer(async (req, res) => {
     return;
   }
   try {
-    const body = await readFile(file);
+    let body = await readFile(file);
+    if (path === "/admin-ui/" || path === "/admin-ui/index.html") {
+      body = body
+        .toString()
+        .replace(/https:\/\/cdn\.jsdelivr\.net\/npm\/@mdi\/font@[^/]+\//, "mdi/")
+        .replace(/<link[^>]+fonts\.googleapis\.com[^>]*>/, "");
+    }
     res.writeHead(200, {
       "content-type": types[extname(file)] ?? "application/octet-stream",
       "cache-control": "no-store",

@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::harness::*;
-use crate::interop_js::{describe, js_dir, npm_install_once};
+use crate::interop_js::{describe, js_dir, npm_install, npm_install_once};
 use crate::skip::require_tools;
 
 const USER: &str = "ops";
@@ -153,4 +153,102 @@ fn admin_ui_settings_are_checked_at_start_up() {
         !ok.admin_ui_show_events,
         "ADMIN_UI_SHOW_EVENTS defaults to false"
     );
+}
+
+/// Polls `GET <path>` on `addr` until it answers 200 (a process we started is listening).
+async fn until_serving(addr: std::net::SocketAddr, path: &str) {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() && raw_get(addr, path).await.0 == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("nothing serves {path} on {addr}");
+}
+
+/// What `make up` shows, in a real browser (Debian's `chromium`, driven by playwright-core):
+/// the demo chat on two nodes and the official Admin UI against three (`tests/js/browser.mjs`).
+/// Screenshots go to the test's temporary directory, or to `$FANOUT_SCREENSHOTS_DIR` when set
+/// (`docs/img/` holds the ones shown in the README).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_ui_and_demo_in_a_headless_browser() {
+    let test = "admin::admin_ui_and_demo_in_a_headless_browser";
+    let hint = "install Node.js 18+ with npm, and Chromium (apt-get install -y chromium)";
+    if !require_tools(test, &["node", "npm", "chromium"], hint) {
+        return;
+    }
+    npm_install_once().await;
+    let ui_dir = repo_root().join("deploy").join("admin-ui");
+    let dir = ui_dir.clone();
+    tokio::task::spawn_blocking(move || npm_install(&dir))
+        .await
+        .expect("npm task")
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let redis = Redis::start().await;
+    let hash = password_hash();
+    let ui_port = free_port();
+    let origin = format!("http://127.0.0.1:{ui_port}");
+    let opts = admin_opts(&hash).with("cors-origins", &origin);
+    let a = Node::start_with(&redis, "node-a", opts.clone()).await;
+    let b = Node::start_with(&redis, "node-b", opts.clone()).await;
+    let c = Node::start_with(&redis, "node-c", opts).await;
+    a.create_chat("general", &["alice", "bob"]).await;
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = tmp.path().join("demo.json");
+    let demo = serde_json::json!({
+        "url": a.url(),
+        "urls": { "alice": b.url(), "bob": c.url() },
+        "chatId": "general",
+        "users": { "alice": token("alice"), "bob": token("bob") },
+    });
+    std::fs::write(&config, demo.to_string()).expect("write demo.json");
+    let _server = tokio::process::Command::new("node")
+        .arg(ui_dir.join("serve.mjs"))
+        .env("UI_PORT", ui_port.to_string())
+        .env("UI_BIND", "127.0.0.1")
+        .env("DEMO_CONFIG", &config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn deploy/admin-ui/serve.mjs");
+    until_serving(([127, 0, 0, 1], ui_port).into(), "/demo/").await;
+
+    let shots = std::env::var_os("FANOUT_SCREENSHOTS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| tmp.path().to_owned());
+    let profile = tmp.path().join("profile");
+    std::fs::create_dir_all(&profile).expect("profile dir");
+    let child = tokio::process::Command::new("node")
+        .arg(js_dir().join("browser.mjs"))
+        .current_dir(js_dir())
+        .env("UI_URL", &origin)
+        .env("SERVER_URL", a.url())
+        .env("NODE_IDS", "node-a,node-b,node-c")
+        .env("ADMIN_USER", USER)
+        .env("ADMIN_PASSWORD", PASSWORD)
+        .env("PROFILE_DIR", &profile)
+        .env("SHOTS_DIR", &shots)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn node tests/js/browser.mjs");
+    let out = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
+        .await
+        .expect("browser.mjs ran longer than 180 s")
+        .expect("wait for browser.mjs");
+    println!("browser.mjs:\n{}", describe(&out));
+    assert!(
+        out.status.success(),
+        "browser check failed\n{}",
+        describe(&out)
+    );
+    for n in [a, b, c] {
+        n.shutdown().await;
+    }
 }

@@ -31,7 +31,7 @@ pub(crate) fn describe(out: &Output) -> String {
 
 /// `npm ci` (or `npm install` without a lockfile) in `dir`, serialized across processes by a
 /// file lock in the target directory.
-fn npm_install(dir: &Path) -> Result<(), String> {
+pub(crate) fn npm_install(dir: &Path) -> Result<(), String> {
     let lock_path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("interop-js-npm.lock");
     let lock =
         std::fs::File::create(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
