@@ -8,12 +8,15 @@
 //! every node reach every admin socket, and a command reaches the node holding the sockets —
 //! all through one Redis pub/sub channel ([`relay`]). Commands act on the sockets of `/` only.
 //!
-//! Seams: [`protocol`] (what goes on the wire), [`relay`] (the channel and the tasks),
-//! [`store`] (every Redis command).
+//! Seams: `namespace` (the `/admin` sockets: login, greeting, commands), [`protocol`] (what
+//! goes on the wire), [`relay`] (the channel and the tasks), [`store`] (every Redis command).
 
+mod namespace;
 pub mod protocol;
 pub mod relay;
 pub mod store;
+
+pub use namespace::InvalidCredentials;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,12 +25,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
-use socketioxide::extract::{Data, SocketRef, TryData};
-use socketioxide::handler::ConnectHandler;
+use socketioxide::extract::SocketRef;
 use socketioxide::socket::DisconnectReason;
 use tokio::sync::{Semaphore, mpsc};
 
-use self::protocol::{EventCounts, FEATURES, SocketView, serialize_socket};
+use self::protocol::{EventCounts, SocketView, serialize_socket};
 use self::relay::{Command, FETCH_WAIT, MAX_LISTED_SOCKETS, Message, OUTBOX_CAPACITY};
 use self::store::AdminStore;
 use crate::auth::Identity;
@@ -125,15 +127,6 @@ struct Inner {
 /// One node's answer to a fetch: its id and its serialized sockets.
 type Answer = (String, Vec<Value>);
 
-/// The session id issued at this socket's login, emitted once it is connected.
-#[derive(Clone)]
-struct IssuedSession(Arc<str>);
-
-/// Why an `/admin` handshake was refused: the official server's only message.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid credentials")]
-pub struct InvalidCredentials;
-
 impl Admin {
     /// The Admin UI of node `node_id`, storing its sessions and publishing through `store`.
     pub fn new(settings: Settings, node_id: Arc<str>, store: AdminStore) -> Admin {
@@ -161,26 +154,6 @@ impl Admin {
         &self.inner.store
     }
 
-    /// Adds the `/admin` namespace to `io` (its login middleware and handlers).
-    pub fn register(&self, io: &SocketIo) {
-        let _ = self.inner.io.set(io.clone());
-        let on_connect = {
-            let admin = self.clone();
-            move |s: SocketRef| {
-                let admin = admin.clone();
-                async move { admin.on_admin_connect(s).await }
-            }
-        };
-        let login = {
-            let admin = self.clone();
-            move |s: SocketRef, TryData(auth): TryData<Value>| {
-                let admin = admin.clone();
-                async move { admin.login(s, auth.ok()).await }
-            }
-        };
-        io.ns(NAMESPACE, on_connect.with(login));
-    }
-
     /// The tasks of the Admin UI (publisher, stats, subscriber) on `tasks`, stopped by `cancel`.
     pub fn start(
         &self,
@@ -194,120 +167,6 @@ impl Admin {
         }
         tasks.spawn(relay::run_stats(self.clone(), cancel.clone()));
         tasks.spawn(relay::run_subscriber(client, self.clone(), cancel.clone()));
-    }
-
-    // ---- /admin sockets ------------------------------------------------------------------
-
-    /// The login middleware: a session id issued earlier (on any node), else the username and
-    /// the password checked against the bcrypt hash (on a blocking thread).
-    async fn login(&self, s: SocketRef, auth: Option<Value>) -> Result<(), InvalidCredentials> {
-        let auth = auth.unwrap_or(Value::Null);
-        let field = |k: &str| auth.get(k).and_then(Value::as_str).map(str::to_owned);
-        if let Some(sid) = field("sessionId")
-            && !sid.is_empty()
-            && sid.len() <= 64
-        {
-            match self.inner.store.session_exists(&sid).await {
-                Ok(true) => {
-                    crate::metrics::admin_login("session");
-                    return Ok(());
-                }
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "admin session lookup failed"),
-            }
-        }
-        let (Some(user), Some(password)) = (field("username"), field("password")) else {
-            crate::metrics::admin_login("refused");
-            return Err(InvalidCredentials);
-        };
-        if user != self.inner.settings.username || !self.verify(password).await {
-            crate::metrics::admin_login("refused");
-            return Err(InvalidCredentials);
-        }
-        let session = uuid::Uuid::new_v4().simple().to_string();
-        if let Err(e) = self.inner.store.save_session(&session).await {
-            // The login still counts; the UI's reconnect will ask for the password again.
-            tracing::warn!(error = %e, "admin session not saved");
-        }
-        s.extensions.insert(IssuedSession(session.into()));
-        crate::metrics::admin_login("password");
-        Ok(())
-    }
-
-    async fn verify(&self, password: String) -> bool {
-        let Ok(_slot) = self.inner.bcrypt.acquire().await else {
-            return false;
-        };
-        let hash = self.inner.settings.password_hash.clone();
-        tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
-            .await
-            .unwrap_or(false)
-    }
-
-    /// A logged-in admin socket: its session, `config`, then `all_sockets` of every node.
-    async fn on_admin_connect(&self, s: SocketRef) {
-        for (event, op) in [
-            ("emit", Op::Emit),
-            ("join", Op::Join),
-            ("leave", Op::Leave),
-            ("_disconnect", Op::Disconnect),
-        ] {
-            let admin = self.clone();
-            s.on(
-                event,
-                move |Data(protocol::AllArgs(args)): Data<protocol::AllArgs>| {
-                    let admin = admin.clone();
-                    async move { admin.command(op, args) }
-                },
-            );
-        }
-        if let Some(IssuedSession(id)) = s.extensions.get::<IssuedSession>() {
-            s.emit("session", &*id).ok();
-        }
-        s.emit("config", &json!({ "supportedFeatures": FEATURES }))
-            .ok();
-        self.watched();
-        let sockets = self.fetch_all().await;
-        s.emit("all_sockets", &(sockets,)).ok();
-    }
-
-    /// Turns a UI command into a [`Command`] for every node; anything malformed is ignored (the
-    /// UI gets no answer to commands).
-    fn command(&self, op: Op, args: Vec<Value>) {
-        let text = |i: usize| args.get(i).and_then(Value::as_str).unwrap_or("").to_owned();
-        // Only the chat sockets of `/` can be acted on.
-        if text(0) != "/" {
-            return;
-        }
-        let command = match op {
-            Op::Emit => {
-                let event = text(2);
-                if event.is_empty() {
-                    return;
-                }
-                Command::Emit {
-                    filter: text(1),
-                    event,
-                    args: args.get(3..).map(<[Value]>::to_vec).unwrap_or_default(),
-                }
-            }
-            Op::Join | Op::Leave => {
-                let (room, filter) = (text(1), text(2));
-                if room.is_empty() {
-                    return;
-                }
-                if matches!(op, Op::Join) {
-                    Command::Join { room, filter }
-                } else {
-                    Command::Leave { room, filter }
-                }
-            }
-            Op::Disconnect => Command::Disconnect { filter: text(2) },
-        };
-        self.publish(&Message::Command {
-            from: self.inner.node_id.to_string(),
-            command,
-        });
     }
 
     // ---- the cluster view ----------------------------------------------------------------
@@ -581,15 +440,6 @@ impl Admin {
             vec![json!("/"), json!(room), json!(sid), now()],
         );
     }
-}
-
-/// The UI commands, by their event names.
-#[derive(Clone, Copy)]
-enum Op {
-    Emit,
-    Join,
-    Leave,
-    Disconnect,
 }
 
 fn now() -> Value {
