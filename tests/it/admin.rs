@@ -46,6 +46,8 @@ async fn official_admin_ui_protocol_across_three_nodes() {
     .await;
     let c = Node::start_with(&redis, "admin-c", admin_opts(&hash)).await;
     let off = Node::start(&redis, "admin-off").await;
+    a.create_chat("admin-chat", &["alice", "bob", "carol"])
+        .await;
 
     let dir = js_dir();
     let child = tokio::process::Command::new("node")
@@ -59,6 +61,7 @@ async fn official_admin_ui_protocol_across_three_nodes() {
         .env("TOKEN_ALICE", token("alice"))
         .env("TOKEN_BOB", token("bob"))
         .env("TOKEN_CAROL", token("carol"))
+        .env("CHAT", "admin-chat")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

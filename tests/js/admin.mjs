@@ -8,6 +8,7 @@
 //   URL_OFF      base URL of a node without the Admin UI (its /admin must not exist)
 //   ADMIN_USER, ADMIN_PASSWORD   the Admin UI credentials
 //   TOKEN_ALICE, TOKEN_BOB, TOKEN_CAROL   chat JWTs
+//   CHAT         a chat of alice, bob and carol
 //
 // Exits 0 and prints one JSON summary line on success; exits 1 naming the failed step.
 
@@ -112,6 +113,10 @@ const gotConfig = waitFor(admin, "config");
 const gotSockets = waitFor(admin, "all_sockets");
 const stats = new Map();
 admin.on("server_stats", (s) => stats.set(s.serverId, s));
+// The namespaces are apart: nothing of the chat app reaches an admin socket.
+admin.onAny((event) => {
+  if (/^(chat|presence|session):/.test(event)) fail(current || "namespaces", `/admin got ${event}`);
+});
 
 await step("login accepted", () => connected(admin));
 const [sessionId] = await step("session issued", () => gotSession);
@@ -166,6 +171,15 @@ await step("event_received from another node", async () => {
   carol.emit("presence:query", { userIds: ["bob"] }, () => {});
   const [, , args2] = await hidden;
   if (JSON.stringify(args2) !== '["presence:query"]') throw new Error(`shown: ${JSON.stringify(args2)}`);
+});
+
+await step("a chat message and presence do not reach /admin", async () => {
+  const got = new Promise((resolve) => bob.once("chat:message", resolve));
+  const ack = await alice.emitWithAck("chat:send", { chatId: env("CHAT"), content: "hi bob" });
+  if (!ack.success) throw new Error(JSON.stringify(ack));
+  await got;
+  // Give a stray delivery to /admin time to arrive (onAny above fails the run if one does).
+  await new Promise((r) => setTimeout(r, 300));
 });
 
 await step("join makes a socket on another node join a room", async () => {
