@@ -404,9 +404,17 @@ impl Admin {
         );
     }
 
-    /// A chat socket sent `event`; `args` reads its arguments (only called when they are shown).
-    pub fn event_received(&self, s: &SocketRef, event: &str, args: impl FnOnce() -> Vec<Value>) {
+    /// A chat socket sent `event` (`bytes` long); `args` reads its arguments (only called when
+    /// they are shown).
+    pub fn event_received(
+        &self,
+        s: &SocketRef,
+        event: &str,
+        bytes: usize,
+        args: impl FnOnce() -> Vec<Value>,
+    ) {
         self.inner.counts.push("packetsIn", None, 1);
+        self.inner.counts.push("bytesIn", None, bytes as u64);
         if !self.is_watched() {
             return;
         }

@@ -49,7 +49,7 @@ fn admin_hook(s: &Arc<Socket<LocalAdapter>>, v: &socketioxide::handler::Value, n
         return;
     };
     let Ok(socket) = SocketRef::<LocalAdapter>::from_message_parts(s, &mut v.clone(), &None);
-    admin.event_received(&socket, name, || {
+    admin.event_received(&socket, name, v.len(), || {
         let mut copy = v.clone();
         match TryData::<crate::admin::protocol::AllArgs>::from_message_parts(s, &mut copy, &None) {
             Ok(TryData(Ok(crate::admin::protocol::AllArgs(args)))) => args,
