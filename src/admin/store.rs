@@ -44,13 +44,13 @@ impl AdminStore {
         Ok(n > 0)
     }
 
-    /// Publishes one relay message on [`keys::ADMIN_CHANNEL`].
-    pub async fn publish(&self, message: &str) -> redis::RedisResult<()> {
+    /// Publishes relay messages on [`keys::ADMIN_CHANNEL`], in order, in one pipeline.
+    pub async fn publish(&self, messages: &[String]) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
-        redis::cmd("PUBLISH")
-            .arg(keys::ADMIN_CHANNEL)
-            .arg(message)
-            .query_async(&mut conn)
-            .await
+        let mut pipe = redis::pipe();
+        for m in messages {
+            pipe.cmd("PUBLISH").arg(keys::ADMIN_CHANNEL).arg(m).ignore();
+        }
+        pipe.query_async(&mut conn).await
     }
 }
