@@ -48,6 +48,8 @@ SKIP_LOG := $(CURDIR)/target/test-skips.txt
 
 test: rust-components
 	deploy/install-deps.sh redis-server haproxy
+	@# The headless browser test (tests/it/admin.rs) must run in CI; elsewhere it skips without it.
+	@if [[ "$${CI:-}" == true ]]; then deploy/install-deps.sh chromium; fi
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	# fanout-bench is a workspace member of its own: the tests run it from target/debug, and

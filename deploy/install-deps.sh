@@ -12,6 +12,8 @@
 #   haproxy      -> haproxy
 #   curl         -> curl          (used by deploy/up.sh for readiness checks)
 #   node, npm    -> nodejs, npm   (optional: the Admin UI and demo page of deploy/up.sh)
+#   chromium     -> chromium      (optional: the headless browser test; `make test` installs it
+#                                  under CI=true only)
 #   prometheus   -> prometheus    (optional, never in the default list; deploy/up.sh
 #                                  runs it as its own child process)
 #
@@ -23,7 +25,7 @@
 # after the next boot: deploy/up.sh starts its own Prometheus.
 set -euo pipefail
 
-declare -A PKG_OF=([redis-server]=redis-server [haproxy]=haproxy [curl]=curl [prometheus]=prometheus [node]=nodejs [npm]=npm)
+declare -A PKG_OF=([redis-server]=redis-server [haproxy]=haproxy [curl]=curl [prometheus]=prometheus [node]=nodejs [npm]=npm [chromium]=chromium)
 
 if [[ $# -gt 0 ]]; then
     wanted=("$@")
