@@ -1,6 +1,7 @@
 # fanout -- developer entry points.
 #
-#   make up      start a local cluster: Redis + NODES nodes + HAProxy
+#   make up      start a local cluster: Redis + NODES nodes + HAProxy, and (with node/npm)
+#                the Socket.IO Admin UI and a demo chat on :8090
 #                (e.g. `make up NODES=5 LB_PORT=8081`; Ctrl-C stops it)
 #   make test    what CI runs (.ci/run): fmt check, clippy, tests; with CHAOS=1
 #                (set in CI by CI=true) also the chaos sequence (deploy/chaos.sh)
@@ -24,7 +25,8 @@ CARGO ?= cargo
 .PHONY: help up test build fmt clippy clean-run deploy-check rust-components skip-summary
 
 help:
-	@echo "make up          start Redis + NODES (default 3) nodes + HAProxy on :8080 (Ctrl-C stops)"
+	@echo "make up          start Redis + NODES (default 3) nodes + HAProxy on :8080 (Ctrl-C stops);"
+	@echo "                 the Admin UI and a demo chat on :8090 (ADMIN_UI=0: without them)"
 	@echo "make test        install redis-server if needed, cargo fmt --check, clippy -D warnings, cargo test"
 	@echo "                 (then the skipped tests and why; with CI=true a missing tool fails instead), vendor/test.sh"
 	@echo "                 (CHAOS=1 or CI=true: then the chaos sequence, deploy/chaos.sh)"
@@ -47,7 +49,7 @@ up:
 SKIP_LOG := $(CURDIR)/target/test-skips.txt
 
 test: rust-components
-	deploy/install-deps.sh redis-server haproxy pkg-config openssl-dev python3 python3-venv
+	deploy/install-deps.sh redis-server haproxy pkg-config openssl-dev python3 python3-venv chromium
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	# fanout-bench is a workspace member of its own: the tests run it from target/debug, and

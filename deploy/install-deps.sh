@@ -18,6 +18,9 @@
 #                                  Kubernetes manifest validation run Python tools in venvs)
 #   python3-venv -> python3-venv  (make test: the same; checked with
 #                                  `python3 -c 'import venv, ensurepip'`)
+#   node, npm    -> nodejs, npm   (optional: the Admin UI and demo page of deploy/up.sh)
+#   chromium     -> chromium      (make test: the headless browser test of the Admin UI and
+#                                  the demo page, tests/it/admin.rs)
 #   prometheus   -> prometheus    (optional, never in the default list; deploy/up.sh
 #                                  runs it as its own child process)
 #
@@ -30,7 +33,8 @@
 set -euo pipefail
 
 declare -A PKG_OF=([redis-server]=redis-server [haproxy]=haproxy [curl]=curl [prometheus]=prometheus
-    [pkg-config]=pkg-config [openssl-dev]=libssl-dev [python3]=python3 [python3-venv]=python3-venv)
+    [pkg-config]=pkg-config [openssl-dev]=libssl-dev [python3]=python3 [python3-venv]=python3-venv
+    [node]=nodejs [npm]=npm [chromium]=chromium)
 
 # Whether `tool` is there: a command on PATH, or for the two library-like items their own check.
 present() {

@@ -26,6 +26,14 @@
 #                        data in RUN_DIR/prometheus/ (kept across runs)
 #   PROMETHEUS_PORT [9090]  where that Prometheus listens (127.0.0.1 only)
 #   PROMETHEUS_RETENTION [2d]  how long it keeps samples
+#   ADMIN_UI [1]         1 = turn on the Socket.IO Admin UI on the nodes and serve
+#                        the official UI (npm @socket.io/admin-ui, installed with
+#                        `npm ci` in deploy/admin-ui/) and the demo chat page
+#                        (deploy/demo/) at UI_PORT; needs node and npm (installed
+#                        with apt when missing; without them it is skipped)
+#   ADMIN_UI_USERNAME [admin]  ADMIN_UI_PASSWORD [admin]  the Admin UI login
+#                        (the nodes get the bcrypt hash of the password)
+#   UI_PORT [8090]       where the Admin UI and the demo page are served
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -48,6 +56,10 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 WITH_PROMETHEUS=${WITH_PROMETHEUS:-0}
 PROMETHEUS_PORT=${PROMETHEUS_PORT:-9090}
 PROMETHEUS_RETENTION=${PROMETHEUS_RETENTION:-2d}
+ADMIN_UI=${ADMIN_UI:-1}
+ADMIN_UI_USERNAME=${ADMIN_UI_USERNAME:-admin}
+ADMIN_UI_PASSWORD=${ADMIN_UI_PASSWORD:-admin}
+UI_PORT=${UI_PORT:-8090}
 
 case $RUN_DIR in /*) ;; *) RUN_DIR="$ROOT/$RUN_DIR" ;; esac
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
@@ -58,11 +70,12 @@ log() { printf '[up] %s\n' "$*"; }
 die() { printf '[up] ERROR: %s\n' "$*" >&2; exit 1; }
 
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
-for v in NODES NODE_BASE_PORT ADMIN_BASE_PORT REDIS_PORT LB_PORT STATS_PORT READY_TIMEOUT PROMETHEUS_PORT; do
+for v in NODES NODE_BASE_PORT ADMIN_BASE_PORT REDIS_PORT LB_PORT STATS_PORT READY_TIMEOUT PROMETHEUS_PORT UI_PORT; do
     is_uint "${!v}" || die "$v must be a non-negative integer (got '${!v}')"
 done
 ((NODES >= 1 && NODES <= 99)) || die "NODES must be between 1 and 99 (got $NODES)"
 
+[[ $ADMIN_UI == 0 || $ADMIN_UI == 1 ]] || die "ADMIN_UI must be 0 or 1 (got '$ADMIN_UI')"
 [[ $WITH_PROMETHEUS == 0 || $WITH_PROMETHEUS == 1 ]] || die "WITH_PROMETHEUS must be 0 or 1 (got '$WITH_PROMETHEUS')"
 [[ $PROMETHEUS_RETENTION =~ ^[0-9]+(ms|s|m|h|d|w|y)$ ]] || die "PROMETHEUS_RETENTION must be a duration such as 2d or 12h (got '$PROMETHEUS_RETENTION')"
 
@@ -76,6 +89,7 @@ NODE_PIDS=()
 HAPROXY_PID=""
 REDIS_PID=""
 PROMETHEUS_PID=""
+UI_PID=""
 CLEANED_UP=0
 LOCK_FILE="$RUN_DIR/up.pid"
 PIDS_FILE="$RUN_DIR/pids" # "<name> <pid>" per child, to clean up after a crash
@@ -127,6 +141,7 @@ cleanup() {
     ((CLEANED_UP)) && return 0
     CLEANED_UP=1
     trap '' INT TERM
+    stop_pids TERM 5 "ui server" "$UI_PID"
     stop_pids TERM 20 "nodes" "${NODE_PIDS[@]}"
     stop_pids TERM 5 "haproxy" "$HAPROXY_PID"
     stop_pids TERM 10 "redis" "$REDIS_PID"
@@ -143,7 +158,7 @@ on_signal() {
 }
 on_exit() {
     local rc=$?
-    if ((!CLEANED_UP)) && { ((${#NODE_PIDS[@]})) || [[ -n $HAPROXY_PID$REDIS_PID$PROMETHEUS_PID ]]; }; then
+    if ((!CLEANED_UP)) && { ((${#NODE_PIDS[@]})) || [[ -n $HAPROXY_PID$REDIS_PID$PROMETHEUS_PID$UI_PID ]]; }; then
         cleanup
     fi
     exit "$rc"
@@ -171,7 +186,7 @@ if [[ -f $PIDS_FILE ]]; then
         [[ $pid =~ ^[0-9]+$ ]] || continue
         kill -0 "$pid" 2>/dev/null || continue
         cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)
-        case $cmd in *redis-server* | *haproxy* | *fanout* | *prometheus*) stale+=("$pid") ;; esac
+        case $cmd in *redis-server* | *haproxy* | *fanout* | *prometheus* | *serve.mjs*) stale+=("$pid") ;; esac
     done <"$PIDS_FILE"
     if ((${#stale[@]})); then
         log "stopping leftovers of a previous run that did not shut down: pids ${stale[*]}"
@@ -198,6 +213,25 @@ if [[ $SKIP_BUILD != 1 ]]; then
     log "cargo build --release --bins"
     cargo build --release --bins
 fi
+# The Admin UI: its npm package (the built UI, and bcryptjs to hash the password) and
+# the demo page's socket.io client, from the lockfile; no CDN at run time.
+ADMIN_UI_HASH=""
+if [[ $ADMIN_UI == 1 ]]; then
+    if ! "$ROOT/deploy/install-deps.sh" node npm; then
+        log "WARNING: node/npm unavailable: the Admin UI and the demo page are skipped (ADMIN_UI=0)"
+        ADMIN_UI=0
+    fi
+fi
+if [[ $ADMIN_UI == 1 ]]; then
+    log "npm ci in deploy/admin-ui (log: $RUN_DIR/npm.log)"
+    if ! (cd "$ROOT/deploy/admin-ui" && npm ci --no-audit --no-fund >"$RUN_DIR/npm.log" 2>&1); then
+        tail -n 20 "$RUN_DIR/npm.log" >&2 || true
+        die "npm ci in deploy/admin-ui failed (log above); run with ADMIN_UI=0 to skip the Admin UI"
+    fi
+    ADMIN_UI_HASH=$(cd "$ROOT/deploy/admin-ui" &&
+        node -e 'console.log(require("bcryptjs").hashSync(process.argv[1], 10))' "$ADMIN_UI_PASSWORD") ||
+        die "could not hash ADMIN_UI_PASSWORD with bcryptjs"
+fi
 FANOUT_BIN="$BIN_DIR/fanout"
 TOKEN_BIN="$BIN_DIR/fanout-token"
 [[ -x $FANOUT_BIN ]] || die "node binary not found: $FANOUT_BIN (build with: cargo build --release --bins)"
@@ -221,6 +255,9 @@ for ((i = 1; i <= NODES; i++)); do
 done
 port_in_use "$LB_PORT" && busy+=("$LB_PORT (LB_PORT)")
 port_in_use "$STATS_PORT" && busy+=("$STATS_PORT (STATS_PORT)")
+if [[ $ADMIN_UI == 1 ]] && port_in_use "$UI_PORT"; then
+    busy+=("$UI_PORT (UI_PORT)")
+fi
 if [[ $WITH_PROMETHEUS == 1 ]] && port_in_use "$PROMETHEUS_PORT"; then
     busy+=("$PROMETHEUS_PORT (PROMETHEUS_PORT; a system Prometheus? systemctl stop prometheus)")
 fi
@@ -269,6 +306,13 @@ done
 # ----------------------------------------------------------------------------
 # 4. Nodes
 # ----------------------------------------------------------------------------
+# The browser pages are served from UI_PORT, another origin: long-polling from them needs
+# CORS with credentials for exactly that origin (websocket needs none).
+ADMIN_ENV=()
+if [[ $ADMIN_UI == 1 ]]; then
+    ADMIN_ENV=(ADMIN_UI_USERNAME="$ADMIN_UI_USERNAME" ADMIN_UI_PASSWORD_HASH="$ADMIN_UI_HASH"
+        CORS_ORIGINS="http://127.0.0.1:$UI_PORT,http://localhost:$UI_PORT")
+fi
 for ((i = 1; i <= NODES; i++)); do
     log "starting node-$i on $BIND_ADDR:$(node_port "$i") (admin $(admin_port "$i"), log: $RUN_DIR/node-$i.log)"
     spawn "$RUN_DIR/node-$i.log" env \
@@ -281,6 +325,7 @@ for ((i = 1; i <= NODES; i++)); do
         NODE_ID="node-$i" \
         RUST_LOG="$RUST_LOG" \
         LOG_FORMAT="$LOG_FORMAT" \
+        "${ADMIN_ENV[@]}" \
         "$FANOUT_BIN"
     NODE_PIDS+=("$SPAWNED_PID")
 done
@@ -414,6 +459,37 @@ EOF
 fi
 
 # ----------------------------------------------------------------------------
+# 5c. Admin UI and demo page (ADMIN_UI=1): a static server on UI_PORT
+# ----------------------------------------------------------------------------
+UI_URL="http://127.0.0.1:$UI_PORT"
+if [[ $ADMIN_UI == 1 ]]; then
+    # The demo chat and its users' tokens (the page mints nothing).
+    curl -s -o /dev/null --max-time 5 -X POST -H "Authorization: Bearer $API_KEY" \
+        -H 'content-type: application/json' \
+        -d '{"chatId":"general","members":["alice","bob","carol"]}' \
+        "http://127.0.0.1:$(admin_port 1)/api/v1/chats" || log "WARNING: could not create the demo chat"
+    demo_token() { "$TOKEN_BIN" --secret "$JWT_SECRET" --sub "$1" --ttl-secs 86400; }
+    {
+        printf '{"url":"http://127.0.0.1:%s","chatId":"general","users":{' "$LB_PORT"
+        printf '"alice":"%s","bob":"%s","carol":"%s"' "$(demo_token alice)" "$(demo_token bob)" "$(demo_token carol)"
+        printf '}}\n'
+    } >"$RUN_DIR/demo.json" || die "could not mint the demo tokens with $TOKEN_BIN"
+    log "serving the Admin UI and the demo page on 127.0.0.1:$UI_PORT (log: $RUN_DIR/ui.log)"
+    spawn "$RUN_DIR/ui.log" env UI_PORT="$UI_PORT" UI_BIND=127.0.0.1 DEMO_CONFIG="$RUN_DIR/demo.json" \
+        node "$ROOT/deploy/admin-ui/serve.mjs"
+    UI_PID=$SPAWNED_PID
+    deadline=$((SECONDS + 15))
+    until [[ $(http_status "$UI_URL/demo/") == 200 ]]; do
+        if ! kill -0 "$UI_PID" 2>/dev/null; then
+            tail -n 20 "$RUN_DIR/ui.log" >&2 || true
+            die "the UI server exited during startup (log above: $RUN_DIR/ui.log)"
+        fi
+        ((SECONDS < deadline)) || die "the UI server does not answer on $UI_URL after 15s"
+        sleep 0.2
+    done
+fi
+
+# ----------------------------------------------------------------------------
 # 6. Tell the user how to use it
 # ----------------------------------------------------------------------------
 printf -v Q_SECRET '%q' "$JWT_SECRET"
@@ -465,6 +541,17 @@ if [[ $WITH_PROMETHEUS == 1 ]]; then
    config $RUN_DIR/prometheus.yml; dashboard without Grafana: tools/dashboard-snapshot/snapshot.sh
 EOF
 fi
+if [[ $ADMIN_UI == 1 ]]; then
+    cat <<EOF
+
+ See it:
+   Demo chat (open both):  $UI_URL/demo/#alice   and   $UI_URL/demo/#bob
+   Socket.IO Admin UI:     $UI_URL/admin-ui/
+     Server URL: http://127.0.0.1:$LB_PORT   (namespace /admin, path /socket.io)
+     Username: $ADMIN_UI_USERNAME   Password: $ADMIN_UI_PASSWORD
+
+EOF
+fi
 for ((i = 1; i <= NODES; i++)); do
     printf ' node-%-3s public http://127.0.0.1:%s   admin http://127.0.0.1:%s  (metrics: /metrics)\n' \
         "$i" "$(node_port "$i")" "$(admin_port "$i")"
@@ -511,6 +598,7 @@ while :; do
     report_if_dead haproxy "$HAPROXY_PID" "$RUN_DIR/haproxy.log"
     report_if_dead redis "$REDIS_PID" "$RUN_DIR/redis.log"
     report_if_dead prometheus "$PROMETHEUS_PID" "$RUN_DIR/prometheus.log"
+    report_if_dead "ui server" "$UI_PID" "$RUN_DIR/ui.log"
     sleep 1 &
     wait $! || true
 done

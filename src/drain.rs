@@ -25,8 +25,8 @@ pub struct Stops {
     pub presence: CancellationToken,
     /// Both HTTP servers (graceful): once the sockets are closed.
     pub servers: CancellationToken,
-    /// The backplane reader, metrics upkeep and the shard sampler: last, so local sockets get
-    /// everything until they are closed.
+    /// The backplane reader, metrics upkeep, the shard sampler and the Admin UI relay: last, so
+    /// local sockets get everything until they are closed (and admin sockets see the drain).
     pub readers: CancellationToken,
 }
 

@@ -27,6 +27,8 @@
 //! - [`tasks`]: what the background tasks share: the reconnect backoff, the one reconnect
 //!   loop of every blocking Redis reader, bounded tracked spawning.
 //! - [`health`]: the readiness flags the subsystems set and `/readyz` reads.
+//! - [`admin`]: the official Socket.IO Admin UI (`/admin`, off by default), cluster-wide through
+//!   one Redis pub/sub channel.
 //! - [`metrics`]: every metric name and help text, the Prometheus exporter, `/metrics`; no
 //!   Redis.
 //! - [`logging`]: text or JSON log lines carrying the node id.
@@ -36,6 +38,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod backplane;

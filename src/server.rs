@@ -148,6 +148,17 @@ pub async fn run(
         auth.leeway_secs(),
         config.session_expiry_notice_secs,
     ));
+    // The Admin UI, when its settings are given (docs/protocol.md §7).
+    let admin = config
+        .admin_ui()
+        .map_err(RunError::Config)?
+        .map(|settings| {
+            crate::admin::Admin::new(
+                settings,
+                node_id.clone(),
+                crate::admin::store::AdminStore::new(conn.clone()),
+            )
+        });
     let app = App {
         chats: chats.clone(),
         presence: presence.clone(),
@@ -163,6 +174,7 @@ pub async fn run(
         max_message_bytes: config.max_message_bytes,
         health: health.clone(),
         expiries: expiries.clone(),
+        admin: admin.clone(),
     };
     let (io_layer, io) = gateway::build(
         app,
@@ -207,6 +219,11 @@ pub async fn run(
         backplane.clone(),
         stops.readers.clone(),
     ));
+    // The Admin UI's relay stops with the readers, last: admin sockets see the drain's
+    // disconnects until the end.
+    if let Some(admin) = &admin {
+        admin.start(client.clone(), &tasks, &stops.readers);
+    }
     let publisher = crate::publish::Publisher::new(backplane.clone());
     // Presence keeps working until the sockets are gone: the drain removes them first.
     let live_sockets = {

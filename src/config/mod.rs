@@ -214,6 +214,19 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Socket.IO Admin UI login name; with ADMIN_UI_PASSWORD_HASH it turns the `/admin`
+    /// namespace on (docs/protocol.md §7).
+    #[arg(long, env = "ADMIN_UI_USERNAME")]
+    pub admin_ui_username: Option<String>,
+
+    /// bcrypt hash of the Admin UI password (what the official `instrument()` takes).
+    #[arg(long, env = "ADMIN_UI_PASSWORD_HASH", hide_env_values = true)]
+    pub admin_ui_password_hash: Option<String>,
+
+    /// Whether the Admin UI sees the arguments of client events (`event_received`).
+    #[arg(long, env = "ADMIN_UI_SHOW_EVENTS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub admin_ui_show_events: bool,
 }
 
 /// Where a node gets its JWT verification key from, after validation.
@@ -334,7 +347,18 @@ impl Config {
         crate::redis::parse_url(&self.redis_url())
             .map_err(|e| format!("invalid setting REDIS_URL: {e}"))?;
         self.service_streams()?;
+        self.admin_ui()?;
         Ok(())
+    }
+
+    /// The Admin UI settings: `None` when it is off (neither setting given), or the line naming
+    /// what is wrong (one of the pair missing, a hash that is not bcrypt).
+    pub fn admin_ui(&self) -> Result<Option<crate::admin::Settings>, String> {
+        crate::admin::Settings::from_parts(
+            self.admin_ui_username.as_deref(),
+            self.admin_ui_password_hash.as_deref(),
+            self.admin_ui_show_events,
+        )
     }
 
     /// The JWT key with its algorithm, or the line naming what is wrong.

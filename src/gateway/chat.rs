@@ -60,16 +60,23 @@ async fn do_join(r: Responder, app: App, data: Payload, id_field: &str) {
                 format!("this socket is in {} rooms, the most allowed", rooms.len()),
             ));
         }
-        r.socket().join(room);
+        r.socket().join(room.clone());
+        if let Some(admin) = &app.admin {
+            admin.room_joined(&r.socket().id.to_string(), &room);
+        }
         Ok::<_, ClientError>(json!({ "success": true, "chatId": chat_id }))
     }
     .await;
     r.reply(result);
 }
 
-async fn leave(r: Responder, data: Payload) {
+async fn leave(r: Responder, State(app): State<App>, data: Payload) {
     let result = validate::id_field_of(payload(&data), "chatId").map(|chat_id| {
-        r.socket().leave(chat_room(&chat_id));
+        let room = chat_room(&chat_id);
+        r.socket().leave(room.clone());
+        if let Some(admin) = &app.admin {
+            admin.room_left(&r.socket().id.to_string(), &room);
+        }
         json!({ "success": true, "chatId": chat_id })
     });
     r.reply(result);

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use socketioxide::adapter::LocalAdapter;
-use socketioxide::extract::Event;
+use socketioxide::extract::{Event, SocketRef, State, TryData};
 use socketioxide::handler::{FromMessageParts, MessageHandler};
 use socketioxide::socket::Socket;
 
@@ -27,11 +27,33 @@ impl MessageHandler<LocalAdapter, ()> for Events {
     ) {
         // socketioxide read the name before it called us; were it unreadable, routing answers.
         let handler = match Event::from_message_parts(&s, &mut v, &ack_id) {
-            Ok(Event(name)) => chat::handler(&name)
-                .or_else(|| presence::handler(&name))
-                .or_else(|| session::handler(&name)),
+            Ok(Event(name)) => {
+                admin_hook(&s, &v, &name);
+                chat::handler(&name)
+                    .or_else(|| presence::handler(&name))
+                    .or_else(|| session::handler(&name))
+            }
             Err(_) => None,
         };
         handler.unwrap_or(routing::HANDLER)(s, v, ack_id);
     }
+}
+
+/// Tells the Admin UI, when enabled, that the socket sent `name` (its arguments are read only
+/// when `ADMIN_UI_SHOW_EVENTS` shows them).
+fn admin_hook(s: &Arc<Socket<LocalAdapter>>, v: &socketioxide::handler::Value, name: &str) {
+    // Its own state entry, so this costs one Arc clone per event, not a clone of `App`.
+    let Ok(State(Some(admin))) =
+        State::<Option<crate::admin::Admin>>::from_message_parts(s, &mut v.clone(), &None)
+    else {
+        return;
+    };
+    let Ok(socket) = SocketRef::<LocalAdapter>::from_message_parts(s, &mut v.clone(), &None);
+    admin.event_received(&socket, name, v.len(), || {
+        let mut copy = v.clone();
+        match TryData::<crate::admin::protocol::AllArgs>::from_message_parts(s, &mut copy, &None) {
+            Ok(TryData(Ok(crate::admin::protocol::AllArgs(args)))) => args,
+            _ => Vec::new(),
+        }
+    });
 }

@@ -40,8 +40,11 @@ const WS_READ_BUFFER_BYTES: usize = 512;
 
 /// Builds the Socket.IO layer with the default namespace and its handlers.
 pub fn build(app: App, limits: IoLimits) -> (SocketIoLayer, SocketIo) {
+    let admin = app.admin.clone();
     let (layer, io) = SocketIo::builder()
         .with_state(app)
+        // The Admin UI hook of the event dispatch reads this entry alone (gateway::dispatch).
+        .with_state(admin.clone())
         .ws_max_message_size(limits.ws_max_message_bytes)
         .max_payload(limits.ws_max_message_bytes as u64)
         .max_buffer_size(limits.socket_buffer_packets)
@@ -52,6 +55,10 @@ pub fn build(app: App, limits: IoLimits) -> (SocketIoLayer, SocketIo) {
         .connect_timeout(Duration::from_secs(10))
         .build_layer();
     io.ns("/", on_connect.with(admit));
+    // Only when enabled: otherwise `/admin` does not exist and a client is told so.
+    if let Some(admin) = admin {
+        admin.register(&io);
+    }
     (layer, io)
 }
 
@@ -79,6 +86,9 @@ async fn on_connect(s: SocketRef, State(app): State<App>) {
     // missed; one more read closes that window.
     reconcile_chats(&s, &app, &identity).await;
     presence::on_connect(&s, &app, &identity).await;
+    if let Some(admin) = &app.admin {
+        admin.socket_connected(&s);
+    }
     tracing::debug!(sid = %s.id, user = %identity.user_id, transport = ?s.transport_type(), "connected");
 }
 
@@ -117,5 +127,8 @@ async fn on_disconnect(s: SocketRef, reason: DisconnectReason, State(app): State
     }
     tracing::debug!(sid = %s.id, ?reason, "disconnected");
     crate::metrics::disconnected(&reason);
+    if let Some(admin) = &app.admin {
+        admin.socket_disconnected(&s, &reason);
+    }
     presence::on_disconnect(&s, &app, reason).await;
 }

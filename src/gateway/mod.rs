@@ -55,6 +55,8 @@ pub struct App {
     pub health: Arc<crate::health::Health>,
     /// When each local socket's token expires ([`expiry::run`] tells and disconnects it).
     pub expiries: Arc<expiry::Expiries>,
+    /// The Socket.IO Admin UI, when enabled: told of connects, disconnects, events and rooms.
+    pub admin: Option<crate::admin::Admin>,
 }
 
 /// Limits on what one socket or user may hold (0 = unlimited).

@@ -190,6 +190,28 @@ metric!(
     "session:refresh requests, by outcome: ok, refused (bad, expired or another user's token)."
 );
 
+// ---- Admin UI -------------------------------------------------------------------------------
+metric!(
+    /// Admin UI sockets, computed at each scrape.
+    ADMIN_CONNECTIONS, "fanout_admin_connections", Gauge, [],
+    "Live Socket.IO Admin UI sockets (namespace /admin) on this node; 0 when the Admin UI is off."
+);
+metric!(
+    /// Admin UI logins.
+    ADMIN_LOGINS, "fanout_admin_logins_total", Counter, ["outcome"],
+    "Admin UI handshakes, by outcome: password (accepted with the credentials), session (accepted with an issued session id), refused (invalid credentials)."
+);
+metric!(
+    /// Admin UI commands applied.
+    ADMIN_COMMANDS, "fanout_admin_commands_total", Counter, ["command"],
+    "Sockets of this node an Admin UI command acted on, by command: emit, join, leave, disconnect."
+);
+metric!(
+    /// Admin relay messages dropped.
+    ADMIN_RELAY_DROPPED, "fanout_admin_relay_dropped_total", Counter, [],
+    "Admin UI relay messages (stats, socket events, answers) dropped because the node's publish queue was full."
+);
+
 // ---- process --------------------------------------------------------------------------------
 metric!(
     /// Build info.
@@ -224,6 +246,10 @@ pub const ALL: &[Metric] = &[
     JWKS_FETCHES,
     JWKS_AGE,
     SESSION_REFRESHES,
+    ADMIN_CONNECTIONS,
+    ADMIN_LOGINS,
+    ADMIN_COMMANDS,
+    ADMIN_RELAY_DROPPED,
     BUILD_INFO,
 ];
 

@@ -134,6 +134,14 @@ fn register_known_series() {
         counter!(JWKS_FETCHES.name, "outcome" => outcome).absolute(0);
     }
     gauge!(JWKS_AGE.name).set(0.0);
+    gauge!(ADMIN_CONNECTIONS.name).set(0.0);
+    for outcome in ["password", "session", "refused"] {
+        counter!(ADMIN_LOGINS.name, "outcome" => outcome).absolute(0);
+    }
+    for command in ["emit", "join", "leave", "disconnect"] {
+        counter!(ADMIN_COMMANDS.name, "command" => command).absolute(0);
+    }
+    counter!(ADMIN_RELAY_DROPPED.name).absolute(0);
     for r in ["transport_close", "transport_error", "heartbeat_timeout"] {
         counter!(DISCONNECTS.name, "reason" => r).absolute(0);
     }
@@ -197,6 +205,11 @@ pub fn render(handle: &PrometheusHandle, io: &SocketIo) -> String {
     }
     gauge!(CONNECTIONS.name, "transport" => "polling").set(polling as f64);
     gauge!(CONNECTIONS.name, "transport" => "websocket").set(websocket as f64);
+    let admins = io
+        .of(crate::admin::NAMESPACE)
+        .map(|ns| ns.sockets().len())
+        .unwrap_or(0);
+    gauge!(ADMIN_CONNECTIONS.name).set(admins as f64);
     handle.render()
 }
 
@@ -438,6 +451,21 @@ pub fn keyspace_notification() {
 /// The sweep found `n` users past their deadline and claims them.
 pub fn sweep_claims(n: usize) {
     counter!(PRESENCE_SWEEP_CLAIMS.name).increment(n as u64);
+}
+
+/// An Admin UI handshake ended: `password`, `session` or `refused`.
+pub fn admin_login(outcome: &'static str) {
+    counter!(ADMIN_LOGINS.name, "outcome" => outcome).increment(1);
+}
+
+/// An Admin UI command acted on `sockets` sockets of this node.
+pub fn admin_command(command: &'static str, sockets: usize) {
+    counter!(ADMIN_COMMANDS.name, "command" => command).increment(sockets as u64);
+}
+
+/// An Admin UI relay message was dropped (the publish queue was full).
+pub fn admin_relay_dropped() {
+    counter!(ADMIN_RELAY_DROPPED.name).increment(1);
 }
 
 #[cfg(test)]

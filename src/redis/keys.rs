@@ -115,6 +115,16 @@ pub const PUBLISH_GROUP: &str = "fanout";
 /// HASH of live nodes: node id -> JSON `{nodeId, connections, startedAt, lastSeen, lastSeenMs}`.
 pub const NODES: &str = "fanout:nodes";
 
+/// Pub/sub CHANNEL of the Socket.IO Admin UI (docs/protocol.md §7), used only while it is
+/// enabled: every node's stats and socket events, the UI's commands and socket listings.
+pub const ADMIN_CHANNEL: &str = "fanout:admin";
+
+/// STRING: an Admin UI session id issued at a login, with a TTL, so the UI's reconnect (with
+/// `auth.sessionId`) is accepted by whichever node the load balancer picks.
+pub fn admin_session(session_id: &str) -> String {
+    format!("fanout:admin:session:{session_id}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,11 +16,11 @@ use crate::skip::require_tools;
 /// Upper bound for one run of the script (it has its own 60 s guard).
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
 
-fn js_dir() -> PathBuf {
+pub(crate) fn js_dir() -> PathBuf {
     repo_root().join("tests").join("js")
 }
 
-fn describe(out: &Output) -> String {
+pub(crate) fn describe(out: &Output) -> String {
     format!(
         "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
         out.status,
@@ -31,7 +31,7 @@ fn describe(out: &Output) -> String {
 
 /// `npm ci` (or `npm install` without a lockfile) in `dir`, serialized across processes by a
 /// file lock in the target directory.
-fn npm_install(dir: &Path) -> Result<(), String> {
+pub(crate) fn npm_install(dir: &Path) -> Result<(), String> {
     let lock_path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("interop-js-npm.lock");
     let lock =
         std::fs::File::create(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
@@ -60,7 +60,7 @@ fn npm_install(dir: &Path) -> Result<(), String> {
 }
 
 /// Installs the JS dependencies once per test process.
-async fn npm_install_once() {
+pub(crate) async fn npm_install_once() {
     static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
     let result =
         tokio::task::spawn_blocking(|| INSTALLED.get_or_init(|| npm_install(&js_dir())).clone())

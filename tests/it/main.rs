@@ -5,6 +5,7 @@ mod harness;
 mod pyenv;
 mod skip;
 
+mod admin;
 mod api;
 mod auth;
 mod bad_input;
