@@ -3,9 +3,9 @@
 --
 -- KEYS[1] = presence:user:{<userId>}   HASH socket id -> JSON {nodeId, connectedAt, lastSeen}
 -- KEYS[2] = presence:state:{<userId>}  STRING transition version (odd = online)
--- ARGV[1] = key TTL in milliseconds
--- ARGV[2] = now in milliseconds
--- ARGV[3] = prune threshold: fields whose lastSeen is older (ms) are removed
+-- ARGV[1] = fresh_after in ms (presence_field_rule.lua): fields that do not count are removed
+-- ARGV[2] = key TTL in milliseconds
+-- ARGV[3] = now in milliseconds
 -- ARGV[4..] = pairs: socket id, field JSON (this node's live sockets of the user)
 --
 -- returns the new version when the user was offline (its key had expired and the expiry was
@@ -15,21 +15,13 @@
 for i = 4, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
-local fields = redis.call('HGETALL', KEYS[1])
-local threshold = tonumber(ARGV[3])
-for i = 1, #fields, 2 do
-  local ok, value = pcall(cjson.decode, fields[i + 1])
-  if not ok or type(value) ~= 'table' or tonumber(value.lastSeen or 0) < threshold then
-    redis.call('HDEL', KEYS[1], fields[i])
-  end
-end
-if redis.call('HLEN', KEYS[1]) == 0 then
+if prune_fields(KEYS[1]) == 0 then
   return 0
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 local current = redis.call('GET', KEYS[2])
 if not current then
-  redis.call('SET', KEYS[2], 2 * tonumber(ARGV[2]) + 1)
+  redis.call('SET', KEYS[2], 2 * tonumber(ARGV[3]) + 1)
   return 0
 end
 local v = tonumber(current)
