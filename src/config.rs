@@ -120,6 +120,15 @@ pub struct Config {
     #[arg(long, env = "PRESENCE_TTL_SECS", default_value_t = 60)]
     pub presence_ttl_secs: u64,
 
+    /// How often the node sends its delivery canary on every backplane shard, ms.
+    #[arg(long, env = "CANARY_INTERVAL_MS", default_value_t = 2000)]
+    pub canary_interval_ms: u64,
+
+    /// Seconds without a canary back on some shard after which the node is not ready
+    /// (`/readyz` 503, `delivery: false`).
+    #[arg(long, env = "CANARY_TIMEOUT_SECS", default_value_t = 10)]
+    pub canary_timeout_secs: u64,
+
     /// Allowed CORS origins for polling, comma-separated; empty allows any.
     #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
@@ -321,6 +330,15 @@ impl Config {
         if self.rate_limit_per_sec == 0 || self.rate_limit_burst == 0 {
             return Err(
                 "invalid setting RATE_LIMIT_PER_SEC/RATE_LIMIT_BURST: must be at least 1".into(),
+            );
+        }
+        if self.canary_interval_ms < 100
+            || self.canary_timeout_secs.saturating_mul(1000) <= self.canary_interval_ms
+        {
+            return Err(
+                "invalid setting CANARY_INTERVAL_MS/CANARY_TIMEOUT_SECS: the interval \
+                        at least 100 ms, the timeout longer than the interval"
+                    .into(),
             );
         }
         if self.presence_ttl_secs < 2 {

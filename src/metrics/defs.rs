@@ -129,6 +129,16 @@ metric!(
     "Age of the newest entry the last XREAD returned for the shard (0 when it returned none: caught up)."
 );
 metric!(
+    /// Delivery canary round trip.
+    CANARY_ROUND_TRIP, "fanout_canary_round_trip_seconds", Histogram, ["shard"],
+    "Time from appending this node's delivery canary to the shard until its own reader saw it (the path real events take)."
+);
+metric!(
+    /// Age of the last canary success.
+    CANARY_SUCCESS_AGE, "fanout_canary_last_success_age_seconds", Gauge, ["shard"],
+    "Seconds since this node's canary last came back on the shard (updated every CANARY_INTERVAL_MS; above CANARY_TIMEOUT_SECS the node is not ready: delivery false)."
+);
+metric!(
     /// Reader lag in entries.
     BACKPLANE_LAG_ENTRIES, "fanout_backplane_lag_entries", Gauge, ["shard"],
     "Entries the last XREAD returned for the shard: the backlog it just caught up on (a lower bound; 1000 = at least one full batch behind)."
@@ -213,6 +223,8 @@ pub const ALL: &[Metric] = &[
     SOCKET_SEND_FAILURES,
     DELIVERY_LATENCY,
     BACKPLANE_LAG_SECONDS,
+    CANARY_ROUND_TRIP,
+    CANARY_SUCCESS_AGE,
     BACKPLANE_LAG_ENTRIES,
     BACKPLANE_STREAM_LENGTH,
     REDIS_COMMAND_DURATION,

@@ -359,6 +359,16 @@ pub fn entry_applied(entry_id: &str) {
     }
 }
 
+/// A canary of `shard` came back after `rtt`.
+pub fn canary_round_trip(shard: usize, rtt: Duration) {
+    histogram!(CANARY_ROUND_TRIP.name, "shard" => shard.to_string()).record(rtt.as_secs_f64());
+}
+
+/// `shard`'s canary last came back `age` ago.
+pub fn canary_success_age(shard: usize, age: Duration) {
+    gauge!(CANARY_SUCCESS_AGE.name, "shard" => shard.to_string()).set(age.as_secs_f64());
+}
+
 /// After an XREAD over `keys` (shard `i` is `keys[i]`): per shard, how many entries came back
 /// and how old the newest of them is (both 0 for a shard that returned none).
 pub fn reader_lag(keys: &[String], reply: Option<&StreamReadReply>) {

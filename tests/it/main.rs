@@ -8,6 +8,7 @@ mod api;
 mod auth;
 mod bad_input;
 mod bench;
+mod canary;
 mod chaos;
 mod chat;
 mod drain;
