@@ -11,6 +11,9 @@
 #   redis-server -> redis-server  (also brings redis-cli via redis-tools)
 #   haproxy      -> haproxy
 #   curl         -> curl          (used by deploy/up.sh for readiness checks)
+#   ip, tc       -> iproute2      (tests/it/partition.rs: network namespaces, veth, netem)
+#   nft          -> nftables      (tests/it/partition.rs: cuts and packet loss inside a test's
+#                                  own namespace; also where the kernel has no netem)
 #   prometheus   -> prometheus    (optional, never in the default list; deploy/up.sh
 #                                  runs it as its own child process)
 #
@@ -22,7 +25,8 @@
 # after the next boot: deploy/up.sh starts its own Prometheus.
 set -euo pipefail
 
-declare -A PKG_OF=([redis-server]=redis-server [haproxy]=haproxy [curl]=curl [prometheus]=prometheus)
+declare -A PKG_OF=([redis-server]=redis-server [haproxy]=haproxy [curl]=curl [prometheus]=prometheus
+    [ip]=iproute2 [tc]=iproute2 [nft]=nftables)
 
 if [[ $# -gt 0 ]]; then
     wanted=("$@")
