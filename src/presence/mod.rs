@@ -37,6 +37,7 @@ use crate::chat::{Chats, user_room};
 use crate::clock;
 use crate::error::DomainError;
 use crate::redis::scripts::presence_claim::Claim;
+use crate::redis::scripts::presence_refresh::Refreshed;
 use store::{PresenceStore, SocketField};
 
 /// Why a user went offline.
@@ -175,8 +176,15 @@ impl Presence {
     }
 
     /// Refreshes this node's live sockets, grouped by user, in one pipeline; publishes the
-    /// transitions of users who had been claimed offline while their sockets lived.
-    pub async fn refresh(&self, users: &[(String, Vec<LocalSocket>)]) -> Result<(), PresenceError> {
+    /// transitions of users who had been claimed offline while their sockets lived. With
+    /// `report` (the caller lost the reply of an earlier refresh, which may have run anyway and
+    /// decided a transition nobody published) it also publishes each online user's current
+    /// version; peers drop a version they already applied.
+    pub async fn refresh(
+        &self,
+        users: &[(String, Vec<LocalSocket>)],
+        report: bool,
+    ) -> Result<(), PresenceError> {
         if users.is_empty() {
             return Ok(());
         }
@@ -193,16 +201,21 @@ impl Presence {
             .collect();
         let versions = self
             .store
-            .refresh(&fields, self.ttl_ms(), now, self.fresh_after(now))
+            .refresh(&fields, self.ttl_ms(), now, self.fresh_after(now), report)
             .await?;
         let names: Vec<&str> = users.iter().map(|(u, _)| u.as_str()).collect();
         self.track_deadlines(&names, now).await?;
-        for ((user, _), version) in users.iter().zip(versions) {
-            if let Some(version) = version {
-                crate::metrics::presence_transition("online", "refresh");
-                let peers = self.peers(user).await?;
-                self.publish_online(user, version, &peers).await?;
-            }
+        for ((user, _), found) in users.iter().zip(versions) {
+            let version = match found {
+                Refreshed::Quiet => continue,
+                Refreshed::CameOnline(v) => {
+                    crate::metrics::presence_transition("online", "refresh");
+                    v
+                }
+                Refreshed::Online(v) => v,
+            };
+            let peers = self.peers(user).await?;
+            self.publish_online(user, version, &peers).await?;
         }
         Ok(())
     }

@@ -21,6 +21,7 @@ use super::rule;
 use crate::metrics::redis_op;
 use crate::redis::keys;
 use crate::redis::scripts::presence_claim::Claim;
+use crate::redis::scripts::presence_refresh::Refreshed;
 use crate::redis::scripts::{
     self, presence_claim, presence_connect, presence_disconnect, presence_refresh,
 };
@@ -111,21 +112,24 @@ impl PresenceStore {
     }
 
     /// Refreshes each user's sockets (socket id, field) in one pipeline, pruning fields that no
-    /// longer count at `fresh_after_ms`; per user, the new version if the user is online again.
+    /// longer count at `fresh_after_ms`; per user, what the script found (with `report`, also
+    /// the current online version without a transition).
     pub async fn refresh(
         &self,
         users: &[(&str, Vec<(String, SocketField)>)],
         ttl_ms: u64,
         now_ms: u64,
         fresh_after_ms: u64,
-    ) -> redis::RedisResult<Vec<Option<u64>>> {
+        report: bool,
+    ) -> redis::RedisResult<Vec<Refreshed>> {
         let mut pipe = redis::pipe();
         for (user, sockets) in users {
             let fields: Vec<(String, String)> = sockets
                 .iter()
                 .map(|(sid, field)| (sid.clone(), field.to_json()))
                 .collect();
-            let call = presence_refresh::call(fresh_after_ms, user, ttl_ms, now_ms, &fields);
+            let call =
+                presence_refresh::call(fresh_after_ms, user, ttl_ms, now_ms, report, &fields);
             scripts::pipe_invoke(&mut pipe, &presence_refresh::SCRIPT, call);
         }
         let mut conn = self.conn.clone();

@@ -181,17 +181,31 @@ async fn users(a: &str, b: &Node) -> Users {
 /// `/readyz` goes 503 and back by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_from_redis_for_5_s_keeps_its_clients_and_loses_nothing_accepted() {
-    const NAME: &str = "partition::a_node_cut_from_redis_for_5_s";
-    const CUT: Duration = Duration::from_secs(5);
-    if !can_run(NAME) {
-        return;
+    if can_run("partition::a_node_cut_from_redis_for_5_s") {
+        cut_from_redis(Duration::from_secs(5), 60).await;
     }
+}
+
+/// (a, longer) The cut outlasts `PRESENCE_TTL_SECS` (4 s, cut 9 s): besides all of (a),
+/// presence converges — bob sees exactly one `presence:offline` (`expired`) for alice during
+/// the cut and exactly one `presence:online` after the heal (node a's refresh brings her back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_longer_than_the_ttl_gives_one_expired_offline_and_one_online_after_the_heal() {
+    if can_run("partition::a_cut_longer_than_the_ttl") {
+        cut_from_redis(Duration::from_secs(9), 4).await;
+    }
+}
+
+/// The scenario of both: node a (in the namespace) cut from Redis for `cut`, presence TTL
+/// `ttl_secs` on both nodes.
+async fn cut_from_redis(cut: Duration, ttl_secs: u64) {
     let mut ns = Netns::create();
     let (redis_link, client_link) = (ns.link(), ns.link());
     let redis = redis_on(&redis_link).await;
     let url = format!("redis://{}:{}", redis_link.root_ip, redis.port);
-    let a = NsNode::spawn(&ns, &client_link.ns_ip, &url, "a", &NodeOpts::default()).await;
-    let b = Node::start(&redis, "b").await;
+    let opts = NodeOpts::default().with("presence-ttl-secs", &ttl_secs.to_string());
+    let a = NsNode::spawn(&ns, &client_link.ns_ip, &url, "a", &opts).await;
+    let b = Node::start_with(&redis, "b", opts).await;
     let u = users(&a.url(), &b).await;
 
     let t0 = Instant::now();
@@ -210,7 +224,7 @@ async fn a_node_cut_from_redis_for_5_s_keeps_its_clients_and_loses_nothing_accep
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cut_at = t0.elapsed();
     ns.cut(&redis_link.root_ip);
-    tokio::time::sleep(CUT).await;
+    tokio::time::sleep(cut).await;
     ns.heal();
     let heal_at = t0.elapsed();
     let back = ready_within(a.public, Duration::from_secs(20)).await;
@@ -276,14 +290,30 @@ async fn a_node_cut_from_redis_for_5_s_keeps_its_clients_and_loses_nothing_accep
         "alice (node a) got every message once, in order"
     );
     assert_eq!(got_b, want, "bob (node b) got every message once, in order");
-    // Presence: a 5 s cut is far below the 60 s TTL: nobody went offline, nobody came online
-    // again (the events of the connects themselves arrived before the cut).
-    let presence: Vec<_> = alice_got
+    // Presence: a cut shorter than the TTL changes nothing; a longer one gives bob exactly one
+    // `expired` offline for alice and one online after the heal, and alice nothing about bob
+    // (the events of the connects themselves arrived before the cut).
+    let seen: Vec<(String, String, String)> = alice_got
         .iter()
         .chain(&bob_got)
         .filter(|e| e.1 == "presence:offline" || (e.1 == "presence:online" && e.0 >= t0 + cut_at))
+        .map(|e| {
+            let field = |k: &str| e.2[k].as_str().unwrap_or_default().to_owned();
+            (e.1.clone(), field("userId"), field("reason"))
+        })
         .collect();
-    assert!(presence.is_empty(), "no presence event: {presence:?}");
+    let expected: Vec<(String, String, String)> = if cut > Duration::from_secs(ttl_secs) {
+        [
+            ("presence:offline", "alice", "expired"),
+            ("presence:online", "alice", ""),
+        ]
+        .iter()
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+        .collect()
+    } else {
+        Vec::new()
+    };
+    assert_eq!(seen, expected, "presence events after the cut started");
     // Readiness: 503 during the cut, 200 after.
     let first_503 = timeline.iter().find(|t| t.0 >= cut_at && t.1 != 200);
     let (down_after, why) = first_503
@@ -295,11 +325,11 @@ async fn a_node_cut_from_redis_for_5_s_keeps_its_clients_and_loses_nothing_accep
         .map(|m| m.0)
         .collect();
     eprintln!(
-        "FIGURES partition-cut: fault=node a <-> redis dropped, {cut:?}; accepted={acc} \
-         (alice {aa}, bob {ba}); unavailable={un}; ran_anyway={ran_anyway}; lost={lost}; \
-         duplicated={dup}; presence expected=0 seen={seen}; readyz 503 {down:.1?} after the cut \
-         ({why}), 200 {up:.1?} after the heal; bob's messages delivered to alice={bd}",
-        cut = CUT,
+        "FIGURES partition-cut: fault=node a <-> redis dropped, {cut:?}, TTL {ttl_secs} s; \
+         accepted={acc} (alice {aa}, bob {ba}); unavailable={un}; ran_anyway={ran_anyway}; \
+         lost={lost}; duplicated={dup}; presence expected={expected:?} seen={seen:?}; readyz \
+         503 {down:.1?} after the cut ({why}), 200 {up:.1?} after the heal; bob's messages \
+         delivered to alice={bd}",
         acc = accepted.len(),
         aa = alice_sent
             .iter()
@@ -308,7 +338,6 @@ async fn a_node_cut_from_redis_for_5_s_keeps_its_clients_and_loses_nothing_accep
         ba = bob_sent.len(),
         un = unavailable.len(),
         dup = dup_a + dup_b,
-        seen = presence.len(),
         down = down_after,
         up = ready_at - heal_at,
         bd = bob_during_cut.len(),
