@@ -461,3 +461,78 @@ async fn a_slow_lossy_link_to_redis_keeps_order_and_loses_nothing() {
     drop(a);
     drop(ns);
 }
+
+/// (c) Node a loses its clients but keeps Redis (its client link is cut for 10 s; Engine.IO
+/// ping 1 s + 1 s, TTL 4 s): the sockets time out on the node, whose fields are left to expire
+/// (a heartbeat timeout removes nothing), so bob sees exactly one `expired` offline for alice,
+/// and exactly one online when she connects again after the heal. The node itself stays fine
+/// (its `/readyz` is 200 again at once; it was only unreachable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_loses_its_clients_but_keeps_redis_expires_them_once() {
+    const CUT: Duration = Duration::from_secs(10);
+    if !can_run("partition::a_node_that_loses_its_clients") {
+        return;
+    }
+    let mut ns = Netns::create();
+    let (redis_link, client_link) = (ns.link(), ns.link());
+    let redis = redis_on(&redis_link).await;
+    let url = format!("redis://{}:{}", redis_link.root_ip, redis.port);
+    let ttl = NodeOpts::default().with("presence-ttl-secs", "4");
+    let opts = ttl
+        .clone()
+        .with("ping-interval-ms", "1000")
+        .with("ping-timeout-ms", "1000");
+    let a = NsNode::spawn(&ns, &client_link.ns_ip, &url, "a", &opts).await;
+    let b = Node::start_with(&redis, "b", ttl).await;
+    b.create_chat("room", &["alice", "bob"]).await;
+    let mut bob = connect(&b.url(), "bob").await;
+    let alice = connect(&a.url(), "alice").await;
+    let on = bob.wait_for("presence:online", WAIT).await.expect("online");
+    assert_eq!(on["userId"], "alice");
+
+    let cut_at = Instant::now();
+    ns.cut(&client_link.root_ip);
+    let mut seen = Vec::new();
+    let mut offline_after = None;
+    while let Some(left) = CUT.checked_sub(cut_at.elapsed()) {
+        if let Some((name, data)) = bob.next_event(left).await
+            && (name == "presence:online" || name == "presence:offline")
+        {
+            if name == "presence:offline" && offline_after.is_none() {
+                offline_after = Some(cut_at.elapsed());
+            }
+            seen.push((name, data["userId"].clone(), data["reason"].clone()));
+        }
+    }
+    ns.heal();
+    let heal_at = Instant::now();
+    let ready = ready_within(a.public, Duration::from_secs(5)).await;
+    let ready_after = heal_at.elapsed();
+    assert!(ready, "node a answers ready once reachable again");
+    let alice_closed = alice.is_closed();
+    let _alice_again = connect(&a.url(), "alice").await;
+    let on = bob.wait_for("presence:online", WAIT).await;
+    let online_after = heal_at.elapsed();
+    assert!(
+        on.is_some_and(|d| d["userId"] == "alice"),
+        "one online after the reconnect"
+    );
+    assert_eq!(
+        seen,
+        [(
+            "presence:offline".to_owned(),
+            json!("alice"),
+            json!("expired")
+        )],
+        "exactly one expired offline during the cut"
+    );
+    let more = bob.collect("presence:online", QUIET).await;
+    assert!(more.is_empty(), "exactly one online: {more:?}");
+    eprintln!(
+        "FIGURES partition-clients: fault=node a <-> its clients dropped, {CUT:?}, TTL 4 s, \
+         Engine.IO ping 1 s + 1 s; presence expected=[offline expired, online after reconnect] \
+         seen=[offline expired {offline_after:.1?} after the cut, online {online_after:.1?} after \
+         the heal]; alice's client saw its socket closed: {alice_closed}; node a /readyz \
+         unreachable during the cut, 200 {ready_after:.1?} after the heal"
+    );
+}
