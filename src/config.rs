@@ -185,6 +185,11 @@ pub struct Config {
     #[arg(long, env = "MAX_CONNECTIONS_PER_USER", default_value_t = 100)]
     pub max_connections_per_user: u32,
 
+    /// New Socket.IO connections this node accepts per second, bursts of one second's worth
+    /// (0 = unlimited); beyond it the handshake is refused with `RATE_LIMITED`.
+    #[arg(long, env = "MAX_CONNECTS_PER_SEC", default_value_t = 0)]
+    pub max_connects_per_sec: u32,
+
     /// Rooms one socket may be in (its `user:`, `role:` and chat rooms; 0 = unlimited).
     #[arg(long, env = "MAX_ROOMS_PER_SOCKET", default_value_t = 1000)]
     pub max_rooms_per_socket: usize,

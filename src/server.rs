@@ -166,6 +166,7 @@ pub async fn run(
         max_message_bytes: config.max_message_bytes,
         health: health.clone(),
         expiries: expiries.clone(),
+        connect_rate: gateway::ConnectRate::new(config.max_connects_per_sec).map(Arc::new),
     };
     let (io_layer, io) = gateway::build(
         app,

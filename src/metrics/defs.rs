@@ -65,7 +65,7 @@ metric!(
 metric!(
     /// Refused handshakes.
     CONNECT_REFUSALS, "fanout_connect_refusals_total", Counter, ["reason"],
-    "Socket.IO handshakes refused (connect_error), by reason: missing_token, expired, not_yet_valid, bad_signature, wrong_algorithm, wrong_claim, invalid_token, unknown_key, key_set_unavailable, unavailable, too_many_connections."
+    "Socket.IO handshakes refused (connect_error), by reason: missing_token, expired, not_yet_valid, bad_signature, wrong_algorithm, wrong_claim, invalid_token, unknown_key, key_set_unavailable, unavailable, too_many_connections, connect_rate (MAX_CONNECTS_PER_SEC)."
 );
 metric!(
     /// Disconnects.

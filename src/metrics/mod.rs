@@ -277,6 +277,11 @@ pub fn refused_too_many_connections() {
     counter!(CONNECT_REFUSALS.name, "reason" => "too_many_connections").increment(1);
 }
 
+/// A handshake refused because the node took its most new connections this second.
+pub fn refused_connect_rate() {
+    counter!(CONNECT_REFUSALS.name, "reason" => "connect_rate").increment(1);
+}
+
 /// A socket disconnected.
 pub fn disconnected(reason: &DisconnectReason) {
     let reason = match reason {
