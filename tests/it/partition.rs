@@ -392,6 +392,7 @@ async fn a_slow_lossy_link_to_redis_keeps_order_and_loses_nothing() {
     let (stop_send, stop_recv) = (CancellationToken::new(), CancellationToken::new());
     let every = Duration::from_millis(50);
     let t0 = Instant::now();
+    let poll = tokio::spawn(ready_poller(a.public, t0, stop_recv.clone()));
     let alice = tokio::spawn(sender(u.alice_tx, "a", COUNT, every, 5, stop_send.clone()));
     let bob = tokio::spawn(sender(u.bob_tx, "b", COUNT, every, 5, stop_send.clone()));
     let alice_rx = tokio::spawn(receiver(u.alice_rx, stop_recv.clone()));
@@ -403,6 +404,8 @@ async fn a_slow_lossy_link_to_redis_keeps_order_and_loses_nothing() {
     stop_recv.cancel();
     let (_alice_rx, alice_got) = alice_rx.await.expect("alice receiver");
     let (_bob_rx, bob_got) = bob_rx.await.expect("bob receiver");
+    let timeline = poll.await.expect("poller");
+    let unready: Vec<_> = timeline.iter().filter(|t| t.1 != 200).collect();
 
     let all: Vec<&Sent> = alice_sent.iter().chain(&bob_sent).collect();
     for s in &all {
@@ -447,7 +450,7 @@ async fn a_slow_lossy_link_to_redis_keeps_order_and_loses_nothing() {
         "FIGURES partition-lossy: fault={how}; sends={n} in {sending:.1?}; accepted={n}; \
          retried={retried}; lost=0; duplicated=0; ACK p50/p99: via lossy node {:.0?}/{:.0?}, \
          via clean node {:.0?}/{:.0?}; delivery p50/p99: lossy->clean {:.0?}/{:.0?}, \
-         clean->lossy {:.0?}/{:.0?}",
+         clean->lossy {:.0?}/{:.0?}; readyz samples {samples}, not 200: {bad} {first:?}",
         percentile(ack_a.clone(), 0.5),
         percentile(ack_a, 0.99),
         percentile(ack_b.clone(), 0.5),
@@ -457,6 +460,9 @@ async fn a_slow_lossy_link_to_redis_keeps_order_and_loses_nothing() {
         percentile(b_to_a.clone(), 0.5),
         percentile(b_to_a, 0.99),
         n = all.len(),
+        samples = timeline.len(),
+        bad = unready.len(),
+        first = unready.first().map(|t| &t.2),
     );
     drop(a);
     drop(ns);
