@@ -198,6 +198,7 @@ pub async fn run(
     tasks.spawn(crate::backplane::canary::run(
         backplane.clone(),
         canary.clone(),
+        health.clone(),
         Duration::from_millis(config.canary_interval_ms),
         stops.readers.clone(),
     ));

@@ -129,13 +129,21 @@ pub fn parse_token(raw: &str) -> Option<u64> {
 }
 
 /// Sends a canary on every shard each `interval` until `cancel`, and keeps the age gauges
-/// current.
+/// current. The first one waits for the reader's first read: one sent before the reader
+/// positioned itself would be behind its cursor and never come back.
 pub async fn run(
     backplane: Backplane,
     canary: std::sync::Arc<Canary>,
+    health: std::sync::Arc<crate::health::Health>,
     interval: Duration,
     cancel: CancellationToken,
 ) {
+    while !health.reader_running() {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
