@@ -49,7 +49,7 @@ up:
 SKIP_LOG := $(CURDIR)/target/test-skips.txt
 
 test: rust-components
-	deploy/install-deps.sh redis-server haproxy pkg-config openssl-dev python3 python3-venv chromium
+	deploy/install-deps.sh redis-server haproxy pkg-config openssl-dev python3 python3-venv chromium ip tc nft
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	# fanout-bench is a workspace member of its own: the tests run it from target/debug, and

@@ -21,6 +21,9 @@
 #   node, npm    -> nodejs, npm   (optional: the Admin UI and demo page of deploy/up.sh)
 #   chromium     -> chromium      (make test: the headless browser test of the Admin UI and
 #                                  the demo page, tests/it/admin.rs)
+#   ip, tc       -> iproute2      (tests/it/partition.rs: network namespaces, veth, netem)
+#   nft          -> nftables      (tests/it/partition.rs: cuts and packet loss inside a test's
+#                                  own namespace; also where the kernel has no netem)
 #   prometheus   -> prometheus    (optional, never in the default list; deploy/up.sh
 #                                  runs it as its own child process)
 #
@@ -34,7 +37,8 @@ set -euo pipefail
 
 declare -A PKG_OF=([redis-server]=redis-server [haproxy]=haproxy [curl]=curl [prometheus]=prometheus
     [pkg-config]=pkg-config [openssl-dev]=libssl-dev [python3]=python3 [python3-venv]=python3-venv
-    [node]=nodejs [npm]=npm [chromium]=chromium)
+    [node]=nodejs [npm]=npm [chromium]=chromium
+    [ip]=iproute2 [tc]=iproute2 [nft]=nftables)
 
 # Whether `tool` is there: a command on PATH, or for the two library-like items their own check.
 present() {

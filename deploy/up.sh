@@ -23,7 +23,8 @@
 #                        installed if missing) as a child process, scraping every
 #                        node's ADMIN_PORT/metrics and HAProxy's STATS_PORT/metrics
 #                        every 5 s; config generated into RUN_DIR/prometheus.yml,
-#                        data in RUN_DIR/prometheus/ (kept across runs)
+#                        data in RUN_DIR/prometheus/ (kept across runs); alert
+#                        rules from deploy/prometheus-rules.yml
 #   PROMETHEUS_PORT [9090]  where that Prometheus listens (127.0.0.1 only)
 #   PROMETHEUS_RETENTION [2d]  how long it keeps samples
 #   ADMIN_UI [1]         1 = turn on the Socket.IO Admin UI on the nodes and serve
@@ -408,6 +409,9 @@ global:
   scrape_interval: 5s
   scrape_timeout: 4s
   evaluation_interval: 15s
+
+rule_files:
+  - "$ROOT/deploy/prometheus-rules.yml"
 
 scrape_configs:
   - job_name: fanout

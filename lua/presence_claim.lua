@@ -1,20 +1,26 @@
--- presence_claim: turn an expired presence key into exactly one offline transition, however
--- many nodes (keyspace notification listeners, the sweep) try at once.
+-- presence_claim: turn an expired presence key, or one whose fields all stopped counting, into
+-- exactly one offline transition, however many nodes (keyspace notification listeners, the
+-- sweep) try at once.
 --
 -- KEYS[1] = presence:user:{<userId>}   HASH (gone once it expired)
 -- KEYS[2] = presence:state:{<userId>}  STRING transition version (odd = online)
--- ARGV[1] = how long an offline version is remembered, in seconds
+-- ARGV[1] = fresh_after in ms (presence_field_rule.lua)
+-- ARGV[2] = how long an offline version is remembered, in seconds
 --
 -- returns {1, version}  this caller claimed the expiry: the user is offline at `version`
---      or {0, pttl}     nothing to claim; pttl = the key's remaining TTL in ms while it still
---                       exists (the user is online), or -2 when it is gone and already offline
+--      or {0, pttl}     nothing to claim; pttl = the key's remaining TTL in ms while a field of
+--                       it still counts (the user is online), or -2 when it is gone and already
+--                       offline
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  return {0, redis.call('PTTL', KEYS[1])}
+  if prune_fields(KEYS[1]) > 0 then
+    return {0, redis.call('PTTL', KEYS[1])}
+  end
+  redis.call('DEL', KEYS[1])
 end
 local v = tonumber(redis.call('GET', KEYS[2]) or '0')
 if v % 2 == 0 then
   return {0, -2}
 end
 v = v + 1
-redis.call('SET', KEYS[2], v, 'EX', ARGV[1])
+redis.call('SET', KEYS[2], v, 'EX', ARGV[2])
 return {1, v}

@@ -2,13 +2,16 @@
 --
 -- KEYS[1] = presence:user:{<userId>}   HASH socket id -> JSON
 -- KEYS[2] = presence:state:{<userId>}  STRING transition version (odd = online)
--- ARGV[1] = socket id
--- ARGV[2] = how long an offline version is remembered, in seconds
+-- ARGV[1] = fresh_after in ms (presence_field_rule.lua)
+-- ARGV[2] = socket id
+-- ARGV[3] = how long an offline version is remembered, in seconds
 --
--- returns the new (even) version when this was the user's last socket and the user was online,
--- else 0. The hash is deleted when its last field goes.
-redis.call('HDEL', KEYS[1], ARGV[1])
-if redis.call('HLEN', KEYS[1]) > 0 then
+-- returns the new (even) version when this was the user's last socket that counts and the user
+-- was online, else 0. Fields that no longer count (a dead node's sockets) are pruned with it,
+-- so the last live socket closing cleanly gives `disconnected` at once instead of leaving the
+-- user to expire later. The hash is deleted when no field is left.
+redis.call('HDEL', KEYS[1], ARGV[2])
+if prune_fields(KEYS[1]) > 0 then
   return 0
 end
 redis.call('DEL', KEYS[1])
@@ -17,5 +20,5 @@ if v % 2 == 0 then
   return 0
 end
 v = v + 1
-redis.call('SET', KEYS[2], v, 'EX', ARGV[2])
+redis.call('SET', KEYS[2], v, 'EX', ARGV[3])
 return v

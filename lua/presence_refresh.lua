@@ -3,39 +3,42 @@
 --
 -- KEYS[1] = presence:user:{<userId>}   HASH socket id -> JSON {nodeId, connectedAt, lastSeen}
 -- KEYS[2] = presence:state:{<userId>}  STRING transition version (odd = online)
--- ARGV[1] = key TTL in milliseconds
--- ARGV[2] = now in milliseconds
--- ARGV[3] = prune threshold: fields whose lastSeen is older (ms) are removed
--- ARGV[4..] = pairs: socket id, field JSON (this node's live sockets of the user)
+-- ARGV[1] = fresh_after in ms (presence_field_rule.lua): fields that do not count are removed
+-- ARGV[2] = key TTL in milliseconds
+-- ARGV[3] = now in milliseconds
+-- ARGV[4] = "1" to report the user's current online version even without a transition (the
+--           caller lost the reply of an earlier refresh, see below), else "0"
+-- ARGV[5..] = pairs: socket id, field JSON (this node's live sockets of the user)
 --
--- returns the new version when the user was offline (its key had expired and the expiry was
+-- returns {version, 1} when the user was offline (its key had expired and the expiry was
 -- claimed while this node still had live sockets, e.g. after a network split) and is now online
--- again, else 0. When the version is missing altogether, Redis lost its data: the sockets are
--- re-registered silently, since their peers never saw them go offline.
-for i = 4, #ARGV, 2 do
+-- again at `version`; {version, 0} when nothing changed but ARGV[4] asked for the current
+-- (online) version; else {0, 0}. When the version is missing altogether, Redis lost its data:
+-- the sockets are re-registered silently, since their peers never saw them go offline.
+--
+-- Why the report: a refresh whose reply the node never got (a timeout while the link to Redis
+-- was cut) may still run once the link heals, and decide the online transition; nobody would
+-- publish it. After a failed refresh the node asks for reports and publishes them; peers drop a
+-- version they already applied, so a report of a published transition changes nothing.
+for i = 5, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
-local fields = redis.call('HGETALL', KEYS[1])
-local threshold = tonumber(ARGV[3])
-for i = 1, #fields, 2 do
-  local ok, value = pcall(cjson.decode, fields[i + 1])
-  if not ok or type(value) ~= 'table' or tonumber(value.lastSeen or 0) < threshold then
-    redis.call('HDEL', KEYS[1], fields[i])
-  end
+if prune_fields(KEYS[1]) == 0 then
+  return {0, 0}
 end
-if redis.call('HLEN', KEYS[1]) == 0 then
-  return 0
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 local current = redis.call('GET', KEYS[2])
 if not current then
-  redis.call('SET', KEYS[2], 2 * tonumber(ARGV[2]) + 1)
-  return 0
+  redis.call('SET', KEYS[2], 2 * tonumber(ARGV[3]) + 1)
+  return {0, 0}
 end
 local v = tonumber(current)
 if v % 2 == 1 then
-  return 0
+  if ARGV[4] == '1' then
+    return {v, 0}
+  end
+  return {0, 0}
 end
 v = v + 1
 redis.call('SET', KEYS[2], v)
-return v
+return {v, 1}

@@ -21,6 +21,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::api::{self, ApiState};
 use crate::auth::Authenticator;
+use crate::backplane::canary::Canary;
 use crate::backplane::deliver::Deliverer;
 use crate::backplane::{Backplane, reader};
 use crate::chat::{ChatSettings, Chats};
@@ -83,6 +84,8 @@ pub enum RunError {
 struct PublicState {
     conn: ConnectionManager,
     health: Arc<Health>,
+    /// Whether this node's own events come back through its reader.
+    canary: Arc<Canary>,
     /// JWKS mode: the key set, without which no handshake can succeed.
     key_set: Option<Arc<crate::auth::jwks::Jwks>>,
 }
@@ -175,6 +178,7 @@ pub async fn run(
         health: health.clone(),
         expiries: expiries.clone(),
         admin: admin.clone(),
+        connect_rate: gateway::ConnectRate::new(config.max_connects_per_sec).map(Arc::new),
     };
     let (io_layer, io) = gateway::build(
         app,
@@ -197,6 +201,19 @@ pub async fn run(
         stops.sessions.clone(),
     ));
 
+    let canary = Arc::new(Canary::new(
+        &node_id,
+        config.backplane_shards,
+        Duration::from_secs(config.canary_timeout_secs),
+    ));
+    // The canary stops with the reader: until then it keeps proving the reader delivers.
+    tasks.spawn(crate::backplane::canary::run(
+        backplane.clone(),
+        canary.clone(),
+        health.clone(),
+        Duration::from_millis(config.canary_interval_ms),
+        stops.readers.clone(),
+    ));
     // The reader positions itself at the newest entries before the node reports ready; the
     // handshake refuses sockets until then, so none can miss an entry.
     tasks.spawn(reader::run(
@@ -206,6 +223,7 @@ pub async fn run(
             node_id.to_string(),
             tasks.clone(),
         )),
+        canary.clone(),
         config.backplane_shards,
         health.clone(),
         stops.readers.clone(),
@@ -270,6 +288,7 @@ pub async fn run(
         .with_state(PublicState {
             conn: conn.clone(),
             health: health.clone(),
+            canary,
             key_set,
         })
         .layer(io_layer)
@@ -333,7 +352,8 @@ async fn readyz(State(st): State<PublicState>) -> impl IntoResponse {
     let keyspace = st.health.keyspace_ok();
     let draining = st.health.draining();
     let keys = st.key_set.as_ref().is_none_or(|k| k.available());
-    let ready = redis_ok && reader && keyspace && keys && !draining;
+    let delivery = st.canary.delivering();
+    let ready = redis_ok && reader && delivery && keyspace && keys && !draining;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -345,6 +365,7 @@ async fn readyz(State(st): State<PublicState>) -> impl IntoResponse {
             "ready": ready,
             "redis": redis_ok,
             "backplaneReader": reader,
+            "delivery": delivery,
             "keyspaceNotifications": keyspace,
             "draining": draining,
             "keySet": keys,

@@ -8,13 +8,15 @@
 //! every node in the same order. Every node, the sending node included, reads all shards on its
 //! own blocking connection ([`reader`]) and applies the actions to its local sockets
 //! ([`deliver`]); sockets stay in socketioxide's local adapter, so delivery is an in-memory room
-//! lookup. [`sampling`] reports each shard's length.
+//! lookup. [`sampling`] reports each shard's length; [`canary`] proves, every few seconds and
+//! per shard, that what this node appends comes back through its reader.
 //!
 //! Guarantees: an envelope whose `XADD` returned is applied by every node that is reading at
 //! that time, exactly once, in stream order. A reader that loses Redis resumes from the last id
 //! it applied, so nothing is skipped while the node lives; a starting node begins at the newest
 //! entry (it has no sockets that could have missed anything).
 
+pub mod canary;
 pub mod deliver;
 pub mod reader;
 pub mod sampling;
@@ -121,6 +123,8 @@ pub type Envelope = Vec<Action>;
 pub const FIELD_ENVELOPE: &str = "e";
 /// Stream field holding the publishing node's id.
 pub const FIELD_ORIGIN: &str = "n";
+/// Stream field of a canary entry: its token ([`canary`]). Its envelope is empty.
+pub const FIELD_CANARY: &str = "c";
 
 /// Errors of [`Backplane::publish`].
 #[derive(Debug, thiserror::Error)]
@@ -198,6 +202,25 @@ impl Backplane {
             .arg(body);
         let id: String = crate::metrics::redis_op("xadd", xadd.query_async(&mut conn)).await?;
         Ok(id)
+    }
+
+    /// Appends this node's canary `token` to `shard`, exactly as [`publish`](Self::publish)
+    /// appends events, with an empty envelope: no node applies anything for it.
+    pub async fn publish_canary(&self, shard: u16, token: u64) -> redis::RedisResult<String> {
+        let mut conn = self.conn.clone();
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(keys::backplane_shard(shard))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.maxlen)
+            .arg("*")
+            .arg(FIELD_ORIGIN)
+            .arg(&self.node_id)
+            .arg(FIELD_ENVELOPE)
+            .arg("[]")
+            .arg(FIELD_CANARY)
+            .arg(token);
+        crate::metrics::redis_op("xadd_canary", xadd.query_async(&mut conn)).await
     }
 
     /// The length of every shard stream, index = shard (one pipelined round trip).

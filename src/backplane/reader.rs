@@ -8,8 +8,9 @@ use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
+use super::canary::{self, Canary};
 use super::deliver::Deliverer;
-use super::{Envelope, FIELD_ENVELOPE, FIELD_ORIGIN};
+use super::{Envelope, FIELD_CANARY, FIELD_ENVELOPE, FIELD_ORIGIN};
 use crate::health::Health;
 use crate::redis::{blocking_connection, keys};
 use crate::tasks::{Backoff, BlockingReader, retry_until_ok, run_reconnecting};
@@ -18,6 +19,12 @@ use crate::tasks::{Backoff, BlockingReader, retry_until_ok, run_reconnecting};
 const BLOCK_MS: u64 = 1000;
 /// Entries per `XREAD` (per stream).
 const BATCH: usize = 1000;
+
+/// The reader connection's `CLIENT SETNAME`: `fanout-reader:<node id>`, so operators (and
+/// tests) find it in `CLIENT LIST` and can tell a node's reader from its other connections.
+pub fn client_name(node_id: &str) -> String {
+    format!("fanout-reader:{node_id}")
+}
 
 /// The reader's position in every shard.
 pub struct Cursor {
@@ -58,6 +65,7 @@ impl Cursor {
 pub async fn run(
     client: redis::Client,
     deliverer: Arc<Deliverer>,
+    canary: Arc<Canary>,
     shards: u16,
     health: Arc<Health>,
     cancel: CancellationToken,
@@ -74,6 +82,7 @@ pub async fn run(
         let mut reader = Reader {
             client,
             deliverer,
+            canary,
             health: health.clone(),
             cursor,
         };
@@ -88,6 +97,7 @@ pub async fn run(
 struct Reader {
     client: redis::Client,
     deliverer: Arc<Deliverer>,
+    canary: Arc<Canary>,
     health: Arc<Health>,
     cursor: Cursor,
 }
@@ -97,7 +107,16 @@ impl BlockingReader for Reader {
     type Batch = Option<StreamReadReply>;
 
     async fn connect(&mut self) -> Option<MultiplexedConnection> {
-        match blocking_connection(&self.client, Duration::from_millis(BLOCK_MS)).await {
+        let conn = async {
+            let mut c = blocking_connection(&self.client, Duration::from_millis(BLOCK_MS)).await?;
+            redis::cmd("CLIENT")
+                .arg("SETNAME")
+                .arg(client_name(self.canary.node_id()))
+                .query_async::<()>(&mut c)
+                .await?;
+            Ok::<_, redis::RedisError>(c)
+        };
+        match conn.await {
             Ok(c) => Some(c),
             Err(e) => {
                 self.health.set_reader_running(false);
@@ -137,8 +156,18 @@ impl BlockingReader for Reader {
                 continue;
             };
             for entry in &stream.ids {
-                apply(&self.deliverer, entry).await;
-                crate::metrics::entry_applied(&entry.id);
+                if let Some(token) = entry.get::<String>(FIELD_CANARY) {
+                    // A canary: nothing to deliver, and not an event in the delivery metrics.
+                    let origin: String = entry.get(FIELD_ORIGIN).unwrap_or_default();
+                    if origin == self.canary.node_id()
+                        && let Some(token) = canary::parse_token(&token)
+                    {
+                        self.canary.returned(pos, token);
+                    }
+                } else {
+                    apply(&self.deliverer, entry).await;
+                    crate::metrics::entry_applied(&entry.id);
+                }
                 cursor.ids[pos].clone_from(&entry.id);
             }
         }

@@ -120,6 +120,15 @@ pub struct Config {
     #[arg(long, env = "PRESENCE_TTL_SECS", default_value_t = 60)]
     pub presence_ttl_secs: u64,
 
+    /// How often the node sends its delivery canary on every backplane shard, ms.
+    #[arg(long, env = "CANARY_INTERVAL_MS", default_value_t = 2000)]
+    pub canary_interval_ms: u64,
+
+    /// Seconds without a canary back on some shard after which the node is not ready
+    /// (`/readyz` 503, `delivery: false`).
+    #[arg(long, env = "CANARY_TIMEOUT_SECS", default_value_t = 10)]
+    pub canary_timeout_secs: u64,
+
     /// Allowed CORS origins for polling, comma-separated; empty allows any.
     #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
@@ -175,6 +184,11 @@ pub struct Config {
     /// Live sockets one user may have across the cluster (0 = unlimited).
     #[arg(long, env = "MAX_CONNECTIONS_PER_USER", default_value_t = 100)]
     pub max_connections_per_user: u32,
+
+    /// New Socket.IO connections this node accepts per second, bursts of one second's worth
+    /// (0 = unlimited); beyond it the handshake is refused with `RATE_LIMITED`.
+    #[arg(long, env = "MAX_CONNECTS_PER_SEC", default_value_t = 0)]
+    pub max_connects_per_sec: u32,
 
     /// Rooms one socket may be in (its `user:`, `role:` and chat rooms; 0 = unlimited).
     #[arg(long, env = "MAX_ROOMS_PER_SOCKET", default_value_t = 1000)]
@@ -334,6 +348,15 @@ impl Config {
         if self.rate_limit_per_sec == 0 || self.rate_limit_burst == 0 {
             return Err(
                 "invalid setting RATE_LIMIT_PER_SEC/RATE_LIMIT_BURST: must be at least 1".into(),
+            );
+        }
+        if self.canary_interval_ms < 100
+            || self.canary_timeout_secs.saturating_mul(1000) <= self.canary_interval_ms
+        {
+            return Err(
+                "invalid setting CANARY_INTERVAL_MS/CANARY_TIMEOUT_SECS: the interval \
+                        at least 100 ms, the timeout longer than the interval"
+                    .into(),
             );
         }
         if self.presence_ttl_secs < 2 {

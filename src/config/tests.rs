@@ -19,6 +19,23 @@ fn defaults_follow_the_protocol() {
 }
 
 #[test]
+fn the_canary_timeout_must_exceed_its_interval() {
+    let c = Config::try_from_args(base()).expect("valid");
+    assert_eq!((c.canary_interval_ms, c.canary_timeout_secs), (2000, 10));
+    for (interval, timeout) in [("50", "10"), ("2000", "2"), ("2000", "0")] {
+        let mut args = base();
+        args.extend([
+            "--canary-interval-ms",
+            interval,
+            "--canary-timeout-secs",
+            timeout,
+        ]);
+        let e = Config::try_from_args(args).unwrap_err();
+        assert!(e.contains("CANARY_INTERVAL_MS"), "{e}");
+    }
+}
+
+#[test]
 fn missing_api_key_is_one_line_naming_it() {
     let e = Config::try_from_args(["fanout", "--jwt-secret", "s"]).unwrap_err();
     assert!(!e.contains('\n'), "{e}");

@@ -78,6 +78,12 @@ pub enum HandshakeError {
     /// The user already has this many live sockets (`MAX_CONNECTIONS_PER_USER`).
     #[error("RATE_LIMITED: this user already has {0} live connections, the most allowed")]
     TooManyConnections(u32),
+    /// The node took its most new connections this second (`MAX_CONNECTS_PER_SEC`).
+    #[error(
+        "RATE_LIMITED: this node accepts at most {0} new connections per second; \
+         retry after a randomized backoff"
+    )]
+    ConnectRate(u32),
 }
 
 /// Verifies the token, reads the user's chats, joins the socket's rooms and gives it its state,
@@ -88,6 +94,12 @@ async fn authenticate(
     State(app): State<App>,
     TryData(auth): TryData<Value>,
 ) -> Result<(), HandshakeError> {
+    // First, before any work (token verification, Redis): the point is to shed load.
+    if let Some(rate) = &app.connect_rate
+        && !rate.admit()
+    {
+        return Err(HandshakeError::ConnectRate(rate.per_sec()));
+    }
     let from_auth = auth
         .ok()
         .as_ref()
@@ -165,6 +177,7 @@ pub async fn counted_authenticate(
         Err(HandshakeError::TooManyConnections(_)) => {
             crate::metrics::refused_too_many_connections()
         }
+        Err(HandshakeError::ConnectRate(_)) => crate::metrics::refused_connect_rate(),
     }
     result
 }

@@ -57,6 +57,38 @@ pub struct App {
     pub expiries: Arc<expiry::Expiries>,
     /// The Socket.IO Admin UI, when enabled: told of connects, disconnects, events and rooms.
     pub admin: Option<crate::admin::Admin>,
+    /// New connections this node accepts per second (`MAX_CONNECTS_PER_SEC`); `None` = any.
+    pub connect_rate: Option<Arc<ConnectRate>>,
+}
+
+/// The node-wide limit on new Socket.IO connections per second: a token bucket of one
+/// second's worth, so a reconnect storm (every client of a dead node at once) is spread out
+/// by the clients' backoff instead of every handshake verifying a token and reading Redis at
+/// the same moment.
+pub struct ConnectRate {
+    per_sec: u32,
+    limiter: governor::DefaultDirectRateLimiter,
+}
+
+impl ConnectRate {
+    /// A limit of `per_sec` new connections per second (burst: as many); `None` for 0 (off).
+    pub fn new(per_sec: u32) -> Option<ConnectRate> {
+        let n = std::num::NonZeroU32::new(per_sec)?;
+        Some(ConnectRate {
+            per_sec,
+            limiter: governor::RateLimiter::direct(governor::Quota::per_second(n)),
+        })
+    }
+
+    /// Takes one connection from the bucket; false when it is empty.
+    pub fn admit(&self) -> bool {
+        self.limiter.check().is_ok()
+    }
+
+    /// The configured rate.
+    pub fn per_sec(&self) -> u32 {
+        self.per_sec
+    }
 }
 
 /// Limits on what one socket or user may hold (0 = unlimited).

@@ -105,7 +105,7 @@ async fn ping(r: Responder, State(app): State<App>, io: SocketIo) {
             .filter_map(local_socket)
             .collect();
         app.presence
-            .refresh(&[(identity.user_id.clone(), mine)])
+            .refresh(&[(identity.user_id.clone(), mine)], false)
             .await
             .map_err(|e| presence_error(&e))?;
         Ok::<_, ClientError>(json!({ "success": true }))

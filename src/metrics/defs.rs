@@ -65,7 +65,7 @@ metric!(
 metric!(
     /// Refused handshakes.
     CONNECT_REFUSALS, "fanout_connect_refusals_total", Counter, ["reason"],
-    "Socket.IO handshakes refused (connect_error), by reason: missing_token, expired, not_yet_valid, bad_signature, wrong_algorithm, wrong_claim, invalid_token, unknown_key, key_set_unavailable, unavailable, too_many_connections."
+    "Socket.IO handshakes refused (connect_error), by reason: missing_token, expired, not_yet_valid, bad_signature, wrong_algorithm, wrong_claim, invalid_token, unknown_key, key_set_unavailable, unavailable, too_many_connections, connect_rate (MAX_CONNECTS_PER_SEC)."
 );
 metric!(
     /// Disconnects.
@@ -127,6 +127,16 @@ metric!(
     /// Reader lag in time.
     BACKPLANE_LAG_SECONDS, "fanout_backplane_lag_seconds", Gauge, ["shard"],
     "Age of the newest entry the last XREAD returned for the shard (0 when it returned none: caught up)."
+);
+metric!(
+    /// Delivery canary round trip.
+    CANARY_ROUND_TRIP, "fanout_canary_round_trip_seconds", Histogram, ["shard"],
+    "Time from appending this node's delivery canary to the shard until its own reader saw it (the path real events take)."
+);
+metric!(
+    /// Age of the last canary success.
+    CANARY_SUCCESS_AGE, "fanout_canary_last_success_age_seconds", Gauge, ["shard"],
+    "Seconds since this node's canary last came back on the shard (updated every CANARY_INTERVAL_MS; above CANARY_TIMEOUT_SECS the node is not ready: delivery false)."
 );
 metric!(
     /// Reader lag in entries.
@@ -235,6 +245,8 @@ pub const ALL: &[Metric] = &[
     SOCKET_SEND_FAILURES,
     DELIVERY_LATENCY,
     BACKPLANE_LAG_SECONDS,
+    CANARY_ROUND_TRIP,
+    CANARY_SUCCESS_AGE,
     BACKPLANE_LAG_ENTRIES,
     BACKPLANE_STREAM_LENGTH,
     REDIS_COMMAND_DURATION,

@@ -291,6 +291,11 @@ pub fn refused_too_many_connections() {
     counter!(CONNECT_REFUSALS.name, "reason" => "too_many_connections").increment(1);
 }
 
+/// A handshake refused because the node took its most new connections this second.
+pub fn refused_connect_rate() {
+    counter!(CONNECT_REFUSALS.name, "reason" => "connect_rate").increment(1);
+}
+
 /// A socket disconnected.
 pub fn disconnected(reason: &DisconnectReason) {
     let reason = match reason {
@@ -371,6 +376,16 @@ pub fn entry_applied(entry_id: &str) {
     if let Some(age) = age_secs(entry_id) {
         histogram!(DELIVERY_LATENCY.name).record(age);
     }
+}
+
+/// A canary of `shard` came back after `rtt`.
+pub fn canary_round_trip(shard: usize, rtt: Duration) {
+    histogram!(CANARY_ROUND_TRIP.name, "shard" => shard.to_string()).record(rtt.as_secs_f64());
+}
+
+/// `shard`'s canary last came back `age` ago.
+pub fn canary_success_age(shard: usize, age: Duration) {
+    gauge!(CANARY_SUCCESS_AGE.name, "shard" => shard.to_string()).set(age.as_secs_f64());
 }
 
 /// After an XREAD over `keys` (shard `i` is `keys[i]`): per shard, how many entries came back

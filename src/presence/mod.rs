@@ -22,6 +22,7 @@
 pub mod introduce;
 pub mod listener;
 pub mod refresher;
+pub mod rule;
 pub mod store;
 pub mod sweep;
 
@@ -36,6 +37,7 @@ use crate::chat::{Chats, user_room};
 use crate::clock;
 use crate::error::DomainError;
 use crate::redis::scripts::presence_claim::Claim;
+use crate::redis::scripts::presence_refresh::Refreshed;
 use store::{PresenceStore, SocketField};
 
 /// Why a user went offline.
@@ -118,11 +120,10 @@ impl Presence {
         self.ttl.as_millis() as u64
     }
 
-    /// Fields not refreshed for this long belong to a dead node: live ones are refreshed every
-    /// TTL/3, so two thirds of the TTL leaves one missed refresh of slack and still removes a
-    /// dead node's field within the TTL.
-    fn prune_before(&self, now_ms: u64) -> u64 {
-        now_ms.saturating_sub(self.ttl_ms() * 2 / 3)
+    /// The oldest `lastSeen` that counts at `now_ms` ([`rule::fresh_after`]): every path asks
+    /// this one function, so none can disagree about a dead node's field.
+    fn fresh_after(&self, now_ms: u64) -> u64 {
+        rule::fresh_after(now_ms, self.ttl_ms())
     }
 
     fn field(&self, connected_at: &str, now_ms: u64) -> SocketField {
@@ -144,7 +145,13 @@ impl Presence {
         let field = self.field(&socket.connected_at, now);
         let came_online = self
             .store
-            .connect(user, &socket.sid, &field, self.ttl_ms())
+            .connect(
+                user,
+                &socket.sid,
+                &field,
+                self.ttl_ms(),
+                self.fresh_after(now),
+            )
             .await?;
         self.track_deadlines(&[user], now).await?;
         let peers = self.peers(user).await?;
@@ -155,9 +162,10 @@ impl Presence {
         Ok(peers)
     }
 
-    /// Removes a socket; tells the user's peers if it was the user's last one.
+    /// Removes a socket; tells the user's peers if it was the user's last one that counts.
     pub async fn disconnect(&self, user: &str, sid: &str) -> Result<(), PresenceError> {
-        if let Some(version) = self.store.disconnect(user, sid).await? {
+        let fresh_after = self.fresh_after(clock::now_ms());
+        if let Some(version) = self.store.disconnect(user, sid, fresh_after).await? {
             crate::metrics::presence_transition("offline", "disconnected");
             self.store.drop_deadline(user).await?;
             let peers = self.peers(user).await?;
@@ -168,8 +176,15 @@ impl Presence {
     }
 
     /// Refreshes this node's live sockets, grouped by user, in one pipeline; publishes the
-    /// transitions of users who had been claimed offline while their sockets lived.
-    pub async fn refresh(&self, users: &[(String, Vec<LocalSocket>)]) -> Result<(), PresenceError> {
+    /// transitions of users who had been claimed offline while their sockets lived. With
+    /// `report` (the caller lost the reply of an earlier refresh, which may have run anyway and
+    /// decided a transition nobody published) it also publishes each online user's current
+    /// version; peers drop a version they already applied.
+    pub async fn refresh(
+        &self,
+        users: &[(String, Vec<LocalSocket>)],
+        report: bool,
+    ) -> Result<(), PresenceError> {
         if users.is_empty() {
             return Ok(());
         }
@@ -186,16 +201,21 @@ impl Presence {
             .collect();
         let versions = self
             .store
-            .refresh(&fields, self.ttl_ms(), now, self.prune_before(now))
+            .refresh(&fields, self.ttl_ms(), now, self.fresh_after(now), report)
             .await?;
         let names: Vec<&str> = users.iter().map(|(u, _)| u.as_str()).collect();
         self.track_deadlines(&names, now).await?;
-        for ((user, _), version) in users.iter().zip(versions) {
-            if let Some(version) = version {
-                crate::metrics::presence_transition("online", "refresh");
-                let peers = self.peers(user).await?;
-                self.publish_online(user, version, &peers).await?;
-            }
+        for ((user, _), found) in users.iter().zip(versions) {
+            let version = match found {
+                Refreshed::Quiet => continue,
+                Refreshed::CameOnline(v) => {
+                    crate::metrics::presence_transition("online", "refresh");
+                    v
+                }
+                Refreshed::Online(v) => v,
+            };
+            let peers = self.peers(user).await?;
+            self.publish_online(user, version, &peers).await?;
         }
         Ok(())
     }
@@ -204,7 +224,8 @@ impl Presence {
     /// this caller won, and drops the user's sweep deadline once the key is gone. Returns the
     /// key's remaining TTL in ms when the user is still online.
     pub async fn claim_expiry(&self, user: &str) -> Result<Option<i64>, PresenceError> {
-        let claimed = match self.store.claim(user).await? {
+        let fresh_after = self.fresh_after(clock::now_ms());
+        let claimed = match self.store.claim(user, fresh_after).await? {
             Claim::Online(pttl) => return Ok(Some(pttl)),
             Claim::Claimed(version) => Some(version),
             Claim::Gone => None,
@@ -225,32 +246,35 @@ impl Presence {
         Ok(self.chats.peers(user).await?)
     }
 
-    /// Which of `users` are online (their presence key exists).
+    /// Which of `users` are online: at least one of their fields counts.
     pub async fn online_among(&self, users: &[String]) -> Result<Vec<String>, PresenceError> {
-        let exists = self.store.exist(users).await?;
+        let fields = self
+            .store
+            .sockets(users, self.fresh_after(clock::now_ms()))
+            .await?;
         Ok(users
             .iter()
-            .zip(exists)
-            .filter(|(_, e)| *e)
+            .zip(fields)
+            .filter(|(_, f)| !f.is_empty())
             .map(|(u, _)| u.clone())
             .collect())
     }
 
-    /// The live sockets of each of `users` (`GET /api/v1/presence`): fields whose node stopped
-    /// refreshing them are left out.
+    /// The live sockets of each of `users` (`GET /api/v1/presence`): the fields that count.
     pub async fn sockets_of(
         &self,
         users: &[String],
     ) -> Result<Vec<(String, Vec<SocketInfo>)>, PresenceError> {
-        let all = self.store.sockets(users).await?;
-        let fresh_after = self.prune_before(clock::now_ms());
+        let all = self
+            .store
+            .sockets(users, self.fresh_after(clock::now_ms()))
+            .await?;
         Ok(users
             .iter()
             .zip(all)
             .map(|(u, fields)| {
                 let mut sockets: Vec<SocketInfo> = fields
                     .into_iter()
-                    .filter(|(_, f)| f.last_seen >= fresh_after)
                     .map(|(sid, f)| SocketInfo {
                         socket_id: sid,
                         node_id: f.node_id,
@@ -263,10 +287,15 @@ impl Presence {
             .collect())
     }
 
-    /// How many sockets `user` has registered across the cluster (fields of its presence hash;
-    /// a dead node's fields count until they are pruned, within the TTL).
+    /// How many sockets `user` has across the cluster: its fields that count (a dead node's
+    /// stop counting within the TTL, as everywhere else).
     pub async fn socket_count(&self, user: &str) -> Result<usize, PresenceError> {
-        Ok(self.store.socket_count(user).await?)
+        let users = [user.to_owned()];
+        let fields = self
+            .store
+            .sockets(&users, self.fresh_after(clock::now_ms()))
+            .await?;
+        Ok(fields.first().map_or(0, Vec::len))
     }
 
     /// Disconnects every socket of `user` on every node; each disconnect removes its presence

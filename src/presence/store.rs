@@ -17,9 +17,11 @@
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
+use super::rule;
 use crate::metrics::redis_op;
 use crate::redis::keys;
 use crate::redis::scripts::presence_claim::Claim;
+use crate::redis::scripts::presence_refresh::Refreshed;
 use crate::redis::scripts::{
     self, presence_claim, presence_connect, presence_disconnect, presence_refresh,
 };
@@ -42,6 +44,18 @@ pub struct SocketField {
 }
 
 impl SocketField {
+    /// A field that counts, read without failing: whatever the rule accepted is shown, with
+    /// empty strings for what another writer left out or typed differently.
+    fn lenient(json: &str) -> SocketField {
+        let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+        let text = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
+        SocketField {
+            node_id: text("nodeId"),
+            connected_at: text("connectedAt"),
+            last_seen: v.get("lastSeen").and_then(|x| x.as_f64()).unwrap_or(0.0) as u64,
+        }
+    }
+
     fn to_json(&self) -> String {
         // A struct of strings and a number always serializes.
         serde_json::to_string(self).unwrap_or_default()
@@ -73,37 +87,49 @@ impl PresenceStore {
         sid: &str,
         field: &SocketField,
         ttl_ms: u64,
+        fresh_after_ms: u64,
     ) -> redis::RedisResult<Option<u64>> {
-        let call = presence_connect::call(user, sid, &field.to_json(), ttl_ms, field.last_seen);
+        let json = field.to_json();
+        let call =
+            presence_connect::call(fresh_after_ms, user, sid, &json, ttl_ms, field.last_seen);
         let mut conn = self.conn.clone();
         let reply = scripts::invoke(&presence_connect::SCRIPT, &mut conn, call).await?;
         presence_connect::parse(&reply)
     }
 
-    /// Removes socket `sid` of `user`; the new version if the user went offline.
-    pub async fn disconnect(&self, user: &str, sid: &str) -> redis::RedisResult<Option<u64>> {
-        let call = presence_disconnect::call(user, sid, OFFLINE_MEMORY_SECS);
+    /// Removes socket `sid` of `user` (and the fields that no longer count); the new version if
+    /// the user went offline.
+    pub async fn disconnect(
+        &self,
+        user: &str,
+        sid: &str,
+        fresh_after_ms: u64,
+    ) -> redis::RedisResult<Option<u64>> {
+        let call = presence_disconnect::call(fresh_after_ms, user, sid, OFFLINE_MEMORY_SECS);
         let mut conn = self.conn.clone();
         let reply = scripts::invoke(&presence_disconnect::SCRIPT, &mut conn, call).await?;
         presence_disconnect::parse(&reply)
     }
 
-    /// Refreshes each user's sockets (socket id, field) in one pipeline, pruning fields last
-    /// seen before `prune_before_ms`; per user, the new version if the user is online again.
+    /// Refreshes each user's sockets (socket id, field) in one pipeline, pruning fields that no
+    /// longer count at `fresh_after_ms`; per user, what the script found (with `report`, also
+    /// the current online version without a transition).
     pub async fn refresh(
         &self,
         users: &[(&str, Vec<(String, SocketField)>)],
         ttl_ms: u64,
         now_ms: u64,
-        prune_before_ms: u64,
-    ) -> redis::RedisResult<Vec<Option<u64>>> {
+        fresh_after_ms: u64,
+        report: bool,
+    ) -> redis::RedisResult<Vec<Refreshed>> {
         let mut pipe = redis::pipe();
         for (user, sockets) in users {
             let fields: Vec<(String, String)> = sockets
                 .iter()
                 .map(|(sid, field)| (sid.clone(), field.to_json()))
                 .collect();
-            let call = presence_refresh::call(user, ttl_ms, now_ms, prune_before_ms, &fields);
+            let call =
+                presence_refresh::call(fresh_after_ms, user, ttl_ms, now_ms, report, &fields);
             scripts::pipe_invoke(&mut pipe, &presence_refresh::SCRIPT, call);
         }
         let mut conn = self.conn.clone();
@@ -120,9 +146,10 @@ impl PresenceStore {
         replies.iter().map(presence_refresh::parse).collect()
     }
 
-    /// Tries to turn an expiry of `user`'s key into the offline transition.
-    pub async fn claim(&self, user: &str) -> redis::RedisResult<Claim> {
-        let call = presence_claim::call(user, OFFLINE_MEMORY_SECS);
+    /// Tries to turn an expiry of `user`'s key (or the end of its last field that counts) into
+    /// the offline transition.
+    pub async fn claim(&self, user: &str, fresh_after_ms: u64) -> redis::RedisResult<Claim> {
+        let call = presence_claim::call(fresh_after_ms, user, OFFLINE_MEMORY_SECS);
         let mut conn = self.conn.clone();
         let reply = scripts::invoke(&presence_claim::SCRIPT, &mut conn, call).await?;
         presence_claim::parse(&reply)
@@ -177,23 +204,13 @@ impl PresenceStore {
             .await
     }
 
-    /// For each of `users`, whether its presence key exists (the user is online).
-    pub async fn exist(&self, users: &[String]) -> redis::RedisResult<Vec<bool>> {
-        if users.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for u in users {
-            pipe.cmd("EXISTS").arg(keys::presence_user(u));
-        }
-        let mut conn = self.conn.clone();
-        redis_op("exists_pipeline", pipe.query_async(&mut conn)).await
-    }
-
-    /// Each of `users`' socket fields (socket id, field); fields that do not parse are left out.
+    /// Each of `users`' socket fields that count at `fresh_after_ms` (socket id, field), by
+    /// the one rule ([`rule::field_counts`]); the reads behind every "is online" and "how many
+    /// sockets" outside the scripts.
     pub async fn sockets(
         &self,
         users: &[String],
+        fresh_after_ms: u64,
     ) -> redis::RedisResult<Vec<Vec<(String, SocketField)>>> {
         if users.is_empty() {
             return Ok(Vec::new());
@@ -203,25 +220,18 @@ impl PresenceStore {
             pipe.cmd("HGETALL").arg(keys::presence_user(u));
         }
         let mut conn = self.conn.clone();
-        let all: Vec<Vec<(String, String)>> = pipe.query_async(&mut conn).await?;
+        let all: Vec<Vec<(String, String)>> =
+            redis_op("presence_read", pipe.query_async(&mut conn)).await?;
         Ok(all
             .into_iter()
             .map(|fields| {
                 fields
                     .into_iter()
-                    .filter_map(|(sid, json)| Some((sid, serde_json::from_str(&json).ok()?)))
+                    .filter(|(_, json)| rule::field_counts(json, fresh_after_ms))
+                    .map(|(sid, json)| (sid, SocketField::lenient(&json)))
                     .collect()
             })
             .collect())
-    }
-
-    /// How many socket fields `user`'s presence hash holds.
-    pub async fn socket_count(&self, user: &str) -> redis::RedisResult<usize> {
-        let mut conn = self.conn.clone();
-        redis::cmd("HLEN")
-            .arg(keys::presence_user(user))
-            .query_async(&mut conn)
-            .await
     }
 }
 
@@ -270,5 +280,10 @@ mod tests {
         let back: SocketField = serde_json::from_str(r#"{"lastSeen":5}"#).unwrap();
         assert_eq!(back.node_id, "");
         assert!(serde_json::from_str::<SocketField>(r#"{"nodeId":"n"}"#).is_err());
+        assert_eq!(SocketField::lenient(&f.to_json()), f);
+        assert_eq!(
+            SocketField::lenient(r#"{"nodeId":5,"lastSeen":7.0}"#).last_seen,
+            7
+        );
     }
 }

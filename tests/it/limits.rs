@@ -202,3 +202,59 @@ async fn sends_waiting_on_a_stalled_redis_are_capped_per_socket() {
     .await;
     assert_eq!(r["status"], "ACCEPTED", "{r}");
 }
+
+/// `MAX_CONNECTS_PER_SEC`: a node takes at most that many new connections per second (burst:
+/// one second's worth); beyond it the handshake is refused at once with a clear `RATE_LIMITED`,
+/// counted under `connect_rate`, and a client that backs off gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_connections_per_node_are_rate_limited_with_a_clear_refusal() {
+    let redis = Redis::start().await;
+    let opts = NodeOpts::default().with("max-connects-per-sec", "5");
+    let a = Node::start_with(&redis, "a", opts).await;
+    let try_connect = |user: String| {
+        let url = a.url();
+        async move {
+            Client::connect(
+                &url,
+                ConnectOptions {
+                    auth: Some(json!({"token": token(&user)})),
+                    ..Default::default()
+                },
+            )
+            .await
+        }
+    };
+    let mut admitted = Vec::new();
+    let mut refused = Vec::new();
+    for i in 0..12 {
+        match try_connect(format!("u{i}")).await {
+            Ok(c) => admitted.push(c),
+            Err(ClientError::Refused(m)) => refused.push(m),
+            Err(e) => panic!("connect u{i}: {e}"),
+        }
+    }
+    // Five at once, and the bucket refills one every 200 ms while the burst is connecting.
+    assert!(
+        (5..=8).contains(&admitted.len()),
+        "{} admitted",
+        admitted.len()
+    );
+    assert!(!refused.is_empty());
+    for m in &refused {
+        assert!(
+            m.starts_with("RATE_LIMITED: this node accepts at most 5 new connections per second"),
+            "{m}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    try_connect("late".into())
+        .await
+        .expect("admitted again after a backoff");
+    let (_, metrics) = http_raw(a.admin, "GET", "/metrics", None, None, "text/plain")
+        .await
+        .expect("metrics");
+    assert!(
+        metrics.contains("fanout_connect_refusals_total{reason=\"connect_rate\"}"),
+        "refusals counted"
+    );
+}

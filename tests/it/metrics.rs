@@ -776,3 +776,44 @@ fn nothing_refers_to_a_contract_outside_the_repository() {
         );
     }
 }
+
+/// The alert rules file is valid YAML, every rule's expression names only metrics of the table
+/// (or Prometheus's own `up`), and both Prometheus setups load it: the compose stack mounts it
+/// where deploy/prometheus.yml's `rule_files` looks, and deploy/up.sh names it.
+#[test]
+fn alert_rules_name_real_metrics_and_both_setups_load_them() {
+    let rules = yaml("deploy/prometheus-rules.yml");
+    let names: Vec<&str> = fanout::metrics::ALL.iter().map(|m| m.name).collect();
+    let mut alerts = Vec::new();
+    for group in rules["groups"].as_sequence().expect("groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
+            alerts.push(str_of(&rule["alert"]));
+            let expr = str_of(&rule["expr"]);
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("fanout_") {
+                    let base = word
+                        .trim_end_matches("_bucket")
+                        .trim_end_matches("_sum")
+                        .trim_end_matches("_count");
+                    assert!(names.contains(&base), "{expr}: {word} is no metric");
+                }
+            }
+        }
+    }
+    assert!(alerts.contains(&"FanoutNodeNotDelivering".to_owned()));
+    let prom = yaml("deploy/prometheus.yml");
+    let files = list(&prom["rule_files"]);
+    let compose = yaml("docker-compose.yml");
+    let mounts = bind_mounts(&compose["services"]["prometheus"]);
+    for f in &files {
+        assert!(
+            mounts
+                .iter()
+                .any(|(host, inside)| host == "./deploy/prometheus-rules.yml" && inside == f),
+            "compose mounts deploy/prometheus-rules.yml at {f}: {mounts:?}"
+        );
+    }
+    assert!(!files.is_empty(), "deploy/prometheus.yml has rule_files");
+    let up = std::fs::read_to_string(repo_root().join("deploy/up.sh")).unwrap();
+    assert!(up.contains("rule_files:\n  - \"$ROOT/deploy/prometheus-rules.yml\""));
+}

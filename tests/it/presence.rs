@@ -225,6 +225,94 @@ async fn kill_9_with_the_user_alive_elsewhere_emits_nothing_and_prunes_the_dead_
     );
 }
 
+/// The sockets `GET /api/v1/presence` shows for `user`.
+async fn api_sockets(admin: std::net::SocketAddr, user: &str) -> Vec<Value> {
+    let auth = format!("Bearer {API_KEY}");
+    let path = format!("/api/v1/presence?users={user}");
+    let (status, body) = http(admin, "GET", &path, None, Some(&auth))
+        .await
+        .expect("api reachable");
+    assert_eq!(status, 200, "{body}");
+    body["sockets"][user]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Issue 19: once the API no longer counts the dead node's socket, the disconnect script must
+/// not count it either: the last live socket closing cleanly is `disconnected`, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_the_last_live_socket_closing_cleanly_gives_disconnected_at_once() {
+    const TTL_SECS: u64 = 3;
+    let redis = Redis::start().await;
+    let opts = NodeOpts::default().with("presence-ttl-secs", &TTL_SECS.to_string());
+    let mut doomed = NodeProcess::spawn(&redis, "doomed", opts.clone()).await;
+    let live = NodeProcess::spawn(&redis, "live", opts).await;
+    let admin = live.admin;
+    let (status, _) = http(
+        admin,
+        "POST",
+        "/api/v1/chats",
+        Some(&json!({"chatId": "room", "members": ["alice", "bob"]}).to_string()),
+        Some(&format!("Bearer {API_KEY}")),
+    )
+    .await
+    .expect("api");
+    assert_eq!(status, 201);
+    let mut bob = connect(&live.url(), "bob").await;
+    let _alice_dead = connect(&doomed.url(), "alice").await;
+    let alice_live = connect(&live.url(), "alice").await;
+    wait_about(&mut bob, "presence:online", "alice", WAIT)
+        .await
+        .expect("online");
+    let every = Duration::from_millis(50);
+    let both = eventually(
+        WAIT,
+        every,
+        || api_sockets(admin, "alice"),
+        |s| s.len() == 2,
+    )
+    .await;
+    assert_eq!(both.len(), 2, "{both:?}");
+
+    doomed.kill9();
+    let killed = Instant::now();
+    let limit = Duration::from_secs(TTL_SECS);
+    let one = eventually(
+        limit,
+        every,
+        || api_sockets(admin, "alice"),
+        |s| s.len() == 1,
+    )
+    .await;
+    assert_eq!(
+        one.len(),
+        1,
+        "the dead socket stops counting within the TTL: {one:?}"
+    );
+    assert_eq!(one[0]["nodeId"], "live");
+    let dropped_after = killed.elapsed();
+
+    // At once: before the surviving node's next refresh can prune the dead field.
+    let closed = Instant::now();
+    alice_live.close().await;
+    let off = wait_about(&mut bob, "presence:offline", "alice", WAIT)
+        .await
+        .expect("offline");
+    let took = closed.elapsed();
+    eprintln!(
+        "issue 19: dead socket dropped from the API {dropped_after:?} after kill -9; \
+         offline {} {took:?} after the clean close",
+        off["reason"]
+    );
+    assert_eq!(off["reason"], "disconnected", "{off}");
+    assert!(took < Duration::from_secs(1), "offline took {took:?}");
+    let more = presence_events(&mut bob, "alice", Duration::from_secs(TTL_SECS + 2)).await;
+    assert!(more.is_empty(), "exactly one offline: {more:?}");
+    let q = ack(&bob, "presence:query", json!({"userIds": ["alice"]})).await;
+    assert_eq!(q["online"], json!([]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_notification_still_yields_exactly_one_offline_through_the_sweep() {
     let redis = Redis::start().await;

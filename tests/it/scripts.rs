@@ -136,3 +136,30 @@ async fn chat_send_writes_serdes_envelope_and_history_reads_the_same_message_bac
     .unwrap();
     assert_eq!(chat_send::parse(&reply).unwrap(), Sent::Forbidden);
 }
+
+/// The one rule of which presence fields count: Lua's half (`lua/presence_field_rule.lua`, in
+/// front of every presence script) and Rust's (`fanout::presence::rule`) on the same table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lua_and_rust_halves_of_the_field_rule_agree() {
+    use fanout::presence::rule::{CASES, field_counts};
+    let redis = Redis::start().await;
+    let mut conn = redis.conn().await;
+    let prelude = std::fs::read_to_string(repo_root().join("lua/presence_field_rule.lua")).unwrap();
+    let probe = format!("{prelude}\nif field_counts(ARGV[2]) then return 1 else return 0 end");
+    for (json, fresh, counts) in CASES {
+        let lua: i64 = redis::cmd("EVAL")
+            .arg(&probe)
+            .arg(0)
+            .arg(fresh.to_string())
+            .arg(*json)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(lua == 1, *counts, "lua: {json} at {fresh}");
+        assert_eq!(
+            field_counts(json, *fresh),
+            *counts,
+            "rust: {json} at {fresh}"
+        );
+    }
+}

@@ -111,7 +111,7 @@ impl Supervisor {
                     .collect()
             };
             let t0 = Instant::now();
-            let mut backoff = Duration::from_millis(50);
+            let mut backoff = RECONNECT_FIRST;
             let client = loop {
                 attempt += 1;
                 tokio::select! {
@@ -129,7 +129,7 @@ impl Supervisor {
                     _ = stop.cancelled() => return,
                     _ = sleep(jittered(backoff)) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(RECONNECT_MAX);
             };
             self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
             lock(&self.stats.reconnect_hist)
@@ -207,7 +207,15 @@ impl Supervisor {
     }
 }
 
-/// `d` scaled by a random factor in [0.5, 1.5).
+/// The reconnect discipline (docs/protocol.md Part II section 1, "Reconnecting"): the first
+/// retry after a failed reconnect waits about this long...
+pub const RECONNECT_FIRST: Duration = Duration::from_millis(50);
+/// ...each next one twice as long, up to this; every wait is [`jittered`], so the clients of a
+/// dead node (or a refused storm: `RATE_LIMITED`, `UNAVAILABLE`) come back spread out, not in
+/// waves.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// `d` scaled by a random factor in [0.5, 1.5) (Socket.IO's `randomizationFactor: 0.5`).
 fn jittered(d: Duration) -> Duration {
     let r = (uuid::Uuid::new_v4().as_u128() % 1000) as f64 / 1000.0;
     d.mul_f64(0.5 + r)

@@ -43,12 +43,26 @@ impl NamedScript {
 }
 
 /// `named_script!("chat_send")`: the [`NamedScript`] of `lua/chat_send.lua`.
+/// `named_script!("presence_connect", with_field_rule)`: the same, with
+/// `lua/presence_field_rule.lua` in front of it (the one rule of which presence fields count,
+/// shared by every presence script).
 macro_rules! named_script {
     ($name:literal) => {
         $crate::redis::scripts::NamedScript {
             name: $name,
             script: std::sync::LazyLock::new(|| {
                 redis::Script::new(include_str!(concat!("../../../lua/", $name, ".lua")))
+            }),
+        }
+    };
+    ($name:literal, with_field_rule) => {
+        $crate::redis::scripts::NamedScript {
+            name: $name,
+            script: std::sync::LazyLock::new(|| {
+                redis::Script::new(concat!(
+                    include_str!("../../../lua/presence_field_rule.lua"),
+                    include_str!(concat!("../../../lua/", $name, ".lua"))
+                ))
             }),
         }
     };

@@ -6,24 +6,24 @@ use super::{Call, NamedScript, as_array, as_i64, named_script, unexpected};
 use crate::redis::keys;
 
 /// The script.
-pub static SCRIPT: NamedScript = named_script!("presence_claim");
+pub static SCRIPT: NamedScript = named_script!("presence_claim", with_field_rule);
 
 /// What the claim found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
     /// This caller claimed the expiry: the user is offline at this (even) version.
     Claimed(u64),
-    /// The key still exists (the user is online) and expires in this many ms.
+    /// A field of the key still counts (the user is online); the key expires in this many ms.
     Online(i64),
     /// The key is gone and the user already offline: nothing to do.
     Gone,
 }
 
 /// KEYS and ARGV of `presence_claim.lua`.
-pub fn call(user: &str, offline_memory_secs: u64) -> Call {
+pub fn call(fresh_after_ms: u64, user: &str, offline_memory_secs: u64) -> Call {
     Call {
         keys: vec![keys::presence_user(user), keys::presence_state(user)],
-        args: vec![offline_memory_secs.to_string()],
+        args: vec![fresh_after_ms.to_string(), offline_memory_secs.to_string()],
     }
 }
 
@@ -50,7 +50,7 @@ mod tests {
 
     #[test]
     fn replies_parse_into_the_three_outcomes() {
-        assert_eq!(call("u", 5).args, ["5"]);
+        assert_eq!(call(3, "u", 5).args, ["3", "5"]);
         let r = |a, b| arr(vec![Value::Int(a), Value::Int(b)]);
         assert_eq!(parse(&r(1, 12)).unwrap(), Claim::Claimed(12));
         assert_eq!(parse(&r(0, 900)).unwrap(), Claim::Online(900));

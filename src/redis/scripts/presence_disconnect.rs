@@ -6,13 +6,17 @@ use super::{Call, NamedScript, as_version, named_script};
 use crate::redis::keys;
 
 /// The script.
-pub static SCRIPT: NamedScript = named_script!("presence_disconnect");
+pub static SCRIPT: NamedScript = named_script!("presence_disconnect", with_field_rule);
 
 /// KEYS and ARGV of `presence_disconnect.lua`.
-pub fn call(user: &str, sid: &str, offline_memory_secs: u64) -> Call {
+pub fn call(fresh_after_ms: u64, user: &str, sid: &str, offline_memory_secs: u64) -> Call {
     Call {
         keys: vec![keys::presence_user(user), keys::presence_state(user)],
-        args: vec![sid.to_owned(), offline_memory_secs.to_string()],
+        args: vec![
+            fresh_after_ms.to_string(),
+            sid.to_owned(),
+            offline_memory_secs.to_string(),
+        ],
     }
 }
 
@@ -27,9 +31,9 @@ mod tests {
 
     #[test]
     fn call_follows_the_header() {
-        let c = call("u", "s", 86_400);
+        let c = call(3, "u", "s", 86_400);
         assert_eq!(c.keys, ["presence:user:{u}", "presence:state:{u}"]);
-        assert_eq!(c.args, ["s", "86400"]);
+        assert_eq!(c.args, ["3", "s", "86400"]);
         assert_eq!(parse(&Value::Int(0)).unwrap(), None);
     }
 }
