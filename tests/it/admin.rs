@@ -241,7 +241,7 @@ async fn admin_ui_and_demo_in_a_headless_browser() {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn node tests/js/browser.mjs");
-    let out = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
+    let out = tokio::time::timeout(Duration::from_secs(270), child.wait_with_output())
         .await
         .expect("browser.mjs ran longer than 180 s")
         .expect("wait for browser.mjs");

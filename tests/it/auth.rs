@@ -238,14 +238,18 @@ pub(crate) fn keypair(dir: &std::path::Path, kind: &str) -> (Vec<u8>, std::path:
             "ec_paramgen_curve:P-256",
         ],
     };
-    let ok = std::process::Command::new("openssl")
+    // Through `output`: genpkey draws its progress dots on stderr, shown only on failure.
+    let out = std::process::Command::new("openssl")
         .args(&gen_args)
         .arg("-out")
         .arg(&private)
-        .status()
-        .expect("openssl on PATH")
-        .success();
-    assert!(ok, "openssl genpkey");
+        .output()
+        .expect("openssl on PATH");
+    assert!(
+        out.status.success(),
+        "openssl genpkey: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ok = std::process::Command::new("openssl")
         .args(["pkey", "-pubout", "-in"])
         .arg(&private)
