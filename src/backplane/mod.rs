@@ -190,8 +190,16 @@ impl Backplane {
         let body = serde_json::to_string(envelope)?;
         let key = keys::backplane_shard(keys::shard_of(routing_key, self.shards));
         let mut conn = self.conn.clone();
+        let xadd = self.append(&key, &body);
+        let id: String = crate::metrics::redis_op("xadd", xadd.query_async(&mut conn)).await?;
+        Ok(id)
+    }
+
+    /// The `XADD` of one entry to shard stream `key`: this node's id and the envelope's JSON,
+    /// the stream trimmed to about `BACKPLANE_MAXLEN`. Events and canaries travel alike.
+    fn append(&self, key: &str, envelope_json: &str) -> redis::Cmd {
         let mut xadd = redis::cmd("XADD");
-        xadd.arg(&key)
+        xadd.arg(key)
             .arg("MAXLEN")
             .arg("~")
             .arg(self.maxlen)
@@ -199,27 +207,16 @@ impl Backplane {
             .arg(FIELD_ORIGIN)
             .arg(&self.node_id)
             .arg(FIELD_ENVELOPE)
-            .arg(body);
-        let id: String = crate::metrics::redis_op("xadd", xadd.query_async(&mut conn)).await?;
-        Ok(id)
+            .arg(envelope_json);
+        xadd
     }
 
     /// Appends this node's canary `token` to `shard`, exactly as [`publish`](Self::publish)
     /// appends events, with an empty envelope: no node applies anything for it.
     pub async fn publish_canary(&self, shard: u16, token: u64) -> redis::RedisResult<String> {
         let mut conn = self.conn.clone();
-        let mut xadd = redis::cmd("XADD");
-        xadd.arg(keys::backplane_shard(shard))
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(self.maxlen)
-            .arg("*")
-            .arg(FIELD_ORIGIN)
-            .arg(&self.node_id)
-            .arg(FIELD_ENVELOPE)
-            .arg("[]")
-            .arg(FIELD_CANARY)
-            .arg(token);
+        let mut xadd = self.append(&keys::backplane_shard(shard), "[]");
+        xadd.arg(FIELD_CANARY).arg(token);
         crate::metrics::redis_op("xadd_canary", xadd.query_async(&mut conn)).await
     }
 
