@@ -33,6 +33,7 @@
 //!   Redis.
 //! - [`logging`]: text or JSON log lines carrying the node id.
 //! - [`clock`]: wall-clock helpers in the protocol's formats.
+//! - `props` (tests only): property tests of every parser of client, service or operator input.
 //!
 //! [`run`] starts a node on listeners the caller bound (tests bind port 0).
 
