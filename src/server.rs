@@ -218,11 +218,10 @@ pub async fn run(
     // handshake refuses sockets until then, so none can miss an entry.
     tasks.spawn(reader::run(
         client.clone(),
-        Arc::new(Deliverer::new(
-            io.clone(),
-            node_id.to_string(),
-            tasks.clone(),
-        )),
+        Arc::new(
+            Deliverer::new(io.clone(), node_id.to_string(), tasks.clone())
+                .with_admin(admin.clone()),
+        ),
         canary.clone(),
         config.backplane_shards,
         health.clone(),

@@ -124,6 +124,10 @@ struct Inner {
     started: Instant,
 }
 
+/// The transport a chat socket was last reported with (for `socket_updated`).
+#[derive(Clone, Copy)]
+struct SeenTransport(socketioxide::TransportType);
+
 /// One node's answer to a fetch: its id and its serialized sockets.
 type Answer = (String, Vec<Value>);
 
@@ -200,7 +204,9 @@ impl Admin {
             .fetch_max(until, Ordering::Relaxed);
     }
 
-    fn is_watched(&self) -> bool {
+    /// Whether some admin socket in the cluster watches live events now: the per-socket work
+    /// of reporting deliveries is done only then.
+    pub fn is_watched(&self) -> bool {
         self.inner.watched_until_ms.load(Ordering::Relaxed) > crate::clock::now_ms()
     }
 
@@ -212,6 +218,7 @@ impl Admin {
     pub fn publish_stats(&self) {
         let Some(io) = self.io() else { return };
         let chat = io.of("/").map(|ns| ns.sockets()).unwrap_or_default();
+        self.report_upgrades(&chat);
         let admins = io.of(NAMESPACE).map(|ns| ns.sockets().len()).unwrap_or(0);
         let polling = chat
             .iter()
@@ -388,9 +395,54 @@ impl Admin {
 
     /// A chat socket connected.
     pub fn socket_connected(&self, s: &SocketRef) {
+        s.extensions.insert(SeenTransport(s.transport_type()));
         self.inner.counts.push("rawConnection", None, 1);
         if self.is_watched() {
             self.relay("socket_connected", vec![serialize(s), now()]);
+        }
+    }
+
+    /// The node delivered `event` to chat socket `sid` (a room broadcast of the backplane):
+    /// `event_sent`, with the payload only when `ADMIN_UI_SHOW_EVENTS` is on. Called only while
+    /// [`Admin::is_watched`].
+    pub fn event_sent(&self, sid: &str, event: &str, data: &serde_json::value::RawValue) {
+        self.inner.counts.push("packetsOut", None, 1);
+        self.inner
+            .counts
+            .push("bytesOut", None, data.get().len() as u64);
+        let mut list = vec![json!(event)];
+        if self.inner.settings.show_events
+            && let Ok(v) = serde_json::from_str::<Value>(data.get())
+        {
+            list.push(v);
+        }
+        self.relay(
+            "event_sent",
+            vec![json!("/"), json!(sid), Value::Array(list), now()],
+        );
+    }
+
+    /// `socket_updated` for every chat socket whose transport changed since it was last seen
+    /// (a polling client upgraded to websocket): socketioxide tells nobody of an upgrade, so the
+    /// stats tick looks, while an admin watches.
+    fn report_upgrades(&self, sockets: &[SocketRef]) {
+        if !self.is_watched() {
+            return;
+        }
+        for s in sockets {
+            let now = s.transport_type();
+            let seen = s.extensions.get::<SeenTransport>().map(|t| t.0);
+            if seen != Some(now) {
+                s.extensions.insert(SeenTransport(now));
+                self.relay(
+                    "socket_updated",
+                    vec![json!({
+                        "id": s.id.to_string(),
+                        "nsp": "/",
+                        "transport": protocol::transport_name(now),
+                    })],
+                );
+            }
         }
     }
 

@@ -38,6 +38,8 @@ pub struct Deliverer {
     /// room (socketioxide's extensions: a lock and a map per socket); a disconnected socket
     /// refuses emits by itself.
     slow_pending: Arc<AtomicUsize>,
+    /// The Admin UI, when enabled: told of deliveries while it watches.
+    admin: Option<crate::admin::Admin>,
 }
 
 /// Counts one socket in [`Deliverer::slow_pending`] for as long as it lives.
@@ -107,7 +109,14 @@ impl Deliverer {
             versions: Mutex::new(HashMap::new()),
             tasks,
             slow_pending: Arc::new(AtomicUsize::new(0)),
+            admin: None,
         }
+    }
+
+    /// Reports every delivery to the Admin UI while one watches (`event_sent`).
+    pub fn with_admin(mut self, admin: Option<crate::admin::Admin>) -> Self {
+        self.admin = admin;
+        self
     }
 
     /// Applies `actions` in order. `origin` is the publishing node, used for `except_sid`.
@@ -172,6 +181,7 @@ impl Deliverer {
         event: &str,
         data: &RawValue,
     ) {
+        let watcher = self.admin.as_ref().filter(|a| a.is_watched());
         let result = if is_essential(event) {
             // One by one, so the socket that could not take it is known.
             let check_marks = self.slow_pending.load(Ordering::SeqCst) > 0;
@@ -179,10 +189,25 @@ impl Deliverer {
                 if check_marks && s.extensions.get::<FellBehind>().is_some() {
                     continue;
                 }
-                if let Err(SendError::Socket(SocketError::InternalChannelFull)) =
-                    s.emit(event, data)
-                {
-                    self.disconnect_slow(s);
+                match s.emit(event, data) {
+                    Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                        self.disconnect_slow(s)
+                    }
+                    Ok(()) => {
+                        if let Some(admin) = watcher {
+                            admin.event_sent(s.id.as_str(), event, data);
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+            Ok(())
+        } else if let Some(admin) = watcher {
+            // One by one while an Admin UI watches, so each delivery can be reported; a socket
+            // that cannot take a non-essential event misses it, as in a broadcast.
+            for s in op.sockets() {
+                if s.emit(event, data).is_ok() {
+                    admin.event_sent(s.id.as_str(), event, data);
                 }
             }
             Ok(())

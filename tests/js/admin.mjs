@@ -173,14 +173,38 @@ await step("event_received from another node", async () => {
   if (JSON.stringify(args2) !== '["presence:query"]') throw new Error(`shown: ${JSON.stringify(args2)}`);
 });
 
-await step("a chat message and presence do not reach /admin", async () => {
+await step("a chat message and presence do not reach /admin; its deliveries are event_sent", async () => {
   const got = new Promise((resolve) => bob.once("chat:message", resolve));
+  // bob's node C hides payloads, alice's node B shows them.
+  const sentBob = waitFor(admin, "event_sent", (nsp, id, args) => id === bob.id && args[0] === "chat:message");
+  const sentAlice = waitFor(admin, "event_sent", (nsp, id, args) => id === alice.id && args[0] === "chat:message");
   const ack = await alice.emitWithAck("chat:send", { chatId: env("CHAT"), content: "hi bob" });
   if (!ack.success) throw new Error(JSON.stringify(ack));
   await got;
+  const [, , toBob] = await sentBob;
+  if (JSON.stringify(toBob) !== '["chat:message"]') throw new Error(`shown: ${JSON.stringify(toBob)}`);
+  const [, , toAlice] = await sentAlice;
+  if (toAlice[1]?.content !== "hi bob") throw new Error(`payload: ${JSON.stringify(toAlice)}`);
   // Give a stray delivery to /admin time to arrive (onAny above fails the run if one does).
   await new Promise((r) => setTimeout(r, 300));
 });
+
+await step("socket_updated when a polling socket upgrades", async () => {
+  const updates = [];
+  const on = (u) => updates.push(u);
+  admin.on("socket_updated", on);
+  // Polling first, then the client's upgrade: the node reports it at its next stats tick.
+  const dave = await connected(
+    io(C, { forceNew: true, reconnection: false, transports: ["polling", "websocket"], auth: { token: env("TOKEN_CAROL") } }),
+  );
+  const deadline = Date.now() + 12_000;
+  while (!updates.some((u) => u.id === dave.id && u.nsp === "/" && u.transport === "websocket")) {
+    if (Date.now() > deadline) throw new Error(`no socket_updated for ${dave.id}: ${JSON.stringify(updates)}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  admin.off("socket_updated", on);
+  dave.disconnect();
+}, 15_000);
 
 await step("join makes a socket on another node join a room", async () => {
   const joined = waitFor(admin, "room_joined", (nsp, room, id) => room === "admin-room" && id === alice.id);
