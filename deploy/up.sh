@@ -333,6 +333,21 @@ done
 
 http_status() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" 2>/dev/null || true; }
 
+# wait_http NAME PID URL LOG SECS: until GET URL answers 200; dies (showing the end of LOG) when
+# the process PID exits first or SECS pass.
+wait_http() {
+    local name=$1 pid=$2 url=$3 logfile=$4 secs=$5
+    local deadline=$((SECONDS + secs))
+    until [[ $(http_status "$url") == 200 ]]; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 20 "$logfile" >&2 || true
+            die "$name exited during startup (log above: $logfile)"
+        fi
+        ((SECONDS < deadline)) || die "GET $url ($name) is not 200 after ${secs}s (see $logfile)"
+        sleep 0.3
+    done
+}
+
 fail_node() {
     local i=$1 why=$2
     {
@@ -382,15 +397,7 @@ log "starting haproxy on $BIND_ADDR:$LB_PORT (stats 127.0.0.1:$STATS_PORT, log: 
 spawn "$RUN_DIR/haproxy.log" haproxy -db -f "$HAPROXY_CFG"
 HAPROXY_PID=$SPAWNED_PID
 
-deadline=$((SECONDS + 15))
-until [[ $(http_status "http://127.0.0.1:$LB_PORT/readyz") == 200 ]]; do
-    if ! kill -0 "$HAPROXY_PID" 2>/dev/null; then
-        tail -n 20 "$RUN_DIR/haproxy.log" >&2 || true
-        die "haproxy exited during startup (log above: $RUN_DIR/haproxy.log)"
-    fi
-    ((SECONDS < deadline)) || die "GET http://127.0.0.1:$LB_PORT/readyz through haproxy is not 200 after 15s (see $RUN_DIR/haproxy.log)"
-    sleep 0.3
-done
+wait_http haproxy "$HAPROXY_PID" "http://127.0.0.1:$LB_PORT/readyz" "$RUN_DIR/haproxy.log" 15
 
 # ----------------------------------------------------------------------------
 # 5b. Prometheus (WITH_PROMETHEUS=1): a generated config, data in the run dir
@@ -450,15 +457,7 @@ EOF
         --web.listen-address="127.0.0.1:$PROMETHEUS_PORT"
     PROMETHEUS_PID=$SPAWNED_PID
 
-    deadline=$((SECONDS + 30))
-    until [[ $(http_status "$PROMETHEUS_URL/-/ready") == 200 ]]; do
-        if ! kill -0 "$PROMETHEUS_PID" 2>/dev/null; then
-            tail -n 20 "$RUN_DIR/prometheus.log" >&2 || true
-            die "prometheus exited during startup (log above: $RUN_DIR/prometheus.log)"
-        fi
-        ((SECONDS < deadline)) || die "prometheus is not ready after 30s: GET $PROMETHEUS_URL/-/ready (see $RUN_DIR/prometheus.log)"
-        sleep 0.3
-    done
+    wait_http prometheus "$PROMETHEUS_PID" "$PROMETHEUS_URL/-/ready" "$RUN_DIR/prometheus.log" 30
     log "prometheus is ready"
 fi
 
@@ -482,15 +481,7 @@ if [[ $ADMIN_UI == 1 ]]; then
     spawn "$RUN_DIR/ui.log" env UI_PORT="$UI_PORT" UI_BIND=127.0.0.1 DEMO_CONFIG="$RUN_DIR/demo.json" \
         node "$ROOT/deploy/admin-ui/serve.mjs"
     UI_PID=$SPAWNED_PID
-    deadline=$((SECONDS + 15))
-    until [[ $(http_status "$UI_URL/demo/") == 200 ]]; do
-        if ! kill -0 "$UI_PID" 2>/dev/null; then
-            tail -n 20 "$RUN_DIR/ui.log" >&2 || true
-            die "the UI server exited during startup (log above: $RUN_DIR/ui.log)"
-        fi
-        ((SECONDS < deadline)) || die "the UI server does not answer on $UI_URL after 15s"
-        sleep 0.2
-    done
+    wait_http "the UI server" "$UI_PID" "$UI_URL/demo/" "$RUN_DIR/ui.log" 15
 fi
 
 # ----------------------------------------------------------------------------

@@ -14,20 +14,9 @@
 
 import { io } from "socket.io-client";
 
-const STEP_MS = 10_000;
+import { checks } from "./steps.mjs";
 
-function env(name) {
-  const v = process.env[name];
-  if (!v) fail("setup", `environment variable ${name} is not set`);
-  return v;
-}
-
-let current = "";
-
-function fail(step, message) {
-  console.error(`admin FAILED at step "${step}" (${current}): ${message}`);
-  process.exit(1);
-}
+const { env, fail, step, current, during } = checks("admin", { stepMs: 10_000, overallMs: 90_000 });
 
 const URLS = env("URLS").split(",");
 const NODE_IDS = env("NODE_IDS").split(",");
@@ -35,22 +24,6 @@ const URL_OFF = env("URL_OFF");
 const USER = env("ADMIN_USER");
 const PASSWORD = env("ADMIN_PASSWORD");
 const [A, B, C] = URLS;
-
-setTimeout(() => fail("overall", "the run took longer than 90 s"), 90_000).unref();
-
-async function step(name, fn, ms = STEP_MS) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([fn(), timeout]);
-  } catch (e) {
-    fail(name, e?.stack ?? String(e));
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 const opts = (extra) => ({ transports: ["websocket"], forceNew: true, reconnection: false, ...extra });
 
@@ -115,7 +88,7 @@ const stats = new Map();
 admin.on("server_stats", (s) => stats.set(s.serverId, s));
 // The namespaces are apart: nothing of the chat app reaches an admin socket.
 admin.onAny((event) => {
-  if (/^(chat|presence|session):/.test(event)) fail(current || "namespaces", `/admin got ${event}`);
+  if (/^(chat|presence|session):/.test(event)) fail(current(), `/admin got ${event}`);
 });
 
 await step("login accepted", () => connected(admin));
@@ -224,7 +197,7 @@ await step("_disconnect through node A disconnects a socket on node C", async ()
   admin.emit("_disconnect", "/", false, bobId);
   const why = await reason;
   if (why !== "io server disconnect") throw new Error(`bob's reason ${why}`);
-  current = "socket_disconnected reaches the UI";
+  during("socket_disconnected reaches the UI");
   await seen;
   if (!carol.connected || !alice.connected) throw new Error("another socket was disconnected");
 });

@@ -17,40 +17,14 @@
 
 import { chromium } from "playwright-core";
 
-const STEP_MS = 20_000;
-let current = "";
+import { checks } from "./steps.mjs";
 
-function env(name, dflt) {
-  const v = process.env[name] ?? dflt;
-  if (!v) fail("setup", `environment variable ${name} is not set`);
-  return v;
-}
-
-function fail(step, message) {
-  console.error(`browser FAILED at step "${step}" (${current}): ${message}`);
-  process.exit(1);
-}
+const { env, fail, step } = checks("browser", { stepMs: 20_000, overallMs: 240_000 });
 
 const UI_URL = env("UI_URL");
 const SERVER_URL = env("SERVER_URL");
 const NODE_IDS = env("NODE_IDS").split(",");
 const SHOTS = env("SHOTS_DIR");
-setTimeout(() => fail("overall", "the run took longer than 240 s"), 240_000).unref();
-
-async function step(name, fn, ms = STEP_MS) {
-  current = name;
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([fn(), timeout]);
-  } catch (e) {
-    fail(name, e?.stack ?? String(e));
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 const ctx = await step("launch chromium", () =>
   chromium.launchPersistentContext(env("PROFILE_DIR"), {

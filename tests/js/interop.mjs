@@ -13,20 +13,17 @@
 
 import { io } from "socket.io-client";
 
+import { checks } from "./steps.mjs";
+
 const N = 20;
-const STEP_MS = 10_000;
 const ACK_MS = 5_000;
 
-function env(name) {
-  const v = process.env[name];
-  if (!v) fail("setup", `environment variable ${name} is not set`);
-  return v;
-}
-
-function fail(step, message) {
-  console.error(`interop FAILED at step "${step}" (transport ${process.env.TRANSPORT}): ${message}`);
-  process.exit(1);
-}
+const STEP_MS = 10_000;
+const { env, fail, step, current } = checks("interop", {
+  stepMs: STEP_MS,
+  overallMs: 60_000,
+  context: () => `transport ${process.env.TRANSPORT}`,
+});
 
 const URL = env("URL");
 const TOKEN_ALICE = env("TOKEN_ALICE");
@@ -35,27 +32,6 @@ const CHAT = env("CHAT");
 const TRANSPORT = env("TRANSPORT");
 if (TRANSPORT !== "websocket" && TRANSPORT !== "polling") {
   fail("setup", `TRANSPORT must be "websocket" or "polling", got ${JSON.stringify(TRANSPORT)}`);
-}
-
-// Whole-run guard, in case something hangs outside a step.
-setTimeout(() => fail("overall", "the run took longer than 60 s"), 60_000).unref();
-
-let current = "setup";
-
-/** Runs one step under a timeout; any throw or timeout fails the run with the step's name. */
-async function step(name, fn, ms = STEP_MS) {
-  current = name;
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([fn(), timeout]);
-  } catch (e) {
-    fail(name, e?.stack ?? String(e));
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 function check(cond, message) {
@@ -94,7 +70,7 @@ function recorder(socket) {
   });
   socket.on("error", (e) => rec.errors.push(e));
   socket.on("disconnect", (reason) => {
-    if (current !== "disconnect") rec.errors.push({ disconnect: reason });
+    if (current() !== "disconnect") rec.errors.push({ disconnect: reason });
   });
   rec.waitFor = (count) =>
     new Promise((resolve) => {
