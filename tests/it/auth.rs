@@ -278,13 +278,14 @@ async fn rs256_and_es256_public_keys_pin_their_algorithm() {
     for (kind, alg) in [("rsa", Algorithm::RS256), ("ec", Algorithm::ES256)] {
         let (private, public) = keypair(dir.path(), kind);
         let opts = NodeOpts::default()
+            .without_secret()
             .with("jwt-public-key-file", public.to_str().unwrap())
             .with(
                 "jwt-algorithm",
                 if kind == "rsa" { "RS256" } else { "ES256" },
             );
-        // NodeOpts adds flags; the harness's --jwt-secret must not be combined with a key file.
-        let node = Node::start_with_key_file(&redis, kind, opts).await;
+        // The harness's --jwt-secret must not be combined with a key file.
+        let node = Node::start_with(&redis, kind, opts).await;
         let key = if kind == "rsa" {
             EncodingKey::from_rsa_pem(&private).unwrap()
         } else {

@@ -192,11 +192,19 @@ impl Drop for Redis {
 #[derive(Clone, Debug, Default)]
 pub struct NodeOpts {
     pub extra: Vec<(String, String)>,
+    /// Leave out the harness's HS256 secret (a key file or key set in `extra` instead).
+    pub no_secret: bool,
 }
 
 impl NodeOpts {
     pub fn with(mut self, flag: &str, value: &str) -> Self {
         self.extra.push((flag.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Without the harness's HS256 secret.
+    pub fn without_secret(mut self) -> Self {
+        self.no_secret = true;
         self
     }
 }
@@ -228,6 +236,9 @@ fn config_args(
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if opts.no_secret {
+        args.retain(|a| a != "--jwt-secret" && a != SECRET);
+    }
     for (k, v) in &opts.extra {
         args.push(format!("--{k}"));
         args.push(v.clone());
@@ -252,37 +263,18 @@ impl Node {
 
     /// Starts a node with extra flags (`("history-maxlen", "5")`).
     pub async fn start_with(redis: &Redis, id: &str, opts: NodeOpts) -> Node {
-        Self::start_args(redis, id, opts, true).await
-    }
-
-    /// Starts a node without waiting for readiness (for nodes that must not become ready).
-    pub async fn start_unready(redis: &Redis, id: &str) -> Node {
-        Self::launch(redis, id, NodeOpts::default(), true).await
-    }
-
-    /// Starts a node with extra flags without waiting for readiness; `with_secret: false` leaves
-    /// out the harness's HS256 secret (a key file or key set in `opts` instead).
-    pub async fn start_unready_with(
-        redis: &Redis,
-        id: &str,
-        opts: NodeOpts,
-        with_secret: bool,
-    ) -> Node {
-        Self::launch(redis, id, opts, with_secret).await
-    }
-
-    /// Starts a node verifying tokens with the key file given in `opts` (no HS256 secret).
-    pub async fn start_with_key_file(redis: &Redis, id: &str, opts: NodeOpts) -> Node {
-        Self::start_args(redis, id, opts, false).await
-    }
-
-    async fn start_args(redis: &Redis, id: &str, opts: NodeOpts, with_secret: bool) -> Node {
-        let node = Self::launch(redis, id, opts, with_secret).await;
+        let node = Self::start_unready_with(redis, id, opts).await;
         node.wait_ready().await;
         node
     }
 
-    async fn launch(redis: &Redis, id: &str, opts: NodeOpts, with_secret: bool) -> Node {
+    /// Starts a node without waiting for readiness (for nodes that must not become ready).
+    pub async fn start_unready(redis: &Redis, id: &str) -> Node {
+        Self::start_unready_with(redis, id, NodeOpts::default()).await
+    }
+
+    /// Starts a node with extra flags without waiting for readiness.
+    pub async fn start_unready_with(redis: &Redis, id: &str, opts: NodeOpts) -> Node {
         init_logs();
         let public = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -291,14 +283,7 @@ impl Node {
             .await
             .expect("bind");
         let (pa, aa) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
-        let mut args = config_args(&redis.url(), id, pa.port(), aa.port(), &opts);
-        if !with_secret {
-            let i = args
-                .iter()
-                .position(|a| a == "--jwt-secret")
-                .expect("secret flag");
-            args.drain(i..i + 2);
-        }
+        let args = config_args(&redis.url(), id, pa.port(), aa.port(), &opts);
         let config = Config::try_from_args(args).expect("test config");
         let stop = CancellationToken::new();
         let task = tokio::spawn(fanout::run(

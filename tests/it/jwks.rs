@@ -199,18 +199,24 @@ async fn fixture(test: &str, kind: &str) -> Option<Fixture> {
     })
 }
 
-/// A node verifying against `keys`, with the given refresh and on-demand intervals.
-async fn jwks_node(redis: &Redis, keys: &KeyServer, refresh: u64, min_refetch: u64) -> Node {
-    let opts = NodeOpts::default()
+/// The settings of a node verifying against `keys`, with the given refresh and on-demand
+/// intervals.
+fn jwks_opts(keys: &KeyServer, refresh: u64, min_refetch: u64) -> NodeOpts {
+    NodeOpts::default()
+        .without_secret()
         .with("jwt-jwks-url", &keys.url())
         .with("jwt-algorithm", "RS256,ES256")
         .with("jwt-jwks-refresh-secs", &refresh.to_string())
-        .with("jwt-jwks-min-refetch-secs", &min_refetch.to_string());
-    Node::start_with_key_file(redis, "jwks", opts).await
+        .with("jwt-jwks-min-refetch-secs", &min_refetch.to_string())
 }
 
-async fn connects(node: &Node, token: &str) -> bool {
-    Client::connect(&node.url(), with_auth(token)).await.is_ok()
+/// An in-process node verifying against `keys`.
+async fn jwks_node(redis: &Redis, keys: &KeyServer, refresh: u64, min_refetch: u64) -> Node {
+    Node::start_with(redis, "jwks", jwks_opts(keys, refresh, min_refetch)).await
+}
+
+async fn connects(url: &str, token: &str) -> bool {
+    Client::connect(url, with_auth(token)).await.is_ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,16 +235,17 @@ async fn keys_rotate_without_a_restart_and_survive_an_outage() {
         return;
     };
     let k2 = Signer::new(dir.path(), "ec", "k2");
-    // Periodic fetches every 2 s; on-demand ones at most every second.
-    let node = jwks_node(&redis, &keys, 2, 1).await;
+    // Periodic fetches every 2 s; on-demand ones at most every second. A process of its own:
+    // its /metrics counts this node's fetches alone (in-process nodes share one recorder).
+    let node = NodeProcess::spawn(&redis, "jwks", jwks_opts(&keys, 2, 1)).await;
 
-    assert!(connects(&node, &k1.token("alice", 60, Some("k1"))).await);
+    assert!(connects(&node.url(), &k1.token("alice", 60, Some("k1"))).await);
     // One key in the set: a token without kid may use it.
-    assert!(connects(&node, &k1.token("alice", 60, None)).await);
+    assert!(connects(&node.url(), &k1.token("alice", 60, None)).await);
 
     // Key 2 published: its token is accepted at once (the unknown kid causes a fetch).
     keys.set(&[&k1.jwk, &k2.jwk]);
-    assert!(connects(&node, &k2.token("bob", 60, Some("k2"))).await);
+    assert!(connects(&node.url(), &k2.token("bob", 60, Some("k2"))).await);
     // Two keys now: a token without kid names none of them.
     let msg = refused(&node.url(), with_auth(&k2.token("bob", 60, None))).await;
     assert!(msg.starts_with("UNAUTHORIZED: invalid token"), "{msg}");
@@ -272,17 +279,18 @@ async fn keys_rotate_without_a_restart_and_survive_an_outage() {
     )
     .await;
     assert!(seen >= before + 2, "two failed fetches");
-    assert!(connects(&node, &k2.token("bob", 60, Some("k2"))).await);
+    assert!(connects(&node.url(), &k2.token("bob", 60, Some("k2"))).await);
     assert_eq!(http_status(node.public, "/readyz").await, 200);
     let metrics = http_raw(node.admin, "GET", "/metrics", None, None, "text/plain")
         .await
         .expect("metrics")
         .1;
-    assert!(
-        metrics.contains("fanout_jwks_fetches_total{outcome=\"error\"}"),
-        "failed fetches counted"
-    );
-    node.shutdown().await;
+    let failed: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("fanout_jwks_fetches_total{outcome=\"error\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(failed >= 2.0, "failed fetches counted: {failed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,7 +327,7 @@ async fn a_flood_of_unknown_kids_costs_one_fetch_per_interval() {
         keys.fetches() - at_start
     );
     // The real key still works without a fetch.
-    assert!(connects(&node, &k1.token("alice", 60, Some("k1"))).await);
+    assert!(connects(&node.url(), &k1.token("alice", 60, Some("k1"))).await);
     node.shutdown().await;
 }
 
@@ -391,10 +399,11 @@ async fn a_node_without_a_key_set_is_not_ready_and_refuses_handshakes() {
     };
     keys.set_down(true);
     let opts = NodeOpts::default()
+        .without_secret()
         .with("jwt-jwks-url", &keys.url())
         .with("jwt-algorithm", "ES256")
         .with("jwt-jwks-min-refetch-secs", "1");
-    let node = Node::start_unready_with(&redis, "nokeys", opts, false).await;
+    let node = Node::start_unready_with(&redis, "nokeys", opts).await;
     let seen = eventually(
         Duration::from_secs(10),
         Duration::from_millis(100),
@@ -414,7 +423,7 @@ async fn a_node_without_a_key_set_is_not_ready_and_refuses_handshakes() {
         ready_within(node.public, Duration::from_secs(10)).await,
         "ready once the key set arrived"
     );
-    assert!(connects(&node, &k1.token("alice", 60, Some("k1"))).await);
+    assert!(connects(&node.url(), &k1.token("alice", 60, Some("k1"))).await);
     node.shutdown().await;
 }
 
