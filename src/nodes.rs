@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::redis::Conn;
 use serde::{Deserialize, Serialize};
 use socketioxide::SocketIo;
 use tokio_util::sync::CancellationToken;
@@ -49,12 +49,12 @@ struct Stored<'a> {
 /// The node registry in Redis.
 #[derive(Clone)]
 pub struct Nodes {
-    conn: ConnectionManager,
+    conn: Conn,
 }
 
 impl Nodes {
     /// The registry over the node's shared connection.
-    pub fn new(conn: ConnectionManager) -> Self {
+    pub fn new(conn: Conn) -> Self {
         Nodes { conn }
     }
 
@@ -106,12 +106,7 @@ impl Nodes {
 }
 
 /// Writes this node's heartbeat until `cancel`, then removes it.
-pub async fn run_heartbeat(
-    conn: ConnectionManager,
-    io: SocketIo,
-    node_id: String,
-    cancel: CancellationToken,
-) {
+pub async fn run_heartbeat(conn: Conn, io: SocketIo, node_id: String, cancel: CancellationToken) {
     let nodes = Nodes::new(conn);
     let started_at = clock::now_iso();
     let mut tick = tokio::time::interval(HEARTBEAT);

@@ -6,13 +6,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::redis::Conn;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::serve::ListenerExt;
-use redis::aio::ConnectionManager;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -82,7 +82,7 @@ pub enum RunError {
 
 #[derive(Clone)]
 struct PublicState {
-    conn: ConnectionManager,
+    conn: Conn,
     health: Arc<Health>,
     /// Whether this node's own events come back through its reader.
     canary: Arc<Canary>,

@@ -2,7 +2,7 @@
 //! its pub/sub channel. The subscription itself is the relay's own connection
 //! ([`super::relay`]).
 
-use redis::aio::ConnectionManager;
+use crate::redis::Conn;
 
 use crate::redis::keys;
 
@@ -13,12 +13,12 @@ pub const SESSION_TTL_SECS: u64 = 86_400;
 /// The Admin UI's Redis commands, on the node's shared connection.
 #[derive(Clone)]
 pub struct AdminStore {
-    conn: ConnectionManager,
+    conn: Conn,
 }
 
 impl AdminStore {
     /// A store on `conn`.
-    pub fn new(conn: ConnectionManager) -> Self {
+    pub fn new(conn: Conn) -> Self {
         AdminStore { conn }
     }
 

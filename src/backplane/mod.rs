@@ -21,7 +21,7 @@ pub mod deliver;
 pub mod reader;
 pub mod sampling;
 
-use redis::aio::ConnectionManager;
+use crate::redis::Conn;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -149,7 +149,7 @@ impl crate::error::StoreError for PublishError {
 /// The publishing half of the backplane.
 #[derive(Clone)]
 pub struct Backplane {
-    conn: ConnectionManager,
+    conn: Conn,
     node_id: String,
     shards: u16,
     maxlen: u64,
@@ -157,7 +157,7 @@ pub struct Backplane {
 
 impl Backplane {
     /// A publisher over the node's shared command connection.
-    pub fn new(conn: ConnectionManager, node_id: String, shards: u16, maxlen: u64) -> Self {
+    pub fn new(conn: Conn, node_id: String, shards: u16, maxlen: u64) -> Self {
         Backplane {
             conn,
             node_id,

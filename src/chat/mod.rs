@@ -146,11 +146,7 @@ pub struct Chats {
 
 impl Chats {
     /// A service over the node's shared connection and backplane publisher.
-    pub fn new(
-        conn: redis::aio::ConnectionManager,
-        backplane: Backplane,
-        settings: ChatSettings,
-    ) -> Self {
+    pub fn new(conn: crate::redis::Conn, backplane: Backplane, settings: ChatSettings) -> Self {
         Chats {
             store: ChatStore::new(conn, backplane.shards()),
             backplane,

@@ -15,7 +15,7 @@
 
 use std::collections::HashSet;
 
-use redis::aio::ConnectionManager;
+use crate::redis::Conn;
 
 use crate::error::DomainError;
 use crate::metrics::redis_op;
@@ -25,13 +25,13 @@ use crate::redis::scripts::{self, chat_history, chat_send};
 /// The chat domain's view of Redis.
 #[derive(Clone)]
 pub struct ChatStore {
-    conn: ConnectionManager,
+    conn: Conn,
     shards: u16,
 }
 
 impl ChatStore {
     /// A store over the node's shared connection, for a deployment of `shards` backplane shards.
-    pub fn new(conn: ConnectionManager, shards: u16) -> Self {
+    pub fn new(conn: Conn, shards: u16) -> Self {
         ChatStore { conn, shards }
     }
 

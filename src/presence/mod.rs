@@ -29,7 +29,7 @@ pub mod sweep;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::redis::Conn;
 use serde_json::json;
 
 use crate::backplane::{Action, Backplane};
@@ -94,7 +94,7 @@ pub struct Presence {
 
 impl Presence {
     /// A service over the node's shared connection.
-    pub fn new(conn: ConnectionManager, backplane: Backplane, chats: Chats, ttl: Duration) -> Self {
+    pub fn new(conn: Conn, backplane: Backplane, chats: Chats, ttl: Duration) -> Self {
         Presence {
             store: PresenceStore::new(conn),
             backplane,

@@ -14,7 +14,7 @@
 //!
 //! Methods return domain types; replies are parsed here and in the script contracts.
 
-use redis::aio::ConnectionManager;
+use crate::redis::Conn;
 use serde::{Deserialize, Serialize};
 
 use super::rule;
@@ -65,12 +65,12 @@ impl SocketField {
 /// The presence domain's view of Redis.
 #[derive(Clone)]
 pub struct PresenceStore {
-    conn: ConnectionManager,
+    conn: Conn,
 }
 
 impl PresenceStore {
     /// A store over the node's shared connection.
-    pub fn new(conn: ConnectionManager) -> Self {
+    pub fn new(conn: Conn) -> Self {
         PresenceStore { conn }
     }
 

@@ -11,7 +11,8 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, MultiplexedConnection};
+use crate::redis::Conn;
+use redis::aio::MultiplexedConnection;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -27,7 +28,7 @@ const BATCH: usize = 100;
 /// idle with a dead consumer.
 pub async fn run(
     client: redis::Client,
-    conn: ConnectionManager,
+    conn: Conn,
     publisher: Publisher,
     node_id: String,
     claim_idle: Duration,

@@ -12,7 +12,8 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager};
+use crate::redis::Conn;
+use redis::aio::ConnectionLike;
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 
 use crate::redis::keys;
@@ -84,12 +85,12 @@ pub async fn read_new(
 /// The consumer group's commands on the shared connection.
 #[derive(Clone)]
 pub struct PublishStore {
-    conn: ConnectionManager,
+    conn: Conn,
 }
 
 impl PublishStore {
     /// A store over the node's shared connection.
-    pub fn new(conn: ConnectionManager) -> Self {
+    pub fn new(conn: Conn) -> Self {
         PublishStore { conn }
     }
 

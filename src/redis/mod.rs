@@ -18,6 +18,9 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The node's shared command connection, whatever the Redis mode: every store holds a clone.
+pub type Conn = ConnectionManager;
+
 /// Parses and checks a Redis URL.
 pub fn parse_url(url: &str) -> redis::RedisResult<Client> {
     Client::open(url)
@@ -25,7 +28,7 @@ pub fn parse_url(url: &str) -> redis::RedisResult<Client> {
 
 /// The shared, self-reconnecting connection for ordinary commands. Created lazily, so a node
 /// starts (and reports not-ready) while Redis is down.
-pub fn command_connection(client: &Client) -> redis::RedisResult<ConnectionManager> {
+pub fn command_connection(client: &Client) -> redis::RedisResult<Conn> {
     let config = ConnectionManagerConfig::new()
         .set_response_timeout(Some(COMMAND_TIMEOUT))
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -52,7 +55,7 @@ pub async fn blocking_connection(
 }
 
 /// True when Redis answers PING within the command timeout.
-pub async fn ping(conn: &mut ConnectionManager) -> bool {
+pub async fn ping(conn: &mut Conn) -> bool {
     let res: redis::RedisResult<String> = redis::cmd("PING").query_async(conn).await;
     res.is_ok()
 }

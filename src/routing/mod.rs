@@ -8,7 +8,7 @@ pub mod store;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use redis::aio::ConnectionManager;
+use crate::redis::Conn;
 
 use crate::clock;
 use crate::error::{ClientError, ErrorCode};
@@ -51,7 +51,7 @@ pub fn service_of(event: &str) -> Option<&str> {
 impl Router {
     /// A router over the node's connection for the given (service, stream) pairs.
     pub fn new(
-        conn: ConnectionManager,
+        conn: Conn,
         node_id: Arc<str>,
         services: Vec<(String, String)>,
         maxlen: u64,

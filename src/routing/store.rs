@@ -1,7 +1,7 @@
 //! The services' streams in Redis: one `XADD` per routed event, its envelope one stream field
 //! per key (docs/protocol.md §8), trimmed approximately to `SERVICE_STREAM_MAXLEN`.
 
-use redis::aio::ConnectionManager;
+use crate::redis::Conn;
 
 /// A routed event as its service reads it.
 #[derive(Debug, Clone, Copy)]
@@ -23,13 +23,13 @@ pub struct Envelope<'a> {
 /// Appends to the services' streams over the node's shared connection.
 #[derive(Clone)]
 pub struct ServiceStreams {
-    conn: ConnectionManager,
+    conn: Conn,
     maxlen: u64,
 }
 
 impl ServiceStreams {
     /// Streams trimmed to about `maxlen` entries.
-    pub fn new(conn: ConnectionManager, maxlen: u64) -> Self {
+    pub fn new(conn: Conn, maxlen: u64) -> Self {
         ServiceStreams { conn, maxlen }
     }
 
