@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+pub mod redis_mode;
+
 /// JWT signature algorithms a node can be pinned to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 #[value(rename_all = "UPPER")]
@@ -47,25 +49,53 @@ pub struct Config {
     #[arg(long, env = "ADMIN_PORT", default_value_t = 9100)]
     pub admin_port: u16,
 
-    /// Redis URL; when absent it is built from REDIS_HOST/PORT/PASSWORD/DB.
+    /// Redis URL (one Redis); when absent it is built from REDIS_HOST/PORT/PASSWORD/DB.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
 
-    /// Redis host (used when REDIS_URL is not set).
-    #[arg(long, env = "REDIS_HOST", default_value = "127.0.0.1")]
-    pub redis_host: String,
+    /// Redis host (one Redis, when REDIS_URL is not set; default 127.0.0.1).
+    #[arg(long, env = "REDIS_HOST")]
+    pub redis_host: Option<String>,
 
-    /// Redis port (used when REDIS_URL is not set).
-    #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
-    pub redis_port: u16,
+    /// Redis port (one Redis, when REDIS_URL is not set; default 6379).
+    #[arg(long, env = "REDIS_PORT")]
+    pub redis_port: Option<u16>,
 
-    /// Redis password (used when REDIS_URL is not set).
+    /// Redis user name (ACL), for every Redis mode.
+    #[arg(long, env = "REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+
+    /// Redis password, for every Redis mode (and the sentinels unless REDIS_SENTINEL_PASSWORD).
     #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<String>,
 
-    /// Redis database number (used when REDIS_URL is not set).
-    #[arg(long, env = "REDIS_DB", default_value_t = 0)]
-    pub redis_db: u32,
+    /// Redis database number (one Redis or Sentinel, when REDIS_URL is not set; default 0).
+    #[arg(long, env = "REDIS_DB")]
+    pub redis_db: Option<u32>,
+
+    /// Redis Cluster mode: seed nodes, `host:port,...`.
+    #[arg(long, env = "REDIS_CLUSTER_NODES", value_delimiter = ',')]
+    pub redis_cluster_nodes: Vec<String>,
+
+    /// Sentinel mode: the sentinels, `host:port,...` (with REDIS_SENTINEL_MASTER).
+    #[arg(long, env = "REDIS_SENTINELS", value_delimiter = ',')]
+    pub redis_sentinels: Vec<String>,
+
+    /// Sentinel mode: the name of the monitored master.
+    #[arg(long, env = "REDIS_SENTINEL_MASTER")]
+    pub redis_sentinel_master: Option<String>,
+
+    /// Sentinel mode: the sentinels' password when it differs from REDIS_PASSWORD.
+    #[arg(long, env = "REDIS_SENTINEL_PASSWORD", hide_env_values = true)]
+    pub redis_sentinel_password: Option<String>,
+
+    /// Replicas that must confirm a chat message (Redis `WAIT`) before it is ACCEPTED; 0 = none.
+    #[arg(long, env = "REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+
+    /// How long `WAIT` may take for REDIS_WAIT_REPLICAS, ms.
+    #[arg(long, env = "REDIS_WAIT_TIMEOUT_MS", default_value_t = 1000)]
+    pub redis_wait_timeout_ms: u64,
 
     /// HS256 secret. Exactly one of JWT_SECRET, JWT_PUBLIC_KEY_FILE and JWT_JWKS_URL must be set.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
@@ -367,8 +397,7 @@ impl Config {
         {
             return Err("invalid setting NODE_ID: 1-128 characters of [A-Za-z0-9_.:@-]".into());
         }
-        crate::redis::parse_url(&self.redis_url())
-            .map_err(|e| format!("invalid setting REDIS_URL: {e}"))?;
+        self.redis()?;
         self.service_streams()?;
         self.admin_ui()?;
         Ok(())
@@ -506,21 +535,25 @@ impl Config {
         Ok(out)
     }
 
-    /// The effective Redis URL.
+    /// The effective Redis URL of the one-Redis mode (REDIS_URL, or built from
+    /// REDIS_HOST/PORT/PASSWORD/DB). REDIS_USERNAME and REDIS_PASSWORD are applied on top of it
+    /// by [`Config::redis`], so they need no URL escaping.
     pub fn redis_url(&self) -> String {
         if let Some(url) = &self.redis_url {
             return url.clone();
         }
-        match &self.redis_password {
-            Some(pw) => format!(
-                "redis://:{}@{}:{}/{}",
-                pw, self.redis_host, self.redis_port, self.redis_db
-            ),
-            None => format!(
-                "redis://{}:{}/{}",
-                self.redis_host, self.redis_port, self.redis_db
-            ),
-        }
+        format!(
+            "redis://{}:{}/{}",
+            self.redis_host.as_deref().unwrap_or("127.0.0.1"),
+            self.redis_port.unwrap_or(6379),
+            self.redis_db.unwrap_or(0)
+        )
+    }
+
+    /// The Redis mode, credentials and durability settings, or the line naming what is wrong
+    /// (two modes at once name both settings).
+    pub fn redis(&self) -> Result<redis_mode::RedisSettings, String> {
+        redis_mode::RedisSettings::from_config(self)
     }
 
     /// The `TCP_USER_TIMEOUT` to set on accepted public connections, `None` when off. The

@@ -185,5 +185,163 @@ fn redis_url_from_parts() {
         "p",
     ]);
     let c = Config::try_from_args(args).expect("valid");
-    assert_eq!(c.redis_url(), "redis://:p@h:1/0");
+    // The password is applied on top of the URL (no escaping needed), not written into it.
+    assert_eq!(c.redis_url(), "redis://h:1/0");
+    let s = c.redis().expect("redis");
+    assert_eq!(s.password.as_deref(), Some("p"));
+}
+
+fn with(extra: &[&'static str]) -> Result<Config, String> {
+    let mut args = base();
+    args.extend(extra);
+    Config::try_from_args(args)
+}
+
+#[test]
+fn one_redis_is_the_default_mode_and_takes_credentials() {
+    use redis_mode::{RedisMode, WaitSettings};
+    let s = with(&[]).expect("valid").redis().expect("redis");
+    assert_eq!(s.mode, RedisMode::Single("redis://127.0.0.1:6379/0".into()));
+    assert_eq!(
+        s.wait,
+        WaitSettings {
+            replicas: 0,
+            timeout: Duration::from_millis(1000)
+        }
+    );
+    let s = with(&["--redis-username", "u", "--redis-password", "p:@/x"])
+        .expect("valid")
+        .redis()
+        .expect("redis");
+    assert_eq!(
+        (s.username.as_deref(), s.password.as_deref()),
+        (Some("u"), Some("p:@/x"))
+    );
+    // The password never shows in a log line of the settings.
+    assert!(!format!("{s:?}").contains("p:@/x"), "{s:?}");
+}
+
+#[test]
+fn cluster_and_sentinel_modes_parse_their_addresses() {
+    use redis_mode::{NodeAddr, RedisMode};
+    let c = with(&[
+        "--redis-cluster-nodes",
+        "127.0.0.1:7000, redis-1:7001,[::1]:7002",
+    ])
+    .expect("valid");
+    let RedisMode::Cluster { nodes } = c.redis().expect("redis").mode else {
+        panic!("not cluster mode");
+    };
+    let shown: Vec<String> = nodes.iter().map(NodeAddr::to_string).collect();
+    assert_eq!(shown, ["127.0.0.1:7000", "redis-1:7001", "[::1]:7002"]);
+    let s = with(&[
+        "--redis-sentinels",
+        "s1:26379,s2:26379",
+        "--redis-sentinel-master",
+        "mymaster",
+        "--redis-sentinel-password",
+        "sp",
+        "--redis-wait-replicas",
+        "1",
+        "--redis-wait-timeout-ms",
+        "250",
+    ])
+    .expect("valid")
+    .redis()
+    .expect("redis");
+    assert!(matches!(
+        s.mode,
+        RedisMode::Sentinel { ref sentinels, ref master, db: 0 }
+            if sentinels.len() == 2 && master == "mymaster"
+    ));
+    assert_eq!(s.sentinel_password.as_deref(), Some("sp"));
+    assert_eq!(
+        (s.wait.replicas, s.wait.timeout),
+        (1, Duration::from_millis(250))
+    );
+}
+
+#[test]
+fn two_redis_modes_stop_start_up_naming_both() {
+    for (extra, names) in [
+        (
+            vec![
+                "--redis-cluster-nodes",
+                "a:1",
+                "--redis-sentinels",
+                "b:2",
+                "--redis-sentinel-master",
+                "m",
+            ],
+            ["REDIS_CLUSTER_NODES", "REDIS_SENTINELS"],
+        ),
+        (
+            vec!["--redis-url", "redis://x", "--redis-cluster-nodes", "a:1"],
+            ["REDIS_URL", "REDIS_CLUSTER_NODES"],
+        ),
+        (
+            vec!["--redis-host", "h", "--redis-sentinel-master", "m"],
+            ["REDIS_HOST", "REDIS_SENTINEL_MASTER"],
+        ),
+        (
+            vec!["--redis-port", "1", "--redis-cluster-nodes", "a:1"],
+            ["REDIS_PORT", "REDIS_CLUSTER_NODES"],
+        ),
+    ] {
+        let e = with(&extra).unwrap_err();
+        assert!(!e.contains('\n'), "{e}");
+        for name in names {
+            assert!(e.contains(name), "{extra:?}: {e}");
+        }
+    }
+}
+
+#[test]
+fn bad_redis_mode_values_are_one_line_naming_the_setting() {
+    for (extra, name) in [
+        (vec!["--redis-cluster-nodes", "a"], "REDIS_CLUSTER_NODES"),
+        (vec!["--redis-cluster-nodes", "a:0"], "REDIS_CLUSTER_NODES"),
+        (
+            vec!["--redis-cluster-nodes", "a:99999"],
+            "REDIS_CLUSTER_NODES",
+        ),
+        (vec!["--redis-cluster-nodes", ","], "REDIS_CLUSTER_NODES"),
+        (
+            vec!["--redis-cluster-nodes", "::1:7000"],
+            "REDIS_CLUSTER_NODES",
+        ),
+        (
+            vec!["--redis-cluster-nodes", "a:1", "--redis-db", "2"],
+            "REDIS_DB",
+        ),
+        (vec!["--redis-sentinels", "s:1"], "REDIS_SENTINEL_MASTER"),
+        (vec!["--redis-sentinel-master", "m"], "REDIS_SENTINELS"),
+        (
+            vec!["--redis-sentinels", "s:1", "--redis-sentinel-master", " "],
+            "REDIS_SENTINEL_MASTER",
+        ),
+        (
+            vec!["--redis-sentinel-password", "p"],
+            "REDIS_SENTINEL_PASSWORD",
+        ),
+        (vec!["--redis-url", "nope://x"], "REDIS_URL"),
+        (
+            vec!["--redis-url", "redis://x", "--redis-db", "1"],
+            "REDIS_DB",
+        ),
+        (
+            vec!["--redis-wait-timeout-ms", "0"],
+            "REDIS_WAIT_TIMEOUT_MS",
+        ),
+        (
+            vec!["--redis-wait-timeout-ms", "60001"],
+            "REDIS_WAIT_TIMEOUT_MS",
+        ),
+        (vec!["--redis-wait-replicas", "x"], "--redis-wait-replicas"),
+        (vec!["--redis-wait-replicas", "17"], "REDIS_WAIT_REPLICAS"),
+        (vec!["--redis-username", ""], "REDIS_USERNAME"),
+    ] {
+        let e = with(&extra).unwrap_err();
+        assert!(!e.contains('\n') && e.contains(name), "{extra:?}: {e}");
+    }
 }
