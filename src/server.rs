@@ -106,10 +106,15 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
         .into();
-    let client = crate::redis::parse_url(&config.redis_url())
-        .map_err(|e| RunError::Config(format!("invalid setting REDIS_URL: {e}")))?;
-    let conn = crate::redis::command_connection(&client)
-        .map_err(|e| RunError::Config(format!("invalid setting REDIS_URL: {e}")))?;
+    let redis_settings = config.redis().map_err(RunError::Config)?;
+    let redis = crate::redis::Redis::new(&redis_settings)
+        .map_err(|e| RunError::Config(format!("invalid Redis settings: {e}")))?;
+    let conn = redis.conn();
+    // The blocking readers and subscribers below still take one client: the one Redis, or the
+    // Sentinel master named at start-up (they do not follow a failover yet), or in Cluster
+    // mode the master of slot 0 (they are not cluster-aware yet; see docs/operations.md).
+    let client = primary_client(&redis).await.map_err(RunError::Config)?;
+    tracing::info!(mode = redis.mode(), "redis");
     let auth = Authenticator::from_config(&config).map_err(RunError::Config)?;
     // JWKS mode: the key set is fetched in the background; handshakes are refused (and the
     // node is not ready) until the first fetch succeeds.
@@ -340,6 +345,28 @@ pub async fn run(
     }
     tracing::info!(node = %node_id, "stopped");
     Ok(())
+}
+
+/// The client of the blocking readers: in Sentinel and Cluster mode the sentinels or the
+/// cluster must answer within a bound at start-up (`invalid` settings or Redis away stop it
+/// with one line); one Redis is not contacted here.
+async fn primary_client(redis: &crate::redis::Redis) -> Result<redis::Client, String> {
+    let limit = crate::redis::CONNECT_TIMEOUT * 5;
+    let every = Duration::from_millis(250);
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match redis.primary_client().await {
+            Ok(c) => return Ok(c),
+            Err(e) if tokio::time::Instant::now() + every > deadline => {
+                return Err(format!(
+                    "redis ({} mode) not reachable within {} s: {e}",
+                    redis.mode(),
+                    limit.as_secs()
+                ));
+            }
+            Err(_) => tokio::time::sleep(every).await,
+        }
+    }
 }
 
 /// 200 when Redis answers, the backplane reader is reading and Redis sends the expiry events

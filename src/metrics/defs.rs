@@ -166,6 +166,27 @@ metric!(
     "Lua script invocations (single or pipelined), by script."
 );
 
+metric!(
+    /// Latency by master.
+    REDIS_MASTER_COMMAND_DURATION, "fanout_redis_master_command_duration_seconds", Histogram, ["master"],
+    "Latency of commands and pipelines on the shared Redis connection, by master (host:port; in Cluster mode the master owning the first key's slot, `any` for keyless commands; `unknown` before a Sentinel master is found)."
+);
+metric!(
+    /// Errors by master.
+    REDIS_MASTER_ERRORS, "fanout_redis_master_errors_total", Counter, ["master", "kind"],
+    "Failed commands and pipelines on the shared Redis connection, by master (as above) and kind: timeout, unavailable, error."
+);
+metric!(
+    /// Topology changes.
+    REDIS_TOPOLOGY_CHANGES, "fanout_redis_topology_changes_total", Counter, ["mode"],
+    "Redis topology changes this node saw: mode cluster (the slot map changed: a replica promoted, slots moved) or sentinel (the sentinels named another master)."
+);
+metric!(
+    /// WAIT timeouts.
+    REDIS_WAIT_TIMEOUTS, "fanout_redis_wait_timeouts_total", Counter, [],
+    "Redis WAITs (REDIS_WAIT_REPLICAS) that timed out with fewer replicas confirming than asked."
+);
+
 // ---- presence -------------------------------------------------------------------------------
 metric!(
     /// Presence transitions decided here.
@@ -252,6 +273,10 @@ pub const ALL: &[Metric] = &[
     REDIS_COMMAND_DURATION,
     REDIS_ERRORS,
     REDIS_SCRIPT_CALLS,
+    REDIS_MASTER_COMMAND_DURATION,
+    REDIS_MASTER_ERRORS,
+    REDIS_TOPOLOGY_CHANGES,
+    REDIS_WAIT_TIMEOUTS,
     PRESENCE_TRANSITIONS,
     KEYSPACE_NOTIFICATIONS,
     PRESENCE_SWEEP_CLAIMS,

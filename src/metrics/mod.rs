@@ -159,6 +159,10 @@ fn register_known_series() {
     }
     let _ = histogram!(DELIVERY_LATENCY.name);
     counter!(REDIS_ERRORS.name, "op" => "xadd", "kind" => "unavailable").absolute(0);
+    for mode in ["cluster", "sentinel"] {
+        counter!(REDIS_TOPOLOGY_CHANGES.name, "mode" => mode).absolute(0);
+    }
+    counter!(REDIS_WAIT_TIMEOUTS.name).absolute(0);
     for (kind, reason) in [
         ("online", "connect"),
         ("online", "refresh"),
@@ -428,6 +432,34 @@ pub fn redis_error(op: &'static str, e: &redis::RedisError) {
         "error"
     };
     counter!(REDIS_ERRORS.name, "op" => op, "kind" => kind).increment(1);
+}
+
+/// Times a command (or pipeline) of the shared connection by the master it went to, and
+/// counts its failure.
+pub fn redis_master_command(master: &str, start: Instant, error: Option<&redis::RedisError>) {
+    let master = master.to_owned();
+    histogram!(REDIS_MASTER_COMMAND_DURATION.name, "master" => master.clone())
+        .record(start.elapsed().as_secs_f64());
+    if let Some(e) = error {
+        let kind = if e.is_timeout() {
+            "timeout"
+        } else if crate::error::is_unavailable(e) {
+            "unavailable"
+        } else {
+            "error"
+        };
+        counter!(REDIS_MASTER_ERRORS.name, "master" => master, "kind" => kind).increment(1);
+    }
+}
+
+/// The node saw the Redis topology change (`cluster` or `sentinel`).
+pub fn redis_topology_change(mode: &'static str) {
+    counter!(REDIS_TOPOLOGY_CHANGES.name, "mode" => mode).increment(1);
+}
+
+/// A `WAIT` ended with fewer replicas than asked.
+pub fn redis_wait_timeout() {
+    counter!(REDIS_WAIT_TIMEOUTS.name).increment(1);
 }
 
 /// A Lua script was invoked (alone or in a pipeline).

@@ -1,16 +1,20 @@
 //! Redis access: connections, the Lua scripts, and (in [`keys`]) every key name.
 //!
-//! A node holds one multiplexed [`ConnectionManager`] for ordinary commands — Redis is
-//! single-threaded, so one pipelined connection carries a node's whole load and reconnects by
-//! itself — and opens a dedicated connection without a response timeout for each blocking
-//! reader (an `XREAD BLOCK` on the shared connection would stall every command behind it).
+//! A node holds one [`Redis`] handle (one Redis, Redis Cluster or Sentinel: see [`conn`]) and
+//! its one multiplexed [`Conn`] for ordinary commands — Redis is single-threaded, so one
+//! pipelined connection per server carries a node's whole load and reconnects by itself — and
+//! opens a dedicated connection with a long response timeout for each blocking reader (an
+//! `XREAD BLOCK` on the shared connection would stall every command behind it).
 
+pub mod conn;
 pub mod keys;
 pub mod scripts;
 
+pub use conn::{Conn, Master, Redis, slot_of};
+
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client};
 
 /// How long an ordinary command may take before the caller gets `UNAVAILABLE`.
@@ -18,25 +22,9 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The node's shared command connection, whatever the Redis mode: every store holds a clone.
-pub type Conn = ConnectionManager;
-
 /// Parses and checks a Redis URL.
 pub fn parse_url(url: &str) -> redis::RedisResult<Client> {
     Client::open(url)
-}
-
-/// The shared, self-reconnecting connection for ordinary commands. Created lazily, so a node
-/// starts (and reports not-ready) while Redis is down.
-pub fn command_connection(client: &Client) -> redis::RedisResult<Conn> {
-    let config = ConnectionManagerConfig::new()
-        .set_response_timeout(Some(COMMAND_TIMEOUT))
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        // Fail fast while Redis is away: callers answer UNAVAILABLE and the next command
-        // tries again, instead of every caller waiting through a long retry schedule.
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_millis(500));
-    ConnectionManager::new_lazy_with_config(client.clone(), config)
 }
 
 /// A dedicated connection for blocking reads of at most `block`, never shared. Its response

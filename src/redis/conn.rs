@@ -1,0 +1,875 @@
+//! The node's Redis, whatever the mode (docs/protocol.md §7): one [`Redis`] handle built from
+//! [`RedisSettings`], its shared command connection [`Conn`], and the dedicated connections of
+//! blocking readers and subscribers.
+//!
+//! | mode | [`Conn`] | [`Redis::client_for_key`] | [`Redis::masters`] |
+//! |---|---|---|---|
+//! | one Redis | a `ConnectionManager` (reconnects by itself) | that Redis | that Redis |
+//! | Cluster | redis-rs's `cluster_async::ClusterConnection` (slot routing, `MOVED`/`ASK`, replica promotion) | the master owning the key's slot now | every master, with its slots |
+//! | Sentinel | a `ConnectionManager` to the master the sentinels name, replaced when they name another | the current master | the current master |
+//!
+//! A dedicated connection (a blocking `XREAD`, a subscriber) is opened from a [`Client`] that
+//! one of these functions returns, with [`super::blocking_connection`] or
+//! `Client::get_async_pubsub`. It points at one server: after a failover or a slot migration
+//! the owner asks again (its connection fails, or [`Redis::topology_generation`] moved on).
+//!
+//! Every mode watches its topology in the background (every [`TOPOLOGY_POLL`]): Cluster mode
+//! keeps the slot map [`Redis::client_for_key`] reads, Sentinel mode asks the sentinels for the
+//! master; a change is counted (`fanout_redis_topology_changes_total`) and logged.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{
+    Client, Cmd, ConnectionAddr, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisFuture,
+    RedisResult, ServerErrorKind, Value,
+};
+
+use super::{COMMAND_TIMEOUT, CONNECT_TIMEOUT};
+use crate::config::redis_mode::{NodeAddr, RedisMode, RedisSettings};
+
+/// How often the topology (slot map, current master) is checked in the background.
+pub const TOPOLOGY_POLL: Duration = Duration::from_secs(1);
+/// How long one master discovery through the sentinels may take.
+pub const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Slots of Redis Cluster.
+pub const SLOTS: u16 = 16384;
+
+/// The Redis slot of `key` (of its `{hash tag}` when it has one), as Redis Cluster computes
+/// it: CRC16/XMODEM modulo 16384. (redis-rs computes it too but does not expose the number.)
+pub fn slot_of(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key);
+    let mut crc: u16 = 0;
+    for &byte in tagged {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % SLOTS
+}
+
+/// One master and the slots it serves (`0..=16383` outside Cluster mode).
+#[derive(Debug, Clone)]
+pub struct Master {
+    /// `host:port`, as the topology names it (also the `master` label of the metrics).
+    pub addr: String,
+    /// Inclusive slot ranges.
+    pub slots: Vec<(u16, u16)>,
+    /// A client for it, with the node's credentials.
+    pub client: Client,
+}
+
+/// The node's handle on Redis: built once from the settings, cloned freely.
+#[derive(Clone)]
+pub struct Redis {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    settings: RedisSettings,
+    conn: Conn,
+    /// Bumped on every topology change seen (a promoted master, moved slots).
+    generation: Arc<AtomicU64>,
+}
+
+/// The node's shared, multiplexed command connection in every mode: clone it freely, use it
+/// with `query_async`, pipelines and scripts like any `redis::aio::ConnectionLike`. Never give
+/// it a blocking command (see [`super::blocking_connection`]).
+#[derive(Clone)]
+pub struct Conn {
+    inner: Inner,
+}
+
+#[derive(Clone)]
+enum Inner {
+    Single {
+        conn: ConnectionManager,
+        addr: Arc<str>,
+    },
+    Cluster {
+        conn: ClusterConnection,
+        map: Arc<SlotMap>,
+    },
+    Sentinel(Arc<SentinelShared>),
+}
+
+impl Redis {
+    /// Builds the handle and its command connection. No I/O happens here: a node starts (and
+    /// reports not ready) while Redis is away. Must run inside a tokio runtime: the topology
+    /// watcher is spawned here and stops when the last clone of the handle and its [`Conn`]s
+    /// are gone.
+    pub fn new(settings: &RedisSettings) -> RedisResult<Redis> {
+        let generation = Arc::new(AtomicU64::new(0));
+        let response_timeout = response_timeout(settings);
+        let inner = match &settings.mode {
+            RedisMode::Single(url) => {
+                let client = single_client(url, settings)?;
+                let addr: Arc<str> = client.get_connection_info().addr().to_string().into();
+                let config = manager_config(response_timeout);
+                let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+                Inner::Single { conn, addr }
+            }
+            RedisMode::Cluster { nodes } => {
+                let client = cluster_client(nodes, settings, response_timeout)?;
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(CONNECT_TIMEOUT)
+                    .set_response_timeout(response_timeout);
+                let conn = client.get_pending_async_connection_with_config(config);
+                let map = Arc::new(SlotMap {
+                    ranges: RwLock::new(Vec::new()),
+                    seeds: nodes.clone(),
+                    settings: settings.clone(),
+                    generation: generation.clone(),
+                });
+                tokio::spawn(watch_cluster(conn.clone(), Arc::downgrade(&map)));
+                Inner::Cluster { conn, map }
+            }
+            RedisMode::Sentinel {
+                sentinels,
+                master,
+                db,
+            } => {
+                let shared = Arc::new(SentinelShared::new(
+                    sentinels,
+                    master,
+                    *db,
+                    settings,
+                    response_timeout,
+                    generation.clone(),
+                )?);
+                tokio::spawn(watch_sentinel(Arc::downgrade(&shared)));
+                Inner::Sentinel(shared)
+            }
+        };
+        Ok(Redis {
+            shared: Arc::new(Shared {
+                settings: settings.clone(),
+                conn: Conn { inner },
+                generation,
+            }),
+        })
+    }
+
+    /// The validated settings it was built from.
+    pub fn settings(&self) -> &RedisSettings {
+        &self.shared.settings
+    }
+
+    /// `single`, `cluster` or `sentinel`.
+    pub fn mode(&self) -> &'static str {
+        self.shared.settings.mode.name()
+    }
+
+    /// The shared command connection (a clone).
+    pub fn conn(&self) -> Conn {
+        self.shared.conn.clone()
+    }
+
+    /// How many topology changes this handle has seen: an owner of a dedicated connection
+    /// that remembers it can tell when to ask [`Self::client_for_key`] again.
+    pub fn topology_generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Relaxed)
+    }
+
+    /// A client for the master that serves `key` now: the one Redis, the current Sentinel
+    /// master, or the Cluster master owning the key's slot (the slot map is read first when
+    /// it is not known yet). For a blocking reader or a subscriber of that key (a stream, a
+    /// shard channel `SSUBSCRIBE`d with the key's hash tag).
+    pub async fn client_for_key(&self, key: &[u8]) -> RedisResult<Client> {
+        match &self.shared.conn.inner {
+            Inner::Single { conn: _, .. } => single_client_of(&self.shared.settings),
+            Inner::Sentinel(s) => s.master_client().await,
+            Inner::Cluster { conn, map } => {
+                let slot = slot_of(key);
+                if let Some(addr) = map.owner(slot) {
+                    return map.client(&addr);
+                }
+                map.refresh(&mut conn.clone()).await?;
+                let addr = map.owner(slot).ok_or_else(|| {
+                    RedisError::from((
+                        ErrorKind::Server(ServerErrorKind::ClusterDown),
+                        "no master serves the slot",
+                        slot.to_string(),
+                    ))
+                })?;
+                map.client(&addr)
+            }
+        }
+    }
+
+    /// Every master with its slots (read fresh from the cluster in Cluster mode): for work
+    /// done on each master, such as listening to `__keyevent@*__:expired`, which Redis
+    /// Cluster delivers only on the master where the key expired.
+    pub async fn masters(&self) -> RedisResult<Vec<Master>> {
+        match &self.shared.conn.inner {
+            Inner::Single { addr, .. } => Ok(vec![Master {
+                addr: addr.to_string(),
+                slots: vec![(0, SLOTS - 1)],
+                client: single_client_of(&self.shared.settings)?,
+            }]),
+            Inner::Sentinel(s) => {
+                let client = s.master_client().await?;
+                Ok(vec![Master {
+                    addr: client.get_connection_info().addr().to_string(),
+                    slots: vec![(0, SLOTS - 1)],
+                    client,
+                }])
+            }
+            Inner::Cluster { conn, map } => {
+                let ranges = map.refresh(&mut conn.clone()).await?;
+                let mut masters: Vec<Master> = Vec::new();
+                for r in ranges {
+                    match masters.iter_mut().find(|m| m.addr == *r.addr) {
+                        Some(m) => m.slots.push((r.start, r.end)),
+                        None => masters.push(Master {
+                            addr: r.addr.to_string(),
+                            slots: vec![(r.start, r.end)],
+                            client: map.client(&r.addr)?,
+                        }),
+                    }
+                }
+                Ok(masters)
+            }
+        }
+    }
+
+    /// A dedicated connection for blocking reads of at most `block` on the master serving
+    /// `key` (see [`super::blocking_connection`]).
+    pub async fn blocking_connection_for_key(
+        &self,
+        key: &[u8],
+        block: Duration,
+    ) -> RedisResult<redis::aio::MultiplexedConnection> {
+        let client = self.client_for_key(key).await?;
+        super::blocking_connection(&client, block).await
+    }
+
+    /// A subscriber connection to the master serving `key` (`SUBSCRIBE`/`PSUBSCRIBE`; in
+    /// Cluster mode `SSUBSCRIBE` a shard channel whose hash tag is the key's).
+    pub async fn pubsub_for_key(&self, key: &[u8]) -> RedisResult<redis::aio::PubSub> {
+        self.client_for_key(key).await?.get_async_pubsub().await
+    }
+
+    /// The client the node's blocking readers and subscribers use until they are made
+    /// cluster-aware (after the backplane rewrite): the one Redis, the current Sentinel master
+    /// (asked of the sentinels now), or in Cluster mode the master of slot 0 — which serves
+    /// only the keys of its own slots.
+    pub async fn primary_client(&self) -> RedisResult<Client> {
+        self.client_for_key(b"").await
+    }
+}
+
+impl Conn {
+    /// `WAIT replicas timeout` on the connection that wrote `key` (Cluster: the master owning
+    /// its slot, reached through the same per-node connection that carried the write), and
+    /// the number of replicas that confirmed every write of this connection so far. Fewer
+    /// than `replicas` means the timeout passed (counted in `fanout_redis_wait_timeouts_total`).
+    ///
+    /// `WAIT` blocks the connection it runs on: while replicas lag, every command behind it on
+    /// this shared connection waits too (up to `timeout`).
+    pub async fn wait_for_replicas(
+        &mut self,
+        key: &[u8],
+        replicas: u32,
+        timeout: Duration,
+    ) -> RedisResult<u32> {
+        let millis = u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(replicas).arg(millis);
+        let value = match &mut self.inner {
+            Inner::Cluster { conn, .. } => {
+                let route = Route::with_slot(Slot::for_key(key), SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                conn.route_command(cmd, routing).await?
+            }
+            _ => self.req_packed_command(&cmd).await?,
+        };
+        let confirmed: u32 = redis::from_redis_value(value)?;
+        if confirmed < replicas {
+            crate::metrics::redis_wait_timeout();
+        }
+        Ok(confirmed)
+    }
+
+    /// The `master` label of `cmd`'s metrics.
+    fn master_label(&self, cmd: Option<&Cmd>) -> Arc<str> {
+        match &self.inner {
+            Inner::Single { addr, .. } => addr.clone(),
+            Inner::Sentinel(s) => s.current_addr(),
+            Inner::Cluster { map, .. } => cmd
+                .and_then(command_key)
+                .and_then(|key| map.owner(slot_of(key)))
+                .unwrap_or_else(|| Arc::from("any")),
+        }
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let master = self.master_label(Some(cmd));
+            let start = Instant::now();
+            let result = match &mut self.inner {
+                Inner::Single { conn, .. } => conn.req_packed_command(cmd).await,
+                Inner::Cluster { conn, .. } => conn.req_packed_command(cmd).await,
+                Inner::Sentinel(s) => {
+                    let s = s.clone();
+                    let mut c = s.connection().await?;
+                    let result = c.req_packed_command(cmd).await;
+                    s.check(result.as_ref().err());
+                    result
+                }
+            };
+            crate::metrics::redis_master_command(&master, start, result.as_ref().err());
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let master = self.master_label(pipeline.cmd_iter().next());
+            let start = Instant::now();
+            let result = match &mut self.inner {
+                Inner::Single { conn, .. } => {
+                    conn.req_packed_commands(pipeline, offset, count).await
+                }
+                Inner::Cluster { conn, .. } => {
+                    conn.req_packed_commands(pipeline, offset, count).await
+                }
+                Inner::Sentinel(s) => {
+                    let s = s.clone();
+                    let mut c = s.connection().await?;
+                    let result = c.req_packed_commands(pipeline, offset, count).await;
+                    s.check(result.as_ref().err());
+                    result
+                }
+            };
+            crate::metrics::redis_master_command(&master, start, result.as_ref().err());
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        match &self.inner {
+            Inner::Single { conn, .. } => conn.get_db(),
+            Inner::Cluster { .. } => 0,
+            Inner::Sentinel(s) => s.db,
+        }
+    }
+}
+
+/// The first key of `cmd` (the key of `EVAL`/`EVALSHA`/`FCALL` after `numkeys`), for routing
+/// its metrics label; `None` for commands without one.
+fn command_key(cmd: &Cmd) -> Option<&[u8]> {
+    let mut args = cmd.args_iter().filter_map(|a| match a {
+        redis::Arg::Simple(bytes) => Some(bytes),
+        _ => None,
+    });
+    let name = args.next()?;
+    let keyed_after = if [
+        &b"EVAL"[..],
+        b"EVALSHA",
+        b"EVAL_RO",
+        b"EVALSHA_RO",
+        b"FCALL",
+    ]
+    .iter()
+    .any(|n| name.eq_ignore_ascii_case(n))
+    {
+        let _script = args.next()?;
+        let numkeys = args.next()?;
+        if numkeys == b"0" {
+            return None;
+        }
+        0
+    } else if [
+        &b"PING"[..],
+        b"WAIT",
+        b"INFO",
+        b"CLUSTER",
+        b"CONFIG",
+        b"SCRIPT",
+        b"CLIENT",
+    ]
+    .iter()
+    .any(|n| name.eq_ignore_ascii_case(n))
+    {
+        return None;
+    } else if [&b"XREAD"[..], b"XREADGROUP"]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n))
+    {
+        // The first key follows STREAMS.
+        return args
+            .by_ref()
+            .find(|a| a.eq_ignore_ascii_case(b"STREAMS"))
+            .and_then(|_| args.next());
+    } else {
+        0
+    };
+    args.nth(keyed_after)
+}
+
+/// The response timeout of the shared connection: [`COMMAND_TIMEOUT`], or longer when `WAIT`
+/// may block longer than that.
+fn response_timeout(settings: &RedisSettings) -> Duration {
+    if settings.wait.replicas == 0 {
+        return COMMAND_TIMEOUT;
+    }
+    COMMAND_TIMEOUT.max(settings.wait.timeout + Duration::from_millis(500))
+}
+
+fn manager_config(response_timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_response_timeout(Some(response_timeout))
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        // Fail fast while Redis is away: callers answer UNAVAILABLE and the next command
+        // tries again, instead of every caller waiting through a long retry schedule.
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500))
+}
+
+/// The one-Redis client: the URL with REDIS_USERNAME / REDIS_PASSWORD on top.
+fn single_client(url: &str, settings: &RedisSettings) -> RedisResult<Client> {
+    let info = url.into_connection_info()?;
+    let mut redis = info.redis_settings().clone();
+    if let Some(user) = &settings.username {
+        redis = redis.set_username(user);
+    }
+    if let Some(pw) = &settings.password {
+        redis = redis.set_password(pw);
+    }
+    Client::open(info.set_redis_settings(redis))
+}
+
+fn single_client_of(settings: &RedisSettings) -> RedisResult<Client> {
+    match &settings.mode {
+        RedisMode::Single(url) => single_client(url, settings),
+        _ => Err(RedisError::from((
+            ErrorKind::InvalidClientConfig,
+            "not the one-Redis mode",
+        ))),
+    }
+}
+
+/// A client for one node (`host:port`) of the cluster or the Sentinel master, with the
+/// node's credentials.
+fn node_client(addr: &str, settings: &RedisSettings, db: i64) -> RedisResult<Client> {
+    let parsed = NodeAddr::parse(addr).ok_or_else(|| {
+        RedisError::from((
+            ErrorKind::InvalidClientConfig,
+            "not host:port",
+            addr.to_owned(),
+        ))
+    })?;
+    let info = ConnectionAddr::Tcp(parsed.host, parsed.port).into_connection_info()?;
+    let mut redis = info.redis_settings().clone().set_db(db);
+    if let Some(user) = &settings.username {
+        redis = redis.set_username(user);
+    }
+    if let Some(pw) = &settings.password {
+        redis = redis.set_password(pw);
+    }
+    Client::open(info.set_redis_settings(redis))
+}
+
+fn cluster_client(
+    nodes: &[NodeAddr],
+    settings: &RedisSettings,
+    response_timeout: Duration,
+) -> RedisResult<ClusterClient> {
+    let seeds: Vec<ConnectionAddr> = nodes
+        .iter()
+        .map(|n| ConnectionAddr::Tcp(n.host.clone(), n.port))
+        .collect();
+    let mut builder = ClusterClientBuilder::new(seeds)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .response_timeout(response_timeout)
+        // Retries cover MOVED/ASK, TRYAGAIN and a master's failover (its replica promoted
+        // within cluster-node-timeout + election): keep trying for a few seconds, bounded.
+        .retries(6)
+        .min_retry_wait(50)
+        .max_retry_wait(1000)
+        .overall_response_timeout(Some(response_timeout * 4));
+    if let Some(user) = &settings.username {
+        builder = builder.username(user);
+    }
+    if let Some(pw) = &settings.password {
+        builder = builder.password(pw);
+    }
+    builder.build()
+}
+
+// ---- Cluster: the slot map -------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SlotRange {
+    start: u16,
+    end: u16,
+    addr: Arc<str>,
+}
+
+struct SlotMap {
+    /// Sorted by `start`; empty until first read.
+    ranges: RwLock<Vec<SlotRange>>,
+    seeds: Vec<NodeAddr>,
+    settings: RedisSettings,
+    generation: Arc<AtomicU64>,
+}
+
+impl SlotMap {
+    fn owner(&self, slot: u16) -> Option<Arc<str>> {
+        let ranges = self.ranges.read().ok()?;
+        let i = ranges.partition_point(|r| r.end < slot);
+        ranges
+            .get(i)
+            .filter(|r| r.start <= slot)
+            .map(|r| r.addr.clone())
+    }
+
+    fn client(&self, addr: &str) -> RedisResult<Client> {
+        node_client(addr, &self.settings, 0)
+    }
+
+    /// Reads `CLUSTER SLOTS` and stores it; a change from a known map is a topology change.
+    async fn refresh(&self, conn: &mut ClusterConnection) -> RedisResult<Vec<SlotRange>> {
+        let value = conn
+            .route_command(
+                redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await?;
+        let default_host = self.seeds.first().map(|s| s.host.as_str()).unwrap_or("");
+        let mut ranges = parse_cluster_slots(value, default_host)?;
+        ranges.sort_by_key(|r| r.start);
+        if let Ok(mut known) = self.ranges.write()
+            && *known != ranges
+        {
+            if !known.is_empty() {
+                self.generation.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::redis_topology_change("cluster");
+                tracing::info!(
+                    masters = %distinct_masters(&ranges).join(","),
+                    "redis cluster topology changed"
+                );
+            }
+            *known = ranges.clone();
+        }
+        Ok(ranges)
+    }
+}
+
+fn distinct_masters(ranges: &[SlotRange]) -> Vec<String> {
+    let mut out: Vec<String> = ranges.iter().map(|r| r.addr.to_string()).collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn bad_reply(what: &str) -> RedisError {
+    RedisError::from((
+        ErrorKind::Parse,
+        "unexpected CLUSTER SLOTS reply",
+        what.to_owned(),
+    ))
+}
+
+/// `CLUSTER SLOTS`: `[[start, end, [host, port, id, ...], replicas...], ...]`. An empty host
+/// (a node that does not know its own address) is `default_host`.
+fn parse_cluster_slots(value: Value, default_host: &str) -> RedisResult<Vec<SlotRange>> {
+    let Value::Array(items) = value else {
+        return Err(bad_reply("not an array"));
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let Value::Array(fields) = item else {
+            return Err(bad_reply("range not an array"));
+        };
+        let mut fields = fields.into_iter();
+        let (Some(start), Some(end), Some(master)) = (fields.next(), fields.next(), fields.next())
+        else {
+            return Err(bad_reply("short range"));
+        };
+        let start: u16 = redis::from_redis_value(start)?;
+        let end: u16 = redis::from_redis_value(end)?;
+        if start > end || end >= SLOTS {
+            return Err(bad_reply("slot range out of bounds"));
+        }
+        let Value::Array(master) = master else {
+            return Err(bad_reply("master not an array"));
+        };
+        let mut master = master.into_iter();
+        let (Some(host), Some(port)) = (master.next(), master.next()) else {
+            return Err(bad_reply("master without host and port"));
+        };
+        let host: String = redis::from_redis_value(host)?;
+        let port: u16 = redis::from_redis_value(port)?;
+        let host = if host.is_empty() || host == "?" {
+            default_host.to_owned()
+        } else {
+            host
+        };
+        let addr = NodeAddr { host, port }.to_string();
+        out.push(SlotRange {
+            start,
+            end,
+            addr: addr.into(),
+        });
+    }
+    Ok(out)
+}
+
+async fn watch_cluster(mut conn: ClusterConnection, map: Weak<SlotMap>) {
+    loop {
+        let Some(map) = map.upgrade() else { return };
+        if let Err(e) = map.refresh(&mut conn).await {
+            tracing::debug!(error = %e, "redis cluster slot map not read");
+        }
+        drop(map);
+        tokio::time::sleep(TOPOLOGY_POLL).await;
+    }
+}
+
+// ---- Sentinel: the current master --------------------------------------------------------------
+
+struct Current {
+    addr: Arc<str>,
+    client: Client,
+    conn: ConnectionManager,
+}
+
+struct SentinelShared {
+    sentinel: tokio::sync::Mutex<SentinelClient>,
+    current: RwLock<Option<Arc<Current>>>,
+    rediscovering: AtomicBool,
+    response_timeout: Duration,
+    db: i64,
+    generation: Arc<AtomicU64>,
+}
+
+impl SentinelShared {
+    fn new(
+        sentinels: &[NodeAddr],
+        master: &str,
+        db: u32,
+        settings: &RedisSettings,
+        response_timeout: Duration,
+        generation: Arc<AtomicU64>,
+    ) -> RedisResult<SentinelShared> {
+        let addrs = sentinels
+            .iter()
+            .map(|s| ConnectionAddr::Tcp(s.host.clone(), s.port));
+        let mut builder = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)?
+            .set_client_to_redis_db(i64::from(db));
+        if let Some(user) = &settings.username {
+            builder = builder
+                .set_client_to_redis_username(user)
+                .set_client_to_sentinel_username(user);
+        }
+        if let Some(pw) = &settings.password {
+            builder = builder.set_client_to_redis_password(pw);
+        }
+        if let Some(pw) = settings
+            .sentinel_password
+            .as_ref()
+            .or(settings.password.as_ref())
+        {
+            builder = builder.set_client_to_sentinel_password(pw);
+        }
+        Ok(SentinelShared {
+            sentinel: tokio::sync::Mutex::new(builder.build()?),
+            current: RwLock::new(None),
+            rediscovering: AtomicBool::new(false),
+            response_timeout,
+            db: i64::from(db),
+            generation,
+        })
+    }
+
+    fn current(&self) -> Option<Arc<Current>> {
+        self.current.read().ok().and_then(|c| c.clone())
+    }
+
+    fn current_addr(&self) -> Arc<str> {
+        self.current()
+            .map(|c| c.addr.clone())
+            .unwrap_or_else(|| Arc::from("unknown"))
+    }
+
+    async fn master_client(&self) -> RedisResult<Client> {
+        match self.current() {
+            Some(c) => Ok(c.client.clone()),
+            None => Ok(self.discover().await?.client.clone()),
+        }
+    }
+
+    /// Asks the sentinels for the master (which redis-rs checks answers `ROLE` as master)
+    /// and switches the connection to it when it moved.
+    async fn discover(&self) -> RedisResult<Arc<Current>> {
+        let mut sentinel = self.sentinel.lock().await;
+        let client = tokio::time::timeout(DISCOVERY_TIMEOUT, sentinel.async_get_client())
+            .await
+            .map_err(|_| {
+                RedisError::from((ErrorKind::Io, "sentinel master discovery timed out"))
+            })??;
+        drop(sentinel);
+        let addr: Arc<str> = client.get_connection_info().addr().to_string().into();
+        let previous = self.current();
+        if let Some(p) = &previous
+            && p.addr == addr
+        {
+            return Ok(p.clone());
+        }
+        let conn = ConnectionManager::new_lazy_with_config(
+            client.clone(),
+            manager_config(self.response_timeout),
+        )?;
+        let next = Arc::new(Current { addr, client, conn });
+        if let Ok(mut current) = self.current.write() {
+            *current = Some(next.clone());
+        }
+        if let Some(p) = previous {
+            self.generation.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::redis_topology_change("sentinel");
+            tracing::warn!(from = %p.addr, to = %next.addr, "redis sentinel master changed");
+        }
+        Ok(next)
+    }
+
+    /// The current master's connection (discovered first when unknown).
+    async fn connection(&self) -> RedisResult<ConnectionManager> {
+        match self.current() {
+            Some(c) => Ok(c.conn.clone()),
+            None => Ok(self.discover().await?.conn.clone()),
+        }
+    }
+
+    /// After a command: an error that may mean the master moved starts a rediscovery in the
+    /// background, so that the next command goes to the new master. The failed command is not
+    /// retried here: a write may have happened.
+    fn check(self: Arc<Self>, error: Option<&RedisError>) {
+        if error.is_some_and(may_mean_failover) && !self.rediscovering.swap(true, Ordering::AcqRel)
+        {
+            tokio::spawn(async move {
+                if let Err(e) = self.discover().await {
+                    tracing::debug!(error = %e, "redis sentinel master not found yet");
+                }
+                self.rediscovering.store(false, Ordering::Release);
+            });
+        }
+    }
+}
+
+/// A connection error, a timeout, or an answer only a replica gives.
+fn may_mean_failover(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+        )
+}
+
+async fn watch_sentinel(shared: Weak<SentinelShared>) {
+    loop {
+        let Some(s) = shared.upgrade() else { return };
+        if let Err(e) = s.discover().await {
+            tracing::debug!(error = %e, "redis sentinel master not found");
+        }
+        drop(s);
+        tokio::time::sleep(TOPOLOGY_POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_follow_hash_tags() {
+        // Values from Redis' own CLUSTER KEYSLOT.
+        assert_eq!(slot_of(b"foo"), 12182);
+        assert_eq!(slot_of(b"{user1000}.following"), slot_of(b"user1000"));
+        assert_eq!(slot_of(b"fanout:{chat:1}:h"), slot_of(b"chat:1"));
+        assert!(slot_of(b"") < SLOTS);
+    }
+
+    #[test]
+    fn the_metrics_label_comes_from_the_first_key() {
+        let mut c = redis::cmd("SET");
+        c.arg("k1").arg("v");
+        assert_eq!(command_key(&c), Some(&b"k1"[..]));
+        let mut c = redis::cmd("EVALSHA");
+        c.arg("abc").arg(2).arg("k2").arg("k3").arg("x");
+        assert_eq!(command_key(&c), Some(&b"k2"[..]));
+        let mut c = redis::cmd("EVALSHA");
+        c.arg("abc").arg(0).arg("x");
+        assert_eq!(command_key(&c), None);
+        let mut c = redis::cmd("XREAD");
+        c.arg("COUNT").arg(1).arg("STREAMS").arg("s1").arg("0");
+        assert_eq!(command_key(&c), Some(&b"s1"[..]));
+        assert_eq!(command_key(&redis::cmd("PING")), None);
+    }
+
+    #[test]
+    fn cluster_slots_replies_parse_and_bad_ones_are_errors() {
+        let node = |h: &str, p: i64| {
+            Value::Array(vec![
+                Value::BulkString(h.as_bytes().to_vec()),
+                Value::Int(p),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(5461),
+                Value::Int(16383),
+                node("10.0.0.2", 7001),
+                node("10.0.0.3", 7004),
+            ]),
+            Value::Array(vec![Value::Int(0), Value::Int(5460), node("", 7000)]),
+        ]);
+        let ranges = parse_cluster_slots(reply, "127.0.0.1").expect("parses");
+        assert_eq!(&*ranges[0].addr, "10.0.0.2:7001");
+        assert_eq!(&*ranges[1].addr, "127.0.0.1:7000");
+        for bad in [
+            Value::Int(1),
+            Value::Array(vec![Value::Int(1)]),
+            Value::Array(vec![Value::Array(vec![
+                Value::Int(0),
+                Value::Int(99999),
+                node("h", 1),
+            ])]),
+        ] {
+            assert!(parse_cluster_slots(bad, "h").is_err());
+        }
+    }
+}
