@@ -209,33 +209,38 @@ impl NodeOpts {
     }
 }
 
+/// The Redis flags of a node on the harness's single Redis at `url`.
+pub fn single_redis_args(url: &str) -> Vec<String> {
+    vec!["--redis-url".to_owned(), url.to_owned()]
+}
+
 fn config_args(
-    redis_url: &str,
+    redis_args: &[String],
     node_id: &str,
     port: u16,
     admin: u16,
     opts: &NodeOpts,
 ) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "fanout",
-        "--bind-addr",
-        "127.0.0.1",
-        "--redis-url",
-        redis_url,
-        "--jwt-secret",
-        SECRET,
-        "--api-key",
-        API_KEY,
-        "--node-id",
-        node_id,
-        "--port",
-        &port.to_string(),
-        "--admin-port",
-        &admin.to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args: Vec<String> = vec!["fanout".to_owned()];
+    args.extend(redis_args.iter().cloned());
+    args.extend(
+        [
+            "--bind-addr",
+            "127.0.0.1",
+            "--jwt-secret",
+            SECRET,
+            "--api-key",
+            API_KEY,
+            "--node-id",
+            node_id,
+            "--port",
+            &port.to_string(),
+            "--admin-port",
+            &admin.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
     if opts.no_secret {
         args.retain(|a| a != "--jwt-secret" && a != SECRET);
     }
@@ -275,6 +280,12 @@ impl Node {
 
     /// Starts a node with extra flags without waiting for readiness.
     pub async fn start_unready_with(redis: &Redis, id: &str, opts: NodeOpts) -> Node {
+        Self::start_on_redis(&single_redis_args(&redis.url()), id, opts).await
+    }
+
+    /// Starts a node with the given Redis flags (`--redis-cluster-nodes ...`, `--redis-sentinels
+    /// ... --redis-sentinel-master ...`) without waiting for readiness.
+    pub async fn start_on_redis(redis_args: &[String], id: &str, opts: NodeOpts) -> Node {
         init_logs();
         let public = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -283,7 +294,7 @@ impl Node {
             .await
             .expect("bind");
         let (pa, aa) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
-        let args = config_args(&redis.url(), id, pa.port(), aa.port(), &opts);
+        let args = config_args(redis_args, id, pa.port(), aa.port(), &opts);
         let config = Config::try_from_args(args).expect("test config");
         let stop = CancellationToken::new();
         let task = tokio::spawn(fanout::run(
@@ -396,7 +407,7 @@ impl NodeProcess {
         port: u16,
         admin: u16,
     ) -> NodeProcess {
-        let args = config_args(&redis.url(), id, port, admin, &opts);
+        let args = config_args(&single_redis_args(&redis.url()), id, port, admin, &opts);
         let child = Command::new(env!("CARGO_BIN_EXE_fanout"))
             .args(&args[1..])
             .env("RUST_LOG", "warn")

@@ -3,6 +3,7 @@
 
 mod harness;
 mod pyenv;
+mod redis_topology;
 mod skip;
 
 mod admin;
@@ -35,3 +36,4 @@ mod scripts;
 mod session;
 mod slow;
 mod startup;
+mod topology;

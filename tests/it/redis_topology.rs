@@ -1,0 +1,546 @@
+//! Private Redis topologies for the integration tests: a Redis Cluster of 6 `redis-server
+//! --cluster-enabled yes` processes (3 masters, 3 replicas) and a Sentinel setup (1 master,
+//! 1 replica, 3 sentinels), all on free loopback ports in a temporary directory, keyspace
+//! notifications `Ex` on every server as the node needs, every process killed on drop.
+//! Tests ask `skip::require_tools(.., TOOLS, HINT)` first.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::TcpListener as StdListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::eventually;
+
+/// The programs these topologies run.
+pub const TOOLS: &[&str] = &["redis-server", "redis-cli"];
+/// How to get them, for `skip::require_tools`.
+pub const HINT: &str = "deploy/install-deps.sh installs redis-server and redis-tools";
+
+/// A port whose cluster bus port (port + 10000) is free too, below the ephemeral range.
+fn free_port_pair() -> u16 {
+    for _ in 0..1000 {
+        let p = crate::harness::free_port();
+        if p < 22_000 && StdListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port pair (p, p + 10000)");
+}
+
+fn spawn_redis(dir: &Path, port: u16, extra: &[&str]) -> Child {
+    std::fs::create_dir_all(dir).expect("redis dir");
+    Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--notify-keyspace-events",
+            "Ex",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server on PATH")
+}
+
+fn kill(child: &mut Child) {
+    child.kill().ok();
+    child.wait().ok();
+}
+
+/// A connection to one server for assertions (`None` while it does not answer).
+pub async fn conn_to(port: u16) -> Option<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_secs(2)));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .ok()
+}
+
+/// One command on one server; `None` on any failure.
+pub async fn query<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> Option<T> {
+    let mut c = conn_to(port).await?;
+    cmd.query_async(&mut c).await.ok()
+}
+
+async fn answers(port: u16) -> bool {
+    query::<String>(port, &redis::cmd("PING")).await.is_some()
+}
+
+/// `role:master` or `role:slave` of `INFO replication`.
+pub async fn role(port: u16) -> Option<String> {
+    let info: String = query(port, redis::cmd("INFO").arg("replication")).await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("role:"))
+        .map(|r| r.trim().to_owned())
+}
+
+// ---- Redis Cluster ----------------------------------------------------------------------------
+
+/// One line of `CLUSTER NODES`.
+#[derive(Debug, Clone)]
+pub struct ClusterNode {
+    pub id: String,
+    pub port: u16,
+    pub master: bool,
+    pub failed: bool,
+    /// The master's id, for a replica.
+    pub master_id: Option<String>,
+    /// Inclusive slot ranges served (masters).
+    pub slots: Vec<(u16, u16)>,
+}
+
+fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 8 {
+                return None;
+            }
+            let port = f[1].split('@').next()?.rsplit(':').next()?.parse().ok()?;
+            let flags: Vec<&str> = f[2].split(',').collect();
+            let slots = f[8..]
+                .iter()
+                .filter(|s| !s.starts_with('['))
+                .filter_map(|s| match s.split_once('-') {
+                    Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                    None => s.parse().ok().map(|x| (x, x)),
+                })
+                .collect();
+            Some(ClusterNode {
+                id: f[0].to_owned(),
+                port,
+                master: flags.contains(&"master"),
+                failed: flags.iter().any(|fl| fl.starts_with("fail")),
+                master_id: (f[3] != "-").then(|| f[3].to_owned()),
+                slots,
+            })
+        })
+        .collect()
+}
+
+/// 6 cluster nodes (3 masters, 3 replicas), killed on drop.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    children: HashMap<u16, Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    /// Starts 6 nodes, `redis-cli --cluster create`s them with one replica each, and waits
+    /// until every node reports `cluster_state:ok` and knows 6 nodes.
+    pub async fn start() -> RedisCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports: Vec<u16> = (0..6).map(|_| free_port_pair()).collect();
+        let mut children = HashMap::new();
+        for &p in &ports {
+            let child = spawn_redis(
+                &dir.path().join(p.to_string()),
+                p,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ],
+            );
+            children.insert(p, child);
+        }
+        let cluster = RedisCluster {
+            ports,
+            children,
+            dir,
+        };
+        for &p in &cluster.ports {
+            let up = eventually(
+                Duration::from_secs(5),
+                Duration::from_millis(25),
+                || answers(p),
+                |&up| up,
+            )
+            .await;
+            assert!(up, "cluster node {p} did not start");
+        }
+        let mut create = tokio::process::Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for p in &cluster.ports {
+            create.arg(format!("127.0.0.1:{p}"));
+        }
+        create
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(Duration::from_secs(20), create.output())
+            .await
+            .expect("redis-cli --cluster create within 20 s")
+            .expect("redis-cli runs");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let ok = eventually(
+            Duration::from_secs(15),
+            Duration::from_millis(100),
+            || cluster.all_ok(),
+            Result::is_ok,
+        )
+        .await;
+        if let Err(e) = ok {
+            panic!("the cluster was not ready within 15 s: {e}");
+        }
+        cluster
+    }
+
+    /// Every node `cluster_state:ok` and knowing 6 nodes, 3 masters with slots and 3
+    /// replicas in the view of `CLUSTER NODES`, and every replica's link to its master up (so
+    /// that `WAIT 1` can succeed at once). `Err` says what is missing.
+    async fn all_ok(&self) -> Result<(), String> {
+        for &p in self.live_ports().iter() {
+            let info: Option<String> = query(p, redis::cmd("CLUSTER").arg("INFO")).await;
+            let ok = info.as_ref().is_some_and(|i| {
+                i.contains("cluster_state:ok") && i.contains("cluster_known_nodes:6")
+            });
+            if !ok {
+                return Err(format!("{p}: CLUSTER INFO {info:?}"));
+            }
+            let repl: Option<String> = query(p, redis::cmd("INFO").arg("replication")).await;
+            let linked = repl.as_ref().is_some_and(|r| {
+                r.contains("role:master") && r.contains("connected_slaves:1")
+                    || r.contains("role:slave") && r.contains("master_link_status:up")
+            });
+            if !linked {
+                return Err(format!("{p}: INFO replication {repl:?}"));
+            }
+        }
+        let nodes = self.nodes().await;
+        let masters = nodes
+            .iter()
+            .filter(|n| n.master && !n.slots.is_empty())
+            .count();
+        let replicas = nodes.iter().filter(|n| n.master_id.is_some()).count();
+        if masters == 3 && replicas == 3 {
+            Ok(())
+        } else {
+            Err(format!("CLUSTER NODES: {nodes:?}"))
+        }
+    }
+
+    /// Ports of the nodes still running.
+    pub fn live_ports(&self) -> Vec<u16> {
+        let mut p: Vec<u16> = self.children.keys().copied().collect();
+        p.sort();
+        p
+    }
+
+    /// `127.0.0.1:p,...` of every node, for `REDIS_CLUSTER_NODES`.
+    pub fn seeds(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// `CLUSTER NODES` as seen by a live node.
+    pub async fn nodes(&self) -> Vec<ClusterNode> {
+        for p in self.live_ports() {
+            if let Some(text) = query::<String>(p, redis::cmd("CLUSTER").arg("NODES")).await {
+                return parse_cluster_nodes(&text);
+            }
+        }
+        Vec::new()
+    }
+
+    /// The live masters that serve slots.
+    pub async fn masters(&self) -> Vec<ClusterNode> {
+        self.nodes()
+            .await
+            .into_iter()
+            .filter(|n| n.master && !n.failed && !n.slots.is_empty())
+            .collect()
+    }
+
+    /// The master serving `slot`.
+    pub async fn master_of_slot(&self, slot: u16) -> Option<ClusterNode> {
+        self.masters()
+            .await
+            .into_iter()
+            .find(|m| m.slots.iter().any(|&(a, b)| a <= slot && slot <= b))
+    }
+
+    /// The replica of the master on `master_port`.
+    pub async fn replica_of(&self, master_port: u16) -> Option<u16> {
+        let nodes = self.nodes().await;
+        let id = nodes.iter().find(|n| n.port == master_port)?.id.clone();
+        nodes
+            .iter()
+            .find(|n| n.master_id.as_deref() == Some(id.as_str()) && !n.failed)
+            .map(|n| n.port)
+    }
+
+    /// SIGKILL of one node.
+    pub fn kill9(&mut self, port: u16) {
+        if let Some(mut c) = self.children.remove(&port) {
+            kill(&mut c);
+        }
+    }
+
+    /// Waits (at most `limit`) until `replica` is a master serving slots and every live node
+    /// reports `cluster_state:ok`; true when it happened.
+    pub async fn wait_promoted(&self, replica: u16, limit: Duration) -> bool {
+        let done = || async {
+            let promoted = self
+                .masters()
+                .await
+                .iter()
+                .any(|m| m.port == replica && !m.slots.is_empty());
+            promoted && self.live_ok().await
+        };
+        eventually(limit, Duration::from_millis(100), done, |&d| d).await
+    }
+
+    async fn live_ok(&self) -> bool {
+        for p in self.live_ports() {
+            let info: Option<String> = query(p, redis::cmd("CLUSTER").arg("INFO")).await;
+            if !info.is_some_and(|i| i.contains("cluster_state:ok")) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// `redis-cli --cluster reshard`: moves `slots` slots (with their keys) from the master
+    /// on `from` to the master on `to` (redis-cli takes the lowest slots of `from`), and waits
+    /// until every live node agrees.
+    pub async fn reshard(&self, from: u16, to: u16, slots: u16) {
+        let nodes = self.nodes().await;
+        let id = |port: u16| {
+            nodes
+                .iter()
+                .find(|n| n.port == port)
+                .map(|n| n.id.clone())
+                .unwrap_or_else(|| panic!("no node on {port}"))
+        };
+        let mut cmd = tokio::process::Command::new("redis-cli");
+        cmd.args(["--cluster", "reshard"])
+            .arg(format!("127.0.0.1:{from}"))
+            .args(["--cluster-from", &id(from), "--cluster-to", &id(to)])
+            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
+            .await
+            .expect("redis-cli --cluster reshard within 20 s")
+            .expect("redis-cli runs");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster reshard: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in self.children.values_mut() {
+            kill(c);
+        }
+    }
+}
+
+// ---- Sentinel ----------------------------------------------------------------------------------
+
+/// The master name the sentinels monitor.
+pub const SENTINEL_MASTER: &str = "fanout";
+
+/// 1 master, 1 replica, 3 sentinels (quorum 2, down after 1 s), killed on drop.
+pub struct RedisSentinel {
+    pub master_port: u16,
+    pub replica_port: u16,
+    pub sentinel_ports: Vec<u16>,
+    servers: HashMap<u16, Child>,
+    sentinels: Vec<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisSentinel {
+    /// Starts everything and waits until the replica is in sync and every sentinel knows the
+    /// master, its replica and the other two sentinels (what a failover needs).
+    pub async fn start() -> RedisSentinel {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let free = crate::harness::free_port;
+        let (master_port, replica_port) = (free(), free());
+        let mut servers = HashMap::new();
+        servers.insert(
+            master_port,
+            spawn_redis(&dir.path().join("master"), master_port, &[]),
+        );
+        servers.insert(
+            replica_port,
+            spawn_redis(
+                &dir.path().join("replica"),
+                replica_port,
+                &["--replicaof", "127.0.0.1", &master_port.to_string()],
+            ),
+        );
+        let sentinel_ports: Vec<u16> = (0..3).map(|_| free()).collect();
+        let mut sentinels = Vec::new();
+        for &p in &sentinel_ports {
+            let sdir = dir.path().join(format!("sentinel-{p}"));
+            std::fs::create_dir_all(&sdir).expect("sentinel dir");
+            let conf = sdir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {p}\nbind 127.0.0.1\ndir {dir}\n\
+                     sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {master_port} 2\n\
+                     sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+                     sentinel failover-timeout {SENTINEL_MASTER} 5000\n\
+                     sentinel parallel-syncs {SENTINEL_MASTER} 1\n",
+                    dir = sdir.display()
+                ),
+            )
+            .expect("sentinel.conf");
+            let child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server --sentinel");
+            sentinels.push(child);
+        }
+        let s = RedisSentinel {
+            master_port,
+            replica_port,
+            sentinel_ports,
+            servers,
+            sentinels,
+            dir,
+        };
+        let ready = eventually(
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            || s.ready(),
+            |&r| r,
+        )
+        .await;
+        assert!(ready, "the sentinel setup was not ready within 20 s");
+        s
+    }
+
+    async fn ready(&self) -> bool {
+        let synced = async {
+            let info: String =
+                query(self.replica_port, redis::cmd("INFO").arg("replication")).await?;
+            info.contains("master_link_status:up").then_some(())
+        };
+        if synced.await.is_none() {
+            return false;
+        }
+        for &p in &self.sentinel_ports {
+            let replicas: Option<Vec<HashMap<String, String>>> = query(
+                p,
+                redis::cmd("SENTINEL").arg("replicas").arg(SENTINEL_MASTER),
+            )
+            .await;
+            let others: Option<Vec<HashMap<String, String>>> = query(
+                p,
+                redis::cmd("SENTINEL").arg("sentinels").arg(SENTINEL_MASTER),
+            )
+            .await;
+            let replica_known = replicas.is_some_and(|r| {
+                r.iter().any(|r| {
+                    r.get("port") == Some(&self.replica_port.to_string())
+                        && r.get("flags").is_some_and(|f| f == "slave")
+                })
+            });
+            if !replica_known || others.is_none_or(|o| o.len() < 2) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// `127.0.0.1:p,...` of the sentinels, for `REDIS_SENTINELS`.
+    pub fn sentinels(&self) -> String {
+        self.sentinel_ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The master port the first sentinel that answers names.
+    pub async fn current_master(&self) -> Option<u16> {
+        for &p in &self.sentinel_ports {
+            let addr: Option<(String, String)> = query(
+                p,
+                redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(SENTINEL_MASTER),
+            )
+            .await;
+            if let Some((_, port)) = addr {
+                return port.parse().ok();
+            }
+        }
+        None
+    }
+
+    /// SIGKILL of the master process.
+    pub fn kill_master(&mut self) {
+        if let Some(mut c) = self.servers.remove(&self.master_port) {
+            kill(&mut c);
+        }
+    }
+
+    /// Waits (at most `limit`) until every sentinel names the replica as master and it
+    /// answers as one; true when it happened.
+    pub async fn wait_failover(&self, limit: Duration) -> bool {
+        let done = || async {
+            for &p in &self.sentinel_ports {
+                let addr: Option<(String, String)> = query(
+                    p,
+                    redis::cmd("SENTINEL")
+                        .arg("get-master-addr-by-name")
+                        .arg(SENTINEL_MASTER),
+                )
+                .await;
+                if addr.map(|a| a.1) != Some(self.replica_port.to_string()) {
+                    return false;
+                }
+            }
+            role(self.replica_port).await.as_deref() == Some("master")
+        };
+        eventually(limit, Duration::from_millis(100), done, |&d| d).await
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        for c in self.sentinels.iter_mut() {
+            kill(c);
+        }
+        for c in self.servers.values_mut() {
+            kill(c);
+        }
+    }
+}
