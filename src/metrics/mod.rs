@@ -163,6 +163,7 @@ fn register_known_series() {
         counter!(REDIS_TOPOLOGY_CHANGES.name, "mode" => mode).absolute(0);
     }
     counter!(REDIS_WAIT_TIMEOUTS.name).absolute(0);
+    counter!(REDIS_MASTER_ERRORS.name, "master" => "any", "kind" => "unavailable").absolute(0);
     for (kind, reason) in [
         ("online", "connect"),
         ("online", "refresh"),
