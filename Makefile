@@ -2,7 +2,9 @@
 #
 #   make up      start a local cluster: Redis + NODES nodes + HAProxy, and (with node/npm)
 #                the Socket.IO Admin UI and a demo chat on :8090
-#                (e.g. `make up NODES=5 LB_PORT=8081`; Ctrl-C stops it)
+#                (e.g. `make up NODES=5 LB_PORT=8081`; Ctrl-C stops it); REDIS=cluster
+#                (3 masters + 3 replicas) or REDIS=sentinel (1 master, 1 replica,
+#                3 sentinels) instead of one Redis
 #   make test    what CI runs (.ci/run): fmt check, clippy, tests; with CHAOS=1
 #                (set in CI by CI=true) also the chaos sequence (deploy/chaos.sh)
 #
@@ -17,7 +19,7 @@ CARGO ?= cargo
 
 # Variables given on the command line (`make up NODES=5`) or present in the
 # environment are exported to the recipes by make itself, so deploy/up.sh sees
-# NODES, NODE_BASE_PORT, ADMIN_BASE_PORT, REDIS_PORT, LB_PORT, STATS_PORT,
+# NODES, NODE_BASE_PORT, ADMIN_BASE_PORT, REDIS, REDIS_PORT, LB_PORT, STATS_PORT,
 # BIND_ADDR, JWT_SECRET, API_KEY, RUST_LOG, LOG_FORMAT, RUN_DIR, SKIP_BUILD,
 # READY_TIMEOUT, ... without listing them here (an explicit `export` would
 # also export unset ones as empty strings).
@@ -26,7 +28,8 @@ CARGO ?= cargo
 
 help:
 	@echo "make up          start Redis + NODES (default 3) nodes + HAProxy on :8080 (Ctrl-C stops);"
-	@echo "                 the Admin UI and a demo chat on :8090 (ADMIN_UI=0: without them)"
+	@echo "                 the Admin UI and a demo chat on :8090 (ADMIN_UI=0: without them);"
+	@echo "                 REDIS=cluster (Redis Cluster, 6 processes) or REDIS=sentinel (master, replica, 3 sentinels)"
 	@echo "make test        install redis-server if needed, cargo fmt --check, clippy -D warnings, cargo test"
 	@echo "                 (then the skipped tests and why; with CI=true a missing tool fails instead), vendor/test.sh"
 	@echo "                 (CHAOS=1 or CI=true: then the chaos sequence, deploy/chaos.sh)"
@@ -49,7 +52,7 @@ up:
 SKIP_LOG := $(CURDIR)/target/test-skips.txt
 
 test: rust-components
-	deploy/install-deps.sh redis-server haproxy pkg-config openssl-dev python3 python3-venv chromium ip tc nft
+	deploy/install-deps.sh redis-server redis-cli haproxy pkg-config openssl-dev python3 python3-venv chromium ip tc nft
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	# fanout-bench is a workspace member of its own: the tests run it from target/debug, and

@@ -8,7 +8,10 @@
 #   deploy/install-deps.sh prometheus       # optional: `WITH_PROMETHEUS=1 make up`
 #
 # Tools (command checked with `command -v`, or the check named -> Debian package):
-#   redis-server -> redis-server  (also brings redis-cli via redis-tools)
+#   redis-server -> redis-server  (also brings redis-cli via redis-tools; `redis-server
+#                                  --sentinel` runs a sentinel, no other package needed)
+#   redis-cli    -> redis-tools   (REDIS=cluster make up and the Redis Cluster tests:
+#                                  `redis-cli --cluster create` / `--cluster reshard`)
 #   haproxy      -> haproxy
 #   curl         -> curl          (used by deploy/up.sh for readiness checks)
 #   pkg-config   -> pkg-config    (make test: finds OpenSSL for the rust_socketio interop
@@ -35,7 +38,7 @@
 # after the next boot: deploy/up.sh starts its own Prometheus.
 set -euo pipefail
 
-declare -A PKG_OF=([redis-server]=redis-server [haproxy]=haproxy [curl]=curl [prometheus]=prometheus
+declare -A PKG_OF=([redis-server]=redis-server [redis-cli]=redis-tools [haproxy]=haproxy [curl]=curl [prometheus]=prometheus
     [pkg-config]=pkg-config [openssl-dev]=libssl-dev [python3]=python3 [python3-venv]=python3-venv
     [node]=nodejs [npm]=npm [chromium]=chromium
     [ip]=iproute2 [tc]=iproute2 [nft]=nftables)

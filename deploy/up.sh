@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Start a local fanout cluster: 1 Redis + NODES gateway nodes + HAProxy
+# Start a local fanout cluster: Redis (one, a Redis Cluster or a Sentinel setup:
+# REDIS=single|cluster|sentinel) + NODES gateway nodes + HAProxy
 # (+ Prometheus with WITH_PROMETHEUS=1).
 # Runs in the foreground; Ctrl-C stops everything (nodes, then HAProxy, then
 # Redis, then Prometheus) and exits 0. Usually run as `make up` (e.g.
@@ -9,7 +10,20 @@
 #   NODES [3]            number of gateway nodes
 #   NODE_BASE_PORT [3000] node i listens on NODE_BASE_PORT+i (3001, 3002, ...)
 #   ADMIN_BASE_PORT [9100] node i's admin API on ADMIN_BASE_PORT+i (9101, ...)
-#   REDIS_PORT [6379]    first port tried for Redis (6380, 6381... if taken)
+#   REDIS [single]       single: one redis-server (REDIS_URL);
+#                        cluster: a Redis Cluster of 3 masters + 3 replicas on
+#                        127.0.0.1:REDIS_CLUSTER_BASE_PORT+1..+6 (REDIS_CLUSTER_NODES);
+#                        sentinel: 1 master + 1 replica + 3 sentinels on
+#                        REDIS_SENTINEL_BASE_PORT+0..+2 monitoring master "fanout"
+#                        (REDIS_SENTINELS, REDIS_SENTINEL_MASTER). Cluster and sentinel
+#                        data start empty at every run (RUN_DIR/redis-cluster,
+#                        RUN_DIR/redis-sentinel). Not every feature works in cluster mode
+#                        yet (docs/operations.md, "Redis Cluster and Sentinel").
+#   REDIS_PORT [6379]    first port tried for Redis (6380, 6381... if taken); in
+#                        sentinel mode the master's (the replica's is the next free one)
+#   REDIS_CLUSTER_BASE_PORT [7000]  cluster nodes on +1..+6 (bus ports +10000 too)
+#   REDIS_SENTINEL_BASE_PORT [26379]  the three sentinels on +0..+2
+#   REDIS_WAIT_REPLICAS, REDIS_WAIT_TIMEOUT_MS  passed to the nodes when set
 #   LB_PORT [8080]       HAProxy public port (what clients connect to)
 #   STATS_PORT [8404]    HAProxy stats page (http://127.0.0.1:8404/)
 #   BIND_ADDR [127.0.0.1] address the nodes and HAProxy listen on
@@ -43,7 +57,10 @@ cd "$ROOT"
 NODES=${NODES:-3}
 NODE_BASE_PORT=${NODE_BASE_PORT:-3000}
 ADMIN_BASE_PORT=${ADMIN_BASE_PORT:-9100}
+REDIS=${REDIS:-single}
 REDIS_PORT=${REDIS_PORT:-6379}
+REDIS_CLUSTER_BASE_PORT=${REDIS_CLUSTER_BASE_PORT:-7000}
+REDIS_SENTINEL_BASE_PORT=${REDIS_SENTINEL_BASE_PORT:-26379}
 LB_PORT=${LB_PORT:-8080}
 STATS_PORT=${STATS_PORT:-8404}
 BIND_ADDR=${BIND_ADDR:-127.0.0.1}
@@ -71,11 +88,14 @@ log() { printf '[up] %s\n' "$*"; }
 die() { printf '[up] ERROR: %s\n' "$*" >&2; exit 1; }
 
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
-for v in NODES NODE_BASE_PORT ADMIN_BASE_PORT REDIS_PORT LB_PORT STATS_PORT READY_TIMEOUT PROMETHEUS_PORT UI_PORT; do
+for v in NODES NODE_BASE_PORT ADMIN_BASE_PORT REDIS_PORT REDIS_CLUSTER_BASE_PORT REDIS_SENTINEL_BASE_PORT LB_PORT STATS_PORT READY_TIMEOUT PROMETHEUS_PORT UI_PORT; do
     is_uint "${!v}" || die "$v must be a non-negative integer (got '${!v}')"
 done
 ((NODES >= 1 && NODES <= 99)) || die "NODES must be between 1 and 99 (got $NODES)"
 
+case $REDIS in single | cluster | sentinel) ;; *) die "REDIS must be single, cluster or sentinel (got '$REDIS')" ;; esac
+((REDIS_CLUSTER_BASE_PORT + 6 + 10000 <= 65535)) || die "REDIS_CLUSTER_BASE_PORT must leave room for 6 ports and their bus ports (+10000)"
+((REDIS_SENTINEL_BASE_PORT + 2 <= 65535)) || die "REDIS_SENTINEL_BASE_PORT + 2 must be a port"
 [[ $ADMIN_UI == 0 || $ADMIN_UI == 1 ]] || die "ADMIN_UI must be 0 or 1 (got '$ADMIN_UI')"
 [[ $WITH_PROMETHEUS == 0 || $WITH_PROMETHEUS == 1 ]] || die "WITH_PROMETHEUS must be 0 or 1 (got '$WITH_PROMETHEUS')"
 [[ $PROMETHEUS_RETENTION =~ ^[0-9]+(ms|s|m|h|d|w|y)$ ]] || die "PROMETHEUS_RETENTION must be a duration such as 2d or 12h (got '$PROMETHEUS_RETENTION')"
@@ -88,7 +108,7 @@ port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # ----------------------------------------------------------------------------
 NODE_PIDS=()
 HAPROXY_PID=""
-REDIS_PID=""
+REDIS_PIDS=()
 PROMETHEUS_PID=""
 UI_PID=""
 CLEANED_UP=0
@@ -145,7 +165,7 @@ cleanup() {
     stop_pids TERM 5 "ui server" "$UI_PID"
     stop_pids TERM 20 "nodes" "${NODE_PIDS[@]}"
     stop_pids TERM 5 "haproxy" "$HAPROXY_PID"
-    stop_pids TERM 10 "redis" "$REDIS_PID"
+    stop_pids TERM 10 "redis" "${REDIS_PIDS[@]}"
     # Last, so that it records the nodes draining. SIGTERM closes its TSDB cleanly.
     stop_pids TERM 15 "prometheus" "$PROMETHEUS_PID"
     rm -f "$LOCK_FILE" "$PIDS_FILE"
@@ -159,7 +179,7 @@ on_signal() {
 }
 on_exit() {
     local rc=$?
-    if ((!CLEANED_UP)) && { ((${#NODE_PIDS[@]})) || [[ -n $HAPROXY_PID$REDIS_PID$PROMETHEUS_PID$UI_PID ]]; }; then
+    if ((!CLEANED_UP)) && { ((${#NODE_PIDS[@]})) || [[ -n $HAPROXY_PID${REDIS_PIDS[*]}$PROMETHEUS_PID$UI_PID ]]; }; then
         cleanup
     fi
     exit "$rc"
@@ -205,6 +225,9 @@ fi
 echo $$ >"$LOCK_FILE"
 
 "$ROOT/deploy/install-deps.sh" redis-server haproxy curl
+if [[ $REDIS == cluster ]]; then
+    "$ROOT/deploy/install-deps.sh" redis-cli # redis-cli --cluster create
+fi
 if [[ $WITH_PROMETHEUS == 1 ]]; then
     "$ROOT/deploy/install-deps.sh" prometheus ||
         die "WITH_PROMETHEUS=1 needs the prometheus binary (Debian package 'prometheus'); install it or run without WITH_PROMETHEUS"
@@ -266,42 +289,196 @@ if ((${#busy[@]})); then
     die "ports already in use: ${busy[*]}; free them or choose others (NODE_BASE_PORT, ADMIN_BASE_PORT, LB_PORT, STATS_PORT, PROMETHEUS_PORT)"
 fi
 
+# next_free_port PORT: PORT or the first free one after it (up to 50 tries).
+next_free_port() {
+    local p=$1 tries
+    for ((tries = 0; tries < 50; tries++)); do
+        if ! port_in_use "$p"; then
+            echo "$p"
+            return 0
+        fi
+        p=$((p + 1))
+    done
+    return 1
+}
+
 requested_redis_port=$REDIS_PORT
-for ((tries = 0; tries < 50; tries++)); do
-    port_in_use "$REDIS_PORT" || break
-    REDIS_PORT=$((REDIS_PORT + 1))
-done
-port_in_use "$REDIS_PORT" && die "no free port for Redis in $requested_redis_port..$REDIS_PORT"
+REDIS_PORT=$(next_free_port "$REDIS_PORT") || die "no free port for Redis in $requested_redis_port..$((requested_redis_port + 49))"
 if ((REDIS_PORT != requested_redis_port)); then
     log "port $requested_redis_port is already taken by another process; using $REDIS_PORT for Redis instead"
 fi
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+CLUSTER_PORTS=()
+SENTINEL_PORTS=()
+REPLICA_PORT=""
+if [[ $REDIS == cluster ]]; then
+    for ((k = 1; k <= 6; k++)); do
+        p=$((REDIS_CLUSTER_BASE_PORT + k))
+        port_in_use "$p" && die "port $p (cluster node $k) is in use; choose another REDIS_CLUSTER_BASE_PORT"
+        port_in_use "$((p + 10000))" && die "port $((p + 10000)) (bus of cluster node $k) is in use; choose another REDIS_CLUSTER_BASE_PORT"
+        CLUSTER_PORTS+=("$p")
+    done
+elif [[ $REDIS == sentinel ]]; then
+    REPLICA_PORT=$(next_free_port "$((REDIS_PORT + 1))") || die "no free port for the Redis replica"
+    for ((k = 0; k < 3; k++)); do
+        p=$((REDIS_SENTINEL_BASE_PORT + k))
+        port_in_use "$p" && die "port $p (sentinel $((k + 1))) is in use; choose another REDIS_SENTINEL_BASE_PORT"
+        SENTINEL_PORTS+=("$p")
+    done
+fi
 
 # ----------------------------------------------------------------------------
 # 3. Redis
 # ----------------------------------------------------------------------------
-log "starting redis-server on 127.0.0.1:$REDIS_PORT (data: $RUN_DIR/redis, log: $RUN_DIR/redis.log)"
-spawn "$RUN_DIR/redis.log" redis-server "$ROOT/deploy/redis.conf" \
-    --port "$REDIS_PORT" --dir "$RUN_DIR/redis"
-REDIS_PID=$SPAWNED_PID
-
-redis_ping() {
-    # Plain RESP over bash's /dev/tcp: no redis-cli needed.
-    local reply=""
-    exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT" || return 1
-    printf 'PING\r\n' >&3
-    IFS= read -r -t 2 reply <&3 || true
-    exec 3>&- 3<&-
-    [[ $reply == "+PONG"* ]]
-}
-deadline=$((SECONDS + 15))
-until redis_ping 2>/dev/null; do
-    if ! kill -0 "$REDIS_PID" 2>/dev/null; then
-        tail -n 20 "$RUN_DIR/redis.log" >&2 || true
-        die "redis-server exited during startup (log above: $RUN_DIR/redis.log)"
+# redis_cmd PORT WORD...: one command in plain RESP over bash's /dev/tcp (no redis-cli
+# needed); prints the reply (the text of a bulk reply) without CRs.
+redis_cmd() {
+    local port=$1 line body w
+    shift
+    exec 3<>"/dev/tcp/127.0.0.1/$port" || return 1
+    {
+        printf '*%d\r\n' "$#"
+        for w in "$@"; do printf '$%d\r\n%s\r\n' "${#w}" "$w"; done
+    } >&3
+    if ! IFS= read -r -t 2 line <&3; then
+        exec 3>&- 3<&-
+        return 1
     fi
-    ((SECONDS < deadline)) || die "redis-server did not answer PING within 15s (see $RUN_DIR/redis.log)"
-    sleep 0.2
+    line=${line%$'\r'}
+    if [[ $line =~ ^\$([0-9]+)$ ]]; then
+        IFS= read -r -t 2 -N "$((BASH_REMATCH[1] + 2))" body <&3 || true
+        printf '%s' "${body//$'\r'/}"
+    else
+        printf '%s\n' "$line"
+    fi
+    exec 3>&- 3<&-
+}
+redis_ping() { [[ $(redis_cmd "$1" PING 2>/dev/null) == "+PONG"* ]]; }
+
+# wait_redis NAME PORT PID LOG: until it answers PING (15 s); dies when it exits first.
+wait_redis() {
+    local name=$1 port=$2 pid=$3 logfile=$4
+    local deadline=$((SECONDS + 15))
+    until redis_ping "$port"; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 20 "$logfile" >&2 || true
+            die "$name exited during startup (log above: $logfile)"
+        fi
+        ((SECONDS < deadline)) || die "$name did not answer PING on $port within 15s (see $logfile)"
+        sleep 0.2
+    done
+}
+
+# wait_until SECS WHAT COMMAND...: until COMMAND succeeds, or die after SECS.
+wait_until() {
+    local secs=$1 what=$2
+    shift 2
+    local deadline=$((SECONDS + secs))
+    until "$@"; do
+        ((SECONDS < deadline)) || die "$what not reached within ${secs}s"
+        sleep 0.3
+    done
+}
+
+# Cluster and sentinel instances each start from their own copy of deploy/redis.conf: a
+# sentinel reconfiguring an instance (a failover) makes it CONFIG REWRITE its config file.
+own_conf() {
+    mkdir -p "$(dirname "$1")"
+    cp "$ROOT/deploy/redis.conf" "$1"
+    echo "$1"
+}
+
+case $REDIS in
+single)
+    log "starting redis-server on 127.0.0.1:$REDIS_PORT (data: $RUN_DIR/redis, log: $RUN_DIR/redis.log)"
+    spawn "$RUN_DIR/redis.log" redis-server "$ROOT/deploy/redis.conf" \
+        --port "$REDIS_PORT" --dir "$RUN_DIR/redis"
+    REDIS_PIDS+=("$SPAWNED_PID")
+    wait_redis redis-server "$REDIS_PORT" "$SPAWNED_PID" "$RUN_DIR/redis.log"
+    REDIS_ENV=(REDIS_URL="$REDIS_URL")
+    REDIS_SHOWN=$REDIS_URL
+    ;;
+cluster)
+    rm -rf "$RUN_DIR/redis-cluster"
+    for p in "${CLUSTER_PORTS[@]}"; do
+        mkdir -p "$RUN_DIR/redis-cluster/$p"
+        log "starting cluster node redis-server on 127.0.0.1:$p (log: $RUN_DIR/redis-$p.log)"
+        spawn "$RUN_DIR/redis-$p.log" redis-server "$(own_conf "$RUN_DIR/redis-cluster/$p/redis.conf")" \
+            --port "$p" --dir "$RUN_DIR/redis-cluster/$p" --appendonly no \
+            --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000
+        REDIS_PIDS+=("$SPAWNED_PID")
+    done
+    for ((k = 0; k < 6; k++)); do
+        wait_redis "cluster node" "${CLUSTER_PORTS[k]}" "${REDIS_PIDS[k]}" "$RUN_DIR/redis-${CLUSTER_PORTS[k]}.log"
+    done
+    seeds=()
+    for p in "${CLUSTER_PORTS[@]}"; do seeds+=("127.0.0.1:$p"); done
+    log "redis-cli --cluster create ${seeds[*]} --cluster-replicas 1 (log: $RUN_DIR/redis-cluster-create.log)"
+    if ! redis-cli --cluster create "${seeds[@]}" --cluster-replicas 1 --cluster-yes \
+        >"$RUN_DIR/redis-cluster-create.log" 2>&1 </dev/null; then
+        tail -n 20 "$RUN_DIR/redis-cluster-create.log" >&2
+        die "redis-cli --cluster create failed (log above)"
+    fi
+    cluster_ok() {
+        local p
+        for p in "${CLUSTER_PORTS[@]}"; do
+            [[ $(redis_cmd "$p" CLUSTER INFO 2>/dev/null) == *cluster_state:ok* ]] || return 1
+        done
+    }
+    wait_until 20 "cluster_state:ok on every cluster node" cluster_ok
+    log "redis cluster is ok (3 masters, 3 replicas)"
+    REDIS_CLUSTER_NODES=$(
+        IFS=,
+        echo "${seeds[*]}"
+    )
+    REDIS_ENV=(REDIS_CLUSTER_NODES="$REDIS_CLUSTER_NODES")
+    REDIS_SHOWN="Redis Cluster $REDIS_CLUSTER_NODES"
+    ;;
+sentinel)
+    rm -rf "$RUN_DIR/redis-sentinel"
+    mkdir -p "$RUN_DIR/redis-sentinel/master" "$RUN_DIR/redis-sentinel/replica"
+    log "starting the Redis master on 127.0.0.1:$REDIS_PORT and its replica on 127.0.0.1:$REPLICA_PORT"
+    spawn "$RUN_DIR/redis-master.log" redis-server "$(own_conf "$RUN_DIR/redis-sentinel/master/redis.conf")" \
+        --port "$REDIS_PORT" --dir "$RUN_DIR/redis-sentinel/master"
+    REDIS_PIDS+=("$SPAWNED_PID")
+    wait_redis "redis master" "$REDIS_PORT" "$SPAWNED_PID" "$RUN_DIR/redis-master.log"
+    spawn "$RUN_DIR/redis-replica.log" redis-server "$(own_conf "$RUN_DIR/redis-sentinel/replica/redis.conf")" \
+        --port "$REPLICA_PORT" --dir "$RUN_DIR/redis-sentinel/replica" \
+        --replicaof 127.0.0.1 "$REDIS_PORT"
+    REDIS_PIDS+=("$SPAWNED_PID")
+    wait_redis "redis replica" "$REPLICA_PORT" "$SPAWNED_PID" "$RUN_DIR/redis-replica.log"
+    for p in "${SENTINEL_PORTS[@]}"; do
+        mkdir -p "$RUN_DIR/redis-sentinel/sentinel-$p"
+        conf="$RUN_DIR/redis-sentinel/sentinel-$p/sentinel.conf"
+        cat >"$conf" <<EOF
+# GENERATED by deploy/up.sh (the sentinel rewrites it as it learns the topology).
+port $p
+bind 127.0.0.1
+dir $RUN_DIR/redis-sentinel/sentinel-$p
+sentinel monitor fanout 127.0.0.1 $REDIS_PORT 2
+sentinel down-after-milliseconds fanout 2000
+sentinel failover-timeout fanout 10000
+sentinel parallel-syncs fanout 1
+EOF
+        log "starting sentinel on 127.0.0.1:$p (log: $RUN_DIR/sentinel-$p.log)"
+        spawn "$RUN_DIR/sentinel-$p.log" redis-server "$conf" --sentinel
+        REDIS_PIDS+=("$SPAWNED_PID")
+        wait_redis sentinel "$p" "$SPAWNED_PID" "$RUN_DIR/sentinel-$p.log"
+    done
+    replica_linked() { [[ $(redis_cmd "$REPLICA_PORT" INFO replication 2>/dev/null) == *master_link_status:up* ]]; }
+    wait_until 20 "the replica's link to the master" replica_linked
+    sentinels=()
+    for p in "${SENTINEL_PORTS[@]}"; do sentinels+=("127.0.0.1:$p"); done
+    REDIS_SENTINELS=$(
+        IFS=,
+        echo "${sentinels[*]}"
+    )
+    REDIS_ENV=(REDIS_SENTINELS="$REDIS_SENTINELS" REDIS_SENTINEL_MASTER=fanout)
+    REDIS_SHOWN="Sentinel $REDIS_SENTINELS (master \"fanout\": 127.0.0.1:$REDIS_PORT, replica 127.0.0.1:$REPLICA_PORT)"
+    ;;
+esac
+for v in REDIS_WAIT_REPLICAS REDIS_WAIT_TIMEOUT_MS; do
+    if [[ -n ${!v:-} ]]; then REDIS_ENV+=("$v=${!v}"); fi
 done
 
 # ----------------------------------------------------------------------------
@@ -316,11 +493,12 @@ if [[ $ADMIN_UI == 1 ]]; then
 fi
 for ((i = 1; i <= NODES; i++)); do
     log "starting node-$i on $BIND_ADDR:$(node_port "$i") (admin $(admin_port "$i"), log: $RUN_DIR/node-$i.log)"
-    spawn "$RUN_DIR/node-$i.log" env \
+    spawn "$RUN_DIR/node-$i.log" env -u REDIS_URL -u REDIS_HOST -u REDIS_PORT -u REDIS_DB \
+        -u REDIS_CLUSTER_NODES -u REDIS_SENTINELS -u REDIS_SENTINEL_MASTER \
         PORT="$(node_port "$i")" \
         ADMIN_PORT="$(admin_port "$i")" \
         BIND_ADDR="$BIND_ADDR" \
-        REDIS_URL="$REDIS_URL" \
+        "${REDIS_ENV[@]}" \
         JWT_SECRET="$JWT_SECRET" \
         API_KEY="$API_KEY" \
         NODE_ID="node-$i" \
@@ -358,9 +536,16 @@ fail_node() {
     die "node-$i $why"
 }
 
+# Redis Cluster: the nodes' blocking readers are not cluster-aware yet, so a node does not get
+# ready (/readyz 503, docs/operations.md "Redis Cluster and Sentinel"); wait for /healthz.
+READY_PATH=/readyz
+if [[ $REDIS == cluster ]]; then
+    READY_PATH=/healthz
+    log "WARNING: REDIS=cluster: nodes serve but do not report ready yet (backplane not cluster-aware); HAProxy will not route to them"
+fi
 start_time=$SECONDS
 for ((i = 1; i <= NODES; i++)); do
-    url="http://127.0.0.1:$(node_port "$i")/readyz"
+    url="http://127.0.0.1:$(node_port "$i")$READY_PATH"
     pid=${NODE_PIDS[i - 1]}
     while :; do
         code=$(http_status "$url")
@@ -374,7 +559,7 @@ for ((i = 1; i <= NODES; i++)); do
         fi
         sleep 0.3
     done
-    log "node-$i is ready"
+    log "node-$i is $([[ $READY_PATH == /readyz ]] && echo ready || echo "up (/healthz; not ready in cluster mode)")"
 done
 
 # ----------------------------------------------------------------------------
@@ -397,7 +582,11 @@ log "starting haproxy on $BIND_ADDR:$LB_PORT (stats 127.0.0.1:$STATS_PORT, log: 
 spawn "$RUN_DIR/haproxy.log" haproxy -db -f "$HAPROXY_CFG"
 HAPROXY_PID=$SPAWNED_PID
 
-wait_http haproxy "$HAPROXY_PID" "http://127.0.0.1:$LB_PORT/readyz" "$RUN_DIR/haproxy.log" 15
+if [[ $REDIS == cluster ]]; then
+    wait_http haproxy "$HAPROXY_PID" "http://127.0.0.1:$STATS_PORT/" "$RUN_DIR/haproxy.log" 15
+else
+    wait_http haproxy "$HAPROXY_PID" "http://127.0.0.1:$LB_PORT/readyz" "$RUN_DIR/haproxy.log" 15
+fi
 
 # ----------------------------------------------------------------------------
 # 5b. Prometheus (WITH_PROMETHEUS=1): a generated config, data in the run dir
@@ -512,7 +701,9 @@ ADMIN_URL="http://127.0.0.1:$(admin_port 1)"
     printf 'export JWT_SECRET=%q\n' "$JWT_SECRET"
     printf 'export FANOUT_URL=%q\n' "http://127.0.0.1:$LB_PORT"
     printf 'export FANOUT_ADMIN_URL=%q\n' "$ADMIN_URL"
-    printf 'export REDIS_URL=%q\n' "$REDIS_URL"
+    for kv in "${REDIS_ENV[@]}"; do
+        printf 'export %s=%q\n' "${kv%%=*}" "${kv#*=}"
+    done
     if [[ $WITH_PROMETHEUS == 1 ]]; then
         printf 'export PROMETHEUS_URL=%q\n' "$PROMETHEUS_URL"
     fi
@@ -527,7 +718,7 @@ cat <<EOF
 
  Client URL (Socket.IO via HAProxy):  http://127.0.0.1:$LB_PORT   (path /socket.io/)
  HAProxy stats:                       http://127.0.0.1:$STATS_PORT/
- Redis:                               $REDIS_URL
+ Redis:                               $REDIS_SHOWN
 EOF
 if [[ $WITH_PROMETHEUS == 1 ]]; then
     cat <<EOF
@@ -591,7 +782,9 @@ while :; do
         report_if_dead "node-$i" "${NODE_PIDS[i - 1]}" "$RUN_DIR/node-$i.log"
     done
     report_if_dead haproxy "$HAPROXY_PID" "$RUN_DIR/haproxy.log"
-    report_if_dead redis "$REDIS_PID" "$RUN_DIR/redis.log"
+    for ((k = 0; k < ${#REDIS_PIDS[@]}; k++)); do
+        report_if_dead "redis process $((k + 1))" "${REDIS_PIDS[k]}" "$RUN_DIR/redis*.log, sentinel*.log"
+    done
     report_if_dead prometheus "$PROMETHEUS_PID" "$RUN_DIR/prometheus.log"
     report_if_dead "ui server" "$UI_PID" "$RUN_DIR/ui.log"
     sleep 1 &
