@@ -123,7 +123,7 @@ impl Redis {
         let inner = match &settings.mode {
             RedisMode::Single(url) => {
                 let client = single_client(url, settings)?;
-                let addr: Arc<str> = client.get_connection_info().addr().to_string().into();
+                let addr: Arc<str> = addr_of(&client).into();
                 let config = manager_config(response_timeout);
                 let conn = ConnectionManager::new_lazy_with_config(client, config)?;
                 Inner::Single { conn, addr }
@@ -229,7 +229,7 @@ impl Redis {
             Inner::Sentinel(s) => {
                 let client = s.master_client().await?;
                 Ok(vec![Master {
-                    addr: client.get_connection_info().addr().to_string(),
+                    addr: addr_of(&client),
                     slots: vec![(0, SLOTS - 1)],
                     client,
                 }])
@@ -333,13 +333,14 @@ impl ConnectionLike for Conn {
             let result = match &mut self.inner {
                 Inner::Single { conn, .. } => conn.req_packed_command(cmd).await,
                 Inner::Cluster { conn, .. } => conn.req_packed_command(cmd).await,
-                Inner::Sentinel(s) => {
-                    let s = s.clone();
-                    let mut c = s.connection().await?;
-                    let result = c.req_packed_command(cmd).await;
-                    s.check(result.as_ref().err());
-                    result
-                }
+                Inner::Sentinel(s) => match s.connection().await {
+                    Ok(mut c) => {
+                        let result = c.req_packed_command(cmd).await;
+                        s.clone().check(result.as_ref().err());
+                        result
+                    }
+                    Err(e) => Err(e),
+                },
             };
             crate::metrics::redis_master_command(&master, start, result.as_ref().err());
             result
@@ -362,13 +363,14 @@ impl ConnectionLike for Conn {
                 Inner::Cluster { conn, .. } => {
                     conn.req_packed_commands(pipeline, offset, count).await
                 }
-                Inner::Sentinel(s) => {
-                    let s = s.clone();
-                    let mut c = s.connection().await?;
-                    let result = c.req_packed_commands(pipeline, offset, count).await;
-                    s.check(result.as_ref().err());
-                    result
-                }
+                Inner::Sentinel(s) => match s.connection().await {
+                    Ok(mut c) => {
+                        let result = c.req_packed_commands(pipeline, offset, count).await;
+                        s.clone().check(result.as_ref().err());
+                        result
+                    }
+                    Err(e) => Err(e),
+                },
             };
             crate::metrics::redis_master_command(&master, start, result.as_ref().err());
             result
@@ -434,6 +436,19 @@ fn command_key(cmd: &Cmd) -> Option<&[u8]> {
         0
     };
     args.nth(keyed_after)
+}
+
+/// `host:port` of a client's server, as [`NodeAddr`] writes it (IPv6 in brackets), so that
+/// addresses from sentinels, `CLUSTER SLOTS` and clients compare equal.
+fn addr_of(client: &Client) -> String {
+    match client.get_connection_info().addr() {
+        ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => NodeAddr {
+            host: host.clone(),
+            port: *port,
+        }
+        .to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// The response timeout of the shared connection: [`COMMAND_TIMEOUT`], or longer when `WAIT`
@@ -666,6 +681,9 @@ struct Current {
 
 struct SentinelShared {
     sentinel: tokio::sync::Mutex<SentinelClient>,
+    /// Clients of the sentinels themselves, for the cheap check of the watcher.
+    sentinels: Vec<Client>,
+    master_name: String,
     current: RwLock<Option<Arc<Current>>>,
     rediscovering: AtomicBool,
     response_timeout: Duration,
@@ -702,8 +720,28 @@ impl SentinelShared {
         {
             builder = builder.set_client_to_sentinel_password(pw);
         }
+        let sentinel_password = settings
+            .sentinel_password
+            .as_ref()
+            .or(settings.password.as_ref());
+        let clients = sentinels
+            .iter()
+            .map(|s| {
+                let info = ConnectionAddr::Tcp(s.host.clone(), s.port).into_connection_info()?;
+                let mut redis = info.redis_settings().clone();
+                if let Some(user) = &settings.username {
+                    redis = redis.set_username(user);
+                }
+                if let Some(pw) = sentinel_password {
+                    redis = redis.set_password(pw);
+                }
+                Client::open(info.set_redis_settings(redis))
+            })
+            .collect::<RedisResult<Vec<Client>>>()?;
         Ok(SentinelShared {
             sentinel: tokio::sync::Mutex::new(builder.build()?),
+            sentinels: clients,
+            master_name: master.to_owned(),
             current: RwLock::new(None),
             rediscovering: AtomicBool::new(false),
             response_timeout,
@@ -739,7 +777,7 @@ impl SentinelShared {
                 RedisError::from((ErrorKind::Io, "sentinel master discovery timed out"))
             })??;
         drop(sentinel);
-        let addr: Arc<str> = client.get_connection_info().addr().to_string().into();
+        let addr: Arc<str> = addr_of(&client).into();
         let previous = self.current();
         if let Some(p) = &previous
             && p.addr == addr
@@ -798,15 +836,63 @@ fn may_mean_failover(e: &RedisError) -> bool {
         )
 }
 
+/// Every [`TOPOLOGY_POLL`], asks one sentinel `SENTINEL get-master-addr-by-name` over a kept
+/// connection (cheap) and runs the full discovery (which connects to the master to check its
+/// role) only when the answer differs from the current master, or none is known.
 async fn watch_sentinel(shared: Weak<SentinelShared>) {
+    let mut asked: Option<(usize, redis::aio::MultiplexedConnection)> = None;
     loop {
         let Some(s) = shared.upgrade() else { return };
-        if let Err(e) = s.discover().await {
+        let named = named_master(&s, &mut asked).await;
+        let current = s.current().map(|c| c.addr.clone());
+        let moved = match (&named, &current) {
+            (Some(named), Some(current)) => **named != **current,
+            (None, Some(_)) => false, // no sentinel answered: keep what works
+            (_, None) => true,
+        };
+        if moved && let Err(e) = s.discover().await {
             tracing::debug!(error = %e, "redis sentinel master not found");
         }
         drop(s);
         tokio::time::sleep(TOPOLOGY_POLL).await;
     }
+}
+
+/// `host:port` of the master the first answering sentinel names (its connection kept in
+/// `asked` for the next time).
+async fn named_master(
+    s: &SentinelShared,
+    asked: &mut Option<(usize, redis::aio::MultiplexedConnection)>,
+) -> Option<String> {
+    let start = asked.as_ref().map(|(i, _)| *i).unwrap_or(0);
+    for k in 0..s.sentinels.len() {
+        let i = (start + k) % s.sentinels.len();
+        let mut conn = match asked.take() {
+            Some((j, c)) if j == i => c,
+            _ => {
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(DISCOVERY_TIMEOUT));
+                match s.sentinels[i]
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                {
+                    Ok(c) => c,
+                    Err(_) => continue,
+                }
+            }
+        };
+        let reply: RedisResult<Option<(String, u16)>> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(&s.master_name)
+            .query_async(&mut conn)
+            .await;
+        if let Ok(Some((host, port))) = reply {
+            *asked = Some((i, conn));
+            return Some(NodeAddr { host, port }.to_string());
+        }
+    }
+    None
 }
 
 #[cfg(test)]
