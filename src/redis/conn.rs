@@ -305,11 +305,21 @@ impl Conn {
             }
             _ => self.req_packed_command(&cmd).await?,
         };
-        let confirmed: u32 = redis::from_redis_value(value)?;
-        if confirmed < replicas {
-            crate::metrics::redis_wait_timeout();
-        }
-        Ok(confirmed)
+        wait_reply(value, replicas)
+    }
+
+    /// Appends `WAIT replicas timeout` to `pipe`, after the write(s) it confirms: sent in the
+    /// same pipeline, the `WAIT` runs on the connection that carried the writes, with no
+    /// reconnect in between (a `WAIT` on a fresh connection confirms nothing: it has no writes
+    /// of its own to wait for). In Cluster mode the pipeline goes to the master of its first
+    /// key's slot; a bare `WAIT` through [`Conn`] would be sent to every master instead (redis-rs
+    /// routes it that way) — use this or [`Conn::wait_for_replicas`]. Read the reply with
+    /// [`wait_reply`].
+    pub fn pipe_wait(pipe: &mut Pipeline, replicas: u32, timeout: Duration) {
+        let millis = u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        pipe.cmd("WAIT").arg(replicas).arg(millis);
     }
 
     /// The `master` label of `cmd`'s metrics.
@@ -384,6 +394,16 @@ impl ConnectionLike for Conn {
             Inner::Sentinel(s) => s.db,
         }
     }
+}
+
+/// The number of replicas a `WAIT` reply reports; fewer than `replicas` (the timeout passed)
+/// is counted in `fanout_redis_wait_timeouts_total`.
+pub fn wait_reply(value: Value, replicas: u32) -> RedisResult<u32> {
+    let confirmed: u32 = redis::from_redis_value(value)?;
+    if confirmed < replicas {
+        crate::metrics::redis_wait_timeout();
+    }
+    Ok(confirmed)
 }
 
 /// The first key of `cmd` (the key of `EVAL`/`EVALSHA`/`FCALL` after `numkeys`), for routing

@@ -46,6 +46,16 @@ async fn set_get(conn: &mut Conn, key: &str, value: &str) -> redis::RedisResult<
     conn.get(key).await
 }
 
+/// `SET key value` and `WAIT 1` in one pipeline (so on one connection): the replicas that
+/// confirmed it.
+async fn set_confirmed(conn: &mut Conn, key: &str, value: &str) -> u32 {
+    let mut pipe = redis::pipe();
+    pipe.cmd("SET").arg(key).arg(value).ignore();
+    Conn::pipe_wait(&mut pipe, 1, Duration::from_secs(2));
+    let (n,): (redis::Value,) = pipe.query_async(conn).await.expect("SET + WAIT pipeline");
+    fanout::redis::wait_reply(n, 1).expect("WAIT reply")
+}
+
 /// Retries `set_get` until it works or `limit` passed; returns the time it took.
 async fn works_again_within(conn: &Conn, key: &str, limit: Duration) -> Option<Duration> {
     let start = Instant::now();
@@ -98,6 +108,10 @@ async fn cluster_conn_routes_by_slot_and_follows_a_reshard() {
         );
     }
     assert_eq!(masters_used.len(), 3, "30 keys spread over the 3 masters");
+    // SET + WAIT pipelined go to the key's master: its replica confirms, whichever it is.
+    for i in 0..6 {
+        assert_eq!(set_confirmed(&mut conn, &format!("k:{i}"), "w").await, 1);
+    }
 
     // The masters with their slots, covering all 16384.
     let masters = redis.masters().await.expect("masters");
@@ -296,6 +310,7 @@ async fn sentinel_conn_finds_the_master_and_follows_a_failover() {
         .await
         .expect("wait");
     assert_eq!(n, 1, "the replica confirmed the write");
+    assert_eq!(set_confirmed(&mut conn, "k2", "accepted too").await, 1);
     let masters = redis.masters().await.expect("masters");
     assert_eq!(masters.len(), 1);
     assert_eq!(port_of(&masters[0].addr), sentinel.master_port);
@@ -327,6 +342,9 @@ async fn sentinel_conn_finds_the_master_and_follows_a_failover() {
         Some("accepted"),
         "the confirmed write survived"
     );
+    let mut c = conn.clone();
+    let k2: String = c.get("k2").await.expect("get k2");
+    assert_eq!(k2, "accepted too", "the pipelined confirmed write survived");
     assert!(
         sentinel.wait_failover(Duration::from_secs(10)).await,
         "the sentinels promoted the replica"
