@@ -295,6 +295,14 @@ impl Config {
                 self.ws_max_message_bytes
             ));
         }
+        if self.redis_wait_replicas > 0 && self.redis_wait_timeout_ms > 1000 {
+            w.push(format!(
+                "REDIS_WAIT_REPLICAS={} with REDIS_WAIT_TIMEOUT_MS={}: while replicas lag, a WAIT \
+                 holds the shared Redis connection and every command behind it for up to that \
+                 long (the command timeout grows to match)",
+                self.redis_wait_replicas, self.redis_wait_timeout_ms
+            ));
+        }
         if self.cors_origins.iter().all(|o| o.is_empty()) {
             w.push("CORS_ORIGINS is empty: any web origin may use long-polling".into());
         }

@@ -345,3 +345,22 @@ fn bad_redis_mode_values_are_one_line_naming_the_setting() {
         assert!(!e.contains('\n') && e.contains(name), "{extra:?}: {e}");
     }
 }
+
+#[test]
+fn a_long_wait_timeout_is_warned_about() {
+    let warned = |extra: &[&'static str]| {
+        with(extra)
+            .expect("valid")
+            .warnings()
+            .iter()
+            .any(|w| w.contains("REDIS_WAIT_TIMEOUT_MS"))
+    };
+    assert!(!warned(&[]));
+    assert!(!warned(&["--redis-wait-replicas", "1"]));
+    assert!(warned(&[
+        "--redis-wait-replicas",
+        "1",
+        "--redis-wait-timeout-ms",
+        "5000"
+    ]));
+}

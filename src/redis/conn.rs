@@ -919,6 +919,63 @@ async fn named_master(
 mod tests {
     use super::*;
 
+    fn settings(extra: &[&str]) -> RedisSettings {
+        let mut args = vec!["fanout", "--api-key", "k", "--jwt-secret", "s"];
+        args.extend(extra);
+        crate::Config::try_from_args(args)
+            .expect("config")
+            .redis()
+            .expect("redis settings")
+    }
+
+    #[tokio::test]
+    async fn one_redis_is_its_own_only_master_with_the_credentials() {
+        let s = settings(&[
+            "--redis-url",
+            "redis://:urlpw@127.0.0.1:1/3",
+            "--redis-username",
+            "u",
+            "--redis-password",
+            "p@:/",
+        ]);
+        // No I/O: nothing listens on port 1.
+        let redis = Redis::new(&s).expect("handle");
+        assert_eq!(redis.mode(), "single");
+        let masters = redis.masters().await.expect("masters");
+        assert_eq!(masters.len(), 1);
+        assert_eq!(masters[0].addr, "127.0.0.1:1");
+        assert_eq!(masters[0].slots, [(0, SLOTS - 1)]);
+        let client = redis.client_for_key(b"any").await.expect("client");
+        let info = client.get_connection_info().redis_settings();
+        assert_eq!(info.username(), Some("u"));
+        assert_eq!(info.password(), Some("p@:/"));
+        assert_eq!(info.db(), 3);
+        assert_eq!(redis.conn().get_db(), 3);
+        // Not reachable: a command fails (fast), it does not hang.
+        let mut conn = redis.conn();
+        let res: RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+        assert!(res.is_err());
+    }
+
+    #[tokio::test]
+    async fn cluster_and_sentinel_handles_are_built_without_io() {
+        let redis = Redis::new(&settings(&[
+            "--redis-cluster-nodes",
+            "127.0.0.1:1,127.0.0.1:2",
+        ]))
+        .expect("cluster handle");
+        assert_eq!(redis.mode(), "cluster");
+        assert_eq!(redis.topology_generation(), 0);
+        let redis = Redis::new(&settings(&[
+            "--redis-sentinels",
+            "127.0.0.1:1",
+            "--redis-sentinel-master",
+            "m",
+        ]))
+        .expect("sentinel handle");
+        assert_eq!(redis.mode(), "sentinel");
+    }
+
     #[test]
     fn slots_follow_hash_tags() {
         // Values from Redis' own CLUSTER KEYSLOT.
@@ -926,6 +983,8 @@ mod tests {
         assert_eq!(slot_of(b"{user1000}.following"), slot_of(b"user1000"));
         assert_eq!(slot_of(b"fanout:{chat:1}:h"), slot_of(b"chat:1"));
         assert!(slot_of(b"") < SLOTS);
+        // An empty tag `{}` does not count: the whole key is hashed.
+        assert_ne!(slot_of(b"x{}1"), slot_of(b"y{}1"));
     }
 
     #[test]
