@@ -269,6 +269,39 @@ impl Redis {
         self.client_for_key(key).await?.get_async_pubsub().await
     }
 
+    /// Cluster mode: a dedicated subscriber (RESP3) for shard channels, see
+    /// [`ClusterSubscriber`]; the messages arrive on `pushes`. `None` outside Cluster mode
+    /// (there, [`Self::pubsub_for_key`] on the one master).
+    pub async fn cluster_subscriber(
+        &self,
+        pushes: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+    ) -> Option<RedisResult<ClusterSubscriber>> {
+        let (RedisMode::Cluster { nodes }, Inner::Cluster { map, .. }) =
+            (&self.shared.settings.mode, &self.shared.conn.inner)
+        else {
+            return None;
+        };
+        let connect = async {
+            let client = cluster_builder(nodes, &self.shared.settings, COMMAND_TIMEOUT)
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(pushes)
+                .build()?;
+            let conn = client.get_async_connection().await?;
+            let channels = Arc::new(std::sync::Mutex::new(Vec::new()));
+            tokio::spawn(follow_topology(
+                conn.clone(),
+                Arc::downgrade(&channels),
+                map.clone(),
+            ));
+            Ok(ClusterSubscriber {
+                conn,
+                channels,
+                map: map.clone(),
+            })
+        };
+        Some(connect.await)
+    }
+
     /// The client the node's blocking readers and subscribers use until they are made
     /// cluster-aware (after the backplane rewrite): the one Redis, the current Sentinel master
     /// (asked of the sentinels now), or in Cluster mode the master of slot 0 — which serves
@@ -539,6 +572,14 @@ fn cluster_client(
     settings: &RedisSettings,
     response_timeout: Duration,
 ) -> RedisResult<ClusterClient> {
+    cluster_builder(nodes, settings, response_timeout).build()
+}
+
+fn cluster_builder(
+    nodes: &[NodeAddr],
+    settings: &RedisSettings,
+    response_timeout: Duration,
+) -> ClusterClientBuilder {
     let seeds: Vec<ConnectionAddr> = nodes
         .iter()
         .map(|n| ConnectionAddr::Tcp(n.host.clone(), n.port))
@@ -558,7 +599,105 @@ fn cluster_client(
     if let Some(pw) = &settings.password {
         builder = builder.password(pw);
     }
-    builder.build()
+    builder
+}
+
+// ---- Cluster: shard-channel subscriber ------------------------------------------------------
+
+/// A subscriber connection of Cluster mode for shard channels (`SSUBSCRIBE`), built by
+/// [`Redis::cluster_subscriber`]: one room's channel `fanout:{<room>}:ch` is served by the
+/// master of the room's slot, and the connection routes each channel there. redis-rs
+/// subscribes again after a reconnect and after it re-reads the slot map, but a connection
+/// that only listens never re-reads it; so when the node's slot map shows a subscribed
+/// channel's slot served by another master (a failover, a reshard), this sends one keyed
+/// command (`EXISTS <channel>`) into that slot, which makes redis-rs re-read the map and move
+/// the subscriptions.
+pub struct ClusterSubscriber {
+    conn: ClusterConnection,
+    map: Arc<SlotMap>,
+    /// Subscribed channels and the master serving each when last checked.
+    channels: Arc<Channels>,
+}
+
+/// Subscribed channels, each with the master that served it when last checked.
+type Channels = std::sync::Mutex<Vec<(Vec<u8>, Option<Arc<str>>)>>;
+
+impl ClusterSubscriber {
+    /// `SSUBSCRIBE channel`.
+    pub async fn ssubscribe(&mut self, channel: &str) -> RedisResult<()> {
+        self.conn.ssubscribe(channel).await?;
+        if let Ok(mut chans) = self.channels.lock()
+            && !chans.iter().any(|(c, _)| c == channel.as_bytes())
+        {
+            // The owner now; a first look of the watcher that sees another one subscribes again.
+            chans.push((
+                channel.as_bytes().to_vec(),
+                self.map.owner(slot_of(channel.as_bytes())),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `SUNSUBSCRIBE channel`.
+    pub async fn sunsubscribe(&mut self, channel: &str) -> RedisResult<()> {
+        self.conn.sunsubscribe(channel).await?;
+        if let Ok(mut chans) = self.channels.lock() {
+            chans.retain(|(c, _)| c != channel.as_bytes());
+        }
+        Ok(())
+    }
+}
+
+/// Every [`TOPOLOGY_POLL`]: the channels whose slot the node's slot map now shows served by
+/// another master are subscribed again (after one keyed command into such a slot, which makes
+/// redis-rs re-read its own slot map so that `SSUBSCRIBE` goes to the new master). A channel
+/// that fails stays marked and is tried again at the next look.
+async fn follow_topology(mut conn: ClusterConnection, channels: Weak<Channels>, map: Arc<SlotMap>) {
+    loop {
+        tokio::time::sleep(TOPOLOGY_POLL).await;
+        let Some(chans) = channels.upgrade() else {
+            return;
+        };
+        let moved: Vec<(Vec<u8>, Arc<str>)> = chans
+            .lock()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|(channel, owner)| {
+                        let now = map.owner(slot_of(channel))?;
+                        (owner.as_ref() != Some(&now)).then(|| (channel.clone(), now))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        drop(chans);
+        let Some((first, _)) = moved.first() else {
+            continue;
+        };
+        let mut poke = redis::cmd("EXISTS");
+        poke.arg(first);
+        let _ = tokio::time::timeout(COMMAND_TIMEOUT * 4, conn.req_packed_command(&poke)).await;
+        let mut done = Vec::new();
+        for (channel, owner) in moved {
+            let subscribed =
+                tokio::time::timeout(COMMAND_TIMEOUT * 2, conn.ssubscribe(&channel[..])).await;
+            if matches!(subscribed, Ok(Ok(()))) {
+                done.push((channel, owner));
+            }
+        }
+        tracing::info!(
+            channels = done.len(),
+            "shard-channel subscriber followed a topology change"
+        );
+        if let Some(chans) = channels.upgrade()
+            && let Ok(mut list) = chans.lock()
+        {
+            for (channel, owner) in done {
+                if let Some(entry) = list.iter_mut().find(|(c, _)| *c == channel) {
+                    entry.1 = Some(owner);
+                }
+            }
+        }
+    }
 }
 
 // ---- Cluster: the slot map -------------------------------------------------------------------

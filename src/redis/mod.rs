@@ -10,7 +10,7 @@ pub mod conn;
 pub mod keys;
 pub mod scripts;
 
-pub use conn::{Conn, Master, Redis, slot_of, wait_reply};
+pub use conn::{ClusterSubscriber, Conn, Master, Redis, slot_of, wait_reply};
 
 use std::time::Duration;
 

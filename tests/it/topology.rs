@@ -451,3 +451,102 @@ async fn a_node_starts_on_a_cluster_and_reaches_redis() {
         .await;
     eprintln!("cluster-mode node POST /api/v1/chats: {status} {body}");
 }
+
+/// The next shard-channel message on `rx` within `limit` (subscription confirmations skipped).
+async fn next_smessage(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>,
+    limit: Duration,
+) -> Option<(String, String)> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let push = tokio::time::timeout_at(deadline, rx.recv()).await.ok()??;
+        if push.kind == redis::PushKind::SMessage
+            && let [channel, payload] = push.data.as_slice()
+        {
+            let channel: String = redis::from_redis_value(channel.clone()).ok()?;
+            let payload: String = redis::from_redis_value(payload.clone()).ok()?;
+            return Some((channel, payload));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_shard_channels_are_subscribed_by_room_and_survive_a_failover() {
+    if !require_tools(
+        "topology::cluster_shard_channels_are_subscribed_by_room_and_survive_a_failover",
+        topo::TOOLS,
+        topo::HINT,
+    ) {
+        return;
+    }
+    let mut cluster = RedisCluster::start().await;
+    let redis = Redis::new(&settings(&["--redis-cluster-nodes", &cluster.seeds()])).expect("redis");
+    let mut conn = redis.conn();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut sub = redis
+        .cluster_subscriber(tx)
+        .await
+        .expect("cluster mode")
+        .expect("subscriber connection");
+    // Rooms on different masters, one channel each.
+    let rooms = ["room-a", "room-b", "room-c", "room-d"];
+    let channel = |room: &str| format!("fanout:{{{room}}}:ch");
+    for room in rooms {
+        sub.ssubscribe(&channel(room)).await.expect("ssubscribe");
+    }
+    for room in rooms {
+        let receivers: i64 = redis::cmd("SPUBLISH")
+            .arg(channel(room))
+            .arg(format!("hello {room}"))
+            .query_async(&mut conn)
+            .await
+            .expect("spublish");
+        assert_eq!(receivers, 1, "{room}");
+        let got = next_smessage(&mut rx, WAIT).await;
+        assert_eq!(got, Some((channel(room), format!("hello {room}"))));
+    }
+
+    // The master of room-a's slot dies; its replica takes over; the subscription follows.
+    let slot = slot_of(channel("room-a").as_bytes());
+    let master = cluster.master_of_slot(slot).await.expect("master").port;
+    let replica = cluster.replica_of(master).await.expect("replica");
+    cluster.kill9(master);
+    assert!(
+        cluster.wait_promoted(replica, FAILOVER_BOUND).await,
+        "replica {replica} promoted"
+    );
+    let t = Instant::now();
+    let delivered = eventually(
+        FAILOVER_BOUND,
+        Duration::from_millis(200),
+        || {
+            let mut c = conn.clone();
+            async move {
+                let sent: redis::RedisResult<i64> = redis::cmd("SPUBLISH")
+                    .arg(channel("room-a"))
+                    .arg("after")
+                    .query_async(&mut c)
+                    .await;
+                sent.unwrap_or(0)
+            }
+        },
+        |&n| n == 1,
+    )
+    .await;
+    eprintln!(
+        "cluster: room-a's channel had its subscriber again after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        delivered, 1,
+        "the subscription moved to the promoted replica"
+    );
+    let mut got = None;
+    while let Some(m) = next_smessage(&mut rx, Duration::from_secs(2)).await {
+        if m.1 == "after" {
+            got = Some(m);
+            break;
+        }
+    }
+    assert_eq!(got, Some((channel("room-a"), "after".to_owned())));
+}
