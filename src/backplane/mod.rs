@@ -18,6 +18,7 @@
 
 pub mod canary;
 pub mod deliver;
+pub mod frame;
 pub mod reader;
 pub mod sampling;
 

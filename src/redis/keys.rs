@@ -23,6 +23,20 @@ pub fn shard_of(routing_key: &str, shards: u16) -> u16 {
     (h % u64::from(shards.max(1))) as u16
 }
 
+/// Pub/sub CHANNEL of room `room` (`chat:42`, `user:7`, `role:admin`): every event for the room
+/// travels here, and a node subscribes while it has a local socket in the room. The room name is
+/// the hash tag, so a chat's channel shares the slot of its keys (`chat_send.lua` publishes the
+/// message from inside the script) and rooms spread over every slot of a Redis Cluster.
+pub fn room_channel(room: &str) -> String {
+    format!("fanout:{{{room}}}:ch")
+}
+
+/// Pub/sub CHANNEL of one node: its delivery canary ([`crate::backplane::canary`]) travels here,
+/// through the same subscriber connection as the room events.
+pub fn node_channel(node_id: &str) -> String {
+    format!("fanout:{{node:{node_id}}}:ch")
+}
+
 /// STREAM of backplane shard `n`: every node reads all shards.
 pub fn backplane_shard(n: u16) -> String {
     format!("fanout:{{s{n}}}:bp")
