@@ -66,6 +66,6 @@ if ARGV[3] ~= '' then
 end
 
 local envelope = ARGV[13] .. string.format('%d', offset) .. ARGV[14] .. cjson.encode(epoch) .. ARGV[15]
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[12], '*', 'n', ARGV[11], 'e', envelope)
+redis.call('PUBLISH', KEYS[5], envelope)
 
 return {'new', ARGV[2], offset, epoch, ARGV[6]}

@@ -16,18 +16,23 @@ pub struct Frame {
     /// The actions, applied in order.
     #[serde(rename = "e")]
     pub actions: Envelope,
+    /// When the frame was built, ms since the epoch on the publisher's clock (delivery latency).
+    #[serde(rename = "t", default)]
+    pub at_ms: Option<u64>,
 }
 
 impl Frame {
-    /// The JSON of a frame of `actions` published by `origin`.
+    /// The JSON of a frame of `actions` published by `origin` now.
     pub fn to_json(origin: &str, actions: &Envelope) -> Result<String, serde_json::Error> {
         #[derive(Serialize)]
         struct Borrowed<'a> {
             n: &'a str,
+            t: u64,
             e: &'a Envelope,
         }
         serde_json::to_string(&Borrowed {
             n: origin,
+            t: crate::clock::now_ms(),
             e: actions,
         })
     }

@@ -53,7 +53,7 @@ impl Chats {
             },
             Action::emit(user_rooms, "chat:created", &created)?,
         ];
-        self.backplane.publish(chat_id, &envelope).await?;
+        self.backplane.publish(&envelope).await?;
         Ok(())
     }
 
@@ -68,7 +68,7 @@ impl Chats {
             of: users.iter().map(|u| user_room(u)).collect(),
             join: vec![chat_room(chat_id)],
         }];
-        self.backplane.publish(chat_id, &envelope).await?;
+        self.backplane.publish(&envelope).await?;
         Ok(())
     }
 
@@ -81,7 +81,7 @@ impl Chats {
         }];
         // Published even when the sets said "not a member": a socket may still sit in the room
         // after an earlier half-applied removal, and leaving twice is harmless.
-        self.backplane.publish(chat_id, &envelope).await?;
+        self.backplane.publish(&envelope).await?;
         Ok(removed)
     }
 
@@ -108,7 +108,7 @@ impl Chats {
                 leave: vec![room],
             },
         ];
-        self.backplane.publish(chat_id, &envelope).await?;
+        self.backplane.publish(&envelope).await?;
         Ok(true)
     }
 }

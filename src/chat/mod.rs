@@ -10,6 +10,7 @@
 //! Every Redis command of the domain lives in [`store`]; this module decides, the store reads
 //! and writes. Room names are built here only: [`chat_room`], [`user_room`], [`role_room`].
 
+pub mod gapfill_tmp;
 pub mod membership;
 pub mod store;
 
@@ -148,10 +149,14 @@ impl Chats {
     /// A service over the node's shared connection and backplane publisher.
     pub fn new(conn: crate::redis::Conn, backplane: Backplane, settings: ChatSettings) -> Self {
         Chats {
-            store: ChatStore::new(conn, backplane.shards()),
+            store: ChatStore::new(conn, 8),
             backplane,
             settings,
         }
+    }
+
+    fn conn(&self) -> crate::redis::Conn {
+        self.store.conn()
     }
 
     /// `FORBIDDEN` unless `user` is a member of `chat_id`.
@@ -197,9 +202,9 @@ impl Chats {
                 history_maxlen: self.settings.history_maxlen,
                 history_ttl_secs: self.settings.history_ttl_secs,
                 dedup_ttl_secs: self.settings.dedup_ttl_secs,
-                shards: self.backplane.shards(),
+                shards: 8,
                 node_id: self.backplane.node_id(),
-                backplane_maxlen: self.backplane.maxlen(),
+                backplane_maxlen: 100_000,
             })
             .await
             .map_err(|e| ClientError::from_store(&e))?;
@@ -250,7 +255,7 @@ impl Chats {
             event: "chat:typing".to_owned(),
             data: serde_json::value::to_raw_value(&data).map_err(|e| ClientError::internal(&e))?,
         };
-        self.publish(chat_id, vec![action]).await
+        self.publish(vec![action]).await
     }
 
     /// Publishes a read receipt to the whole chat room, the reader's socket included.
@@ -269,12 +274,12 @@ impl Chats {
         });
         let action = Action::emit(vec![chat_room(chat_id)], "chat:read", &data)
             .map_err(|e| ClientError::internal(&e))?;
-        self.publish(chat_id, vec![action]).await
+        self.publish(vec![action]).await
     }
 
-    async fn publish(&self, chat_id: &str, actions: Vec<Action>) -> Result<(), ClientError> {
+    async fn publish(&self, actions: Vec<Action>) -> Result<(), ClientError> {
         self.backplane
-            .publish(chat_id, &actions)
+            .publish(&actions)
             .await
             .map(|_| ())
             .map_err(|e| ClientError::from_store(&e))

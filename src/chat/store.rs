@@ -35,6 +35,11 @@ impl ChatStore {
         ChatStore { conn, shards }
     }
 
+    /// TEMPORARY: the connection (gapfill_tmp).
+    pub fn conn(&self) -> Conn {
+        self.conn.clone()
+    }
+
     fn keys(&self, chat_id: &str) -> ChatKeys {
         ChatKeys::new(chat_id, self.shards)
     }

@@ -113,10 +113,10 @@ pub const PRESENCE_DEADLINES: &str = "presence:deadlines";
 /// STRING: the node currently allowed to sweep (short PX lease).
 pub const PRESENCE_SWEEP_LOCK: &str = "presence:sweep-lock";
 
-/// STRING: the backplane entry id of a publish with idempotency key `key`, on the slot of the
-/// shard the publish goes to (so `publish_once.lua` checks and appends atomically).
-pub fn publish_idempotency(shard: u16, key: &str) -> String {
-    format!("fanout:{{s{shard}}}:idem:{key}")
+/// STRING: the id of the server API publish with idempotency key `key`, on the slot of the
+/// publish's first room (so `publish_once.lua` checks, records and publishes atomically).
+pub fn publish_idempotency(room: &str, key: &str) -> String {
+    format!("fanout:{{{room}}}:idem:{key}")
 }
 
 /// STREAM services may `XADD` publish requests to (field `body` = the JSON body of

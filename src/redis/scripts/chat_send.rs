@@ -96,13 +96,20 @@ pub fn call(a: &SendArgs<'_>) -> Result<Call, serde_json::Error> {
     let cmid = a.client_msg_id.unwrap_or("");
     let k = ChatKeys::new(a.chat_id, a.shards);
     let [head, mid, tail] = envelope_parts(a)?;
+    // TEMPORARY until the script branch lands: wrap the envelope into a frame.
+    let head = format!(
+        "{{\"n\":{},\"t\":{},\"e\":{head}",
+        serde_json::to_string(a.node_id)?,
+        crate::clock::now_ms()
+    );
+    let tail = format!("{tail}}}");
     Ok(Call {
         keys: vec![
             k.members(),
             k.meta(),
             k.log(),
             k.dedup(a.sender, cmid),
-            k.stream(),
+            crate::redis::keys::room_channel(&crate::chat::chat_room(a.chat_id)),
         ],
         args: vec![
             a.sender.to_owned(),
