@@ -337,6 +337,9 @@ pub async fn manager(
     let min_gap = Duration::from_secs(1) / interest.commands_per_sec;
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Rooms whose subscription failed (no connection, or it broke): retried until one works,
+    // unless they were unregistered meanwhile.
+    let mut retry: Vec<String> = Vec::new();
     loop {
         let first = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -359,13 +362,25 @@ pub async fn manager(
         } else {
             (Vec::new(), Vec::new())
         };
-        if batch.is_empty() && gone.is_empty() && found.is_empty() {
+        let mut rooms: Vec<String> = found;
+        for r in &batch {
+            rooms.extend(r.rooms.iter().cloned());
+        }
+        if !retry.is_empty() {
+            let still: Vec<String> = std::mem::take(&mut retry)
+                .into_iter()
+                .filter(|r| interest.has_room(r))
+                .collect();
+            rooms.extend(still);
+        }
+        if rooms.is_empty() && gone.is_empty() {
             continue;
         }
-        // Wait for a connection; the subscriber loop subscribes everything registered when it
-        // opens one, so requests made meanwhile are answered by that.
         let conn = link.borrow_and_update().clone();
         let Some(mut conn) = conn else {
+            // The subscriber loop is reconnecting: it subscribes everything registered when
+            // its connection opens, and what registered after that is retried here.
+            retry.extend(rooms);
             for r in batch {
                 if let Some(done) = r.done {
                     let _ = done.send(false);
@@ -383,16 +398,12 @@ pub async fn manager(
             }
             crate::metrics::subscription_changes("unsubscribe", gone.len());
         }
-        let mut rooms: Vec<String> = found;
-        for r in &batch {
-            rooms.extend(r.rooms.iter().cloned());
-        }
         let mut ok = true;
         if !rooms.is_empty() {
             let channels: Vec<String> = rooms.iter().map(|r| keys::room_channel(r)).collect();
             for chunk in channels.chunks(BATCH) {
                 if let Err(e) = conn.subscribe(chunk).await {
-                    tracing::warn!(error = %e, "subscribe failed; the subscriber reconnects");
+                    tracing::warn!(error = %e, "subscribe failed; retrying");
                     ok = false;
                     break;
                 }
@@ -407,6 +418,8 @@ pub async fn manager(
                 if !chats.is_empty() {
                     let _ = control.send(Control::Sync(chats));
                 }
+            } else {
+                retry.extend(rooms);
             }
         }
         for r in batch {
