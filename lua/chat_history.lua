@@ -1,8 +1,8 @@
 -- chat_history: read a chat's retained messages and its sequence position in one atomic step.
 --
--- KEYS[1] = fanout:{s<n>}:chat:<chatId>:members SET of member user ids
--- KEYS[2] = fanout:{s<n>}:chat:<chatId>:meta    HASH seq, epoch
--- KEYS[3] = fanout:{s<n>}:chat:<chatId>:log     STREAM of messages, entry id 0-<offset>
+-- KEYS[1] = fanout:{chat:<chatId>}:members SET of member user ids
+-- KEYS[2] = fanout:{chat:<chatId>}:meta    HASH seq, epoch
+-- KEYS[3] = fanout:{chat:<chatId>}:log     STREAM of messages, entry id 0-<offset>
 -- ARGV[1] = since: return messages with offset > since; '' = the newest ARGV[3] messages
 -- ARGV[2] = the client's epoch, or '' when it sent none
 -- ARGV[3] = limit (already clamped to 1..1000 by the caller)

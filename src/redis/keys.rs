@@ -1,16 +1,19 @@
 //! Every Redis key and stream name fanout uses, built in this one place.
 //!
 //! Hash tags decide which keys share a Redis Cluster slot (only keys of one slot may meet in a
-//! script). A chat's keys share the tag of its backplane shard, `{s<n>}`: `chat_send.lua` appends
-//! to the chat's history AND to the shard stream in one atomic step, which is what makes every
-//! node deliver a chat's messages in offset order (two separate writes from two nodes could land
-//! in the shard stream in the other order). A user's keys share the tag `{<userId>}`.
+//! script). A chat's keys carry the tag of its room, `{chat:<chatId>}`, the tag of the room's
+//! pub/sub channel ([`room_channel`]) too: `chat_send.lua` appends the message to the chat's
+//! history AND publishes it to the chat's channel in one atomic step, which is what makes every
+//! node see a chat's messages in offset order (two separate writes from two nodes could reach
+//! the channel in the other order), and what lets a node that sees a gap in the offsets fill it
+//! from the history. Tagging by room (not by a fixed shard) spreads chats over every slot of a
+//! Redis Cluster. A user's keys share the tag `{<userId>}`.
 //!
 //! Ids are validated to `[A-Za-z0-9_.:@-]` before they reach here, so they never contain a brace
 //! that would change a tag; `|` (outside that set) separates the two ids of a dedup key.
 //!
-//! `BACKPLANE_SHARDS` therefore fixes where chat data lives: every node of a deployment must use
-//! the same value, and changing it orphans existing chat keys.
+//! The chat keys do not depend on `BACKPLANE_SHARDS`. Chat data written under the earlier
+//! layout (`fanout:{s<n>}:chat:<chatId>:…`) is not read under this one.
 
 /// The shard of a routing key (a chat id, a user id): FNV-1a, stable across nodes, builds and
 /// restarts.
@@ -42,20 +45,20 @@ pub fn backplane_shard(n: u16) -> String {
     format!("fanout:{{s{n}}}:bp")
 }
 
-/// The keys of one chat, all on the slot of its shard.
+/// The keys of one chat, all on the slot of its room's channel.
 #[derive(Debug, Clone)]
 pub struct ChatKeys {
     prefix: String,
-    shard: u16,
+    room: String,
 }
 
 impl ChatKeys {
-    /// The keys of `chat_id` in a deployment with `shards` backplane shards.
-    pub fn new(chat_id: &str, shards: u16) -> ChatKeys {
-        let shard = shard_of(chat_id, shards);
+    /// The keys of `chat_id`: `fanout:{chat:<chatId>}:…`.
+    pub fn new(chat_id: &str) -> ChatKeys {
+        let room = crate::chat::chat_room(chat_id);
         ChatKeys {
-            prefix: format!("fanout:{{s{shard}}}:chat:{chat_id}"),
-            shard,
+            prefix: format!("fanout:{{{room}}}"),
+            room,
         }
     }
 
@@ -79,9 +82,10 @@ impl ChatKeys {
         format!("{}:dedup:{sender}|{client_msg_id}", self.prefix)
     }
 
-    /// The backplane shard stream the chat's events travel on.
-    pub fn stream(&self) -> String {
-        backplane_shard(self.shard)
+    /// Pub/sub CHANNEL of the chat's room ([`room_channel`]), on the slot of the chat's keys:
+    /// `chat_send.lua` publishes each accepted message here.
+    pub fn channel(&self) -> String {
+        room_channel(&self.room)
     }
 }
 
@@ -150,14 +154,17 @@ mod tests {
     }
 
     #[test]
-    fn a_chats_keys_and_its_stream_share_one_hash_tag() {
-        let k = ChatKeys::new("42", 8);
-        let t = tag(&k.stream()).to_owned();
+    fn a_chats_keys_and_its_channel_share_the_rooms_hash_tag() {
+        let k = ChatKeys::new("42");
+        assert_eq!(k.channel(), room_channel("chat:42"));
+        assert_eq!(k.channel(), "fanout:{chat:42}:ch");
         for key in [k.members(), k.meta(), k.log(), k.dedup("u:1", "m-1")] {
-            assert_eq!(tag(&key), t, "{key}");
-            assert!(key.contains(":chat:42:"), "{key}");
+            assert_eq!(tag(&key), "chat:42", "{key}");
         }
-        assert!(k.dedup("a:b", "c").ends_with(":dedup:a:b|c"));
+        assert_eq!(k.members(), "fanout:{chat:42}:members");
+        assert_eq!(k.meta(), "fanout:{chat:42}:meta");
+        assert_eq!(k.log(), "fanout:{chat:42}:log");
+        assert_eq!(k.dedup("a:b", "c"), "fanout:{chat:42}:dedup:a:b|c");
         assert_eq!(user_chats("7"), "user:{7}:chats");
         assert_eq!(backplane_shard(3), "fanout:{s3}:bp");
     }

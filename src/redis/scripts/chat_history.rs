@@ -69,7 +69,20 @@ fn parse_page(chat_id: &str, reply: &[Value]) -> Option<History> {
     let offset = as_u64(reply.get(1)?)?;
     let epoch = as_string(reply.get(2)?)?;
     let reset = as_u64(reply.get(3)?)? == 1;
-    let entries = as_array(reply.get(4)?)?;
+    let messages = parse_entries(chat_id, &epoch, reply.get(4)?)?;
+    Some(History {
+        messages,
+        offset,
+        epoch,
+        reset,
+    })
+}
+
+/// History stream entries (`XRANGE` form: `{id, {field, value, ...}}`, entry id `0-<offset>`)
+/// as the `chat:message`s of chat `chat_id` in epoch `epoch`, in the entries' order; `None` if
+/// an entry lacks a field.
+pub fn parse_entries(chat_id: &str, epoch: &str, entries: &Value) -> Option<Vec<ChatMessage>> {
+    let entries = as_array(entries)?;
     let mut messages = Vec::with_capacity(entries.len());
     for entry in entries {
         let parts = as_array(entry)?;
@@ -92,15 +105,10 @@ fn parse_page(chat_id: &str, reply: &[Value]) -> Option<History> {
             content: field(content)?,
             created_at: field(created_at)?,
             offset: msg_offset,
-            epoch: epoch.clone(),
+            epoch: epoch.to_owned(),
         });
     }
-    Some(History {
-        messages,
-        offset,
-        epoch,
-        reset,
-    })
+    Some(messages)
 }
 
 #[cfg(test)]
@@ -110,14 +118,14 @@ mod tests {
 
     #[test]
     fn call_uses_empty_strings_for_absent_values() {
-        let ck = ChatKeys::new("c", 1);
+        let ck = ChatKeys::new("c");
         let c = call(&ck, "u", None, None, 100);
         assert_eq!(
             c.keys,
             [
-                "fanout:{s0}:chat:c:members",
-                "fanout:{s0}:chat:c:meta",
-                "fanout:{s0}:chat:c:log"
+                "fanout:{chat:c}:members",
+                "fanout:{chat:c}:meta",
+                "fanout:{chat:c}:log"
             ]
         );
         assert_eq!(c.args, ["", "", "100", "u"]);
