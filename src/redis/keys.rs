@@ -26,6 +26,38 @@ pub fn shard_of(routing_key: &str, shards: u16) -> u16 {
     (h % u64::from(shards.max(1))) as u16
 }
 
+/// Redis Cluster's hash slot of `key` (what `CLUSTER KEYSLOT` answers): CRC16/XMODEM of the
+/// key's hash tag — the bytes between the first `{` and the next `}`, if there are any — or else
+/// of the whole key, mod 16384. Channels hash the same way for `SPUBLISH`.
+pub fn hash_slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let hashed = bytes
+        .iter()
+        .position(|b| *b == b'{')
+        .and_then(|open| {
+            let rest = &bytes[open + 1..];
+            let close = rest.iter().position(|b| *b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(bytes);
+    crc16_xmodem(hashed) % 16384
+}
+
+fn crc16_xmodem(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for b in bytes {
+        crc ^= u16::from(*b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
 /// Pub/sub CHANNEL of room `room` (`chat:42`, `user:7`, `role:admin`): every event for the room
 /// travels here, and a node subscribes while it has a local socket in the room. The room name is
 /// the hash tag, so a chat's channel shares the slot of its keys (`chat_send.lua` publishes the
@@ -167,6 +199,99 @@ mod tests {
         assert_eq!(k.dedup("a:b", "c"), "fanout:{chat:42}:dedup:a:b|c");
         assert_eq!(user_chats("7"), "user:{7}:chats");
         assert_eq!(backplane_shard(3), "fanout:{s3}:bp");
+    }
+
+    #[test]
+    fn hash_slots_are_redis_clusters() {
+        // Vectors of the Redis Cluster specification and of CLUSTER KEYSLOT.
+        assert_eq!(crc16_xmodem(b"123456789"), 0x31c3);
+        assert_eq!(hash_slot("123456789"), 12739);
+        assert_eq!(hash_slot("foo"), 12182);
+        assert_eq!(
+            hash_slot("{user1000}.following"),
+            hash_slot("{user1000}.followers")
+        );
+        assert_eq!(hash_slot("{user1000}.following"), hash_slot("user1000"));
+        // An empty tag does not count: the whole key is hashed.
+        assert_eq!(hash_slot("foo{}{bar}"), crc16_xmodem(b"foo{}{bar}") % 16384);
+        // Only the first tag counts.
+        assert_eq!(hash_slot("foo{{bar}}zap"), hash_slot("{bar"));
+        assert_eq!(hash_slot("foo{bar}{zap}"), hash_slot("bar"));
+        assert_eq!(hash_slot("fanout:{chat:1}:ch"), 11659);
+    }
+
+    /// Every script's KEYS, as its pure builder makes them, hash to one slot (so Redis Cluster
+    /// runs it), and a chat's channel is on its keys' slot (so `chat_send.lua` may publish to it).
+    #[test]
+    fn every_scripts_keys_share_one_slot() {
+        use crate::redis::scripts::{
+            Call, chat_history, chat_send, presence_claim, presence_connect, presence_disconnect,
+            presence_refresh, publish_once,
+        };
+        let send = chat_send::SendArgs {
+            chat_id: "42",
+            sender: "u:1",
+            message_id: "m",
+            client_msg_id: Some("k"),
+            kind: "text",
+            content: "{x}",
+            created_at: "t",
+            candidate_epoch: "ab",
+            history_maxlen: 1,
+            history_ttl_secs: 1,
+            dedup_ttl_secs: 1,
+            node_id: "n",
+            publish: chat_send::PublishCommand::Spublish,
+        };
+        let fields = [("sid".to_owned(), "{}".to_owned())];
+        let mut calls: Vec<(&str, Call)> = Vec::new();
+        for chat in ["42", "a.b", "x_y@z-1:2"] {
+            calls.push((
+                "chat_send",
+                chat_send::call(&chat_send::SendArgs {
+                    chat_id: chat,
+                    ..send.clone()
+                })
+                .expect("call"),
+            ));
+            calls.push((
+                "chat_history",
+                chat_history::call(&ChatKeys::new(chat), "u", Some(1), None, 10),
+            ));
+        }
+        for user in ["7", "u:1", "a.b@c"] {
+            calls.push((
+                "presence_connect",
+                presence_connect::call(1, user, "s", "{}", 1, 1),
+            ));
+            calls.push((
+                "presence_disconnect",
+                presence_disconnect::call(1, user, "s", 1),
+            ));
+            calls.push((
+                "presence_refresh",
+                presence_refresh::call(1, user, 1, 1, true, &fields),
+            ));
+            calls.push(("presence_claim", presence_claim::call(1, user, 1)));
+        }
+        for shard in 0..16 {
+            calls.push((
+                "publish_once",
+                publish_once::call(shard, "k", 1, 1, "n", "[]".into()),
+            ));
+        }
+        for (name, call) in &calls {
+            assert!(call.keys.len() >= 2, "{name}: {:?}", call.keys);
+            let slot = hash_slot(&call.keys[0]);
+            for key in &call.keys {
+                assert_eq!(hash_slot(key), slot, "{name}: {:?}", call.keys);
+            }
+        }
+        // chat_send's last key is the chat's channel.
+        let k = ChatKeys::new("42");
+        let send_keys = &calls[0].1.keys;
+        assert_eq!(send_keys.last(), Some(&k.channel()));
+        assert_eq!(hash_slot(&k.channel()), hash_slot("chat:42"));
     }
 
     #[test]

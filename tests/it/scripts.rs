@@ -308,3 +308,78 @@ async fn the_lua_and_rust_halves_of_the_field_rule_agree() {
         );
     }
 }
+
+/// `keys::hash_slot` answers what a cluster-enabled redis-server's `CLUSTER KEYSLOT` answers (a
+/// server without cluster support refuses the command), and `chat_send.lua` runs on a Redis
+/// Cluster node with the channel among its KEYS, publishing with `SPUBLISH`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_slots_match_cluster_keyslot_and_chat_send_runs_on_a_cluster_node() {
+    use fanout::redis::keys::hash_slot;
+    let redis = Redis::start_with(&["--cluster-enabled", "yes"]).await;
+    let mut conn = redis.conn().await;
+    let k = ChatKeys::new("c.9");
+    for key in [
+        "123456789".to_owned(),
+        "{user1000}.following".to_owned(),
+        "foo{}{bar}".to_owned(),
+        "foo{{bar}}zap".to_owned(),
+        k.members(),
+        k.dedup("alice", "x"),
+        k.channel(),
+        fanout::redis::keys::presence_user("7"),
+        fanout::redis::keys::user_chats("7"),
+    ] {
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(hash_slot(&key), slot, "{key}");
+    }
+
+    let _: () = redis::cmd("CLUSTER")
+        .arg("ADDSLOTSRANGE")
+        .arg(0)
+        .arg(16383)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let ok = eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async {
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async(&mut redis.conn().await)
+                .await
+                .unwrap_or_default();
+            info.contains("cluster_state:ok")
+        },
+        |&ok| ok,
+    )
+    .await;
+    assert!(ok, "the one-node cluster never came up");
+    let _: () = redis::cmd("SADD")
+        .arg(k.members())
+        .arg("alice")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut sub = Subscriber::new(&redis, "SSUBSCRIBE", &k.channel());
+    let a = SendArgs {
+        publish: PublishCommand::Spublish,
+        ..args("c.9", "m1", "on a cluster", Some("k"))
+    };
+    let ack = accepted(send(&mut conn, &a).await);
+    let (kind, _, payload) = sub.next();
+    assert_eq!(kind, "smessage");
+    assert_eq!(
+        payload,
+        Frame::to_json(
+            "n1",
+            &message_envelope(&message(&a, ack.offset, &ack.epoch)).unwrap()
+        )
+        .unwrap()
+    );
+}
