@@ -15,7 +15,8 @@
 -- ARGV[6] = createdAt (ISO 8601 UTC with milliseconds)
 -- ARGV[7] = candidate epoch ([0-9a-f]+), used only if the chat has none yet (first message, or
 --           lost sequence)
--- ARGV[8] = HISTORY_MAXLEN (exact trim)
+-- ARGV[8] = HISTORY_MAXLEN (approximate trim, whole stream nodes at a time: the log keeps at
+--           least the last HISTORY_MAXLEN entries, and readers never return older offsets)
 -- ARGV[9] = HISTORY_TTL_SECS (the log's idle lifetime, refreshed on every append)
 -- ARGV[10] = dedup TTL in seconds
 -- ARGV[11] = the publish command: PUBLISH (one Redis, Sentinel) or SPUBLISH (Redis Cluster)
@@ -66,7 +67,7 @@ if not epoch then
 end
 local offset = string.format('%d', redis.call('HINCRBY', KEYS[2], 'seq', 1))
 
-redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[8], '0-' .. offset,
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '0-' .. offset,
   'id', ARGV[2], 'senderId', ARGV[1], 'clientMsgId', ARGV[3], 'type', ARGV[4],
   'content', ARGV[5], 'createdAt', ARGV[6])
 redis.call('EXPIRE', KEYS[3], ARGV[9])

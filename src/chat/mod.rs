@@ -152,7 +152,7 @@ impl Chats {
     /// otherwise.
     pub fn new(conn: crate::redis::Conn, backplane: Backplane, settings: ChatSettings) -> Self {
         Chats {
-            store: ChatStore::new(conn),
+            store: ChatStore::new(conn, settings.history_maxlen),
             backplane,
             settings,
             publish: PublishCommand::Publish,

@@ -30,6 +30,7 @@ use super::ChatMessage;
 #[derive(Clone)]
 pub struct ChatStore {
     conn: Conn,
+    history_maxlen: u64,
 }
 
 /// Where a chat's sequence stands ([`ChatStore::positions`]).
@@ -42,9 +43,13 @@ pub struct ChatPosition {
 }
 
 impl ChatStore {
-    /// A store over the node's shared connection.
-    pub fn new(conn: Conn) -> Self {
-        ChatStore { conn }
+    /// A store over the node's shared connection; a chat retains its last `history_maxlen`
+    /// (HISTORY_MAXLEN) messages.
+    pub fn new(conn: Conn, history_maxlen: u64) -> Self {
+        ChatStore {
+            conn,
+            history_maxlen,
+        }
     }
 
     fn keys(&self, chat_id: &str) -> ChatKeys {
@@ -191,7 +196,8 @@ impl ChatStore {
         epoch: Option<&str>,
         limit: u32,
     ) -> redis::RedisResult<chat_history::Read> {
-        let call = chat_history::call(&self.keys(chat_id), reader, since, epoch, limit);
+        let k = self.keys(chat_id);
+        let call = chat_history::call(&k, reader, since, epoch, limit, self.history_maxlen);
         let mut conn = self.conn.clone();
         let reply = scripts::invoke(&chat_history::SCRIPT, &mut conn, call).await?;
         chat_history::parse(chat_id, &reply)
@@ -225,8 +231,8 @@ impl ChatStore {
 
     /// The chat's current epoch (`None` without one) and its retained messages with offsets in
     /// `[from, to]`, oldest first, each as `chat:message` carries it; read atomically (MULTI:
-    /// `HGET <meta> epoch`, `XRANGE <log> 0-<from> 0-<to>`). Offsets no longer retained are
-    /// simply absent.
+    /// `HMGET <meta> epoch seq`, `XRANGE <log> 0-<from> 0-<to>`). Offsets no longer retained
+    /// (older than the last HISTORY_MAXLEN, or expired with the history) are simply absent.
     pub async fn range(
         &self,
         chat_id: &str,
@@ -236,9 +242,10 @@ impl ChatStore {
         let k = self.keys(chat_id);
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .cmd("HGET")
+            .cmd("HMGET")
             .arg(k.meta())
             .arg("epoch")
+            .arg("seq")
             .cmd("XRANGE")
             .arg(k.log())
             .arg(format!("0-{from}"))
@@ -247,16 +254,12 @@ impl ChatStore {
         let replies: Vec<redis::Value> =
             redis_op("xrange_range", pipe.query_async(&mut conn)).await?;
         let parsed = (|| {
-            let epoch = match replies.first()? {
-                redis::Value::Nil => None,
-                v => Some(scripts::as_string(v)?),
-            };
-            let messages = chat_history::parse_entries(
-                chat_id,
-                epoch.as_deref().unwrap_or(""),
-                replies.get(1)?,
-            )?;
-            Some((epoch, messages))
+            let position = parse_position(replies.first()?)?;
+            let epoch = position.epoch.as_deref().unwrap_or("");
+            let mut messages = chat_history::parse_entries(chat_id, epoch, replies.get(1)?)?;
+            let floor = chat_history::retained_after(position.seq, self.history_maxlen);
+            messages.retain(|m| m.offset > floor);
+            Some((position.epoch, messages))
         })();
         parsed.ok_or_else(|| unexpected_reply("range", &replies))
     }

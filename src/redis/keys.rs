@@ -256,7 +256,7 @@ mod tests {
             ));
             calls.push((
                 "chat_history",
-                chat_history::call(&ChatKeys::new(chat), "u", Some(1), None, 10),
+                chat_history::call(&ChatKeys::new(chat), "u", Some(1), None, 10, 100),
             ));
         }
         for user in ["7", "u:1", "a.b@c"] {

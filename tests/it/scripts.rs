@@ -163,7 +163,7 @@ async fn chat_send_publishes_serdes_frame_and_history_reads_the_same_message_bac
         );
         expected.push(message(&third, 3, "ab12cd34"));
 
-        let call = chat_history::call(&keys, "alice", None, None, 10);
+        let call = chat_history::call(&keys, "alice", None, None, 10, 100);
         let reply = invoke(&chat_history::SCRIPT, &mut conn, call)
             .await
             .unwrap();
@@ -211,7 +211,7 @@ async fn chat_send_publishes_serdes_frame_and_history_reads_the_same_message_bac
             Frame::to_json("n1", &message_envelope(&renewed).unwrap()).unwrap()
         );
         // The old epoch's log went with it.
-        let call = chat_history::call(&keys, "alice", None, None, 10);
+        let call = chat_history::call(&keys, "alice", None, None, 10, 100);
         let reply = invoke(&chat_history::SCRIPT, &mut conn, call)
             .await
             .unwrap();
@@ -229,7 +229,7 @@ async fn positions_and_ranges_read_what_chat_send_wrote() {
     let redis = Redis::start().await;
     let mut conn = redis.conn().await;
     let client = redis::Client::open(redis.url()).unwrap();
-    let store = ChatStore::new(fanout::redis::command_connection(&client).unwrap());
+    let store = ChatStore::new(fanout::redis::command_connection(&client).unwrap(), 4);
     let keys = ChatKeys::new("g");
     let _: () = redis::cmd("SADD")
         .arg(keys.members())
@@ -268,10 +268,42 @@ async fn positions_and_ranges_read_what_chat_send_wrote() {
     );
     assert!(store.positions(&[]).await.unwrap().is_empty());
 
+    // The log is trimmed approximately: it still holds all 6, but only the last 4 are retained,
+    // for history pages as for ranges.
+    let len: u64 = redis::cmd("XLEN")
+        .arg(keys.log())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 6);
+    let page = |since: Option<u64>, epoch: Option<&'static str>, limit: u32| {
+        let call = chat_history::call(&keys, "alice", since, epoch, limit, 4);
+        let mut conn = conn.clone();
+        async move {
+            let reply = invoke(&chat_history::SCRIPT, &mut conn, call)
+                .await
+                .unwrap();
+            let Read::Page(page) = chat_history::parse("g", &reply).unwrap() else {
+                panic!("forbidden");
+            };
+            (page.messages, page.reset)
+        }
+    };
+    assert_eq!(page(None, None, 100).await, (sent[2..].to_vec(), false));
+    assert_eq!(page(None, None, 2).await, (sent[4..].to_vec(), false));
+    assert_eq!(page(Some(0), None, 100).await, (sent[2..].to_vec(), false));
+    assert_eq!(page(Some(1), None, 2).await, (sent[2..4].to_vec(), false));
+    assert_eq!(page(Some(4), None, 100).await, (sent[4..].to_vec(), false));
+    assert_eq!(page(Some(6), None, 100).await, (Vec::new(), false));
+    assert_eq!(
+        page(Some(2), Some("other"), 100).await,
+        (sent[2..].to_vec(), true)
+    );
+    assert_eq!(page(Some(9), None, 3).await, (sent[2..5].to_vec(), true));
+
     let (epoch, got) = store.range("g", 4, 5).await.unwrap();
     assert_eq!(epoch.as_deref(), Some("ab12cd34"));
     assert_eq!(got, sent[3..5]);
-    // Only the last HISTORY_MAXLEN (4) are retained.
     let (_, got) = store.range("g", 1, 100).await.unwrap();
     assert_eq!(got, sent[2..]);
     let (_, got) = store.range("g", 5, 4).await.unwrap();

@@ -33,13 +33,15 @@ pub enum Read {
     Page(History),
 }
 
-/// KEYS and ARGV of `chat_history.lua`.
+/// KEYS and ARGV of `chat_history.lua`; `history_maxlen` is HISTORY_MAXLEN (the page never
+/// reaches below the chat's last HISTORY_MAXLEN offsets, see [`retained_after`]).
 pub fn call(
     k: &ChatKeys,
     reader: &str,
     since: Option<u64>,
     epoch: Option<&str>,
     limit: u32,
+    history_maxlen: u64,
 ) -> Call {
     Call {
         keys: vec![k.members(), k.meta(), k.log()],
@@ -48,8 +50,17 @@ pub fn call(
             epoch.unwrap_or("").to_owned(),
             limit.to_string(),
             reader.to_owned(),
+            history_maxlen.to_string(),
         ],
     }
+}
+
+/// The offset after which a chat at `seq` retains its messages: `chat_send.lua` trims the log
+/// approximately (cheaper than an exact trim on every append), so it may hold a few entries at
+/// or below this one, which no reader returns. Retention is exactly the last `history_maxlen`
+/// offsets, as an exact trim would leave it.
+pub fn retained_after(seq: u64, history_maxlen: u64) -> u64 {
+    seq.saturating_sub(history_maxlen)
 }
 
 /// The script's reply: `{'forbidden'}` or `{'ok', latestOffset, epoch, reset, entries}`.
@@ -119,7 +130,7 @@ mod tests {
     #[test]
     fn call_uses_empty_strings_for_absent_values() {
         let ck = ChatKeys::new("c");
-        let c = call(&ck, "u", None, None, 100);
+        let c = call(&ck, "u", None, None, 100, 1000);
         assert_eq!(
             c.keys,
             [
@@ -128,9 +139,11 @@ mod tests {
                 "fanout:{chat:c}:log"
             ]
         );
-        assert_eq!(c.args, ["", "", "100", "u"]);
-        let c = call(&ck, "u", Some(5), Some("ep"), 7);
-        assert_eq!(c.args, ["5", "ep", "7", "u"]);
+        assert_eq!(c.args, ["", "", "100", "u", "1000"]);
+        let c = call(&ck, "u", Some(5), Some("ep"), 7, 3);
+        assert_eq!(c.args, ["5", "ep", "7", "u", "3"]);
+        assert_eq!(retained_after(10, 3), 7);
+        assert_eq!(retained_after(2, 3), 0);
     }
 
     #[test]
