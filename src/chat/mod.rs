@@ -21,7 +21,8 @@ use crate::clock;
 use crate::error::{ClientError, ErrorCode};
 use crate::redis::scripts::chat_history::Read;
 use crate::redis::scripts::chat_send::{PublishCommand, SendArgs, Sent};
-use store::{ChatPosition, ChatStore};
+pub use store::ChatPosition;
+use store::ChatStore;
 
 /// Tunables of the chat domain, from [`crate::config::Config`].
 #[derive(Debug, Clone)]
