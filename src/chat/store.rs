@@ -219,7 +219,7 @@ impl ChatStore {
         }
         let mut conn = self.conn.clone();
         let replies: Vec<redis::Value> =
-            redis_op("hmget_pipeline", pipe.query_async(&mut conn)).await?;
+            redis_op("chat_positions", pipe.query_async(&mut conn)).await?;
         if replies.len() != chat_ids.len() {
             return Err(unexpected_reply("positions", &replies));
         }
@@ -252,7 +252,7 @@ impl ChatStore {
             .arg(format!("0-{to}"));
         let mut conn = self.conn.clone();
         let replies: Vec<redis::Value> =
-            redis_op("xrange_range", pipe.query_async(&mut conn)).await?;
+            redis_op("chat_range", pipe.query_async(&mut conn)).await?;
         let parsed = (|| {
             let position = parse_position(replies.first()?)?;
             let epoch = position.epoch.as_deref().unwrap_or("");
