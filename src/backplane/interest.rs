@@ -399,15 +399,19 @@ pub async fn manager(
             crate::metrics::subscription_changes("unsubscribe", gone.len());
         }
         let mut ok = true;
+        let mut commands: u32 = 0;
         if !rooms.is_empty() {
             let channels: Vec<String> = rooms.iter().map(|r| keys::room_channel(r)).collect();
             for chunk in channels.chunks(BATCH) {
+                if commands > 0 {
+                    tokio::time::sleep(min_gap).await;
+                }
+                commands += 1;
                 if let Err(e) = conn.subscribe(chunk).await {
                     tracing::warn!(error = %e, "subscribe failed; retrying");
                     ok = false;
                     break;
                 }
-                tokio::time::sleep(min_gap).await;
             }
             if ok {
                 crate::metrics::subscription_changes("subscribe", rooms.len());
@@ -426,6 +430,10 @@ pub async fn manager(
             if let Some(done) = r.done {
                 let _ = done.send(ok);
             }
+        }
+        // The rate bound: the waiters were answered first, the next command waits its turn.
+        if commands > 0 {
+            tokio::time::sleep(min_gap).await;
         }
     }
 }

@@ -147,6 +147,9 @@ async fn authenticate(
         rooms.push(role_room(role));
     }
     rooms.extend(chats.iter().map(|c| chat_room(c)));
+    if let Some(admin) = &app.admin {
+        admin.handshake_started(&s);
+    }
     // Subscribed (and each new chat's position read) before the handshake completes: nothing
     // published to these rooms after this point misses the socket.
     app.interest
