@@ -126,9 +126,23 @@ pub fn presence_state(user_id: &str) -> String {
     format!("presence:state:{{{user_id}}}")
 }
 
-/// ZSET: user id -> the time (ms) its presence key expires unless refreshed; the sweep's
-/// backstop index for expiries whose keyspace notification nobody received.
-pub const PRESENCE_DEADLINES: &str = "presence:deadlines";
+/// How many [`presence_deadlines`] buckets there are: enough to spread the index over every
+/// master of a Redis Cluster (each bucket has its own tag, so its own slot), few enough that a
+/// sweep reads them all in one pipeline.
+pub const PRESENCE_DEADLINE_BUCKETS: u16 = 16;
+
+/// ZSET bucket `n` of the presence deadlines: user id -> the time (ms) its presence key expires
+/// unless refreshed; the sweep's backstop index for expiries whose keyspace notification nobody
+/// received. A user's bucket is [`presence_deadline_bucket`].
+pub fn presence_deadlines(bucket: u16) -> String {
+    format!("presence:deadlines:{{pd{bucket}}}")
+}
+
+/// The deadline bucket of `user_id`: its hash slot modulo [`PRESENCE_DEADLINE_BUCKETS`], stable
+/// across nodes and builds.
+pub fn presence_deadline_bucket(user_id: &str) -> u16 {
+    hash_slot(user_id) % PRESENCE_DEADLINE_BUCKETS
+}
 
 /// STRING: the node currently allowed to sweep (short PX lease).
 pub const PRESENCE_SWEEP_LOCK: &str = "presence:sweep-lock";
@@ -275,6 +289,21 @@ mod tests {
         let send_keys = &calls[0].1.keys;
         assert_eq!(send_keys.last(), Some(&k.channel()));
         assert_eq!(hash_slot(&k.channel()), hash_slot("chat:42"));
+    }
+
+    #[test]
+    fn presence_deadline_buckets_spread_over_the_masters_of_a_default_cluster() {
+        // redis-cli --cluster create with 3 masters gives them these slot ranges.
+        let ranges = [0..=5460u16, 5461..=10922, 10923..=16383];
+        let mut per_master = [0; 3];
+        for b in 0..PRESENCE_DEADLINE_BUCKETS {
+            let slot = hash_slot(&presence_deadlines(b));
+            let m = ranges.iter().position(|r| r.contains(&slot)).unwrap();
+            per_master[m] += 1;
+        }
+        assert!(per_master.iter().all(|n| *n >= 3), "{per_master:?}");
+        assert!(presence_deadline_bucket("u:1") < PRESENCE_DEADLINE_BUCKETS);
+        assert_eq!(presence_deadline_bucket("u:1"), presence_deadline_bucket("u:1"));
     }
 
     #[test]
