@@ -8,8 +8,9 @@
 #   bench/compare-release.sh smoke                # the 3 s preset of the test (both systems)
 #   bench/compare-release.sh fanout-large-rooms --rates 50,70 --systems fanout
 #
-# The first argument is compare.sh's scenario (default fanout-small); the options after it go
-# to compare.sh after the defaults below, so they override them. Environment:
+# The first argument is compare.sh's scenario (default fanout-small, also when the first
+# argument is an option); the options go to compare.sh after the defaults below, so they
+# override them. Environment:
 #   FANOUT_BIN_DIR [target/release]   NICE [-10] niceness of the whole run (as in the docs)
 #   NO_INSTALL: set to 1 when redis-server is present and bench/peer's npm install is done
 set -euo pipefail
@@ -20,8 +21,11 @@ BIN=${FANOUT_BIN_DIR:-$ROOT/target/release}
 [[ -x $BIN/fanout && -x $BIN/fanout-bench ]] ||
     { echo "compare-release.sh: no fanout / fanout-bench in $BIN (cargo build --release --bins)" >&2; exit 2; }
 
-SCENARIO=${1:-fanout-small}
-[[ $# -gt 0 ]] && shift
+SCENARIO=fanout-small
+if [[ $# -gt 0 && $1 != --* ]]; then
+    SCENARIO=$1
+    shift
+fi
 DEFAULTS=(--retries 1 --quiet-wait 30)
 case $SCENARIO in
 fanout-small) DEFAULTS+=(--rates 1000,2000,3000,4000 --all-steps 1) ;;

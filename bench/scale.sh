@@ -122,7 +122,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# A port below the ephemeral range that nothing listens on and this script has not handed out
+# yet, in FREE_PORT (not echoed: a $(...) subshell would lose USED_PORTS, and the nodes bind theirs
+# only once started).
 USED_PORTS=" "
+FREE_PORT=""
 free_port() {
     local p
     for _ in $(seq 500); do
@@ -130,7 +134,7 @@ free_port() {
         [[ $USED_PORTS == *" $p "* ]] && continue
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
             USED_PORTS+="$p "
-            echo "$p"
+            FREE_PORT=$p
             return
         fi
     done
@@ -208,7 +212,8 @@ done
 
 # ---- start redis and the nodes
 say "starting redis and $NODES nodes (clients on nodes 1..$INTERESTED)"
-REDIS_PORT=$(free_port)
+free_port
+REDIS_PORT=$FREE_PORT
 mkdir -p "$WORK/redis"
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
     --notify-keyspace-events Ex --dir "$WORK/redis" >"$WORK/redis.log" 2>&1 &
@@ -227,8 +232,10 @@ API_KEY=scale-key-$RANDOM$RANDOM
 read -r -a EXTRA_ENV <<<"$NODE_ENV"
 NODE_PIDS=() NODE_PORTS=() ADMIN_PORTS=()
 for ((i = 1; i <= NODES; i++)); do
-    port=$(free_port)
-    admin=$(free_port)
+    free_port
+    port=$FREE_PORT
+    free_port
+    admin=$FREE_PORT
     env REDIS_URL="redis://127.0.0.1:$REDIS_PORT" JWT_SECRET="$SECRET" API_KEY="$API_KEY" \
         PORT="$port" ADMIN_PORT="$admin" NODE_ID="n$i" BIND_ADDR=127.0.0.1 RUST_LOG=warn \
         TOKIO_WORKER_THREADS="$NODE_THREADS" SHUTDOWN_GRACE_SECS=1 \
