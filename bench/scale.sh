@@ -291,13 +291,19 @@ until grep -q " measure\]" "$WORK/bench.stderr" 2>/dev/null; do
         die "fanout-bench ended before measuring: $(tail -5 "$WORK/bench.stderr")"
     sleep 0.1
 done
+# Interest routing (no shard streams): one published chat:message frame, caught by a short
+# pattern subscription before the window opens (its own traffic is outside the window).
+if [[ -z ${ENVELOPE_BYTES:-} ]] && [[ -z $(rcli --scan --pattern 'fanout:*:bp' | head -1) ]]; then
+    timeout 1 "${RCLI[@]}" --raw psubscribe 'fanout:{chat:*}:ch' >"$WORK/frames.txt" 2>/dev/null || true
+    ENVELOPE_BYTES=$(LC_ALL=C awk '/"chat:message"/ { print length($0); exit }' "$WORK/frames.txt")
+fi
 rcli config resetstat >/dev/null
 snapshot "$WORK/load-a.json" "$GEN_PID"
 sleep "$WINDOW"
 snapshot "$WORK/load-b.json" "$GEN_PID"
 # The chat:message envelope as the backplane carries it (stream field e of a shard entry; the
 # canaries' is empty), for the bound "(interested nodes + 1) x envelope". A design without
-# shard streams sets ENVELOPE_BYTES itself.
+# shard streams took one published frame above.
 if [[ -z ${ENVELOPE_BYTES:-} ]]; then
     ENVELOPE_BYTES=$(for k in $(rcli --scan --pattern 'fanout:*:bp' | head -64); do
         rcli --raw xrevrange "$k" + - COUNT 20
