@@ -3,8 +3,8 @@
 //! Membership is two sets — the chat's `members` and `user:{<userId>}:chats` — which live on
 //! different hash slots, so a change is a pipeline of commands rather than one script (see
 //! [`super::store`] for the order of the writes). Live sockets follow through the backplane:
-//! the change publishes a Join/Leave action on the chat's shard, ordered with the chat's
-//! messages.
+//! the change publishes a Join/Leave action to the chat's channel and the user's
+//! channel (see `backplane::route`).
 
 use serde::Serialize;
 

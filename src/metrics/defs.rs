@@ -119,7 +119,7 @@ metric!(
     "Packets not queued to a local socket: buffer_full (SOCKET_BUFFER_PACKETS reached, the packet is dropped for that socket), closed, or slow_consumer (a chat message it could not take: the socket is disconnected and recovers with chat:history)."
 );
 metric!(
-    /// XADD to local emit.
+    /// Frame publication to local emit.
     DELIVERY_LATENCY, "fanout_delivery_latency_seconds", Histogram, [],
     "Time from a frame's publication (the publishing node's clock) to its local emit on this node; includes clock skew between nodes."
 );

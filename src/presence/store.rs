@@ -4,7 +4,7 @@
 //! Model: a user's presence is two keys on the user's slot — `presence:user:{u}` (a field per
 //! live socket, [`SocketField`]) and `presence:state:{u}` (the transition version) — changed
 //! only by the scripts, which decide the transitions. The deadline index
-//! (`presence:deadlines`) and the sweep lease are plain commands: they are a backstop, and a
+//! (`presence:deadlines:{pd<n>}`, 16 buckets by user) and the sweep lease are plain commands: they are a backstop, and a
 //! lost write there only delays a claim to the next sweep.
 //!
 //! Guarantees: each transition (a returned version) is handed to exactly one caller cluster-wide,
