@@ -1,12 +1,15 @@
 -- chat_history: read a chat's retained messages and its sequence position in one atomic step.
 --
--- KEYS[1] = fanout:{s<n>}:chat:<chatId>:members SET of member user ids
--- KEYS[2] = fanout:{s<n>}:chat:<chatId>:meta    HASH seq, epoch
--- KEYS[3] = fanout:{s<n>}:chat:<chatId>:log     STREAM of messages, entry id 0-<offset>
+-- KEYS[1] = fanout:{chat:<chatId>}:members SET of member user ids
+-- KEYS[2] = fanout:{chat:<chatId>}:meta    HASH seq, epoch
+-- KEYS[3] = fanout:{chat:<chatId>}:log     STREAM of messages, entry id 0-<offset>
 -- ARGV[1] = since: return messages with offset > since; '' = the newest ARGV[3] messages
 -- ARGV[2] = the client's epoch, or '' when it sent none
 -- ARGV[3] = limit (already clamped to 1..1000 by the caller)
 -- ARGV[4] = the reader's user id (must be a member)
+-- ARGV[5] = HISTORY_MAXLEN: only the last HISTORY_MAXLEN offsets are retained (chat_send.lua
+--           trims the log approximately, so it may still hold a few older entries: they are
+--           never returned)
 --
 -- returns {'forbidden'} when the reader is not a member, otherwise
 --         {'ok', latestOffset, epoch, reset, entries}
@@ -32,13 +35,24 @@ if since ~= '' then
   end
 end
 
+-- Offsets at or below floor are no longer retained, whatever the log still holds.
+local floor = seq - tonumber(ARGV[5])
+if floor < 0 then
+  floor = 0
+end
+local oldest = '(0-' .. string.format('%d', floor)
+
 local entries
 if since ~= '' and reset == 0 then
-  entries = redis.call('XRANGE', KEYS[3], '(0-' .. since, '+', 'COUNT', limit)
+  local from = oldest
+  if tonumber(since) > floor then
+    from = '(0-' .. since
+  end
+  entries = redis.call('XRANGE', KEYS[3], from, '+', 'COUNT', limit)
 elseif reset == 1 then
-  entries = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', limit)
+  entries = redis.call('XRANGE', KEYS[3], oldest, '+', 'COUNT', limit)
 else
-  local newest = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', limit)
+  local newest = redis.call('XREVRANGE', KEYS[3], '+', oldest, 'COUNT', limit)
   entries = {}
   for i = #newest, 1, -1 do
     entries[#entries + 1] = newest[i]

@@ -1,22 +1,22 @@
--- publish_once: append a backplane envelope at most once per idempotency key.
+-- publish_once: publish a frame to a room's channel at most once per idempotency key.
 --
--- KEYS[1] = fanout:{s<n>}:idem:<key>   STRING: the entry id of the first publish with this key
--- KEYS[2] = fanout:{s<n>}:bp           STREAM: the backplane shard of the publish's routing key
+-- KEYS[1] = fanout:{<room>}:idem:<key>   STRING: the publish id of the first publish with this key
+-- KEYS[2] = fanout:{<room>}:ch           CHANNEL of the room (declared for its slot; not a key)
 -- ARGV[1] = how long the key is remembered, in seconds
--- ARGV[2] = backplane MAXLEN (approximate trim)
--- ARGV[3] = publishing node id (stream field n)
--- ARGV[4] = envelope JSON (stream field e)
+-- ARGV[2] = this publish's id (UUIDv7 chosen by the node)
+-- ARGV[3] = PUBLISH (one Redis, Sentinel) or SPUBLISH (Redis Cluster)
+-- ARGV[4] = the frame JSON
 --
--- returns {'new', entryId}     published now
---      or {'repeat', entryId}  the key was used before: nothing published
+-- returns {'new', id}        published now
+--      or {'repeat', id}     the key was used before: nothing published, the first id returned
 --
--- The marker and the shard stream share the shard's hash tag, so the check, the append and the
--- record happen in one atomic step: a node dying half-way cannot leave a publish that a retry
--- would repeat, nor a key that blocks every retry.
+-- The marker and the channel share the room's hash tag, so the check, the record and the
+-- publish happen in one atomic step: a node dying half-way cannot leave a publish that a retry
+-- would repeat, nor a key that blocks every retry of a publish that never went out.
 local previous = redis.call('GET', KEYS[1])
 if previous then
   return {'repeat', previous}
 end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'n', ARGV[3], 'e', ARGV[4])
-redis.call('SET', KEYS[1], id, 'EX', ARGV[1])
-return {'new', id}
+redis.call(ARGV[3], KEYS[2], ARGV[4])
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[1])
+return {'new', ARGV[2]}

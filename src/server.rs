@@ -23,7 +23,8 @@ use crate::api::{self, ApiState};
 use crate::auth::Authenticator;
 use crate::backplane::canary::Canary;
 use crate::backplane::deliver::Deliverer;
-use crate::backplane::{Backplane, reader};
+use crate::backplane::interest::Interest;
+use crate::backplane::{Backplane, subscriber};
 use crate::chat::{ChatSettings, Chats};
 use crate::config::Config;
 use crate::drain::Stops;
@@ -125,12 +126,7 @@ pub async fn run(
     let stops = Stops::default();
     // A node that fails after starting its tasks (an error below) stops them on the way out.
     let _stop_all = stops.root.clone().drop_guard();
-    let backplane = Backplane::new(
-        conn.clone(),
-        node_id.to_string(),
-        config.backplane_shards,
-        config.backplane_maxlen,
-    );
+    let backplane = Backplane::new(conn.clone(), node_id.to_string());
     let chats = Chats::new(
         conn.clone(),
         backplane.clone(),
@@ -167,7 +163,14 @@ pub async fn run(
                 crate::admin::store::AdminStore::new(conn.clone()),
             )
         });
+    // Which rooms this node subscribes to: the handlers join sockets through it.
+    let interest = Interest::new(
+        chats.clone(),
+        Duration::from_millis(config.room_unsubscribe_delay_ms),
+        config.subscribe_commands_per_sec,
+    );
     let app = App {
+        interest: interest.clone(),
         chats: chats.clone(),
         presence: presence.clone(),
         router,
@@ -206,12 +209,13 @@ pub async fn run(
         stops.sessions.clone(),
     ));
 
+    interest.set_io(io.clone());
     let canary = Arc::new(Canary::new(
         &node_id,
-        config.backplane_shards,
+        1,
         Duration::from_secs(config.canary_timeout_secs),
     ));
-    // The canary stops with the reader: until then it keeps proving the reader delivers.
+    // The canary stops with the subscriber: until then it keeps proving the node delivers.
     tasks.spawn(crate::backplane::canary::run(
         backplane.clone(),
         canary.clone(),
@@ -219,26 +223,33 @@ pub async fn run(
         Duration::from_millis(config.canary_interval_ms),
         stops.readers.clone(),
     ));
-    // The reader positions itself at the newest entries before the node reports ready; the
-    // handshake refuses sockets until then, so none can miss an entry.
-    tasks.spawn(reader::run(
+    // The subscriber subscribes before the node reports ready; the handshake refuses sockets
+    // until then. The interest manager subscribes what sockets join, on its connection.
+    let (link_tx, link_rx) = tokio::sync::watch::channel(None);
+    let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
+    tasks.spawn(crate::backplane::interest::manager(
+        interest.clone(),
+        link_rx,
+        control_tx,
+        stops.readers.clone(),
+    ));
+    tasks.spawn(subscriber::run(
         client.clone(),
+        interest.clone(),
         Arc::new(
             Deliverer::new(io.clone(), node_id.to_string(), tasks.clone())
-                .with_admin(admin.clone()),
+                .with_admin(admin.clone())
+                .with_interest(interest.clone()),
         ),
         canary.clone(),
-        config.backplane_shards,
         health.clone(),
+        link_tx,
+        control_rx,
         stops.readers.clone(),
     ));
-    // Metrics upkeep and the shard-length sampler stop with the reader, at the end of the drain.
+    // Metrics upkeep stops with the subscriber, at the end of the drain.
     tasks.spawn(crate::metrics::run_upkeep(
         prometheus.clone(),
-        stops.readers.clone(),
-    ));
-    tasks.spawn(crate::backplane::sampling::run(
-        backplane.clone(),
         stops.readers.clone(),
     ));
     // The Admin UI's relay stops with the readers, last: admin sockets see the drain's

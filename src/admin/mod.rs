@@ -395,7 +395,11 @@ impl Admin {
 
     /// A chat socket connected.
     pub fn socket_connected(&self, s: &SocketRef) {
-        s.extensions.insert(SeenTransport(s.transport_type()));
+        // The transport of the handshake, when noted: an upgrade that completed while the
+        // handshake waited for its rooms is then still reported as one.
+        if s.extensions.get::<SeenTransport>().is_none() {
+            s.extensions.insert(SeenTransport(s.transport_type()));
+        }
         self.inner.counts.push("rawConnection", None, 1);
         if self.is_watched() {
             self.relay("socket_connected", vec![serialize(s), now()]);
@@ -444,6 +448,12 @@ impl Admin {
                 );
             }
         }
+    }
+
+    /// A chat socket's handshake began: its transport now is the one `socket_updated` compares
+    /// with.
+    pub fn handshake_started(&self, s: &SocketRef) {
+        s.extensions.insert(SeenTransport(s.transport_type()));
     }
 
     /// A chat socket disconnected.

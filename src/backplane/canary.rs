@@ -1,16 +1,17 @@
 //! The delivery canary: proof, not assumption, that this node delivers.
 //!
-//! Every `CANARY_INTERVAL_MS` the node appends one entry to every backplane shard it reads — the
-//! same `XADD` real events take — with an empty envelope (no action, so no socket on any node
-//! gets anything) and a canary token in stream field `c`. Its own reader picks the entry up like
-//! any other; when the origin is this node, [`Canary::returned`] records the round trip. Other
-//! nodes skip the entry (an empty envelope; an older build applies it as nothing).
+//! Every `CANARY_INTERVAL_MS` the node publishes a token to its own channel
+//! ([`crate::redis::keys::node_channel`]) — the same command, from the same connection, real
+//! frames take — and its subscriber connection, subscribed to that channel like to any room,
+//! hands it back to [`Canary::returned`], which records the round trip. No other node
+//! subscribes to it. (On Redis Cluster each subscriber connection is one lane; one Redis has
+//! one.)
 //!
-//! A shard whose canary has not come back for `CANARY_TIMEOUT_SECS` makes the node not
-//! delivering: `/readyz` answers 503 with `delivery: false` until the next canary on that shard
-//! returns, so the node recovers by itself. This catches what the reader's own flag cannot: a
-//! reader that reads without error but sees nothing of what is written (a write path refused,
-//! a stuck reader, a partition between the node's two connections), as well as Redis being
+//! A lane whose canary has not come back for `CANARY_TIMEOUT_SECS` makes the node not
+//! delivering: `/readyz` answers 503 with `delivery: false` until the next canary returns, so
+//! the node recovers by itself. This catches what the subscriber's own flag cannot: a
+//! connection that stays open but receives nothing of what is published (a write path refused,
+//! a stuck subscriber, a partition between the node's two connections), as well as Redis being
 //! away.
 
 use std::collections::VecDeque;
@@ -128,9 +129,8 @@ pub fn parse_token(raw: &str) -> Option<u64> {
     raw.parse().ok()
 }
 
-/// Sends a canary on every shard each `interval` until `cancel`, and keeps the age gauges
-/// current. The first one waits for the reader's first read: one sent before the reader
-/// positioned itself would be behind its cursor and never come back.
+/// Sends a canary each `interval` until `cancel`, and keeps the age gauges current. The first
+/// one waits for the subscriber connection: one published before it subscribed is lost.
 pub async fn run(
     backplane: Backplane,
     canary: std::sync::Arc<Canary>,
@@ -154,18 +154,14 @@ pub async fn run(
         for (shard, age) in canary.ages().into_iter().enumerate() {
             crate::metrics::canary_success_age(shard, age);
         }
-        for shard in 0..backplane.shards() {
-            let token = canary
-                .next_token
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let at = Instant::now();
-            // Recorded before the XADD: the reader may see the entry before the reply arrives.
-            canary.sent(shard, token, at);
-            if let Err(e) = backplane.publish_canary(shard, token).await {
-                // Redis away: the canary does not come back, and readiness says so in time.
-                tracing::debug!(error = %e, shard, "canary not sent");
-                break;
-            }
+        let token = canary
+            .next_token
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Recorded before the publish: the subscriber may see it before the reply arrives.
+        canary.sent(0, token, Instant::now());
+        if let Err(e) = backplane.publish_canary(token).await {
+            // Redis away: the canary does not come back, and readiness says so in time.
+            tracing::debug!(error = %e, "canary not sent");
         }
     }
 }

@@ -40,6 +40,8 @@ pub struct Deliverer {
     slow_pending: Arc<AtomicUsize>,
     /// The Admin UI, when enabled: told of deliveries while it watches.
     admin: Option<crate::admin::Admin>,
+    /// The node's interest registry: a `Join` subscribes the rooms it brings.
+    interest: Option<Arc<super::interest::Interest>>,
 }
 
 /// Counts one socket in [`Deliverer::slow_pending`] for as long as it lives.
@@ -110,7 +112,14 @@ impl Deliverer {
             tasks,
             slow_pending: Arc::new(AtomicUsize::new(0)),
             admin: None,
+            interest: None,
         }
+    }
+
+    /// Subscribes the rooms a `Join` brings through `interest`.
+    pub fn with_interest(mut self, interest: Arc<super::interest::Interest>) -> Self {
+        self.interest = Some(interest);
+        self
     }
 
     /// Reports every delivery to the Admin UI while one watches (`event_sent`).
@@ -152,8 +161,11 @@ impl Deliverer {
                     event,
                     data,
                 } => {
-                    if self.accept_version(user, *version) {
-                        self.emit(ns.to(rooms.clone()), event, data).await;
+                    // Per peer room: each room's frame carries its own copy of the transition.
+                    for room in rooms {
+                        if self.accept_version(user, room, *version) {
+                            self.emit(ns.clone().to(room.clone()), event, data).await;
+                        }
                     }
                 }
                 Action::Disconnect { of } => {
@@ -162,8 +174,22 @@ impl Deliverer {
                     }
                 }
                 Action::Join { of, join } => {
-                    if let Err(e) = ns.to(of.clone()).join(join.clone()).await {
-                        tracing::debug!(error = %e, "local join failed");
+                    let nobody_here = ns.clone().to(of.clone()).sockets().is_empty();
+                    let local = async {
+                        if let Err(e) = ns.to(of.clone()).join(join.clone()).await {
+                            tracing::debug!(error = %e, "local join failed");
+                        }
+                    };
+                    // Only when a socket of `of` is here: otherwise nothing joins, and
+                    // subscribing would follow rooms without local sockets.
+                    match &self.interest {
+                        Some(interest) if !nobody_here => {
+                            // Not waiting: this runs on the subscriber loop, which confirms.
+                            if let Err(e) = interest.join(join, local, false).await {
+                                tracing::debug!(error = %e, "joined without a known position");
+                            }
+                        }
+                        _ => local.await,
                     }
                 }
                 Action::Leave { of, leave } => {
@@ -241,11 +267,14 @@ impl Deliverer {
         });
     }
 
-    /// Whether a presence transition of `user` at `version` should be shown: not if this node
-    /// applied a newer one, nor if the last one applied had the same parity (same state: the
-    /// peers already show it). The version is remembered either way when it is newer.
-    fn accept_version(&self, user: &str, version: u64) -> bool {
+    /// Whether a presence transition of `user` at `version` should be shown to the peer room
+    /// `room`: not if this node applied a newer one there, nor if the last one applied there had
+    /// the same parity (same state: the peers already show it). The version is remembered either
+    /// way when it is newer. Kept per room because each peer room's frame carries its own copy.
+    fn accept_version(&self, user: &str, room: &str, version: u64) -> bool {
         let now = Instant::now();
+        let key = format!("{user}\u{0}{room}");
+        let user = key.as_str();
         let mut versions = match self.versions.lock() {
             Ok(v) => v,
             Err(poisoned) => poisoned.into_inner(),
@@ -271,11 +300,12 @@ mod tests {
     async fn presence_versions_never_show_the_same_state_twice() {
         let (_layer, io) = SocketIo::new_layer();
         let d = Deliverer::new(io, "n".into(), TaskTracker::new());
-        assert!(d.accept_version("u", 11)); // online
-        assert!(!d.accept_version("u", 11)); // same again
-        assert!(!d.accept_version("u", 10)); // older offline arrives late
-        assert!(!d.accept_version("u", 13)); // online again, but 12 (offline) never arrived
-        assert!(d.accept_version("u", 14)); // offline
-        assert!(d.accept_version("v", 4)); // another user, first seen
+        assert!(d.accept_version("u", "user:p", 11)); // online
+        assert!(!d.accept_version("u", "user:p", 11)); // same again
+        assert!(d.accept_version("u", "user:q", 11)); // the same, for another peer room
+        assert!(!d.accept_version("u", "user:p", 10)); // older offline arrives late
+        assert!(!d.accept_version("u", "user:p", 13)); // online again, but 12 never arrived
+        assert!(d.accept_version("u", "user:p", 14)); // offline
+        assert!(d.accept_version("v", "user:p", 4)); // another user, first seen
     }
 }

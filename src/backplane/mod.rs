@@ -1,25 +1,30 @@
-//! The backplane: how an event reaches the sockets of every node.
+//! The backplane: how an event reaches the sockets of the nodes that have sockets for it.
 //!
-//! Redis Streams model: a fixed number of shard streams (`fanout:{s<n>}:bp`, see
-//! [`crate::redis::keys::backplane_shard`]). Every cross-node event is an [`Envelope`] — a list of
-//! room [`Action`]s — appended with `XADD MAXLEN ~` to the shard of its routing key (a chat id,
-//! a user id). One routing key always maps to one shard, and one stream is totally ordered, so
-//! everything about one chat (its messages, typing, membership changes, deletion) is seen by
-//! every node in the same order. Every node, the sending node included, reads all shards on its
-//! own blocking connection ([`reader`]) and applies the actions to its local sockets
-//! ([`deliver`]); sockets stay in socketioxide's local adapter, so delivery is an in-memory room
-//! lookup. [`sampling`] reports each shard's length; [`canary`] proves, every few seconds and
-//! per shard, that what this node appends comes back through its reader.
+//! Interest routing (docs/architecture.md §2): every room has a pub/sub channel
+//! ([`crate::redis::keys::room_channel`]), and a node subscribes to a room's channel only while
+//! it has a local socket in that room ([`interest`]). A cross-node event is an [`Envelope`] — a
+//! list of room [`Action`]s — that [`Backplane::publish`] cuts into one [`frame::Frame`] per room
+//! it targets ([`route`]), each published to that room's channel: a node pays only for the rooms
+//! it serves, and Redis sends each frame to the subscribed nodes only. Every node applies what
+//! arrives on its one subscriber connection ([`subscriber`]) to its local sockets ([`deliver`]);
+//! sockets stay in socketioxide's local adapter, so delivery is an in-memory room lookup.
+//! [`canary`] proves, every few seconds, that what this node publishes comes back through that
+//! connection.
 //!
-//! Guarantees: an envelope whose `XADD` returned is applied by every node that is reading at
-//! that time, exactly once, in stream order. A reader that loses Redis resumes from the last id
-//! it applied, so nothing is skipped while the node lives; a starting node begins at the newest
-//! entry (it has no sockets that could have missed anything).
+//! Guarantees: chat messages are appended to the chat's log (the log of record, offsets
+//! `1, 2, …` per epoch) and published from the same script; a node tracks each subscribed chat's
+//! last offset and fills any gap from the log before delivering anything newer, so an accepted
+//! message reaches every member socket on every node exactly once, in offset order — across a
+//! lost notification, a dropped subscriber connection, a late subscription and a Redis restart.
+//! Other events (typing, read receipts, presence, membership, server API publishes) are
+//! delivered at most once: what is published while a node's subscriber connection is down does
+//! not reach that node (docs/architecture.md lists each case and what the node does).
 
 pub mod canary;
 pub mod deliver;
-pub mod reader;
-pub mod sampling;
+pub mod frame;
+pub mod interest;
+pub mod subscriber;
 
 use crate::redis::Conn;
 use serde::{Deserialize, Serialize};
@@ -119,13 +124,6 @@ impl Action {
 /// entries.
 pub type Envelope = Vec<Action>;
 
-/// Stream field holding the JSON envelope.
-pub const FIELD_ENVELOPE: &str = "e";
-/// Stream field holding the publishing node's id.
-pub const FIELD_ORIGIN: &str = "n";
-/// Stream field of a canary entry: its token ([`canary`]). Its envelope is empty.
-pub const FIELD_CANARY: &str = "c";
-
 /// Errors of [`Backplane::publish`].
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -151,112 +149,301 @@ impl crate::error::StoreError for PublishError {
 pub struct Backplane {
     conn: Conn,
     node_id: String,
-    shards: u16,
-    maxlen: u64,
+    publish_command: &'static str,
 }
 
 impl Backplane {
-    /// A publisher over the node's shared command connection.
-    pub fn new(conn: Conn, node_id: String, shards: u16, maxlen: u64) -> Self {
+    /// A publisher over the node's shared command connection. Frames go out with `PUBLISH`
+    /// (one Redis, Sentinel); Redis Cluster uses `SPUBLISH` ([`Backplane::sharded`]).
+    pub fn new(conn: Conn, node_id: String) -> Self {
         Backplane {
             conn,
             node_id,
-            shards,
-            maxlen,
+            publish_command: "PUBLISH",
         }
     }
 
-    /// Number of shard streams.
-    pub fn shards(&self) -> u16 {
-        self.shards
+    /// The same publisher using sharded pub/sub (`SPUBLISH`): on Redis Cluster a frame then
+    /// travels only through the master that owns the room's slot.
+    pub fn sharded(mut self) -> Self {
+        self.publish_command = "SPUBLISH";
+        self
     }
 
-    /// The publishing node's id (stream field `n`).
+    /// `PUBLISH` or `SPUBLISH`: what frames (and `chat_send.lua`) publish with.
+    pub fn publish_command(&self) -> &'static str {
+        self.publish_command
+    }
+
+    /// The publishing node's id (frame field `n`).
     pub fn node_id(&self) -> &str {
         &self.node_id
     }
 
-    /// Approximate MAXLEN of each shard stream.
-    pub fn maxlen(&self) -> u64 {
-        self.maxlen
-    }
-
-    /// Appends `envelope` to the shard of `routing_key`; returns the stream entry id.
-    pub async fn publish(
-        &self,
-        routing_key: &str,
-        envelope: &Envelope,
-    ) -> Result<String, PublishError> {
-        let body = serde_json::to_string(envelope)?;
-        let key = keys::backplane_shard(keys::shard_of(routing_key, self.shards));
+    /// Publishes `envelope` to the channel of every room it targets (one pipelined round trip);
+    /// returns the publish's id (a UUIDv7, for the server API's answer).
+    pub async fn publish(&self, envelope: &Envelope) -> Result<String, PublishError> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let routes = route(envelope);
+        if routes.is_empty() {
+            return Ok(id);
+        }
+        let mut pipe = redis::pipe();
+        for (room, actions) in &routes {
+            pipe.cmd(self.publish_command)
+                .arg(keys::room_channel(room))
+                .arg(frame::Frame::to_json(&self.node_id, actions)?)
+                .ignore();
+        }
         let mut conn = self.conn.clone();
-        let xadd = self.append(&key, &body);
-        let id: String = crate::metrics::redis_op("xadd", xadd.query_async(&mut conn)).await?;
+        crate::metrics::redis_op("publish_pipeline", pipe.query_async::<()>(&mut conn)).await?;
         Ok(id)
     }
 
-    /// The `XADD` of one entry to shard stream `key`: this node's id and the envelope's JSON,
-    /// the stream trimmed to about `BACKPLANE_MAXLEN`. Events and canaries travel alike.
-    fn append(&self, key: &str, envelope_json: &str) -> redis::Cmd {
-        let mut xadd = redis::cmd("XADD");
-        xadd.arg(key)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(self.maxlen)
-            .arg("*")
-            .arg(FIELD_ORIGIN)
-            .arg(&self.node_id)
-            .arg(FIELD_ENVELOPE)
-            .arg(envelope_json);
-        xadd
-    }
-
-    /// Appends this node's canary `token` to `shard`, exactly as [`publish`](Self::publish)
-    /// appends events, with an empty envelope: no node applies anything for it.
-    pub async fn publish_canary(&self, shard: u16, token: u64) -> redis::RedisResult<String> {
+    /// Publishes this node's canary `token` to its own channel, through the same command as
+    /// every frame.
+    pub async fn publish_canary(&self, token: u64) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
-        let mut xadd = self.append(&keys::backplane_shard(shard), "[]");
-        xadd.arg(FIELD_CANARY).arg(token);
-        crate::metrics::redis_op("xadd_canary", xadd.query_async(&mut conn)).await
-    }
-
-    /// The length of every shard stream, index = shard (one pipelined round trip).
-    pub async fn shard_lengths(&self) -> redis::RedisResult<Vec<u64>> {
-        let mut pipe = redis::pipe();
-        for shard in 0..self.shards {
-            pipe.cmd("XLEN").arg(keys::backplane_shard(shard));
-        }
-        let mut conn = self.conn.clone();
-        crate::metrics::redis_op("xlen_pipeline", pipe.query_async(&mut conn)).await
+        let mut cmd = redis::cmd(self.publish_command);
+        cmd.arg(keys::node_channel(&self.node_id)).arg(token);
+        crate::metrics::redis_op("publish_canary", cmd.query_async::<()>(&mut conn)).await
     }
 
     /// Like [`publish`](Self::publish), at most once per `idempotency_key` within `ttl_secs`:
-    /// returns the entry id and whether this call published it (false: a repeat).
+    /// returns the publish id and whether this call published it (false: a repeat, whose id is
+    /// the first publish's). The key lives on the slot of the envelope's first room, and the
+    /// check, the record and that room's frame are one atomic step (`publish_once.lua`); the
+    /// frames of further rooms follow from the node.
     pub async fn publish_once(
         &self,
-        routing_key: &str,
         idempotency_key: &str,
         ttl_secs: u64,
         envelope: &Envelope,
     ) -> Result<(String, bool), PublishError> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let routes = route(envelope);
+        let Some((first_room, first_actions)) = routes.first() else {
+            return Ok((id, true));
+        };
         let call = publish_once::call(
-            keys::shard_of(routing_key, self.shards),
+            first_room,
             idempotency_key,
             ttl_secs,
-            self.maxlen,
-            &self.node_id,
-            serde_json::to_string(envelope)?,
+            &id,
+            self.publish_command,
+            frame::Frame::to_json(&self.node_id, first_actions)?,
         );
         let mut conn = self.conn.clone();
         let reply = scripts::invoke(&publish_once::SCRIPT, &mut conn, call).await?;
         let once = publish_once::parse(&reply)?;
-        Ok((once.entry_id, once.new))
+        if !once.new {
+            return Ok((once.id, false));
+        }
+        if routes.len() > 1 {
+            let mut pipe = redis::pipe();
+            for (room, actions) in &routes[1..] {
+                pipe.cmd(self.publish_command)
+                    .arg(keys::room_channel(room))
+                    .arg(frame::Frame::to_json(&self.node_id, actions)?)
+                    .ignore();
+            }
+            crate::metrics::redis_op("publish_pipeline", pipe.query_async::<()>(&mut conn)).await?;
+        }
+        Ok((once.id, true))
     }
+}
+
+/// Cuts an envelope into one envelope per room it targets, rooms in order of first mention,
+/// each room's actions in envelope order. Every action names one room in its copy, so a node
+/// applies exactly what its subscriptions brought:
+/// - `Join`/`Leave`/`Disconnect` of several rooms become one per room (applying one twice is
+///   harmless, and a socket sits in one `user:` room only);
+/// - `Presence` to several peer rooms becomes one per room (the version check is per user and
+///   room, see [`deliver`]);
+/// - `Emit` to rooms `r1..rn` becomes, for `ri`, an emit to `ri` that also skips the earlier
+///   rooms `r1..r(i-1)`, so a socket in several of them gets the event once — through the
+///   first of its rooms, whose channel its node also subscribes to. `user:` rooms are left out
+///   of those skip lists: a socket is in exactly one of them.
+pub fn route(envelope: &Envelope) -> Vec<(String, Envelope)> {
+    let mut routes: Vec<(String, Envelope)> = Vec::new();
+    let mut push = |room: &str, action: Action| match routes.iter_mut().find(|(r, _)| r == room) {
+        Some((_, actions)) => actions.push(action),
+        None => routes.push((room.to_owned(), vec![action])),
+    };
+    for action in envelope.iter().filter(|a| !a.selects_nobody()) {
+        match action {
+            Action::Emit {
+                rooms,
+                except,
+                except_sid,
+                event,
+                data,
+            } => {
+                let mut earlier: Vec<String> = Vec::new();
+                for room in unique(rooms) {
+                    let mut skip = except.clone();
+                    skip.extend(earlier.iter().cloned());
+                    push(
+                        room,
+                        Action::Emit {
+                            rooms: vec![room.clone()],
+                            except: skip,
+                            except_sid: except_sid.clone(),
+                            event: event.clone(),
+                            data: data.clone(),
+                        },
+                    );
+                    if !room.starts_with("user:") {
+                        earlier.push(room.clone());
+                    }
+                }
+            }
+            Action::Presence {
+                user,
+                version,
+                rooms,
+                event,
+                data,
+            } => {
+                for room in unique(rooms) {
+                    push(
+                        room,
+                        Action::Presence {
+                            user: user.clone(),
+                            version: *version,
+                            rooms: vec![room.clone()],
+                            event: event.clone(),
+                            data: data.clone(),
+                        },
+                    );
+                }
+            }
+            Action::Disconnect { of } => {
+                for room in unique(of) {
+                    push(
+                        room,
+                        Action::Disconnect {
+                            of: vec![room.clone()],
+                        },
+                    );
+                }
+            }
+            Action::Join { of, join } => {
+                for room in unique(of) {
+                    push(
+                        room,
+                        Action::Join {
+                            of: vec![room.clone()],
+                            join: join.clone(),
+                        },
+                    );
+                }
+            }
+            Action::Leave { of, leave } => {
+                for room in unique(of) {
+                    push(
+                        room,
+                        Action::Leave {
+                            of: vec![room.clone()],
+                            leave: leave.clone(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+    routes
+}
+
+/// `rooms` without repeats, in order.
+fn unique(rooms: &[String]) -> impl Iterator<Item = &String> {
+    rooms
+        .iter()
+        .enumerate()
+        .filter(|(i, r)| !rooms[..*i].contains(r))
+        .map(|(_, r)| r)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn raw() -> Box<RawValue> {
+        serde_json::value::to_raw_value(&serde_json::json!({"x": 1})).unwrap()
+    }
+
+    fn rooms_of(a: &Action) -> (Vec<String>, Vec<String>) {
+        match a {
+            Action::Emit { rooms, except, .. } => (rooms.clone(), except.clone()),
+            Action::Presence { rooms, .. } => (rooms.clone(), Vec::new()),
+            Action::Join { of, .. } | Action::Leave { of, .. } | Action::Disconnect { of } => {
+                (of.clone(), Vec::new())
+            }
+        }
+    }
+
+    #[test]
+    fn route_gives_each_room_its_own_actions_in_order_and_each_socket_one_copy() {
+        let envelope: Envelope = vec![
+            Action::Join {
+                of: vec!["user:a".into(), "user:b".into()],
+                join: vec!["chat:1".into()],
+            },
+            Action::Emit {
+                rooms: vec![
+                    "chat:1".into(),
+                    "user:a".into(),
+                    "role:x".into(),
+                    "chat:1".into(),
+                ],
+                except: vec!["user:z".into()],
+                except_sid: None,
+                event: "e".into(),
+                data: raw(),
+            },
+            Action::Presence {
+                user: "u".into(),
+                version: 3,
+                rooms: vec!["user:a".into(), "user:b".into()],
+                event: "presence:online".into(),
+                data: raw(),
+            },
+            Action::Join {
+                of: vec![],
+                join: vec!["chat:9".into()],
+            },
+        ];
+        let routes = route(&envelope);
+        let rooms: Vec<&str> = routes.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(rooms, ["user:a", "user:b", "chat:1", "role:x"]);
+        let a = &routes[0].1;
+        assert_eq!(a.len(), 3, "join, emit, presence for user:a");
+        assert!(matches!(a[0], Action::Join { .. }));
+        // The emit to user:a skips sockets of chat:1 (they get it through chat:1), not user:z's.
+        assert_eq!(
+            rooms_of(&a[1]),
+            (
+                vec!["user:a".into()],
+                vec!["user:z".into(), "chat:1".into()]
+            )
+        );
+        assert_eq!(rooms_of(&a[2]).0, ["user:a"]);
+        // role:x skips chat:1 too, but not user:a (a socket is in one user room only... and
+        // user rooms never shadow others).
+        assert_eq!(
+            rooms_of(&routes[3].1[0]),
+            (
+                vec!["role:x".into()],
+                vec!["user:z".into(), "chat:1".into()]
+            )
+        );
+        // chat:1 is first among the emit's rooms: it skips nothing but the request's own except.
+        assert_eq!(
+            rooms_of(&routes[2].1[0]),
+            (vec!["chat:1".into()], vec!["user:z".into()])
+        );
+        assert!(route(&vec![]).is_empty());
+    }
 
     #[test]
     fn envelope_round_trips() {

@@ -3,8 +3,8 @@
 //! Membership is two sets — the chat's `members` and `user:{<userId>}:chats` — which live on
 //! different hash slots, so a change is a pipeline of commands rather than one script (see
 //! [`super::store`] for the order of the writes). Live sockets follow through the backplane:
-//! the change publishes a Join/Leave action on the chat's shard, ordered with the chat's
-//! messages.
+//! the change publishes a Join/Leave action to the chat's channel and the user's
+//! channel (see `backplane::route`).
 
 use serde::Serialize;
 
@@ -53,7 +53,7 @@ impl Chats {
             },
             Action::emit(user_rooms, "chat:created", &created)?,
         ];
-        self.backplane.publish(chat_id, &envelope).await?;
+        self.backplane.publish(&envelope).await?;
         Ok(())
     }
 
@@ -68,7 +68,7 @@ impl Chats {
             of: users.iter().map(|u| user_room(u)).collect(),
             join: vec![chat_room(chat_id)],
         }];
-        self.backplane.publish(chat_id, &envelope).await?;
+        self.backplane.publish(&envelope).await?;
         Ok(())
     }
 
@@ -81,7 +81,7 @@ impl Chats {
         }];
         // Published even when the sets said "not a member": a socket may still sit in the room
         // after an earlier half-applied removal, and leaving twice is harmless.
-        self.backplane.publish(chat_id, &envelope).await?;
+        self.backplane.publish(&envelope).await?;
         Ok(removed)
     }
 
@@ -108,7 +108,7 @@ impl Chats {
                 leave: vec![room],
             },
         ];
-        self.backplane.publish(chat_id, &envelope).await?;
+        self.backplane.publish(&envelope).await?;
         Ok(true)
     }
 }

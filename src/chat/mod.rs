@@ -3,9 +3,10 @@
 //! turns its results into ACKs.
 //!
 //! A `chat:send` costs one Redis round trip: `chat_send.lua` checks membership and dedup,
-//! assigns the offset, appends to history and to the chat's backplane shard, atomically on one
-//! slot. The message is ACCEPTED once the script returned: it is in history and on its way to
-//! every node, in offset order.
+//! assigns the offset, appends to history and publishes the message's frame to the chat's
+//! channel, atomically on one slot. The message is ACCEPTED once the script returned: it is in
+//! history (the log of record) and on its way to every node subscribed to the chat, in offset
+//! order; a node that sees a gap in a chat's offsets fills it with [`Chats::range`].
 //!
 //! Every Redis command of the domain lives in [`store`]; this module decides, the store reads
 //! and writes. Room names are built here only: [`chat_room`], [`user_room`], [`role_room`].
@@ -19,7 +20,8 @@ use crate::backplane::{Action, Backplane, Envelope};
 use crate::clock;
 use crate::error::{ClientError, ErrorCode};
 use crate::redis::scripts::chat_history::Read;
-use crate::redis::scripts::chat_send::{SendArgs, Sent};
+use crate::redis::scripts::chat_send::{PublishCommand, SendArgs, Sent};
+pub use store::ChatPosition;
 use store::ChatStore;
 
 /// Tunables of the chat domain, from [`crate::config::Config`].
@@ -98,8 +100,8 @@ pub struct ChatMessage {
 }
 
 /// The one wire form of a `chat:message`: an emit of the message to the chat's room.
-/// `chat_send.lua` writes exactly this (its envelope is cut from it, see
-/// [`crate::redis::scripts::chat_send`]).
+/// `chat_send.lua` publishes exactly this, in a [`crate::backplane::frame::Frame`] (cut from it,
+/// see [`crate::redis::scripts::chat_send`]).
 pub fn message_envelope(message: &ChatMessage) -> Result<Envelope, serde_json::Error> {
     Ok(vec![Action::emit(
         vec![chat_room(&message.chat_id)],
@@ -142,16 +144,26 @@ pub struct Chats {
     store: ChatStore,
     backplane: Backplane,
     settings: ChatSettings,
+    publish: PublishCommand,
 }
 
 impl Chats {
-    /// A service over the node's shared connection and backplane publisher.
+    /// A service over the node's shared connection and backplane publisher; `chat:send`
+    /// publishes with `PUBLISH` (one Redis, Sentinel) until [`Chats::with_publish`] says
+    /// otherwise.
     pub fn new(conn: crate::redis::Conn, backplane: Backplane, settings: ChatSettings) -> Self {
         Chats {
-            store: ChatStore::new(conn, backplane.shards()),
+            store: ChatStore::new(conn, settings.history_maxlen),
             backplane,
             settings,
+            publish: PublishCommand::Publish,
         }
+    }
+
+    /// The same service, publishing accepted messages with `publish` (`SPUBLISH` on Redis
+    /// Cluster).
+    pub fn with_publish(self, publish: PublishCommand) -> Self {
+        Chats { publish, ..self }
     }
 
     /// `FORBIDDEN` unless `user` is a member of `chat_id`.
@@ -197,9 +209,8 @@ impl Chats {
                 history_maxlen: self.settings.history_maxlen,
                 history_ttl_secs: self.settings.history_ttl_secs,
                 dedup_ttl_secs: self.settings.dedup_ttl_secs,
-                shards: self.backplane.shards(),
                 node_id: self.backplane.node_id(),
-                backplane_maxlen: self.backplane.maxlen(),
+                publish: self.publish,
             })
             .await
             .map_err(|e| ClientError::from_store(&e))?;
@@ -233,6 +244,26 @@ impl Chats {
         }
     }
 
+    /// Where each of `chat_ids` stands (epoch and last offset), in order, in one round trip.
+    pub async fn positions(
+        &self,
+        chat_ids: &[String],
+    ) -> Result<Vec<ChatPosition>, redis::RedisError> {
+        self.store.positions(chat_ids).await
+    }
+
+    /// The chat's current epoch and its retained messages with offsets in `[from, to]`, oldest
+    /// first, as `chat:message` carries them: what fills a gap in a chat's offsets. No
+    /// membership check (nodes call it, not clients).
+    pub async fn range(
+        &self,
+        chat_id: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<(Option<String>, Vec<ChatMessage>), redis::RedisError> {
+        self.store.range(chat_id, from, to).await
+    }
+
     /// Publishes a typing indicator to the chat's room, except the typing socket.
     pub async fn typing(
         &self,
@@ -250,7 +281,7 @@ impl Chats {
             event: "chat:typing".to_owned(),
             data: serde_json::value::to_raw_value(&data).map_err(|e| ClientError::internal(&e))?,
         };
-        self.publish(chat_id, vec![action]).await
+        self.publish(vec![action]).await
     }
 
     /// Publishes a read receipt to the whole chat room, the reader's socket included.
@@ -269,12 +300,12 @@ impl Chats {
         });
         let action = Action::emit(vec![chat_room(chat_id)], "chat:read", &data)
             .map_err(|e| ClientError::internal(&e))?;
-        self.publish(chat_id, vec![action]).await
+        self.publish(vec![action]).await
     }
 
-    async fn publish(&self, chat_id: &str, actions: Vec<Action>) -> Result<(), ClientError> {
+    async fn publish(&self, actions: Vec<Action>) -> Result<(), ClientError> {
         self.backplane
-            .publish(chat_id, &actions)
+            .publish(&actions)
             .await
             .map(|_| ())
             .map_err(|e| ClientError::from_store(&e))

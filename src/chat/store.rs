@@ -1,12 +1,14 @@
 //! Every Redis command of the chat domain: membership sets, the send and history scripts.
 //!
-//! Model: a chat's keys live on the slot of its backplane shard ([`ChatKeys`]); the set of a
-//! user's chats lives on the user's slot (`user:{<userId>}:chats`). The two sets of one
+//! Model: a chat's keys live on the slot of its room, `{chat:<chatId>}` ([`ChatKeys`]), the slot
+//! of the room's channel too; the set of a user's chats lives on the user's slot
+//! (`user:{<userId>}:chats`). The two sets of one
 //! membership therefore cannot change in one atomic step: writes go chat side first (what
 //! `chat:send` checks), user side second (what a connecting socket reads to join its rooms).
 //!
-//! Guarantees: `send` is one atomic script (membership, dedup, offset, history and backplane
-//! append on one slot); a member added is allowed to send once [`ChatStore::add_members`]
+//! Guarantees: `send` is one atomic script (membership, dedup, offset, history append and the
+//! publication to the chat's channel, on one slot); `range` reads the epoch and the messages in
+//! one atomic step, so they belong together; a member added is allowed to send once [`ChatStore::add_members`]
 //! returned, a member removed or a chat deleted is refused from the first write on (the chat's
 //! own keys go first).
 //!
@@ -22,21 +24,36 @@ use crate::metrics::redis_op;
 use crate::redis::keys::{self, ChatKeys};
 use crate::redis::scripts::{self, chat_history, chat_send};
 
+use super::ChatMessage;
+
 /// The chat domain's view of Redis.
 #[derive(Clone)]
 pub struct ChatStore {
     conn: Conn,
-    shards: u16,
+    history_maxlen: u64,
+}
+
+/// Where a chat's sequence stands ([`ChatStore::positions`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatPosition {
+    /// The chat's current epoch; `None` before its first message (or once deleted).
+    pub epoch: Option<String>,
+    /// The chat's last assigned offset; 0 without a sequence.
+    pub seq: u64,
 }
 
 impl ChatStore {
-    /// A store over the node's shared connection, for a deployment of `shards` backplane shards.
-    pub fn new(conn: Conn, shards: u16) -> Self {
-        ChatStore { conn, shards }
+    /// A store over the node's shared connection; a chat retains its last `history_maxlen`
+    /// (HISTORY_MAXLEN) messages.
+    pub fn new(conn: Conn, history_maxlen: u64) -> Self {
+        ChatStore {
+            conn,
+            history_maxlen,
+        }
     }
 
     fn keys(&self, chat_id: &str) -> ChatKeys {
-        ChatKeys::new(chat_id, self.shards)
+        ChatKeys::new(chat_id)
     }
 
     /// True when `user` is a member of `chat_id`.
@@ -158,8 +175,8 @@ impl ChatStore {
         Ok(true)
     }
 
-    /// Runs `chat_send.lua`: the message is in history and on the backplane once this returns
-    /// [`chat_send::Sent::Accepted`].
+    /// Runs `chat_send.lua`: the message is in history and published to the chat's channel once
+    /// this returns [`chat_send::Sent::Accepted`].
     pub async fn send(
         &self,
         args: &chat_send::SendArgs<'_>,
@@ -179,9 +196,129 @@ impl ChatStore {
         epoch: Option<&str>,
         limit: u32,
     ) -> redis::RedisResult<chat_history::Read> {
-        let call = chat_history::call(&self.keys(chat_id), reader, since, epoch, limit);
+        let k = self.keys(chat_id);
+        let call = chat_history::call(&k, reader, since, epoch, limit, self.history_maxlen);
         let mut conn = self.conn.clone();
         let reply = scripts::invoke(&chat_history::SCRIPT, &mut conn, call).await?;
         chat_history::parse(chat_id, &reply)
+    }
+
+    /// The sequence position of each of `chat_ids`, in order, in one pipelined round trip
+    /// (`HMGET <meta> epoch seq` each; the chats are on different slots, so this is not one
+    /// atomic read).
+    pub async fn positions(&self, chat_ids: &[String]) -> redis::RedisResult<Vec<ChatPosition>> {
+        if chat_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for chat in chat_ids {
+            pipe.cmd("HMGET")
+                .arg(self.keys(chat).meta())
+                .arg("epoch")
+                .arg("seq");
+        }
+        let mut conn = self.conn.clone();
+        let replies: Vec<redis::Value> =
+            redis_op("chat_positions", pipe.query_async(&mut conn)).await?;
+        if replies.len() != chat_ids.len() {
+            return Err(unexpected_reply("positions", &replies));
+        }
+        replies
+            .iter()
+            .map(|r| parse_position(r).ok_or_else(|| unexpected_reply("positions", r)))
+            .collect()
+    }
+
+    /// The chat's current epoch (`None` without one) and its retained messages with offsets in
+    /// `[from, to]`, oldest first, each as `chat:message` carries it; read atomically (MULTI:
+    /// `HMGET <meta> epoch seq`, `XRANGE <log> 0-<from> 0-<to>`). Offsets no longer retained
+    /// (older than the last HISTORY_MAXLEN, or expired with the history) are simply absent.
+    pub async fn range(
+        &self,
+        chat_id: &str,
+        from: u64,
+        to: u64,
+    ) -> redis::RedisResult<(Option<String>, Vec<ChatMessage>)> {
+        let k = self.keys(chat_id);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("HMGET")
+            .arg(k.meta())
+            .arg("epoch")
+            .arg("seq")
+            .cmd("XRANGE")
+            .arg(k.log())
+            .arg(format!("0-{from}"))
+            .arg(format!("0-{to}"));
+        let mut conn = self.conn.clone();
+        let replies: Vec<redis::Value> =
+            redis_op("chat_range", pipe.query_async(&mut conn)).await?;
+        let parsed = (|| {
+            let position = parse_position(replies.first()?)?;
+            let epoch = position.epoch.as_deref().unwrap_or("");
+            let mut messages = chat_history::parse_entries(chat_id, epoch, replies.get(1)?)?;
+            let floor = chat_history::retained_after(position.seq, self.history_maxlen);
+            messages.retain(|m| m.offset > floor);
+            Some((position.epoch, messages))
+        })();
+        parsed.ok_or_else(|| unexpected_reply("range", &replies))
+    }
+}
+
+/// One `HMGET <meta> epoch seq` reply.
+fn parse_position(reply: &redis::Value) -> Option<ChatPosition> {
+    let items = scripts::as_array(reply)?;
+    let epoch = match items.first()? {
+        redis::Value::Nil => None,
+        v => Some(scripts::as_string(v)?),
+    };
+    let seq = match items.get(1)? {
+        redis::Value::Nil => 0,
+        v => scripts::as_u64(v)?,
+    };
+    Some(ChatPosition { epoch, seq })
+}
+
+fn unexpected_reply(what: &'static str, reply: &impl std::fmt::Debug) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "unexpected reply",
+        format!("{what}: {reply:?}"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::Value;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn positions_parse_missing_meta_as_no_epoch_and_offset_zero() {
+        let none = Value::Array(vec![Value::Nil, Value::Nil]);
+        assert_eq!(
+            parse_position(&none),
+            Some(ChatPosition {
+                epoch: None,
+                seq: 0
+            })
+        );
+        let some = Value::Array(vec![bulk("ab12"), bulk("17")]);
+        assert_eq!(
+            parse_position(&some),
+            Some(ChatPosition {
+                epoch: Some("ab12".into()),
+                seq: 17
+            })
+        );
+        assert_eq!(parse_position(&Value::Array(vec![bulk("ab12")])), None);
+        assert_eq!(
+            parse_position(&Value::Array(vec![Value::Nil, bulk("x")])),
+            None
+        );
+        assert_eq!(parse_position(&Value::Nil), None);
     }
 }

@@ -183,13 +183,15 @@ pub struct Config {
     #[arg(long, env = "DEDUP_TTL_SECS", default_value_t = 86400)]
     pub dedup_ttl_secs: u64,
 
-    /// Number of backplane shard streams. Every node of a cluster must use the same value.
-    #[arg(long, env = "BACKPLANE_SHARDS", default_value_t = 8)]
-    pub backplane_shards: u16,
+    /// How long a node stays subscribed to a room after its last local socket left it, in ms
+    /// (a socket that reconnects at once causes no unsubscribe/subscribe churn).
+    #[arg(long, env = "ROOM_UNSUBSCRIBE_DELAY_MS", default_value_t = 10_000)]
+    pub room_unsubscribe_delay_ms: u64,
 
-    /// Approximate MAXLEN of each backplane shard stream.
-    #[arg(long, env = "BACKPLANE_MAXLEN", default_value_t = 100_000)]
-    pub backplane_maxlen: u64,
+    /// Most `SUBSCRIBE`/`UNSUBSCRIBE` commands a node sends per second (each carries up to
+    /// 1000 room channels): bounds what a reconnect storm costs Redis.
+    #[arg(long, env = "SUBSCRIBE_COMMANDS_PER_SEC", default_value_t = 50)]
+    pub subscribe_commands_per_sec: u32,
 
     /// Approximate MAXLEN of each routed service stream.
     #[arg(long, env = "SERVICE_STREAM_MAXLEN", default_value_t = 100_000)]
@@ -353,8 +355,8 @@ impl Config {
         if self.api_key.trim().is_empty() {
             return Err("invalid setting API_KEY: must not be empty".into());
         }
-        if self.backplane_shards == 0 {
-            return Err("invalid setting BACKPLANE_SHARDS: must be at least 1".into());
+        if self.subscribe_commands_per_sec == 0 {
+            return Err("invalid setting SUBSCRIBE_COMMANDS_PER_SEC: must be at least 1".into());
         }
         if self.max_message_bytes == 0 {
             return Err("invalid setting MAX_MESSAGE_BYTES: must be at least 1".into());

@@ -60,7 +60,15 @@ async fn do_join(r: Responder, app: App, data: Payload, id_field: &str) {
                 format!("this socket is in {} rooms, the most allowed", rooms.len()),
             ));
         }
-        r.socket().join(room.clone());
+        let socket = r.socket();
+        app.interest
+            .join(
+                std::slice::from_ref(&room),
+                async { socket.join(room.clone()) },
+                true,
+            )
+            .await
+            .map_err(|_| ClientError::unavailable())?;
         if let Some(admin) = &app.admin {
             admin.room_joined(&r.socket().id.to_string(), &room);
         }

@@ -147,7 +147,18 @@ async fn authenticate(
         rooms.push(role_room(role));
     }
     rooms.extend(chats.iter().map(|c| chat_room(c)));
-    s.join(rooms);
+    if let Some(admin) = &app.admin {
+        admin.handshake_started(&s);
+    }
+    // Subscribed (and each new chat's position read) before the handshake completes: nothing
+    // published to these rooms after this point misses the socket.
+    app.interest
+        .join(&rooms, async { s.join(rooms.clone()) }, true)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "handshake refused: rooms not subscribed");
+            HandshakeError::Unavailable
+        })?;
     s.extensions.insert(Arc::new(identity));
     s.extensions.insert(InitialChats(Arc::new(chats)));
     s.extensions.insert(ConnectedAt(clock::now_iso().into()));

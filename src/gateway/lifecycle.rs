@@ -114,7 +114,13 @@ async fn reconcile_chats(s: &SocketRef, app: &App, identity: &Identity) {
         .map(|c| chat_room(c))
         .collect();
     if !added.is_empty() {
-        s.join(added);
+        let joined = app
+            .interest
+            .join(&added, async { s.join(added.clone()) }, false)
+            .await;
+        if let Err(e) = joined {
+            tracing::debug!(error = %e, "reconciled rooms joined without a known position");
+        }
     }
     if !removed.is_empty() {
         s.leave(removed);

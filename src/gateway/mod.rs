@@ -35,6 +35,8 @@ pub use sockets::local_sockets;
 /// Everything a handler may use, shared by all sockets of the node.
 #[derive(Clone)]
 pub struct App {
+    /// Which rooms this node subscribes to: every socket joins its rooms through it.
+    pub interest: Arc<crate::backplane::interest::Interest>,
     /// Chat domain service.
     pub chats: Chats,
     /// Presence service.

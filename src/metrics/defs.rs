@@ -104,9 +104,9 @@ metric!(
 
 // ---- backplane and delivery -----------------------------------------------------------------
 metric!(
-    /// Entries the reader applied.
+    /// Frames the subscriber applied.
     BACKPLANE_ENTRIES_READ, "fanout_backplane_entries_read_total", Counter, [],
-    "Backplane stream entries read and applied to this node's sockets."
+    "Frames this node received on its room subscriptions and applied to its sockets (chat messages filled from a chat's log included)."
 );
 metric!(
     /// Local room broadcasts.
@@ -119,34 +119,44 @@ metric!(
     "Packets not queued to a local socket: buffer_full (SOCKET_BUFFER_PACKETS reached, the packet is dropped for that socket), closed, or slow_consumer (a chat message it could not take: the socket is disconnected and recovers with chat:history)."
 );
 metric!(
-    /// XADD to local emit.
+    /// Frame publication to local emit.
     DELIVERY_LATENCY, "fanout_delivery_latency_seconds", Histogram, [],
-    "Time from a backplane entry's XADD (its id's Redis timestamp) to its local emit on this node; includes clock skew between Redis and the node."
+    "Time from a frame's publication (the publishing node's clock) to its local emit on this node; includes clock skew between nodes."
 );
 metric!(
-    /// Reader lag in time.
-    BACKPLANE_LAG_SECONDS, "fanout_backplane_lag_seconds", Gauge, ["shard"],
-    "Age of the newest entry the last XREAD returned for the shard (0 when it returned none: caught up)."
+    /// Rooms subscribed.
+    SUBSCRIPTIONS, "fanout_subscriptions", Gauge, [],
+    "Room channels this node subscribes to: the rooms with a local socket, plus those left less than ROOM_UNSUBSCRIBE_DELAY_MS ago."
+);
+metric!(
+    /// Subscribe/unsubscribe.
+    SUBSCRIPTION_CHANGES, "fanout_subscription_changes_total", Counter, ["change"],
+    "Room channels subscribed (subscribe) and unsubscribed (unsubscribe) by this node; resubscriptions after a reconnect count as subscribe."
+);
+metric!(
+    /// Offset gaps.
+    BACKPLANE_GAPS, "fanout_backplane_gaps_total", Counter, [],
+    "Offset gaps this node saw in a chat's messages (a lost notification, a dropped subscriber connection, a late subscription), each filled from the chat's log before anything newer is delivered."
+);
+metric!(
+    /// Messages of gaps.
+    BACKPLANE_GAP_MESSAGES, "fanout_backplane_gap_messages_total", Counter, ["outcome"],
+    "Chat messages of the gaps: filled (read from the chat's log and delivered) or lost (no longer in the log: trimmed, expired, or the chat's sequence restarted)."
+);
+metric!(
+    /// Subscriber overflows.
+    BACKPLANE_OVERFLOWS, "fanout_backplane_overflows_total", Counter, [],
+    "Frames dropped because this node's subscriber queue was full; each makes the node re-read every subscribed chat's offsets (chat messages are filled, other events are lost)."
 );
 metric!(
     /// Delivery canary round trip.
     CANARY_ROUND_TRIP, "fanout_canary_round_trip_seconds", Histogram, ["shard"],
-    "Time from appending this node's delivery canary to the shard until its own reader saw it (the path real events take)."
+    "Time from publishing this node's delivery canary until its own subscriber connection received it (the path real events take); shard = the subscriber connection (0 on one Redis)."
 );
 metric!(
     /// Age of the last canary success.
     CANARY_SUCCESS_AGE, "fanout_canary_last_success_age_seconds", Gauge, ["shard"],
-    "Seconds since this node's canary last came back on the shard (updated every CANARY_INTERVAL_MS; above CANARY_TIMEOUT_SECS the node is not ready: delivery false)."
-);
-metric!(
-    /// Reader lag in entries.
-    BACKPLANE_LAG_ENTRIES, "fanout_backplane_lag_entries", Gauge, ["shard"],
-    "Entries the last XREAD returned for the shard: the backlog it just caught up on (a lower bound; 1000 = at least one full batch behind)."
-);
-metric!(
-    /// XLEN of each shard.
-    BACKPLANE_STREAM_LENGTH, "fanout_backplane_stream_length", Gauge, ["shard"],
-    "XLEN of each backplane shard stream, sampled every 5 s (capped near BACKPLANE_MAXLEN)."
+    "Seconds since this node's canary last came back through the subscriber connection (updated every CANARY_INTERVAL_MS; above CANARY_TIMEOUT_SECS the node is not ready: delivery false)."
 );
 
 // ---- redis ----------------------------------------------------------------------------------
@@ -265,11 +275,13 @@ pub const ALL: &[Metric] = &[
     LOCAL_EMITS,
     SOCKET_SEND_FAILURES,
     DELIVERY_LATENCY,
-    BACKPLANE_LAG_SECONDS,
+    SUBSCRIPTIONS,
+    SUBSCRIPTION_CHANGES,
+    BACKPLANE_GAPS,
+    BACKPLANE_GAP_MESSAGES,
+    BACKPLANE_OVERFLOWS,
     CANARY_ROUND_TRIP,
     CANARY_SUCCESS_AGE,
-    BACKPLANE_LAG_ENTRIES,
-    BACKPLANE_STREAM_LENGTH,
     REDIS_COMMAND_DURATION,
     REDIS_ERRORS,
     REDIS_SCRIPT_CALLS,

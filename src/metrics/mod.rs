@@ -1,14 +1,13 @@
 //! Every metric of a node in one place: its name, type, labels and help text ([`ALL`], defined
 //! in `defs.rs`), the Prometheus exporter ([`install`]), the `/metrics` endpoint ([`endpoint`]),
-//! the exporter's upkeep, and one-line helpers for the call sites. Nothing here talks to Redis:
-//! the shard-length sampler lives with the backplane ([`crate::backplane::sampling`]).
+//! the exporter's upkeep, and one-line helpers for the call sites. Nothing here talks to Redis.
 //!
 //! Naming follows Prometheus conventions: a `fanout_` prefix, counters end in `_total`,
 //! durations are `_seconds` histograms (buckets [`SECONDS_BUCKETS`], 0.5 ms to 10 s).
 //!
 //! Labels are bounded: event names are mapped onto a fixed list ([`event_label`], anything else
 //! is `other`, routed `service:module:name` events are `routed`), reasons, codes and operations
-//! come from enums or string constants, shards are `0..BACKPLANE_SHARDS`. A user, chat or socket
+//! come from enums or string constants, `shard` is the index of a subscriber connection. A user, chat or socket
 //! id is never a label. The per-node breakdown comes from Prometheus's own `instance` label.
 //!
 //! The `metrics` crate's recorder is process-global by design: [`install`] sets it once per
@@ -24,7 +23,6 @@ use axum::response::IntoResponse;
 use axum::routing::{MethodRouter, get};
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use redis::streams::StreamReadReply;
 use socketioxide::socket::DisconnectReason;
 use socketioxide::{BroadcastError, SocketError, SocketIo, TransportType};
 use tokio_util::sync::CancellationToken;
@@ -35,8 +33,7 @@ use crate::error::ErrorCode;
 mod defs;
 pub use defs::*;
 
-/// How often [`run_upkeep`] drains histograms and the backplane sampler
-/// ([`crate::backplane::sampling`]) runs XLEN.
+/// How often [`run_upkeep`] drains histograms.
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Client event names (and their aliases) that are labels as themselves.
@@ -142,6 +139,15 @@ fn register_known_series() {
         counter!(ADMIN_COMMANDS.name, "command" => command).absolute(0);
     }
     counter!(ADMIN_RELAY_DROPPED.name).absolute(0);
+    gauge!(SUBSCRIPTIONS.name).set(0.0);
+    for change in ["subscribe", "unsubscribe"] {
+        counter!(SUBSCRIPTION_CHANGES.name, "change" => change).absolute(0);
+    }
+    counter!(BACKPLANE_GAPS.name).absolute(0);
+    for outcome in ["filled", "lost"] {
+        counter!(BACKPLANE_GAP_MESSAGES.name, "outcome" => outcome).absolute(0);
+    }
+    counter!(BACKPLANE_OVERFLOWS.name).absolute(0);
     for r in ["transport_close", "transport_error", "heartbeat_timeout"] {
         counter!(DISCONNECTS.name, "reason" => r).absolute(0);
     }
@@ -228,13 +234,6 @@ pub async fn run_upkeep(handle: PrometheusHandle, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => handle.run_upkeep(),
         }
-    }
-}
-
-/// The backplane sampler read the length of each shard stream (index = shard).
-pub fn stream_lengths(lengths: &[u64]) {
-    for (shard, len) in lengths.iter().enumerate() {
-        gauge!(BACKPLANE_STREAM_LENGTH.name, "shard" => shard.to_string()).set(*len as f64);
     }
 }
 
@@ -365,20 +364,12 @@ pub fn slow_consumer() {
     counter!(SOCKET_SEND_FAILURES.name, "reason" => "slow_consumer").increment(1);
 }
 
-/// The Redis timestamp (ms) of a stream entry id `<ms>-<seq>`.
-pub fn entry_ms(id: &str) -> Option<u64> {
-    id.split_once('-').and_then(|(ms, _)| ms.parse().ok())
-}
-
-fn age_secs(entry_id: &str) -> Option<f64> {
-    let ms = entry_ms(entry_id)?;
-    Some(crate::clock::now_ms().saturating_sub(ms) as f64 / 1000.0)
-}
-
-/// A backplane entry was applied to the local sockets: records its XADD→emit latency.
-pub fn entry_applied(entry_id: &str) {
+/// A frame was applied to the local sockets: records its publish→emit latency when the frame
+/// says when it was published (ms since the epoch, the publisher's clock).
+pub fn entry_applied(published_ms: Option<u64>) {
     counter!(BACKPLANE_ENTRIES_READ.name).increment(1);
-    if let Some(age) = age_secs(entry_id) {
+    if let Some(ms) = published_ms {
+        let age = crate::clock::now_ms().saturating_sub(ms) as f64 / 1000.0;
         histogram!(DELIVERY_LATENCY.name).record(age);
     }
 }
@@ -393,19 +384,26 @@ pub fn canary_success_age(shard: usize, age: Duration) {
     gauge!(CANARY_SUCCESS_AGE.name, "shard" => shard.to_string()).set(age.as_secs_f64());
 }
 
-/// After an XREAD over `keys` (shard `i` is `keys[i]`): per shard, how many entries came back
-/// and how old the newest of them is (both 0 for a shard that returned none).
-pub fn reader_lag(keys: &[String], reply: Option<&StreamReadReply>) {
-    for (shard, key) in keys.iter().enumerate() {
-        let ids = reply
-            .and_then(|r| r.keys.iter().find(|s| s.key == *key))
-            .map(|s| s.ids.as_slice())
-            .unwrap_or_default();
-        let age = ids.last().and_then(|e| age_secs(&e.id)).unwrap_or(0.0);
-        let shard = shard.to_string();
-        gauge!(BACKPLANE_LAG_ENTRIES.name, "shard" => shard.clone()).set(ids.len() as f64);
-        gauge!(BACKPLANE_LAG_SECONDS.name, "shard" => shard).set(age);
-    }
+/// The node now subscribes to `count` room channels.
+pub fn subscriptions(count: usize) {
+    gauge!(SUBSCRIPTIONS.name).set(count as f64);
+}
+
+/// `n` room channels were subscribed (`subscribe`) or unsubscribed (`unsubscribe`).
+pub fn subscription_changes(change: &'static str, n: usize) {
+    counter!(SUBSCRIPTION_CHANGES.name, "change" => change).increment(n as u64);
+}
+
+/// A chat offset gap was seen: `filled` messages came from the log, `lost` were gone.
+pub fn gap(filled: u64, lost: u64) {
+    counter!(BACKPLANE_GAPS.name).increment(1);
+    counter!(BACKPLANE_GAP_MESSAGES.name, "outcome" => "filled").increment(filled);
+    counter!(BACKPLANE_GAP_MESSAGES.name, "outcome" => "lost").increment(lost);
+}
+
+/// The subscriber queue was full and a frame was dropped.
+pub fn backplane_overflow() {
+    counter!(BACKPLANE_OVERFLOWS.name).increment(1);
 }
 
 /// Times a Redis operation and counts its failure. `op` is a fixed name (a command, a script
@@ -526,11 +524,5 @@ mod tests {
         assert_eq!(event_label("notes:board:add"), "routed");
         assert_eq!(event_label("whatever-a-client-sends"), "other");
         assert_eq!(event_label(""), "other");
-    }
-
-    #[test]
-    fn entry_ids_carry_the_xadd_time() {
-        assert_eq!(entry_ms("1700000000123-4"), Some(1_700_000_000_123));
-        assert_eq!(entry_ms("garbage"), None);
     }
 }

@@ -75,7 +75,7 @@ impl Presence {
             }
         }
         if !envelope.is_empty() {
-            self.backplane.publish(chat_id, &envelope).await?;
+            self.backplane.publish(&envelope).await?;
         }
         Ok(())
     }

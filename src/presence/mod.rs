@@ -304,7 +304,7 @@ impl Presence {
         let action = Action::Disconnect {
             of: vec![user_room(user)],
         };
-        self.backplane.publish(user, &vec![action]).await?;
+        self.backplane.publish(&vec![action]).await?;
         Ok(())
     }
 
@@ -376,7 +376,7 @@ impl Presence {
             event: event.to_owned(),
             data: serde_json::value::to_raw_value(&data)?,
         };
-        self.backplane.publish(user, &vec![action]).await?;
+        self.backplane.publish(&vec![action]).await?;
         Ok(())
     }
 }

@@ -4,7 +4,7 @@
 //! Model: a user's presence is two keys on the user's slot — `presence:user:{u}` (a field per
 //! live socket, [`SocketField`]) and `presence:state:{u}` (the transition version) — changed
 //! only by the scripts, which decide the transitions. The deadline index
-//! (`presence:deadlines`) and the sweep lease are plain commands: they are a backstop, and a
+//! (`presence:deadlines:{pd<n>}`, 16 buckets by user) and the sweep lease are plain commands: they are a backstop, and a
 //! lost write there only delays a claim to the next sweep.
 //!
 //! Guarantees: each transition (a returned version) is handed to exactly one caller cluster-wide,
@@ -155,22 +155,38 @@ impl PresenceStore {
         presence_claim::parse(&reply)
     }
 
-    /// Records `deadline_ms` as the time each of `users`' keys expires unless refreshed.
+    /// Records `deadline_ms` as the time each of `users`' keys expires unless refreshed (one
+    /// `ZADD` per deadline bucket, pipelined).
     pub async fn set_deadlines(&self, users: &[&str], deadline_ms: u64) -> redis::RedisResult<()> {
-        let mut cmd = redis::cmd("ZADD");
-        cmd.arg(keys::PRESENCE_DEADLINES);
+        let mut by_bucket: Vec<Vec<&str>> =
+            vec![Vec::new(); keys::PRESENCE_DEADLINE_BUCKETS.into()];
         for u in users {
-            cmd.arg(deadline_ms).arg(*u);
+            by_bucket[usize::from(keys::presence_deadline_bucket(u))].push(u);
+        }
+        let mut pipe = redis::pipe();
+        for (bucket, users) in by_bucket.iter().enumerate() {
+            if users.is_empty() {
+                continue;
+            }
+            let cmd = pipe
+                .cmd("ZADD")
+                .arg(keys::presence_deadlines(bucket as u16));
+            for u in users {
+                cmd.arg(deadline_ms).arg(*u);
+            }
+            cmd.ignore();
         }
         let mut conn = self.conn.clone();
-        cmd.query_async(&mut conn).await
+        pipe.query_async(&mut conn).await
     }
 
     /// Forgets `user`'s deadline (its key is gone).
     pub async fn drop_deadline(&self, user: &str) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
         redis::cmd("ZREM")
-            .arg(keys::PRESENCE_DEADLINES)
+            .arg(keys::presence_deadlines(keys::presence_deadline_bucket(
+                user,
+            )))
             .arg(user)
             .query_async(&mut conn)
             .await
@@ -190,18 +206,22 @@ impl PresenceStore {
         Ok(got.is_some())
     }
 
-    /// At most `limit` users whose deadline is at or before `now_ms`.
+    /// Users whose deadline is at or before `now_ms`: at most `limit` from each bucket (one
+    /// pipeline over every bucket).
     pub async fn due(&self, now_ms: u64, limit: usize) -> redis::RedisResult<Vec<String>> {
+        let mut pipe = redis::pipe();
+        for bucket in 0..keys::PRESENCE_DEADLINE_BUCKETS {
+            pipe.cmd("ZRANGEBYSCORE")
+                .arg(keys::presence_deadlines(bucket))
+                .arg("-inf")
+                .arg(now_ms)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit);
+        }
         let mut conn = self.conn.clone();
-        redis::cmd("ZRANGEBYSCORE")
-            .arg(keys::PRESENCE_DEADLINES)
-            .arg("-inf")
-            .arg(now_ms)
-            .arg("LIMIT")
-            .arg(0)
-            .arg(limit)
-            .query_async(&mut conn)
-            .await
+        let lists: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
+        Ok(lists.into_iter().flatten().collect())
     }
 
     /// Each of `users`' socket fields that count at `fresh_after_ms` (socket id, field), by

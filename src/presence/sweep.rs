@@ -1,7 +1,9 @@
 //! The backstop for lost keyspace notifications: a sorted set of presence deadlines, swept by
 //! one node at a time under a short lease.
 //!
-//! Every connect and refresh records `now + TTL` for the user in `presence:deadlines`. Each
+//! Every connect and refresh records `now + TTL` for the user in one of 16 deadline buckets
+//! (`presence:deadlines:{pd<n>}`, each on its own slot, so the index spreads over the masters of a
+//! Redis Cluster instead of making one hot key). Each
 //! second every node tries to take the lease (`SET NX PX 1500`, left to expire, so one sweep
 //! runs every 1.5–2 s cluster-wide whatever the number of nodes); the holder claims every user
 //! whose deadline passed. A claim on a user who is still online only moves the deadline to the key's
@@ -18,8 +20,8 @@ use crate::clock;
 
 /// How often each node tries to sweep.
 pub const INTERVAL: Duration = Duration::from_secs(1);
-/// Users claimed per sweep at most (the rest wait for the next second).
-const BATCH: usize = 500;
+/// Users claimed per deadline bucket and sweep at most (the rest wait for the next second).
+const BATCH: usize = 64;
 
 /// Runs until `cancel`.
 pub async fn run(presence: Presence, node_id: String, cancel: CancellationToken) {

@@ -156,22 +156,17 @@ impl Publisher {
             event: req.event.clone(),
             data: req.data.clone(),
         };
-        // One routing key per request: the id of its first room, which is the key that room's
-        // own events use (a chat's messages and membership changes, a user's presence), so a
-        // publish to one room is ordered with them — and a retry maps to the same shard.
-        let first = &req.rooms[0];
-        let routing_key = first.split_once(':').map_or(first.as_str(), |(_, id)| id);
         let envelope = vec![action];
         match idempotency_key {
             None => self
                 .backplane
-                .publish(routing_key, &envelope)
+                .publish(&envelope)
                 .await
                 .map(Outcome::Published),
             Some(key) => {
                 let (id, new) = self
                     .backplane
-                    .publish_once(routing_key, key, IDEMPOTENCY_TTL_SECS, &envelope)
+                    .publish_once(key, IDEMPOTENCY_TTL_SECS, &envelope)
                     .await?;
                 Ok(if new {
                     Outcome::Published(id)

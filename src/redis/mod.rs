@@ -47,3 +47,25 @@ pub async fn ping(conn: &mut Conn) -> bool {
     let res: redis::RedisResult<String> = redis::cmd("PING").query_async(conn).await;
     res.is_ok()
 }
+
+/// A dedicated RESP3 connection for pub/sub: what Redis pushes (messages, and the library's
+/// `Disconnection` when the connection ends) goes to `push`, and ordinary commands still work on
+/// it. No response timeout beyond the connection's: a subscription command answers at once.
+pub async fn pubsub_connection(
+    client: &Client,
+    push: impl redis::aio::AsyncPushSender,
+) -> redis::RedisResult<MultiplexedConnection> {
+    let info = client.get_connection_info().clone();
+    let redis_info = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    let resp3 = Client::open(info.set_redis_settings(redis_info))?;
+    let config = AsyncConnectionConfig::new()
+        .set_response_timeout(Some(COMMAND_TIMEOUT))
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_push_sender(push);
+    resp3
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}

@@ -57,44 +57,48 @@ async fn a_node_that_cannot_deliver_is_unready_within_the_bound_and_recovers_by_
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["delivery"], true);
 
-    // Operators find the reader's connection by name.
+    // Operators find the subscriber connection by name.
     let mut c = redis.conn().await;
     let list: String = redis::cmd("CLIENT")
         .arg("LIST")
         .query_async(&mut c)
         .await
         .unwrap();
-    assert!(list.contains("name=fanout-reader:a "), "{list}");
+    assert!(list.contains("name=fanout-sub:a "), "{list}");
 
-    // 1. The reader's reads are refused (its connection lives, every XREAD fails) while Redis
-    // answers everything else.
-    acl(&redis, "-xread").await;
+    // 1. The node may no longer subscribe (Redis drops its subscriber connection, and every
+    // new one is refused its channels) while Redis answers everything else.
+    acl(&redis, "resetchannels").await;
     let (took, status, body) = until_delivery(&a, false, Duration::from_secs(10)).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["delivery"], false, "{body}");
     assert_eq!(body["redis"], true, "{body}");
-    acl(&redis, "+xread").await;
+    acl(&redis, "allchannels").await;
     let (back, status, body) = until_delivery(&a, true, Duration::from_secs(10)).await;
     assert_eq!(status, 200, "{body}");
-    eprintln!("canary: reads refused -> 503 after {took:?}; allowed again -> 200 after {back:?}");
+    eprintln!(
+        "canary: subscriptions refused -> 503 after {took:?}; allowed again -> 200 after {back:?}"
+    );
 
-    // 2. Writes to the backplane are refused: the reader reads on without error, so only the
+    // 2. Publishing is refused: the subscriber stays connected without error, so only the
     // canary can tell that nothing this node publishes comes back.
-    acl(&redis, "-xadd").await;
+    acl(&redis, "-publish").await;
     let (took, status, body) = until_delivery(&a, false, Duration::from_secs(10)).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["delivery"], false, "{body}");
     assert_eq!(
         body["backplaneReader"], true,
-        "the reader itself is fine: {body}"
+        "the subscriber itself is fine: {body}"
     );
-    acl(&redis, "+xadd").await;
+    acl(&redis, "+publish").await;
     let (back, status, body) = until_delivery(&a, true, Duration::from_secs(10)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["delivery"], true);
-    eprintln!("canary: appends refused -> 503 after {took:?}; allowed again -> 200 after {back:?}");
+    eprintln!(
+        "canary: publishes refused -> 503 after {took:?}; allowed again -> 200 after {back:?}"
+    );
 
-    // The round trip is measured per shard.
+    // The round trip is measured per subscriber connection.
     let (_, metrics) = http_raw(a.admin, "GET", "/metrics", None, None, "text/plain")
         .await
         .expect("metrics");

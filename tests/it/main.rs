@@ -16,6 +16,7 @@ mod chaos;
 mod chat;
 mod drain;
 mod hostile;
+mod interest;
 mod interop_js;
 mod interop_py;
 mod interop_rs;

@@ -33,13 +33,15 @@ pub enum Read {
     Page(History),
 }
 
-/// KEYS and ARGV of `chat_history.lua`.
+/// KEYS and ARGV of `chat_history.lua`; `history_maxlen` is HISTORY_MAXLEN (the page never
+/// reaches below the chat's last HISTORY_MAXLEN offsets, see [`retained_after`]).
 pub fn call(
     k: &ChatKeys,
     reader: &str,
     since: Option<u64>,
     epoch: Option<&str>,
     limit: u32,
+    history_maxlen: u64,
 ) -> Call {
     Call {
         keys: vec![k.members(), k.meta(), k.log()],
@@ -48,8 +50,17 @@ pub fn call(
             epoch.unwrap_or("").to_owned(),
             limit.to_string(),
             reader.to_owned(),
+            history_maxlen.to_string(),
         ],
     }
+}
+
+/// The offset after which a chat at `seq` retains its messages: `chat_send.lua` trims the log
+/// approximately (cheaper than an exact trim on every append), so it may hold a few entries at
+/// or below this one, which no reader returns. Retention is exactly the last `history_maxlen`
+/// offsets, as an exact trim would leave it.
+pub fn retained_after(seq: u64, history_maxlen: u64) -> u64 {
+    seq.saturating_sub(history_maxlen)
 }
 
 /// The script's reply: `{'forbidden'}` or `{'ok', latestOffset, epoch, reset, entries}`.
@@ -69,7 +80,20 @@ fn parse_page(chat_id: &str, reply: &[Value]) -> Option<History> {
     let offset = as_u64(reply.get(1)?)?;
     let epoch = as_string(reply.get(2)?)?;
     let reset = as_u64(reply.get(3)?)? == 1;
-    let entries = as_array(reply.get(4)?)?;
+    let messages = parse_entries(chat_id, &epoch, reply.get(4)?)?;
+    Some(History {
+        messages,
+        offset,
+        epoch,
+        reset,
+    })
+}
+
+/// History stream entries (`XRANGE` form: `{id, {field, value, ...}}`, entry id `0-<offset>`)
+/// as the `chat:message`s of chat `chat_id` in epoch `epoch`, in the entries' order; `None` if
+/// an entry lacks a field.
+pub fn parse_entries(chat_id: &str, epoch: &str, entries: &Value) -> Option<Vec<ChatMessage>> {
+    let entries = as_array(entries)?;
     let mut messages = Vec::with_capacity(entries.len());
     for entry in entries {
         let parts = as_array(entry)?;
@@ -92,15 +116,10 @@ fn parse_page(chat_id: &str, reply: &[Value]) -> Option<History> {
             content: field(content)?,
             created_at: field(created_at)?,
             offset: msg_offset,
-            epoch: epoch.clone(),
+            epoch: epoch.to_owned(),
         });
     }
-    Some(History {
-        messages,
-        offset,
-        epoch,
-        reset,
-    })
+    Some(messages)
 }
 
 #[cfg(test)]
@@ -110,19 +129,21 @@ mod tests {
 
     #[test]
     fn call_uses_empty_strings_for_absent_values() {
-        let ck = ChatKeys::new("c", 1);
-        let c = call(&ck, "u", None, None, 100);
+        let ck = ChatKeys::new("c");
+        let c = call(&ck, "u", None, None, 100, 1000);
         assert_eq!(
             c.keys,
             [
-                "fanout:{s0}:chat:c:members",
-                "fanout:{s0}:chat:c:meta",
-                "fanout:{s0}:chat:c:log"
+                "fanout:{chat:c}:members",
+                "fanout:{chat:c}:meta",
+                "fanout:{chat:c}:log"
             ]
         );
-        assert_eq!(c.args, ["", "", "100", "u"]);
-        let c = call(&ck, "u", Some(5), Some("ep"), 7);
-        assert_eq!(c.args, ["5", "ep", "7", "u"]);
+        assert_eq!(c.args, ["", "", "100", "u", "1000"]);
+        let c = call(&ck, "u", Some(5), Some("ep"), 7, 3);
+        assert_eq!(c.args, ["5", "ep", "7", "u", "3"]);
+        assert_eq!(retained_after(10, 3), 7);
+        assert_eq!(retained_after(2, 3), 0);
     }
 
     #[test]

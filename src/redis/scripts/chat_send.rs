@@ -1,15 +1,17 @@
 //! `lua/chat_send.lua`: membership check, dedup, offset assignment, history append and the
-//! backplane entry that carries the message, in one atomic step on the chat's slot.
+//! publication of the message's frame to the chat's channel, in one atomic step on the chat's
+//! slot.
 //!
-//! The `chat:message` envelope's wire form is produced by Rust alone
-//! ([`crate::chat::message_envelope`]): the script only knows the offset and epoch, which are
-//! the message's last two fields, so [`call`] serializes the envelope around them and the
-//! script concatenates `head .. offset .. mid .. epoch .. tail`. An integration test checks
-//! the entry the script wrote against serde's form byte for byte.
+//! The frame's wire form is produced by Rust alone ([`Frame::to_json`] of
+//! [`crate::chat::message_envelope`]): the script only knows the offset and epoch, which are
+//! the message's last two fields, so [`call`] serializes the frame around them and the script
+//! concatenates `head .. offset .. mid .. epoch .. tail`. An integration test checks the frame
+//! the script published against serde's form byte for byte.
 
 use redis::Value;
 
 use super::{Call, NamedScript, as_array, as_string, as_u64, named_script, unexpected};
+use crate::backplane::frame::Frame;
 use crate::chat::{Accepted, ChatMessage, message_envelope};
 use crate::redis::keys::ChatKeys;
 
@@ -33,7 +35,8 @@ pub struct SendArgs<'a> {
     pub content: &'a str,
     /// Creation timestamp, ISO 8601.
     pub created_at: &'a str,
-    /// Epoch to use if the chat has none yet.
+    /// Epoch to use if the chat has none yet: hex digits (the script writes it into the frame
+    /// unescaped).
     pub candidate_epoch: &'a str,
     /// HISTORY_MAXLEN.
     pub history_maxlen: u64,
@@ -41,12 +44,29 @@ pub struct SendArgs<'a> {
     pub history_ttl_secs: u64,
     /// Dedup window in seconds.
     pub dedup_ttl_secs: u64,
-    /// Backplane shard count (decides the keys' hash tag).
-    pub shards: u16,
-    /// Publishing node id.
+    /// Publishing node id (the frame's `n`).
     pub node_id: &'a str,
-    /// Backplane MAXLEN.
-    pub backplane_maxlen: u64,
+    /// How the script publishes.
+    pub publish: PublishCommand,
+}
+
+/// The command that publishes the frame to the chat's channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishCommand {
+    /// `PUBLISH`: one Redis, or Redis behind Sentinel.
+    Publish,
+    /// `SPUBLISH`: Redis Cluster (sharded pub/sub, the channel lives on the chat's slot).
+    Spublish,
+}
+
+impl PublishCommand {
+    /// The command's name, as the script calls it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PublishCommand::Publish => "PUBLISH",
+            PublishCommand::Spublish => "SPUBLISH",
+        }
+    }
 }
 
 /// What the script decided.
@@ -59,15 +79,18 @@ pub enum Sent {
 }
 
 /// An offset no chat reaches, marking where the script writes the real one. Its digits may
-/// occur in the content too, so the envelope is split at their *last* occurrence: only the
-/// epoch follows the offset.
+/// occur in the content too, so the frame is split at their *last* occurrence: only the epoch
+/// follows the offset.
 const OFFSET_MARK: u64 = u64::MAX;
-/// An epoch no chat has (epochs are hex), marking where the script writes the real one.
+/// An epoch no chat has (epochs are hex), marking where the script writes the real one; serde
+/// writes it as the escape `\u0001`, between the epoch's quotes.
 const EPOCH_MARK: &str = "\u{1}";
+const EPOCH_MARK_JSON: &str = "\\u0001";
 
-/// The `chat:message` envelope of `a` in three parts around the offset and epoch the script
-/// assigns: `head`, then the offset, `mid`, the epoch as a JSON string, `tail`.
-pub fn envelope_parts(a: &SendArgs<'_>) -> Result<[String; 3], serde_json::Error> {
+/// The frame of `a`'s `chat:message` in three parts around the offset and epoch the script
+/// assigns: `head`, then the offset, `mid`, the epoch's characters, `tail` (the epoch's quotes
+/// end `mid` and begin `tail`).
+pub fn frame_parts(a: &SendArgs<'_>) -> Result<[String; 3], serde_json::Error> {
     let message = ChatMessage {
         id: a.message_id.to_owned(),
         chat_id: a.chat_id.to_owned(),
@@ -79,12 +102,11 @@ pub fn envelope_parts(a: &SendArgs<'_>) -> Result<[String; 3], serde_json::Error
         offset: OFFSET_MARK,
         epoch: EPOCH_MARK.to_owned(),
     };
-    let json = serde_json::to_string(&message_envelope(&message)?)?;
-    let epoch_json = serde_json::to_string(EPOCH_MARK)?;
+    let json = Frame::to_json(a.node_id, &message_envelope(&message)?)?;
     let split = json
         .rsplit_once(&OFFSET_MARK.to_string())
         .and_then(|(head, rest)| {
-            let (mid, tail) = rest.split_once(&epoch_json)?;
+            let (mid, tail) = rest.split_once(EPOCH_MARK_JSON)?;
             Some([head.to_owned(), mid.to_owned(), tail.to_owned()])
         });
     // Only reachable if ChatMessage stopped ending with offset and epoch.
@@ -93,16 +115,20 @@ pub fn envelope_parts(a: &SendArgs<'_>) -> Result<[String; 3], serde_json::Error
 
 /// KEYS and ARGV of `chat_send.lua`.
 pub fn call(a: &SendArgs<'_>) -> Result<Call, serde_json::Error> {
+    if a.candidate_epoch.is_empty() || !a.candidate_epoch.bytes().all(|b| b.is_ascii_hexdigit()) {
+        // The script writes the epoch into the frame without escaping it.
+        return Err(serde::ser::Error::custom("candidate epoch is not hex"));
+    }
     let cmid = a.client_msg_id.unwrap_or("");
-    let k = ChatKeys::new(a.chat_id, a.shards);
-    let [head, mid, tail] = envelope_parts(a)?;
+    let k = ChatKeys::new(a.chat_id);
+    let [head, mid, tail] = frame_parts(a)?;
     Ok(Call {
         keys: vec![
             k.members(),
             k.meta(),
             k.log(),
             k.dedup(a.sender, cmid),
-            k.stream(),
+            k.channel(),
         ],
         args: vec![
             a.sender.to_owned(),
@@ -115,8 +141,7 @@ pub fn call(a: &SendArgs<'_>) -> Result<Call, serde_json::Error> {
             a.history_maxlen.to_string(),
             a.history_ttl_secs.to_string(),
             a.dedup_ttl_secs.to_string(),
-            a.node_id.to_owned(),
-            a.backplane_maxlen.to_string(),
+            a.publish.as_str().to_owned(),
             head,
             mid,
             tail,
@@ -160,13 +185,12 @@ mod tests {
             kind: "text",
             content,
             created_at: "t",
-            candidate_epoch: "e",
+            candidate_epoch: "e0",
             history_maxlen: 10,
             history_ttl_secs: 20,
             dedup_ttl_secs: 30,
-            shards: 1,
             node_id: "n1",
-            backplane_maxlen: 40,
+            publish: PublishCommand::Spublish,
         }
     }
 
@@ -176,28 +200,44 @@ mod tests {
         assert_eq!(
             c.keys,
             [
-                "fanout:{s0}:chat:c1:members",
-                "fanout:{s0}:chat:c1:meta",
-                "fanout:{s0}:chat:c1:log",
-                "fanout:{s0}:chat:c1:dedup:u1|",
-                "fanout:{s0}:bp"
+                "fanout:{chat:c1}:members",
+                "fanout:{chat:c1}:meta",
+                "fanout:{chat:c1}:log",
+                "fanout:{chat:c1}:dedup:u1|",
+                "fanout:{chat:c1}:ch"
             ]
         );
         assert_eq!(
-            c.args[..12],
+            c.args[..11],
             [
-                "u1", "m", "", "text", "hi", "t", "e", "10", "20", "30", "n1", "40"
+                "u1", "m", "", "text", "hi", "t", "e0", "10", "20", "30", "SPUBLISH"
             ]
         );
-        assert_eq!(c.args.len(), 15);
+        assert_eq!(c.args.len(), 14);
+        let publish = SendArgs {
+            publish: PublishCommand::Publish,
+            ..args("hi", None)
+        };
+        assert_eq!(call(&publish).unwrap().args[10], "PUBLISH");
     }
 
     #[test]
-    fn the_envelope_parts_rebuild_serdes_form() {
-        // Content that contains the offset mark's digits and JSON to escape.
+    fn an_epoch_that_is_not_hex_is_refused() {
+        for epoch in ["", "x1", "ab\"", "a b"] {
+            let a = SendArgs {
+                candidate_epoch: epoch,
+                ..args("hi", None)
+            };
+            assert!(call(&a).is_err(), "{epoch}");
+        }
+    }
+
+    #[test]
+    fn the_frame_parts_rebuild_serdes_form() {
+        // Content that contains the offset mark's digits, the epoch mark and JSON to escape.
         let a = args("18446744073709551615 \"/\u{1}", Some("k"));
-        let [head, mid, tail] = envelope_parts(&a).unwrap();
-        let rebuilt = format!("{head}7{mid}\"ab12\"{tail}");
+        let [head, mid, tail] = frame_parts(&a).unwrap();
+        let rebuilt = format!("{head}7{mid}ab12{tail}");
         let message = ChatMessage {
             id: "m".into(),
             chat_id: "c1".into(),
@@ -209,8 +249,10 @@ mod tests {
             offset: 7,
             epoch: "ab12".into(),
         };
-        let expected = serde_json::to_string(&message_envelope(&message).unwrap()).unwrap();
+        let expected = Frame::to_json("n1", &message_envelope(&message).unwrap()).unwrap();
         assert_eq!(rebuilt, expected);
+        assert!(mid.ends_with(r#","epoch":""#), "{mid}");
+        assert!(tail.starts_with(r#""}"#), "{tail}");
     }
 
     #[test]
