@@ -70,6 +70,19 @@ impl ClientError {
         )
     }
 
+    /// `UNAVAILABLE` for a write that Redis did but fewer than `wanted` replicas confirmed in
+    /// time (`REDIS_WAIT_REPLICAS`): it may still be delivered, and a retry with the same
+    /// `clientMsgId` answers with the same message once it is confirmed.
+    pub fn not_replicated(confirmed: u32, wanted: u32) -> Self {
+        Self::new(
+            ErrorCode::Unavailable,
+            format!(
+                "written but confirmed by {confirmed} of {wanted} Redis replicas in time; it may \
+                 still be delivered: retry with the same clientMsgId"
+            ),
+        )
+    }
+
     /// `INTERNAL`, logged with a fresh correlation id that the message carries.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         let correlation = uuid::Uuid::new_v4();
@@ -92,6 +105,9 @@ impl ClientError {
     /// Maps a failure of the store: `UNAVAILABLE` when Redis could not be reached, else
     /// `INTERNAL`.
     pub fn from_store(e: &dyn StoreError) -> Self {
+        if let Some((confirmed, wanted)) = e.not_replicated() {
+            return Self::not_replicated(confirmed, wanted);
+        }
         match e.redis() {
             Some(r) => Self::from_redis(r),
             None => Self::internal(&e),
@@ -115,9 +131,16 @@ pub trait StoreError: std::fmt::Display {
     /// The Redis error underneath, if that is what failed.
     fn redis(&self) -> Option<&redis::RedisError>;
 
-    /// True when Redis could not be reached (retry is safe).
+    /// `Some((confirmed, wanted))` when the write was done but fewer replicas than
+    /// `REDIS_WAIT_REPLICAS` confirmed it within `REDIS_WAIT_TIMEOUT_MS`.
+    fn not_replicated(&self) -> Option<(u32, u32)> {
+        None
+    }
+
+    /// True when Redis could not be reached (retry is safe), or did not confirm the write on
+    /// enough replicas in time (a retry with the same idempotency key is safe).
     fn is_unavailable(&self) -> bool {
-        self.redis().is_some_and(is_unavailable)
+        self.redis().is_some_and(is_unavailable) || self.not_replicated().is_some()
     }
 }
 
@@ -131,6 +154,14 @@ pub enum DomainError {
     /// The backplane publish failed.
     #[error("backplane: {0}")]
     Publish(#[from] crate::backplane::PublishError),
+    /// Written, but fewer than `wanted` replicas confirmed it within the `WAIT` timeout.
+    #[error("confirmed by {confirmed} of {wanted} replicas in time")]
+    NotReplicated {
+        /// Replicas that confirmed.
+        confirmed: u32,
+        /// `REDIS_WAIT_REPLICAS`.
+        wanted: u32,
+    },
 }
 
 impl From<serde_json::Error> for DomainError {
@@ -145,6 +176,15 @@ impl StoreError for DomainError {
         match self {
             DomainError::Redis(r) => Some(r),
             DomainError::Publish(p) => p.redis(),
+            DomainError::NotReplicated { .. } => None,
+        }
+    }
+
+    fn not_replicated(&self) -> Option<(u32, u32)> {
+        match self {
+            DomainError::NotReplicated { confirmed, wanted } => Some((*confirmed, *wanted)),
+            DomainError::Publish(p) => p.not_replicated(),
+            DomainError::Redis(_) => None,
         }
     }
 }

@@ -111,10 +111,13 @@ pub async fn run(
     let redis = crate::redis::Redis::new(&redis_settings)
         .map_err(|e| RunError::Config(format!("invalid Redis settings: {e}")))?;
     let conn = redis.conn();
-    // The blocking readers and subscribers below still take one client: the one Redis, or the
-    // Sentinel master named at start-up (they do not follow a failover yet), or in Cluster
-    // mode the master of slot 0 (they are not cluster-aware yet; see docs/operations.md).
-    let client = primary_client(&redis).await.map_err(RunError::Config)?;
+    // Sentinel and Cluster mode: the sentinels or the cluster must answer at start-up. The
+    // readers and subscribers below ask `redis` for their server on every (re)connect.
+    reachable(&redis).await.map_err(RunError::Config)?;
+    let cluster = matches!(
+        redis_settings.mode,
+        crate::config::redis_mode::RedisMode::Cluster { .. }
+    );
     tracing::info!(mode = redis.mode(), "redis");
     let auth = Authenticator::from_config(&config).map_err(RunError::Config)?;
     // JWKS mode: the key set is fetched in the background; handshakes are refused (and the
@@ -126,8 +129,15 @@ pub async fn run(
     let stops = Stops::default();
     // A node that fails after starting its tasks (an error below) stops them on the way out.
     let _stop_all = stops.root.clone().drop_guard();
-    let backplane = Backplane::new(conn.clone(), node_id.to_string());
-    let chats = Chats::new(
+    // Redis Cluster: sharded pub/sub, so that a frame travels only through the master of its
+    // room's slot (classic PUBLISH goes to every node of the cluster).
+    let wait = &redis_settings.wait;
+    let mut backplane =
+        Backplane::new(conn.clone(), node_id.to_string()).with_wait(wait.replicas, wait.timeout);
+    if cluster {
+        backplane = backplane.sharded();
+    }
+    let mut chats = Chats::new(
         conn.clone(),
         backplane.clone(),
         ChatSettings {
@@ -136,6 +146,10 @@ pub async fn run(
             dedup_ttl_secs: config.dedup_ttl_secs,
         },
     );
+    if cluster {
+        chats = chats.with_publish(crate::redis::scripts::chat_send::PublishCommand::Spublish);
+    }
+    chats = chats.with_wait(wait.replicas, wait.timeout);
     let presence = Presence::new(
         conn.clone(),
         backplane.clone(),
@@ -234,7 +248,7 @@ pub async fn run(
         stops.readers.clone(),
     ));
     tasks.spawn(subscriber::run(
-        client.clone(),
+        redis.clone(),
         interest.clone(),
         Arc::new(
             Deliverer::new(io.clone(), node_id.to_string(), tasks.clone())
@@ -255,7 +269,7 @@ pub async fn run(
     // The Admin UI's relay stops with the readers, last: admin sockets see the drain's
     // disconnects until the end.
     if let Some(admin) = &admin {
-        admin.start(client.clone(), &tasks, &stops.readers);
+        admin.start(redis.clone(), &tasks, &stops.readers);
     }
     let publisher = crate::publish::Publisher::new(backplane.clone());
     // Presence keeps working until the sockets are gone: the drain removes them first.
@@ -269,7 +283,7 @@ pub async fn run(
         stops.presence.clone(),
     ));
     tasks.spawn(listener::run(
-        client.clone(),
+        redis.clone(),
         presence.clone(),
         health.clone(),
         tasks.clone(),
@@ -283,7 +297,7 @@ pub async fn run(
     // The publish-stream consumer and the heartbeat stop with the presence tasks, first in a
     // drain: a draining node leaves the rest of the stream to the nodes that stay.
     tasks.spawn(crate::publish::consumer::run(
-        client.clone(),
+        redis.clone(),
         conn.clone(),
         publisher.clone(),
         node_id.to_string(),
@@ -358,16 +372,16 @@ pub async fn run(
     Ok(())
 }
 
-/// The client of the blocking readers: in Sentinel and Cluster mode the sentinels or the
-/// cluster must answer within a bound at start-up (`invalid` settings or Redis away stop it
-/// with one line); one Redis is not contacted here.
-async fn primary_client(redis: &crate::redis::Redis) -> Result<redis::Client, String> {
+/// In Sentinel and Cluster mode the sentinels or the cluster must answer within a bound at
+/// start-up (`invalid` settings or Redis away stop it with one line); one Redis is not
+/// contacted here (the node starts, not ready, and waits for it).
+async fn reachable(redis: &crate::redis::Redis) -> Result<(), String> {
     let limit = crate::redis::CONNECT_TIMEOUT * 5;
     let every = Duration::from_millis(250);
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         match redis.primary_client().await {
-            Ok(c) => return Ok(c),
+            Ok(_) => return Ok(()),
             Err(e) if tokio::time::Instant::now() + every > deadline => {
                 return Err(format!(
                     "redis ({} mode) not reachable within {} s: {e}",

@@ -161,7 +161,7 @@ impl Admin {
     /// The tasks of the Admin UI (publisher, stats, subscriber) on `tasks`, stopped by `cancel`.
     pub fn start(
         &self,
-        client: redis::Client,
+        redis: crate::redis::Redis,
         tasks: &tokio_util::task::TaskTracker,
         cancel: &tokio_util::sync::CancellationToken,
     ) {
@@ -170,7 +170,7 @@ impl Admin {
             tasks.spawn(relay::run_publisher(self.clone(), rx, cancel.clone()));
         }
         tasks.spawn(relay::run_stats(self.clone(), cancel.clone()));
-        tasks.spawn(relay::run_subscriber(client, self.clone(), cancel.clone()));
+        tasks.spawn(relay::run_subscriber(redis, self.clone(), cancel.clone()));
     }
 
     // ---- the cluster view ----------------------------------------------------------------

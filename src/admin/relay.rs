@@ -187,13 +187,13 @@ pub async fn run_stats(admin: Admin, cancel: CancellationToken) {
 
 /// Subscribes to [`keys::ADMIN_CHANNEL`] and handles every message until `cancel`; reconnects
 /// with backoff (what was published meanwhile is lost: the next stats tick repaints the view).
-pub async fn run_subscriber(client: redis::Client, admin: Admin, cancel: CancellationToken) {
-    let mut sub = Subscriber { client, admin };
+pub async fn run_subscriber(redis: crate::redis::Redis, admin: Admin, cancel: CancellationToken) {
+    let mut sub = Subscriber { redis, admin };
     run_reconnecting(&mut sub, Backoff::default(), &cancel).await;
 }
 
 struct Subscriber {
-    client: redis::Client,
+    redis: crate::redis::Redis,
     admin: Admin,
 }
 
@@ -204,7 +204,13 @@ impl BlockingReader for Subscriber {
 
     async fn connect(&mut self) -> Option<PubSub> {
         let sub = async {
-            let mut ps = self.client.get_async_pubsub().await?;
+            // PUBLISH reaches every node of a Redis Cluster, so any master will do; on Sentinel
+            // the current master, asked again on every reconnect.
+            let client = self
+                .redis
+                .client_for_key(keys::ADMIN_CHANNEL.as_bytes())
+                .await?;
+            let mut ps = client.get_async_pubsub().await?;
             ps.subscribe(keys::ADMIN_CHANNEL).await?;
             Ok::<_, redis::RedisError>(ps)
         };

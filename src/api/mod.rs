@@ -158,6 +158,21 @@ impl IntoResponse for ApiError {
 
 impl<E: StoreError> From<E> for ApiError {
     fn from(e: E) -> Self {
+        if let Some((confirmed, wanted)) = e.not_replicated() {
+            tracing::warn!(
+                confirmed,
+                wanted,
+                "api: write not confirmed by enough replicas"
+            );
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                format!(
+                    "published but confirmed by {confirmed} of {wanted} Redis replicas in time; \
+                     it may still be delivered: retry with the same Idempotency-Key"
+                ),
+            );
+        }
         ApiError::from_cause(e.is_unavailable(), &e)
     }
 }

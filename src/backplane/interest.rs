@@ -24,7 +24,6 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
 use socketioxide::SocketIo;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -314,7 +313,7 @@ impl Interest {
 
 /// The subscriber connection currently open, shared by the subscriber loop (which opens it)
 /// and the manager (which subscribes on it).
-pub type Link = watch::Receiver<Option<MultiplexedConnection>>;
+pub type Link = watch::Receiver<Option<super::subscriber::SubConn>>;
 
 /// Runs until `cancel`: subscribes what [`Interest::join`] asks for, in batches and at a
 /// bounded rate, sweeps every [`SWEEP_INTERVAL`], and tells the subscriber loop (`control`) to

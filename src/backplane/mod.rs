@@ -133,13 +133,28 @@ pub enum PublishError {
     /// Redis refused or was unreachable.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// Published, but fewer than `wanted` replicas confirmed the idempotency record in time.
+    #[error("confirmed by {confirmed} of {wanted} replicas in time")]
+    NotReplicated {
+        /// Replicas that confirmed.
+        confirmed: u32,
+        /// `REDIS_WAIT_REPLICAS`.
+        wanted: u32,
+    },
 }
 
 impl crate::error::StoreError for PublishError {
     fn redis(&self) -> Option<&redis::RedisError> {
         match self {
             PublishError::Redis(r) => Some(r),
-            PublishError::Encode(_) => None,
+            PublishError::Encode(_) | PublishError::NotReplicated { .. } => None,
+        }
+    }
+
+    fn not_replicated(&self) -> Option<(u32, u32)> {
+        match self {
+            PublishError::NotReplicated { confirmed, wanted } => Some((*confirmed, *wanted)),
+            _ => None,
         }
     }
 }
@@ -150,6 +165,8 @@ pub struct Backplane {
     conn: Conn,
     node_id: String,
     publish_command: &'static str,
+    /// `REDIS_WAIT_REPLICAS` and `REDIS_WAIT_TIMEOUT_MS` for idempotent publishes (0: none).
+    wait: (u32, std::time::Duration),
 }
 
 impl Backplane {
@@ -160,7 +177,16 @@ impl Backplane {
             conn,
             node_id,
             publish_command: "PUBLISH",
+            wait: (0, std::time::Duration::ZERO),
         }
+    }
+
+    /// The same publisher confirming every idempotent publish ([`Self::publish_once`]) with
+    /// `WAIT replicas timeout` (`REDIS_WAIT_REPLICAS`): a repeat after a master's failover then
+    /// finds the record instead of publishing again.
+    pub fn with_wait(mut self, replicas: u32, timeout: std::time::Duration) -> Self {
+        self.wait = (replicas, timeout);
+        self
     }
 
     /// The same publisher using sharded pub/sub (`SPUBLISH`): on Redis Cluster a frame then
@@ -234,7 +260,26 @@ impl Backplane {
             frame::Frame::to_json(&self.node_id, first_actions)?,
         );
         let mut conn = self.conn.clone();
-        let reply = scripts::invoke(&publish_once::SCRIPT, &mut conn, call).await?;
+        let (replicas, timeout) = self.wait;
+        let reply = if replicas == 0 {
+            scripts::invoke(&publish_once::SCRIPT, &mut conn, call).await?
+        } else {
+            let (reply, confirmed) = scripts::invoke_then_wait(
+                &publish_once::SCRIPT,
+                &mut conn,
+                call,
+                replicas,
+                timeout,
+            )
+            .await?;
+            if confirmed < replicas {
+                return Err(PublishError::NotReplicated {
+                    confirmed,
+                    wanted: replicas,
+                });
+            }
+            reply
+        };
         let once = publish_once::parse(&reply)?;
         if !once.new {
             return Ok((once.id, false));

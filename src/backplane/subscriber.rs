@@ -6,10 +6,20 @@
 //! (reads its offset and fills what was published while it was away); a full push queue
 //! (frames dropped, [`QUEUE`]) triggers the same sync. Frames are applied one at a time, so a
 //! gap fill delays what follows it instead of letting it overtake.
+//!
+//! On Redis Cluster ([`SubConn::Sharded`]) the connection is redis-rs's cluster connection,
+//! which holds one connection per master, `SSUBSCRIBE`s each room's shard channel on the
+//! master of its slot, and subscribes again by itself when one of them drops or a slot moves.
+//! A master that dies loses what was published to it meanwhile, and the subscriptions follow
+//! the promoted replica only after redis-rs sees it; so a lost master connection, a failed
+//! probe or a topology change does not close the whole subscriber (every other master keeps
+//! delivering) but schedules syncs of every followed chat ([`RESYNC_AFTER`]), which deliver
+//! from the chats' logs whatever the outage swallowed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use redis::RedisResult;
 use redis::aio::MultiplexedConnection;
 use redis::{PushInfo, PushKind, Value};
 use serde::Deserialize;
@@ -33,6 +43,83 @@ pub const QUEUE: usize = 100_000;
 /// timeout, or the connection is replaced).
 pub const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// On Redis Cluster, after a lost master connection, a failed probe or a topology change: when
+/// every followed chat is synced again (the subscriptions move to the new owner in the
+/// background, within about a second of redis-rs seeing it, and the last sync covers what
+/// was published to the old owner before it died).
+pub const RESYNC_AFTER: [std::time::Duration; 3] = [
+    std::time::Duration::from_millis(1000),
+    std::time::Duration::from_millis(3000),
+    std::time::Duration::from_millis(10_000),
+];
+
+/// The subscriber connection, shared by the subscriber loop (which opens it) and the interest
+/// manager (which subscribes rooms on it): pub/sub channels on one Redis or the Sentinel
+/// master, shard channels (`SSUBSCRIBE`, each on its slot's master) on Redis Cluster.
+#[derive(Clone)]
+pub enum SubConn {
+    /// One connection, `SUBSCRIBE`.
+    Plain(MultiplexedConnection),
+    /// redis-rs's cluster connection, `SSUBSCRIBE` per channel.
+    Sharded(crate::redis::ClusterSubscriber),
+}
+
+impl SubConn {
+    /// Subscribes `channels` (at most [`BATCH`] at once).
+    pub async fn subscribe(&mut self, channels: &[String]) -> RedisResult<()> {
+        match self {
+            SubConn::Plain(c) => c.subscribe(channels).await,
+            SubConn::Sharded(c) => {
+                let each = channels.iter().map(|ch| {
+                    let mut c = c.clone();
+                    async move { c.ssubscribe(ch).await }
+                });
+                futures_util::future::join_all(each)
+                    .await
+                    .into_iter()
+                    .collect()
+            }
+        }
+    }
+
+    /// Unsubscribes `channels`.
+    pub async fn unsubscribe(&mut self, channels: &[String]) -> RedisResult<()> {
+        match self {
+            SubConn::Plain(c) => c.unsubscribe(channels).await,
+            SubConn::Sharded(c) => {
+                let each = channels.iter().map(|ch| {
+                    let mut c = c.clone();
+                    async move { c.sunsubscribe(ch).await }
+                });
+                futures_util::future::join_all(each)
+                    .await
+                    .into_iter()
+                    .collect()
+            }
+        }
+    }
+
+    /// `PING` on the connection (Cluster: through the cluster connection), within
+    /// [`crate::redis::COMMAND_TIMEOUT`].
+    async fn ping(&mut self) -> RedisResult<()> {
+        let ping = redis::cmd("PING");
+        let answer = match self {
+            SubConn::Plain(c) => {
+                tokio::time::timeout(crate::redis::COMMAND_TIMEOUT, ping.query_async::<()>(c)).await
+            }
+            SubConn::Sharded(c) => {
+                tokio::time::timeout(crate::redis::COMMAND_TIMEOUT, c.ping()).await
+            }
+        };
+        answer.unwrap_or_else(|_| {
+            Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "subscriber probe timed out",
+            )))
+        })
+    }
+}
+
 /// The subscriber connection's `CLIENT SETNAME`: `fanout-sub:<node id>`, so operators (and
 /// tests) find it in `CLIENT LIST`.
 pub fn client_name(node_id: &str) -> String {
@@ -52,19 +139,19 @@ struct Seq {
 /// interest manager) and applies what arrives.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
-    client: redis::Client,
+    redis: crate::redis::Redis,
     interest: Arc<Interest>,
     deliverer: Arc<Deliverer>,
     canary: Arc<Canary>,
     health: Arc<Health>,
-    link: watch::Sender<Option<MultiplexedConnection>>,
+    link: watch::Sender<Option<SubConn>>,
     mut control: mpsc::UnboundedReceiver<Control>,
     cancel: CancellationToken,
 ) {
     let mut backoff = Backoff::default();
     let node_channel = keys::node_channel(canary.node_id());
     let mut loop_state = Loop {
-        client,
+        redis,
         interest,
         deliverer,
         canary,
@@ -98,6 +185,7 @@ pub async fn run(
             }
         };
         backoff.reset();
+        let sharded = matches!(conn, SubConn::Sharded(_));
         let mut probe = conn.clone();
         link.send_replace(Some(conn));
         health.set_reader_running(true);
@@ -105,13 +193,35 @@ pub async fn run(
         loop_state.sync(loop_state.interest.followed_chats()).await;
         let mut ping = tokio::time::interval(PING_INTERVAL);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Cluster: syncs still to come after a disruption, and the topology last seen.
+        let mut resyncs: Vec<tokio::time::Instant> = Vec::new();
+        let mut generation = loop_state.redis.topology_generation();
+        let mut probe_failed = false;
         loop {
             if overflow.swap(false, Ordering::SeqCst) {
+                loop_state.sync(loop_state.interest.followed_chats()).await;
+            }
+            let now = tokio::time::Instant::now();
+            if resyncs.first().is_some_and(|&at| at <= now) {
+                resyncs.retain(|&at| at > now);
+                // redis-rs may have replaced a master's connection without its subscriptions
+                // (seen after a failover, on masters that did not fail): subscribing again is
+                // a no-op where they are still in place.
+                if let Err(e) = loop_state.subscribe_all(&mut probe).await {
+                    crate::metrics::redis_error("subscribe", &e);
+                    tracing::warn!(error = %e, "resubscription failed; retried at the next resync");
+                    schedule_resyncs(&mut resyncs);
+                }
                 loop_state.sync(loop_state.interest.followed_chats()).await;
             }
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 push = rx.recv() => match push {
+                    // One master's connection of the cluster: redis-rs reconnects it and
+                    // subscribes again; what it missed comes from the logs.
+                    Some(p) if p.kind == PushKind::Disconnection && sharded => {
+                        schedule_resyncs(&mut resyncs);
+                    }
                     Some(p) if p.kind == PushKind::Disconnection => break,
                     Some(p) => loop_state.handle(p).await,
                     None => break,
@@ -123,10 +233,19 @@ pub async fn run(
                 _ = ping.tick() => {
                     // A connection cut without a reset (a partition) stays silent forever:
                     // only a command that goes unanswered tells.
-                    let pong: redis::RedisResult<()> = redis::cmd("PING").query_async(&mut probe).await;
-                    if let Err(e) = pong {
+                    if let Err(e) = probe.ping().await {
                         crate::metrics::redis_error("subscriber_ping", &e);
-                        break;
+                        if !sharded {
+                            break;
+                        }
+                        probe_failed = true;
+                    } else if std::mem::take(&mut probe_failed) {
+                        schedule_resyncs(&mut resyncs);
+                    }
+                    let seen = loop_state.redis.topology_generation();
+                    if seen != generation {
+                        generation = seen;
+                        schedule_resyncs(&mut resyncs);
                     }
                 }
             }
@@ -145,8 +264,15 @@ pub async fn run(
     tracing::debug!("subscriber stopped");
 }
 
+/// Plans the syncs of [`RESYNC_AFTER`] from now (replacing any still to come).
+fn schedule_resyncs(resyncs: &mut Vec<tokio::time::Instant>) {
+    let now = tokio::time::Instant::now();
+    resyncs.clear();
+    resyncs.extend(RESYNC_AFTER.iter().map(|d| now + *d));
+}
+
 struct Loop {
-    client: redis::Client,
+    redis: crate::redis::Redis,
     interest: Arc<Interest>,
     deliverer: Arc<Deliverer>,
     canary: Arc<Canary>,
@@ -154,26 +280,42 @@ struct Loop {
 }
 
 impl Loop {
-    /// Opens the connection, names it, subscribes the canary channel and every registered room.
-    async fn open(
-        &self,
-        push: impl redis::aio::AsyncPushSender,
-    ) -> redis::RedisResult<MultiplexedConnection> {
-        let mut conn = crate::redis::pubsub_connection(&self.client, push).await?;
-        redis::cmd("CLIENT")
-            .arg("SETNAME")
-            .arg(client_name(self.canary.node_id()))
-            .query_async::<()>(&mut conn)
+    /// Opens the connection, names it (one Redis, Sentinel), subscribes the canary channel and
+    /// every registered room.
+    async fn open(&self, push: impl redis::aio::AsyncPushSender + Clone) -> RedisResult<SubConn> {
+        let mut conn = match self.redis.cluster_subscriber(push.clone()).await {
+            Some(sharded) => SubConn::Sharded(sharded?),
+            None => {
+                // The one Redis, or the master the sentinels name now.
+                let client = self
+                    .redis
+                    .client_for_key(self.node_channel.as_bytes())
+                    .await?;
+                let mut conn = crate::redis::pubsub_connection(&client, push).await?;
+                redis::cmd("CLIENT")
+                    .arg("SETNAME")
+                    .arg(client_name(self.canary.node_id()))
+                    .query_async::<()>(&mut conn)
+                    .await?;
+                SubConn::Plain(conn)
+            }
+        };
+        let rooms = self.subscribe_all(&mut conn).await?;
+        crate::metrics::subscription_changes("subscribe", rooms);
+        crate::metrics::subscriptions(rooms);
+        Ok(conn)
+    }
+
+    /// Subscribes the canary channel and every registered room on `conn`; returns the rooms.
+    async fn subscribe_all(&self, conn: &mut SubConn) -> RedisResult<usize> {
+        conn.subscribe(std::slice::from_ref(&self.node_channel))
             .await?;
-        conn.subscribe(&self.node_channel).await?;
         let rooms = self.interest.rooms();
         let channels: Vec<String> = rooms.iter().map(|r| keys::room_channel(r)).collect();
         for chunk in channels.chunks(BATCH) {
             conn.subscribe(chunk).await?;
         }
-        crate::metrics::subscription_changes("subscribe", rooms.len());
-        crate::metrics::subscriptions(rooms.len());
-        Ok(conn)
+        Ok(rooms.len())
     }
 
     /// Applies one push: a canary of this node, or a frame of a room.

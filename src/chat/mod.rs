@@ -166,6 +166,16 @@ impl Chats {
         Chats { publish, ..self }
     }
 
+    /// The same service answering `ACCEPTED` only once `replicas` Redis replicas confirmed the
+    /// message within `timeout` (`REDIS_WAIT_REPLICAS`, `REDIS_WAIT_TIMEOUT_MS`); else the
+    /// ACK is `UNAVAILABLE` and a retry with the same `clientMsgId` finds the first message.
+    pub fn with_wait(self, replicas: u32, timeout: std::time::Duration) -> Self {
+        Chats {
+            store: self.store.with_wait(replicas, timeout),
+            ..self
+        }
+    }
+
     /// `FORBIDDEN` unless `user` is a member of `chat_id`.
     pub async fn require_member(&self, user: &str, chat_id: &str) -> Result<(), ClientError> {
         let member = self

@@ -31,6 +31,8 @@ use super::ChatMessage;
 pub struct ChatStore {
     conn: Conn,
     history_maxlen: u64,
+    /// `REDIS_WAIT_REPLICAS` and `REDIS_WAIT_TIMEOUT_MS` (0: no `WAIT`).
+    wait: (u32, std::time::Duration),
 }
 
 /// Where a chat's sequence stands ([`ChatStore::positions`]).
@@ -49,6 +51,15 @@ impl ChatStore {
         ChatStore {
             conn,
             history_maxlen,
+            wait: (0, std::time::Duration::ZERO),
+        }
+    }
+
+    /// The same store confirming every accepted send with `WAIT replicas timeout`.
+    pub fn with_wait(self, replicas: u32, timeout: std::time::Duration) -> Self {
+        ChatStore {
+            wait: (replicas, timeout),
+            ..self
         }
     }
 
@@ -183,8 +194,23 @@ impl ChatStore {
     ) -> Result<chat_send::Sent, DomainError> {
         let call = chat_send::call(args)?;
         let mut conn = self.conn.clone();
-        let reply = scripts::invoke(&chat_send::SCRIPT, &mut conn, call).await?;
-        Ok(chat_send::parse(&reply)?)
+        let (replicas, timeout) = self.wait;
+        if replicas == 0 {
+            let reply = scripts::invoke(&chat_send::SCRIPT, &mut conn, call).await?;
+            return Ok(chat_send::parse(&reply)?);
+        }
+        let (reply, confirmed) =
+            scripts::invoke_then_wait(&chat_send::SCRIPT, &mut conn, call, replicas, timeout)
+                .await?;
+        let sent = chat_send::parse(&reply)?;
+        // A refusal wrote nothing to confirm.
+        if matches!(sent, chat_send::Sent::Accepted(_)) && confirmed < replicas {
+            return Err(DomainError::NotReplicated {
+                confirmed,
+                wanted: replicas,
+            });
+        }
+        Ok(sent)
     }
 
     /// Runs `chat_history.lua` for `reader`.

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::store::{PublishEntry, PublishStore, ensure_group, read_new};
 use super::{Outcome, PublishRequest, Publisher};
-use crate::redis::blocking_connection;
+use crate::redis::keys;
 use crate::tasks::{Backoff, BlockingReader, run_reconnecting};
 
 const BLOCK: Duration = Duration::from_millis(1000);
@@ -27,7 +27,7 @@ const BATCH: usize = 100;
 /// Runs until `cancel`: reads new entries for this node, and every few seconds claims entries
 /// idle with a dead consumer.
 pub async fn run(
-    client: redis::Client,
+    redis: crate::redis::Redis,
     conn: Conn,
     publisher: Publisher,
     node_id: String,
@@ -35,7 +35,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let mut consumer = Consumer {
-        client,
+        redis,
         store: PublishStore::new(conn),
         publisher,
         node_id,
@@ -47,7 +47,7 @@ pub async fn run(
 
 /// The consumer's state across reconnects.
 struct Consumer {
-    client: redis::Client,
+    redis: crate::redis::Redis,
     store: PublishStore,
     publisher: Publisher,
     node_id: String,
@@ -61,7 +61,13 @@ impl BlockingReader for Consumer {
 
     async fn connect(&mut self) -> Option<MultiplexedConnection> {
         // Unreachable Redis is not logged here: the reader and the listener already say so.
-        let mut reader = blocking_connection(&self.client, BLOCK).await.ok()?;
+        // The stream's master is asked on every connect: after a failover or a moved slot the
+        // read fails, and the next connect finds the new one.
+        let mut reader = self
+            .redis
+            .blocking_connection_for_key(keys::PUBLISH_STREAM.as_bytes(), BLOCK)
+            .await
+            .ok()?;
         if let Err(e) = ensure_group(&mut reader).await {
             tracing::warn!(error = %e, "cannot create the fanout:publish consumer group");
             return None;

@@ -17,6 +17,7 @@
 //! keeps the slot map [`Redis::client_for_key`] reads, Sentinel mode asks the sentinels for the
 //! master; a change is counted (`fanout_redis_topology_changes_total`) and logged.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -274,7 +275,7 @@ impl Redis {
     /// (there, [`Self::pubsub_for_key`] on the one master).
     pub async fn cluster_subscriber(
         &self,
-        pushes: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+        pushes: impl redis::aio::AsyncPushSender,
     ) -> Option<RedisResult<ClusterSubscriber>> {
         let (RedisMode::Cluster { nodes }, Inner::Cluster { map, .. }) =
             (&self.shared.settings.mode, &self.shared.conn.inner)
@@ -287,7 +288,7 @@ impl Redis {
                 .push_sender(pushes)
                 .build()?;
             let conn = client.get_async_connection().await?;
-            let channels = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let channels = Arc::new(std::sync::Mutex::new(HashMap::new()));
             tokio::spawn(follow_topology(
                 conn.clone(),
                 Arc::downgrade(&channels),
@@ -404,7 +405,13 @@ impl ConnectionLike for Conn {
                     conn.req_packed_commands(pipeline, offset, count).await
                 }
                 Inner::Cluster { conn, .. } => {
-                    conn.req_packed_commands(pipeline, offset, count).await
+                    // A transaction (offset > 0) must stay one; an ordinary pipeline whose
+                    // commands name keys of several slots is cut per slot (redis-rs refuses it
+                    // whole with CROSSSLOT), each part to its master, answers put back in order.
+                    match (offset == 0).then(|| split_by_slot(pipeline)).flatten() {
+                        Some(parts) => run_split(conn, pipeline.len(), parts).await,
+                        None => send_part(conn, pipeline, offset, count).await,
+                    }
                 }
                 Inner::Sentinel(s) => match s.connection().await {
                     Ok(mut c) => {
@@ -427,6 +434,107 @@ impl ConnectionLike for Conn {
             Inner::Sentinel(s) => s.db,
         }
     }
+}
+
+/// The commands of `pipeline` grouped by the slot of their first key (commands without a key
+/// join the first group), each group with the positions of its commands; `None` when they all
+/// fall in one slot (sent whole).
+fn split_by_slot(pipeline: &Pipeline) -> Option<Vec<(Pipeline, Vec<usize>)>> {
+    let slots: Vec<Option<u16>> = pipeline
+        .cmd_iter()
+        .map(|c| command_key(c).map(slot_of))
+        .collect();
+    let first = slots.iter().flatten().next().copied()?;
+    if slots.iter().flatten().all(|&s| s == first) {
+        return None;
+    }
+    let mut groups: Vec<(Option<u16>, Pipeline, Vec<usize>)> = Vec::new();
+    for (i, (cmd, slot)) in pipeline.cmd_iter().zip(&slots).enumerate() {
+        let slot = slot.unwrap_or(first);
+        let at = match groups.iter().position(|(s, _, _)| *s == Some(slot)) {
+            Some(at) => at,
+            None => {
+                groups.push((Some(slot), Pipeline::new(), Vec::new()));
+                groups.len() - 1
+            }
+        };
+        let (_, part, positions) = &mut groups[at];
+        part.add_command(cmd.clone());
+        positions.push(i);
+    }
+    Some(groups.into_iter().map(|(_, p, at)| (p, at)).collect())
+}
+
+/// How often a cluster pipeline (or a part of a cut one) that a master refused for its slot
+/// (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`) is sent again.
+const PIPELINE_RETRIES: u32 = 4;
+
+/// A server error after which a one-slot pipeline ran nothing: the master refused the slot.
+fn refused_slot(kind: Option<ServerErrorKind>) -> bool {
+    matches!(
+        kind,
+        Some(
+            ServerErrorKind::Moved
+                | ServerErrorKind::Ask
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+        )
+    )
+}
+
+/// Sends a pipeline whose keys are all of one slot. redis-rs follows `MOVED` for single
+/// commands but hands a pipeline's redirection back: then one keyed command into that slot
+/// (which redis-rs follows, learning the new owner) and the pipeline again, a few times —
+/// safe, since a master that refuses the slot runs none of its commands.
+async fn send_part(
+    conn: &ClusterConnection,
+    pipeline: &Pipeline,
+    offset: usize,
+    count: usize,
+) -> RedisResult<Vec<Value>> {
+    let mut conn = conn.clone();
+    let mut attempt = 0;
+    loop {
+        let answer = conn.req_packed_commands(pipeline, offset, count).await;
+        let refused = match &answer {
+            Err(e) => matches!(e.kind(), ErrorKind::Server(k) if refused_slot(Some(k))),
+            Ok(values) => values
+                .iter()
+                .any(|v| matches!(v, Value::ServerError(e) if refused_slot(e.kind()))),
+        };
+        attempt += 1;
+        if !refused || attempt > PIPELINE_RETRIES {
+            return answer;
+        }
+        if let Some(key) = pipeline.cmd_iter().find_map(command_key) {
+            let mut poke = redis::cmd("EXISTS");
+            poke.arg(key);
+            let _ = conn.req_packed_command(&poke).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50) * attempt).await;
+    }
+}
+
+/// Sends the parts of a cut pipeline concurrently and returns the `len` answers in the
+/// original order; the first failed part fails the whole (as one pipeline would).
+async fn run_split(
+    conn: &ClusterConnection,
+    len: usize,
+    parts: Vec<(Pipeline, Vec<usize>)>,
+) -> RedisResult<Vec<Value>> {
+    let sends = parts
+        .iter()
+        .map(|(part, _)| send_part(conn, part, 0, part.len()));
+    let answers = futures_util::future::join_all(sends).await;
+    let mut out = vec![Value::Nil; len];
+    for ((_, positions), answer) in parts.iter().zip(answers) {
+        for (&i, value) in positions.iter().zip(answer?) {
+            if let Some(slot) = out.get_mut(i) {
+                *slot = value;
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The number of replicas a `WAIT` reply reports; fewer than `replicas` (the timeout passed)
@@ -612,6 +720,7 @@ fn cluster_builder(
 /// channel's slot served by another master (a failover, a reshard), this sends one keyed
 /// command (`EXISTS <channel>`) into that slot, which makes redis-rs re-read the map and move
 /// the subscriptions.
+#[derive(Clone)]
 pub struct ClusterSubscriber {
     conn: ClusterConnection,
     map: Arc<SlotMap>,
@@ -620,29 +729,31 @@ pub struct ClusterSubscriber {
 }
 
 /// Subscribed channels, each with the master that served it when last checked.
-type Channels = std::sync::Mutex<Vec<(Vec<u8>, Option<Arc<str>>)>>;
+type Channels = std::sync::Mutex<HashMap<Vec<u8>, Option<Arc<str>>>>;
 
 impl ClusterSubscriber {
     /// `SSUBSCRIBE channel`.
     pub async fn ssubscribe(&mut self, channel: &str) -> RedisResult<()> {
         self.conn.ssubscribe(channel).await?;
-        if let Ok(mut chans) = self.channels.lock()
-            && !chans.iter().any(|(c, _)| c == channel.as_bytes())
-        {
-            // The owner now; a first look of the watcher that sees another one subscribes again.
-            chans.push((
-                channel.as_bytes().to_vec(),
-                self.map.owner(slot_of(channel.as_bytes())),
-            ));
+        if let Ok(mut chans) = self.channels.lock() {
+            // The owner now; a later look of the watcher that sees another one subscribes again.
+            chans
+                .entry(channel.as_bytes().to_vec())
+                .or_insert_with(|| self.map.owner(slot_of(channel.as_bytes())));
         }
         Ok(())
+    }
+
+    /// `PING` through the cluster connection (a probe of its masters).
+    pub async fn ping(&mut self) -> RedisResult<()> {
+        redis::cmd("PING").query_async(&mut self.conn).await
     }
 
     /// `SUNSUBSCRIBE channel`.
     pub async fn sunsubscribe(&mut self, channel: &str) -> RedisResult<()> {
         self.conn.sunsubscribe(channel).await?;
         if let Ok(mut chans) = self.channels.lock() {
-            chans.retain(|(c, _)| c != channel.as_bytes());
+            chans.remove(channel.as_bytes());
         }
         Ok(())
     }
@@ -692,8 +803,8 @@ async fn follow_topology(mut conn: ClusterConnection, channels: Weak<Channels>, 
             && let Ok(mut list) = chans.lock()
         {
             for (channel, owner) in done {
-                if let Some(entry) = list.iter_mut().find(|(c, _)| *c == channel) {
-                    entry.1 = Some(owner);
+                if let Some(entry) = list.get_mut(&channel) {
+                    *entry = Some(owner);
                 }
             }
         }

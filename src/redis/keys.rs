@@ -303,7 +303,10 @@ mod tests {
         }
         assert!(per_master.iter().all(|n| *n >= 3), "{per_master:?}");
         assert!(presence_deadline_bucket("u:1") < PRESENCE_DEADLINE_BUCKETS);
-        assert_eq!(presence_deadline_bucket("u:1"), presence_deadline_bucket("u:1"));
+        assert_eq!(
+            presence_deadline_bucket("u:1"),
+            presence_deadline_bucket("u:1")
+        );
     }
 
     #[test]

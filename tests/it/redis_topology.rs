@@ -133,6 +133,16 @@ fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
         .collect()
 }
 
+/// The cluster flags of every node.
+const CLUSTER_ARGS: [&str; 6] = [
+    "--cluster-enabled",
+    "yes",
+    "--cluster-config-file",
+    "nodes.conf",
+    "--cluster-node-timeout",
+    "2000",
+];
+
 /// 6 cluster nodes (3 masters, 3 replicas), killed on drop.
 pub struct RedisCluster {
     pub ports: Vec<u16>,
@@ -148,18 +158,7 @@ impl RedisCluster {
         let ports: Vec<u16> = (0..6).map(|_| free_port_pair()).collect();
         let mut children = HashMap::new();
         for &p in &ports {
-            let child = spawn_redis(
-                &dir.path().join(p.to_string()),
-                p,
-                &[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "2000",
-                ],
-            );
+            let child = spawn_redis(&dir.path().join(p.to_string()), p, &CLUSTER_ARGS);
             children.insert(p, child);
         }
         let cluster = RedisCluster {
@@ -300,6 +299,21 @@ impl RedisCluster {
         if let Some(mut c) = self.children.remove(&port) {
             kill(&mut c);
         }
+    }
+
+    /// Starts a killed node again on its port and directory: it keeps its `nodes.conf`, so it
+    /// rejoins the cluster, as a replica of whoever took its slots over.
+    pub async fn rejoin(&mut self, port: u16) {
+        let child = spawn_redis(&self.dir.path().join(port.to_string()), port, &CLUSTER_ARGS);
+        self.children.insert(port, child);
+        let up = eventually(
+            Duration::from_secs(5),
+            Duration::from_millis(25),
+            || answers(port),
+            |&up| up,
+        )
+        .await;
+        assert!(up, "cluster node {port} did not start again");
     }
 
     /// Waits (at most `limit`) until `replica` is a master serving slots and every live node

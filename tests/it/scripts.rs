@@ -228,8 +228,20 @@ async fn chat_send_publishes_serdes_frame_and_history_reads_the_same_message_bac
 async fn positions_and_ranges_read_what_chat_send_wrote() {
     let redis = Redis::start().await;
     let mut conn = redis.conn().await;
-    let client = redis::Client::open(redis.url()).unwrap();
-    let store = ChatStore::new(fanout::redis::command_connection(&client).unwrap(), 4);
+    let url = redis.url();
+    let settings = fanout::Config::try_from_args([
+        "fanout",
+        "--api-key",
+        "k",
+        "--jwt-secret",
+        "s",
+        "--redis-url",
+        url.as_str(),
+    ])
+    .expect("config")
+    .redis()
+    .expect("redis settings");
+    let store = ChatStore::new(fanout::redis::Redis::new(&settings).unwrap().conn(), 4);
     let keys = ChatKeys::new("g");
     let _: () = redis::cmd("SADD")
         .arg(keys.members())

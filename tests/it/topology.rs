@@ -412,44 +412,172 @@ async fn a_node_on_sentinel_delivers_chat_messages() {
     assert_eq!(m["content"], "hi");
 }
 
+/// Chats whose slots lie on every master of `cluster` (at least `per_master` each), by name.
+async fn chats_on_every_master(cluster: &RedisCluster, per_master: usize) -> Vec<(String, u16)> {
+    let masters = cluster.masters().await;
+    let mut chats: Vec<(String, u16)> = Vec::new();
+    for m in &masters {
+        let mine = (0u32..)
+            .map(|n| format!("c{n}"))
+            .filter(|c| {
+                let slot =
+                    slot_of(fanout::redis::keys::room_channel(&format!("chat:{c}")).as_bytes());
+                m.slots.iter().any(|&(a, b)| a <= slot && slot <= b)
+            })
+            .take(per_master);
+        for c in mine {
+            chats.push((c, m.port));
+        }
+    }
+    chats
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_starts_on_a_cluster_and_reaches_redis() {
+async fn nodes_on_a_cluster_deliver_chats_of_every_master_through_a_failover() {
     if !require_tools(
-        "topology::a_node_starts_on_a_cluster_and_reaches_redis",
+        "topology::nodes_on_a_cluster_deliver_chats_of_every_master_through_a_failover",
         topo::TOOLS,
         topo::HINT,
     ) {
         return;
     }
-    let cluster = RedisCluster::start().await;
+    let mut cluster = RedisCluster::start().await;
     let args = vec!["--redis-cluster-nodes".to_owned(), cluster.seeds()];
-    let node = Node::start_on_redis(&args, "a", NodeOpts::default()).await;
-    // It serves, and its command connection reaches the cluster. Readiness needs the blocking
-    // readers, which are not cluster-aware yet (docs/operations.md, "Redis Cluster and
-    // Sentinel"): what /readyz says is printed, not asserted.
-    let ready = eventually(
-        Duration::from_secs(10),
-        Duration::from_millis(100),
-        || http(node.public, "GET", "/readyz", None, None),
-        |r| r.as_ref().is_some_and(|(_, b)| b["redis"] == true),
-    )
-    .await;
-    let (status, body) = ready.expect("/readyz answers");
-    eprintln!("cluster-mode node /readyz: {status} {body}");
-    assert_eq!(body["redis"], true, "{body}");
-    let (status, _) = http(node.public, "GET", "/healthz", None, None)
-        .await
-        .expect("/healthz");
-    assert_eq!(status, 200);
-    // The internal API's chat store works through the cluster connection.
-    let (status, body) = node
-        .api(
-            "POST",
-            "/api/v1/chats",
-            Some(json!({ "chatId": "c1", "members": ["alice", "bob"] })),
+    let opts = NodeOpts::default().with("redis-wait-replicas", "1");
+    let a = Node::start_on_redis(&args, "a", opts.clone()).await;
+    let b = Node::start_on_redis(&args, "b", opts).await;
+    assert!(
+        ready_within(a.public, Duration::from_secs(15)).await,
+        "a ready"
+    );
+    assert!(
+        ready_within(b.public, Duration::from_secs(15)).await,
+        "b ready"
+    );
+    let chats = chats_on_every_master(&cluster, 2).await;
+    for (chat, _) in &chats {
+        a.create_chat(chat, &["alice", "bob"]).await;
+    }
+    let alice = connect(&a.url(), "alice").await;
+    let mut bob = connect(&b.url(), "bob").await;
+    // Every chat, whichever master holds it, reaches the other node's socket.
+    for (chat, _) in &chats {
+        let sent = ack(
+            &alice,
+            "chat:send",
+            json!({"chatId": chat, "content": "one", "clientMsgId": format!("{chat}-1")}),
         )
         .await;
-    eprintln!("cluster-mode node POST /api/v1/chats: {status} {body}");
+        assert_eq!(sent["status"], "ACCEPTED", "{chat}: {sent}");
+        let m = bob.wait_for("chat:message", WAIT).await.expect("delivered");
+        assert_eq!(m["chatId"], *chat);
+        assert_eq!(m["offset"], 1);
+    }
+    // The master of the first chat dies; its replica is promoted. With REDIS_WAIT_REPLICAS=1
+    // a send to that chat is UNAVAILABLE until the promoted master has a replica again (the
+    // dead one, restarted, rejoins as its replica): the message may be written meanwhile, and
+    // the retry with the same clientMsgId then returns it, never a second one.
+    let (victim_chat, victim) = chats[0].clone();
+    let replica = cluster
+        .replica_of(victim)
+        .await
+        .expect("the master has a replica");
+    cluster.kill9(victim);
+    let send_two = || {
+        ack(
+            &alice,
+            "chat:send",
+            json!({"chatId": victim_chat, "content": "two", "clientMsgId": "after-kill"}),
+        )
+    };
+    let refused = send_two().await;
+    assert_eq!(refused["status"], "FAILED", "{refused}");
+    assert_eq!(refused["error"]["code"], "UNAVAILABLE", "{refused}");
+    assert!(
+        cluster.wait_promoted(replica, FAILOVER_BOUND).await,
+        "replica promoted"
+    );
+    let refused = send_two().await;
+    assert_eq!(
+        refused["error"]["code"], "UNAVAILABLE",
+        "no replica to confirm: {refused}"
+    );
+    cluster.rejoin(victim).await;
+    let deadline = Instant::now() + FAILOVER_BOUND;
+    let accepted = loop {
+        let sent = send_two().await;
+        if sent["status"] == "ACCEPTED" {
+            break sent;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ACCEPTED within {FAILOVER_BOUND:?} of the rejoin: {sent}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        accepted["offset"], 2,
+        "one message, whatever the retries: {accepted}"
+    );
+    let m = bob
+        .wait_for("chat:message", Duration::from_secs(15))
+        .await
+        .expect("delivered after the failover");
+    assert_eq!(m["chatId"], victim_chat);
+    assert_eq!(m["offset"], 2);
+    // A chat on the promoted master is delivered live again (the subscription moved).
+    let sent = ack(
+        &alice,
+        "chat:send",
+        json!({"chatId": victim_chat, "content": "three"}),
+    )
+    .await;
+    assert_eq!(sent["status"], "ACCEPTED", "{sent}");
+    let m = bob
+        .wait_for("chat:message", Duration::from_secs(10))
+        .await
+        .expect("live after the failover");
+    assert_eq!(m["offset"], 3);
+    // The other masters' chats were never interrupted, and nothing came twice.
+    for (chat, _) in &chats[1..] {
+        let sent = ack(
+            &alice,
+            "chat:send",
+            json!({"chatId": chat, "content": "four"}),
+        )
+        .await;
+        assert_eq!(sent["status"], "ACCEPTED", "{chat}: {sent}");
+        let Some(m) = bob.wait_for("chat:message", WAIT).await else {
+            let ch = fanout::redis::keys::room_channel(&format!("chat:{chat}"));
+            for p in cluster.live_ports() {
+                let n: Option<redis::Value> =
+                    topo::query(p, redis::cmd("PUBSUB").arg("SHARDNUMSUB").arg(&ch)).await;
+                let role = topo::role(p).await;
+                eprintln!("DEBUG {p} {role:?} {ch}: {n:?}");
+                let all: Option<redis::Value> =
+                    topo::query(p, redis::cmd("PUBSUB").arg("SHARDCHANNELS")).await;
+                eprintln!("DEBUG {p} shardchannels {all:?}");
+            }
+            eprintln!("DEBUG chats {chats:?} victim {victim}");
+            panic!("{chat} not delivered");
+        };
+        assert_eq!(m["chatId"], *chat);
+        assert_eq!(m["offset"], 2, "{m}");
+    }
+    assert!(
+        bob.wait_for("chat:message", Duration::from_millis(500))
+            .await
+            .is_none(),
+        "no duplicate"
+    );
+    assert!(
+        ready_within(a.public, Duration::from_secs(15)).await,
+        "a ready again"
+    );
+    assert!(
+        ready_within(b.public, Duration::from_secs(15)).await,
+        "b ready again"
+    );
 }
 
 /// The next shard-channel message on `rx` within `limit` (subscription confirmations skipped).

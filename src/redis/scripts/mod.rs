@@ -120,6 +120,41 @@ where
     crate::metrics::redis_op(script.name(), inv.invoke_async(conn)).await
 }
 
+/// Runs a script and `WAIT replicas timeout` in one pipeline, so the `WAIT` confirms the
+/// script's writes on the connection that carried them (reloading on NOSCRIPT once); returns
+/// the script's raw reply and how many replicas confirmed (see [`crate::redis::wait_reply`]).
+pub async fn invoke_then_wait<C>(
+    script: &NamedScript,
+    conn: &mut C,
+    call: Call,
+    replicas: u32,
+    timeout: std::time::Duration,
+) -> redis::RedisResult<(Value, u32)>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let mut loaded = false;
+    loop {
+        let mut pipe = redis::pipe();
+        pipe_invoke(&mut pipe, script, call.clone());
+        crate::redis::Conn::pipe_wait(&mut pipe, replicas, timeout);
+        let sent = crate::metrics::redis_op(script.name(), pipe.query_async(conn)).await;
+        match sent {
+            Err(e)
+                if e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoScript) && !loaded =>
+            {
+                let _: String = script.script().prepare_invoke().load_async(conn).await?;
+                loaded = true;
+            }
+            Err(e) => return Err(e),
+            Ok((reply, waited)) => {
+                let confirmed = crate::redis::wait_reply(waited, replicas)?;
+                return Ok((reply, confirmed));
+            }
+        }
+    }
+}
+
 /// Adds a script call to a pipeline (EVALSHA; run [`load_all`] first so the SHA is known).
 pub fn pipe_invoke(pipe: &mut redis::Pipeline, script: &NamedScript, call: Call) {
     crate::metrics::script_call(script.name());
