@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Redis time of lua/chat_send.lua per call from one connection, tight or paced
+(docs/benchmarks.md, "What the after figures say").
+
+usage: bench/send-script-paced.py PORT N GAP_SECONDS
+
+Needs a redis-server on 127.0.0.1:PORT with the script loaded and the sender a member:
+    SHA=$(redis-cli -p PORT script load "$(cat lua/chat_send.lua)")
+    redis-cli -p PORT sadd 'fanout:{chat:c1}:members' u1
+then `redis-cli -p PORT config resetstat`, this script, and `redis-cli -p PORT info
+commandstats` (cmdstat_evalsha usec_per_call). The SHA is read from SHA in the environment.
+Raw RESP over a socket, so no client library is needed; each call waits for its reply.
+"""
+import os
+import socket
+import sys
+import time
+
+port, n, gap = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+sha = os.environ["SHA"]
+T = "fanout:{chat:c1}"
+content = '{"s":3,"q":12345,"t":1234567890123,"p":"' + "x" * 56 + '"}'
+head = ('{"n":"node-1","e":[{"emit":{"rooms":["chat:c1"],"event":"chat:message","data":'
+        '{"id":"0193a4b2-1c2d-7e3f-8a9b-0c1d2e3f4a5b","chatId":"c1","senderId":"u1",'
+        '"clientMsgId":"k-1","type":"text","content":"x","createdAt":"2026-12-06T12:00:00.000Z","offset":')
+
+
+def command(*args):
+    out = b"*%d\r\n" % len(args)
+    for a in args:
+        a = a.encode()
+        out += b"$%d\r\n%s\r\n" % (len(a), a)
+    return out
+
+
+sock = socket.create_connection(("127.0.0.1", port))
+replies = sock.makefile("rb")
+
+
+def read_reply():
+    line = replies.readline()
+    if line[:1] == b"*":
+        for _ in range(int(line[1:])):
+            read_reply()
+    elif line[:1] == b"$" and int(line[1:]) >= 0:
+        replies.read(int(line[1:]) + 2)
+    elif line[:1] == b"-":
+        sys.exit("redis error: " + line.decode().strip())
+
+
+run = str(time.time_ns())
+for i in range(n):
+    cid = f"k-{run}-{i}"
+    sock.sendall(command(
+        "EVALSHA", sha, "5", T + ":members", T + ":meta", T + ":log", f"{T}:dedup:u1|{cid}", T + ":ch",
+        "u1", "0193a4b2-1c2d-7e3f-8a9b-0c1d2e3f4a5b", cid, "text", content,
+        "2026-12-06T12:00:00.000Z", "ab12cd34", "1000", "86400", "86400", "PUBLISH",
+        head, ',"epoch":"', '"}}]}'))
+    read_reply()
+    if gap > 0:
+        time.sleep(gap)
