@@ -536,13 +536,7 @@ fail_node() {
     die "node-$i $why"
 }
 
-# Redis Cluster: the nodes' blocking readers are not cluster-aware yet, so a node does not get
-# ready (/readyz 503, docs/operations.md "Redis Cluster and Sentinel"); wait for /healthz.
 READY_PATH=/readyz
-if [[ $REDIS == cluster ]]; then
-    READY_PATH=/healthz
-    log "WARNING: REDIS=cluster: nodes serve but do not report ready yet (backplane not cluster-aware); HAProxy will not route to them"
-fi
 start_time=$SECONDS
 for ((i = 1; i <= NODES; i++)); do
     url="http://127.0.0.1:$(node_port "$i")$READY_PATH"
@@ -559,7 +553,7 @@ for ((i = 1; i <= NODES; i++)); do
         fi
         sleep 0.3
     done
-    log "node-$i is $([[ $READY_PATH == /readyz ]] && echo ready || echo "up (/healthz; not ready in cluster mode)")"
+    log "node-$i is ready"
 done
 
 # ----------------------------------------------------------------------------
