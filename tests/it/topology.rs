@@ -410,6 +410,58 @@ async fn a_node_on_sentinel_delivers_chat_messages() {
     assert_eq!(ackv["status"], "ACCEPTED", "{ackv}");
     let m = bob.wait_for("chat:message", WAIT).await.expect("delivered");
     assert_eq!(m["content"], "hi");
+    // The master dies; the sentinels promote the replica. Both nodes find it (commands, the
+    // subscriber, the listener) without a restart: sends are accepted again and delivered
+    // once, in order, and both nodes are ready again.
+    let mut sentinel = sentinel;
+    sentinel.kill_master();
+    assert!(
+        sentinel.wait_failover(FAILOVER_BOUND).await,
+        "the sentinels promoted the replica"
+    );
+    let deadline = Instant::now() + FAILOVER_BOUND;
+    let accepted = loop {
+        let sent = ack(
+            &alice,
+            "chat:send",
+            json!({"chatId": "room", "content": "after", "clientMsgId": "after-failover"}),
+        )
+        .await;
+        if sent["status"] == "ACCEPTED" {
+            break sent;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ACCEPTED within {FAILOVER_BOUND:?} of the failover: {sent}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let m = bob
+        .wait_for("chat:message", Duration::from_secs(15))
+        .await
+        .expect("delivered after the failover");
+    assert_eq!(m["content"], "after");
+    assert_eq!(m["offset"], accepted["offset"]);
+    assert!(
+        ready_within(a.public, Duration::from_secs(15)).await,
+        "a ready after the failover"
+    );
+    assert!(
+        ready_within(b.public, Duration::from_secs(15)).await,
+        "b ready after the failover"
+    );
+    let sent = ack(
+        &alice,
+        "chat:send",
+        json!({"chatId": "room", "content": "live"}),
+    )
+    .await;
+    assert_eq!(sent["status"], "ACCEPTED", "{sent}");
+    let m = bob
+        .wait_for("chat:message", WAIT)
+        .await
+        .expect("live after the failover");
+    assert_eq!(m["content"], "live");
 }
 
 /// Chats whose slots lie on every master of `cluster` (at least `per_master` each), by name.
