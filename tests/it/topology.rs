@@ -730,3 +730,127 @@ async fn cluster_shard_channels_are_subscribed_by_room_and_survive_a_failover() 
     }
     assert_eq!(got, Some((channel("room-a"), "after".to_owned())));
 }
+
+/// A node process (the `fanout` binary) on `redis_args`, killed with SIGKILL on drop.
+struct Doomed {
+    child: std::process::Child,
+    public: std::net::SocketAddr,
+}
+
+impl Doomed {
+    async fn spawn(redis_args: &[String], id: &str, extra: &[&str]) -> Doomed {
+        let (port, admin) = (free_port(), free_port());
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
+            .args(redis_args)
+            .args([
+                "--bind-addr",
+                "127.0.0.1",
+                "--jwt-secret",
+                SECRET,
+                "--api-key",
+                API_KEY,
+                "--node-id",
+                id,
+                "--port",
+                &port.to_string(),
+                "--admin-port",
+                &admin.to_string(),
+            ])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn the fanout binary");
+        let public = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        assert!(
+            ready_within(public, Duration::from_secs(15)).await,
+            "node process {id} never became ready"
+        );
+        Doomed { child, public }
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+impl Drop for Doomed {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Presence expiry on a cluster comes from the master holding the user's key; when that master
+/// dies right after the user's only node, its promoted replica expires the key and the node's
+/// listener on it (or the sweep) still turns it into exactly one `presence:offline` (`expired`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_expiry_on_a_cluster_survives_the_death_of_the_users_master() {
+    if !require_tools(
+        "topology::presence_expiry_on_a_cluster_survives_the_death_of_the_users_master",
+        topo::TOOLS,
+        topo::HINT,
+    ) {
+        return;
+    }
+    let mut cluster = RedisCluster::start().await;
+    let args = vec!["--redis-cluster-nodes".to_owned(), cluster.seeds()];
+    let ttl = ["--presence-ttl-secs", "3"];
+    let mut doomed = Doomed::spawn(&args, "doomed", &ttl).await;
+    let b = Node::start_on_redis(
+        &args,
+        "b",
+        NodeOpts::default().with("presence-ttl-secs", "3"),
+    )
+    .await;
+    assert!(
+        ready_within(b.public, Duration::from_secs(15)).await,
+        "b ready"
+    );
+    b.create_chat("room", &["alice", "bob"]).await;
+    let mut bob = connect(&b.url(), "bob").await;
+    let _alice = connect(&format!("http://{}", doomed.public), "alice").await;
+    let online = wait_presence(&mut bob, "presence:online", WAIT).await;
+    assert!(online.is_some(), "alice online");
+    let slot = slot_of(b"presence:user:{alice}");
+    let master = cluster
+        .master_of_slot(slot)
+        .await
+        .expect("a master serves alice's slot");
+    let replica = cluster
+        .replica_of(master.port)
+        .await
+        .expect("it has a replica");
+    doomed.kill9();
+    cluster.kill9(master.port);
+    assert!(
+        cluster.wait_promoted(replica, FAILOVER_BOUND).await,
+        "replica promoted"
+    );
+    let off = wait_presence(&mut bob, "presence:offline", FAILOVER_BOUND)
+        .await
+        .expect("alice offline after her node and her master died");
+    assert_eq!(off["reason"], "expired", "{off}");
+    assert!(
+        wait_presence(&mut bob, "presence:offline", Duration::from_secs(4))
+            .await
+            .is_none(),
+        "exactly one offline"
+    );
+}
+
+/// The next `event` about alice, other events skipped.
+async fn wait_presence(
+    c: &mut fanout_client::Client,
+    event: &str,
+    timeout: Duration,
+) -> Option<serde_json::Value> {
+    let deadline = Instant::now() + timeout;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let (name, data) = c.next_event(left).await?;
+        if name == event && data["userId"] == "alice" {
+            return Some(data);
+        }
+    }
+    None
+}
