@@ -53,6 +53,9 @@ pub const RESYNC_AFTER: [std::time::Duration; 3] = [
     std::time::Duration::from_millis(10_000),
 ];
 
+/// How soon a sync follows a gap fill or an offset read that failed.
+pub const RETRY_FILL_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The subscriber connection, shared by the subscriber loop (which opens it) and the interest
 /// manager (which subscribes rooms on it): pub/sub channels on one Redis or the Sentinel
 /// master, shard channels (`SSUBSCRIBE`, each on its slot's master) on Redis Cluster.
@@ -156,6 +159,7 @@ pub async fn run(
         deliverer,
         canary,
         node_channel,
+        resync_wanted: false,
     };
     while !cancel.is_cancelled() {
         let (tx, mut rx) = mpsc::channel::<PushInfo>(QUEUE);
@@ -202,6 +206,12 @@ pub async fn run(
                 loop_state.sync(loop_state.interest.followed_chats()).await;
             }
             let now = tokio::time::Instant::now();
+            if std::mem::take(&mut loop_state.resync_wanted) {
+                let soon = now + RETRY_FILL_AFTER;
+                if resyncs.first().is_none_or(|&at| at > soon) {
+                    resyncs.insert(0, soon);
+                }
+            }
             if resyncs.first().is_some_and(|&at| at <= now) {
                 resyncs.retain(|&at| at > now);
                 // redis-rs may have replaced a master's connection without its subscriptions
@@ -214,8 +224,15 @@ pub async fn run(
                 }
                 loop_state.sync(loop_state.interest.followed_chats()).await;
             }
+            let next_resync = resyncs.first().copied();
             tokio::select! {
                 _ = cancel.cancelled() => break,
+                _ = async {
+                    match next_resync {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
                 push = rx.recv() => match push {
                     // One master's connection of the cluster: redis-rs reconnects it and
                     // subscribes again; what it missed comes from the logs.
@@ -277,6 +294,8 @@ struct Loop {
     deliverer: Arc<Deliverer>,
     canary: Arc<Canary>,
     node_channel: String,
+    /// A gap could not be filled (the log unreadable for a moment): sync soon.
+    resync_wanted: bool,
 }
 
 impl Loop {
@@ -381,9 +400,16 @@ impl Loop {
         // From here on every earlier offset of this epoch must have been delivered; in another
         // epoch (the chat's sequence restarted after this node began following it) all of them.
         let from = if same_epoch { pos.last + 1 } else { 1 };
-        if seq.offset > from {
-            self.fill(&seq.chat_id, &seq.epoch, from, seq.offset - 1)
-                .await;
+        if seq.offset > from
+            && !self
+                .fill(&seq.chat_id, &seq.epoch, from, seq.offset - 1)
+                .await
+        {
+            // The log could not be read (a slot moving, a master failing over): delivering
+            // this frame now would skip the gap for good. Hold it back; the chat's next frame
+            // or the next sync delivers the gap and it in order.
+            self.resync_wanted = true;
+            return;
         }
         self.apply(&frame.origin, &frame.actions, frame.at_ms).await;
         self.interest.set_position(
@@ -396,20 +422,21 @@ impl Loop {
     }
 
     /// Delivers offsets `from..=to` of `chat_id` in `epoch` from the chat's log; what the log no
-    /// longer holds (trimmed, expired, another epoch by now) is counted as lost.
-    async fn fill(&self, chat_id: &str, epoch: &str, from: u64, to: u64) {
+    /// longer holds (trimmed, expired, another epoch by now) is counted as lost. False when the
+    /// log could not be read (nothing delivered, nothing counted: the caller tries again).
+    async fn fill(&self, chat_id: &str, epoch: &str, from: u64, to: u64) -> bool {
         let wanted = to - from + 1;
         let (current, messages) = match self.interest.chats().range(chat_id, from, to).await {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(error = %e, chat = %chat_id, "gap fill failed");
-                crate::metrics::gap(0, wanted);
-                return;
+                tracing::warn!(error = %e, chat = %chat_id, "gap fill failed; retried");
+                crate::metrics::redis_error("gap_fill", &e);
+                return false;
             }
         };
         if current.as_deref() != Some(epoch) {
             crate::metrics::gap(0, wanted);
-            return;
+            return true;
         }
         let filled = messages.len() as u64;
         for message in &messages {
@@ -420,6 +447,7 @@ impl Loop {
         }
         crate::metrics::gap(filled, wanted.saturating_sub(filled));
         tracing::debug!(chat = %chat_id, from, to, filled, "offset gap filled");
+        true
     }
 
     /// Reads the offsets of `chats` and delivers from their logs what this node has not.
@@ -428,8 +456,9 @@ impl Loop {
             let found = match self.interest.chats().positions(chunk).await {
                 Ok(found) => found,
                 Err(e) => {
-                    // The next message of each chat finds its gap instead.
-                    tracing::warn!(error = %e, "chat offsets not read; gaps fill on the next message");
+                    // Tried again soon; the next message of each chat finds its gap meanwhile.
+                    tracing::warn!(error = %e, "chat offsets not read; retried");
+                    self.resync_wanted = true;
                     return;
                 }
             };
@@ -447,8 +476,9 @@ impl Loop {
                 } else {
                     1
                 };
-                if now.seq >= from {
-                    self.fill(chat, &epoch, from, now.seq).await;
+                if now.seq >= from && !self.fill(chat, &epoch, from, now.seq).await {
+                    self.resync_wanted = true;
+                    continue;
                 }
                 if now.seq >= from || !same_epoch {
                     self.interest.set_position(

@@ -469,7 +469,8 @@ fn split_by_slot(pipeline: &Pipeline) -> Option<Vec<(Pipeline, Vec<usize>)>> {
 /// (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`) is sent again.
 const PIPELINE_RETRIES: u32 = 4;
 
-/// A server error after which a one-slot pipeline ran nothing: the master refused the slot.
+/// A server error after which a one-slot pipeline ran nothing: the master refused the slot
+/// (`EXECABORT`: a transaction whose commands it refused so, discarded whole).
 fn refused_slot(kind: Option<ServerErrorKind>) -> bool {
     matches!(
         kind,
@@ -478,6 +479,7 @@ fn refused_slot(kind: Option<ServerErrorKind>) -> bool {
                 | ServerErrorKind::Ask
                 | ServerErrorKind::TryAgain
                 | ServerErrorKind::ClusterDown
+                | ServerErrorKind::ExecAbort
         )
     )
 }

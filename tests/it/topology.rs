@@ -854,3 +854,119 @@ async fn wait_presence(
     }
     None
 }
+
+/// A reshard moves a chat's slot (its keys and its channel) to another master while messages
+/// flow: the nodes follow it without a restart, and every message reaches the other node's
+/// socket once, in offset order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_follow_a_reshard_of_a_chats_slot_while_messages_flow() {
+    if !require_tools(
+        "topology::nodes_follow_a_reshard_of_a_chats_slot_while_messages_flow",
+        topo::TOOLS,
+        topo::HINT,
+    ) {
+        return;
+    }
+    const MOVED_SLOTS: u16 = 200;
+    let cluster = RedisCluster::start().await;
+    let masters = cluster.masters().await;
+    let (from, to) = (&masters[0], &masters[1]);
+    let first = from.slots.iter().map(|&(a, _)| a).min().expect("slots");
+    // A chat whose slot is among the lowest MOVED_SLOTS of `from` (what the reshard moves).
+    let chat = (0u32..)
+        .map(|n| format!("r{n}"))
+        .find(|c| {
+            let slot = slot_of(fanout::redis::keys::room_channel(&format!("chat:{c}")).as_bytes());
+            slot >= first && slot < first + MOVED_SLOTS
+        })
+        .expect("a chat in the moved slots");
+    let args = vec!["--redis-cluster-nodes".to_owned(), cluster.seeds()];
+    let a = Node::start_on_redis(&args, "a", NodeOpts::default()).await;
+    let b = Node::start_on_redis(&args, "b", NodeOpts::default()).await;
+    assert!(
+        ready_within(a.public, Duration::from_secs(15)).await,
+        "a ready"
+    );
+    assert!(
+        ready_within(b.public, Duration::from_secs(15)).await,
+        "b ready"
+    );
+    a.create_chat(&chat, &["alice", "bob"]).await;
+    let alice = connect(&a.url(), "alice").await;
+    let mut bob = connect(&b.url(), "bob").await;
+    let sender = {
+        let chat = chat.clone();
+        tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            for i in 0..60 {
+                let id = format!("m{i}");
+                // Retried with the same clientMsgId until accepted: a send that meets the
+                // migration is refused (UNAVAILABLE), never lost or doubled.
+                for _ in 0..50 {
+                    let sent = ack(
+                        &alice,
+                        "chat:send",
+                        json!({"chatId": chat, "content": id, "clientMsgId": id}),
+                    )
+                    .await;
+                    if sent["status"] == "ACCEPTED" {
+                        accepted.push(sent["offset"].as_u64().expect("offset"));
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            accepted
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.reshard(from.port, to.port, MOVED_SLOTS).await;
+    let accepted = sender.await.expect("sender");
+    assert_eq!(accepted.len(), 60, "every message accepted in the end");
+    assert_eq!(accepted, (1..=60).collect::<Vec<u64>>(), "one offset each");
+    let moved = cluster
+        .master_of_slot(slot_of(
+            fanout::redis::keys::room_channel(&format!("chat:{chat}")).as_bytes(),
+        ))
+        .await
+        .expect("owner");
+    assert_eq!(moved.port, to.port, "the chat's slot moved");
+    let mut offsets = Vec::new();
+    while offsets.len() < 60 {
+        let m = bob
+            .wait_for("chat:message", Duration::from_secs(15))
+            .await
+            .unwrap_or_else(|| panic!("only {} of 60 delivered: {offsets:?}", offsets.len()));
+        offsets.push(m["offset"].as_u64().expect("offset"));
+    }
+    assert_eq!(
+        offsets,
+        (1..=60).collect::<Vec<u64>>(),
+        "once each, in order"
+    );
+    assert!(
+        bob.wait_for("chat:message", Duration::from_millis(500))
+            .await
+            .is_none(),
+        "no duplicate"
+    );
+    // Live again on the new owner.
+    let sent = ack(
+        &alice_again(&a).await,
+        "chat:send",
+        json!({"chatId": chat, "content": "live"}),
+    )
+    .await;
+    assert_eq!(sent["status"], "ACCEPTED", "{sent}");
+    let m = bob
+        .wait_for("chat:message", WAIT)
+        .await
+        .expect("live after the reshard");
+    assert_eq!(m["offset"], 61);
+}
+
+/// Another socket of alice on `node`.
+async fn alice_again(node: &Node) -> fanout_client::Client {
+    connect(&node.url(), "alice").await
+}
