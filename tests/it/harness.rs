@@ -214,7 +214,9 @@ pub fn single_redis_args(url: &str) -> Vec<String> {
     vec!["--redis-url".to_owned(), url.to_owned()]
 }
 
-fn config_args(
+/// The command line of a node (`fanout` first): its Redis flags, the harness's secret and API
+/// key, `node_id`, its ports and the options' flags.
+pub fn config_args(
     redis_args: &[String],
     node_id: &str,
     port: u16,

@@ -740,23 +740,15 @@ struct Doomed {
 impl Doomed {
     async fn spawn(redis_args: &[String], id: &str, extra: &[&str]) -> Doomed {
         let (port, admin) = (free_port(), free_port());
+        let mut opts = NodeOpts::default();
+        for pair in extra.chunks(2) {
+            if let [flag, value] = pair {
+                opts = opts.with(flag.trim_start_matches("--"), value);
+            }
+        }
+        let args = config_args(redis_args, id, port, admin, &opts);
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
-            .args(redis_args)
-            .args([
-                "--bind-addr",
-                "127.0.0.1",
-                "--jwt-secret",
-                SECRET,
-                "--api-key",
-                API_KEY,
-                "--node-id",
-                id,
-                "--port",
-                &port.to_string(),
-                "--admin-port",
-                &admin.to_string(),
-            ])
-            .args(extra)
+            .args(&args[1..])
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .spawn()
