@@ -458,23 +458,33 @@ impl RedisSentinel {
             args.extend(self.extra.iter().map(String::as_str));
             self.servers.insert(port, spawn_redis(&sdir, port, &args));
         }
+        // Every sentinel is told its own id, the replica and the other sentinels up front (the
+        // lines a sentinel writes into its config once it has learnt them): discovering them
+        // takes up to 10 s (the master's INFO, read every 10 s, names the replica; hello
+        // messages every 2 s name the sentinels), which every test would wait through.
+        let id = |p: u16| format!("{:0>40x}", p);
         for &p in &self.sentinel_ports {
             let sdir = dir.join(format!("sentinel-{p}"));
             let _ = std::fs::remove_dir_all(&sdir);
             std::fs::create_dir_all(&sdir).expect("sentinel dir");
+            let mut conf_text = format!(
+                "port {p}\nbind 127.0.0.1\ndir {dir}\nsentinel myid {myid}\n\
+                 sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {master_port} 2\n\
+                 sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+                 sentinel failover-timeout {SENTINEL_MASTER} 5000\n\
+                 sentinel parallel-syncs {SENTINEL_MASTER} 1\n\
+                 sentinel known-replica {SENTINEL_MASTER} 127.0.0.1 {replica_port}\n",
+                dir = sdir.display(),
+                myid = id(p),
+            );
+            for &other in self.sentinel_ports.iter().filter(|&&o| o != p) {
+                conf_text.push_str(&format!(
+                    "sentinel known-sentinel {SENTINEL_MASTER} 127.0.0.1 {other} {}\n",
+                    id(other)
+                ));
+            }
             let conf = sdir.join("sentinel.conf");
-            std::fs::write(
-                &conf,
-                format!(
-                    "port {p}\nbind 127.0.0.1\ndir {dir}\n\
-                     sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {master_port} 2\n\
-                     sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
-                     sentinel failover-timeout {SENTINEL_MASTER} 5000\n\
-                     sentinel parallel-syncs {SENTINEL_MASTER} 1\n",
-                    dir = sdir.display()
-                ),
-            )
-            .expect("sentinel.conf");
+            std::fs::write(&conf, conf_text).expect("sentinel.conf");
             let child = Command::new("redis-server")
                 .arg(&conf)
                 .arg("--sentinel")
