@@ -226,12 +226,13 @@ async fn paused_under_load(how: Pause) {
     // that waits for the pause command's answer. On a sentinel setup (down after 1 s) the
     // sentinels fail the paused master over to its replica: a harder outage, same assertions.
     let masters = redis.master_ports().await;
+    let paused = masters.clone();
     let pauser = tokio::spawn(async move {
         tokio::time::sleep(PAUSE_AT).await;
         let config = redis::AsyncConnectionConfig::new()
             .set_response_timeout(Some(PAUSE + Duration::from_secs(5)));
         let mut conns = Vec::new();
-        for port in masters {
+        for port in paused {
             let conn = redis::Client::open(format!("redis://127.0.0.1:{port}"))
                 .expect("url")
                 .get_multiplexed_async_connection_with_config(&config)
@@ -282,6 +283,9 @@ async fn paused_under_load(how: Pause) {
     }
     sent.sort_by_key(|s: &Sent| s.i);
     let (pause_start, pause_end) = pauser.await.expect("pauser");
+    // Which servers are masters once the senders are done: another one after a failover.
+    let masters_after = redis.master_ports().await;
+    eprintln!("{how:?}: masters {masters:?} paused, masters {masters_after:?} after the run");
     sampling.cancel();
     let samples = sampler.await.expect("sampler");
 
