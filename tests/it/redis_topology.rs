@@ -30,6 +30,22 @@ fn free_port_pair() -> u16 {
     panic!("no free port pair (p, p + 10000)");
 }
 
+/// `n` ports from [`free_port_pair`], all different, none another's bus port: two servers given
+/// one port would leave one of them running outside the children the drop kills.
+fn distinct_port_pairs(n: usize) -> Vec<u16> {
+    let mut ports: Vec<u16> = Vec::with_capacity(n);
+    while ports.len() < n {
+        let p = free_port_pair();
+        if !ports
+            .iter()
+            .any(|&q| q == p || q + 10_000 == p || p + 10_000 == q)
+        {
+            ports.push(p);
+        }
+    }
+    ports
+}
+
 fn spawn_redis(dir: &Path, port: u16, extra: &[&str]) -> Child {
     std::fs::create_dir_all(dir).expect("redis dir");
     Command::new("redis-server")
@@ -152,7 +168,7 @@ impl RedisCluster {
     /// [`Self::start`] with `extra` arguments for every server (`--enable-debug-command yes`).
     pub async fn start_with(extra: &[&str]) -> RedisCluster {
         let mut cluster = RedisCluster {
-            ports: (0..6).map(|_| free_port_pair()).collect(),
+            ports: distinct_port_pairs(6),
             children: HashMap::new(),
             dir: tempfile::tempdir().expect("tempdir"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
