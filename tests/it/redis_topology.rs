@@ -438,11 +438,18 @@ impl RedisSentinel {
     /// [`Self::start`] with `extra` arguments for the master and the replica
     /// (`--enable-debug-command yes`).
     pub async fn start_with(extra: &[&str]) -> RedisSentinel {
-        let free = crate::harness::free_port;
+        // Five different ports (two free_port calls may return the same one).
+        let mut ports: Vec<u16> = Vec::with_capacity(5);
+        while ports.len() < 5 {
+            let p = crate::harness::free_port();
+            if !ports.contains(&p) {
+                ports.push(p);
+            }
+        }
         let mut s = RedisSentinel {
-            master_port: free(),
-            replica_port: free(),
-            sentinel_ports: (0..3).map(|_| free()).collect(),
+            master_port: ports[0],
+            replica_port: ports[1],
+            sentinel_ports: ports[2..].to_vec(),
             servers: HashMap::new(),
             sentinels: Vec::new(),
             dir: tempfile::tempdir().expect("tempdir"),
