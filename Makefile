@@ -5,8 +5,12 @@
 #                (e.g. `make up NODES=5 LB_PORT=8081`; Ctrl-C stops it); REDIS=cluster
 #                (3 masters + 3 replicas) or REDIS=sentinel (1 master, 1 replica,
 #                3 sentinels) instead of one Redis
-#   make test    what CI runs (.ci/run): fmt check, clippy, tests; with CHAOS=1
-#                (set in CI by CI=true) also the chaos sequence (deploy/chaos.sh)
+#   make test    what CI runs (.ci/run): fmt check, clippy, tests; with CI=true or
+#                REDIS_MODES=1 also test-redis-modes; with CHAOS=1 (set in CI by CI=true)
+#                also the chaos sequence (deploy/chaos.sh)
+#   make test-redis-modes  the integration modules that use Redis as a backend (chat,
+#                presence, routing, api, outage, hostile, membership, interest) on a Redis
+#                Cluster, then on a Sentinel setup (FANOUT_TEST_REDIS, tests/it/harness.rs)
 #
 # Settings for `make up` are passed through to deploy/up.sh as environment
 # variables (see the top of that script for the full list and defaults).
@@ -24,7 +28,7 @@ CARGO ?= cargo
 # READY_TIMEOUT, ... without listing them here (an explicit `export` would
 # also export unset ones as empty strings).
 
-.PHONY: help up test build fmt clippy clean-run deploy-check rust-components skip-summary
+.PHONY: help up test test-redis-modes build fmt clippy clean-run deploy-check rust-components skip-summary
 
 help:
 	@echo "make up          start Redis + NODES (default 3) nodes + HAProxy on :8080 (Ctrl-C stops);"
@@ -32,7 +36,10 @@ help:
 	@echo "                 REDIS=cluster (Redis Cluster, 6 processes) or REDIS=sentinel (master, replica, 3 sentinels)"
 	@echo "make test        install redis-server if needed, cargo fmt --check, clippy -D warnings, cargo test"
 	@echo "                 (then the skipped tests and why; with CI=true a missing tool fails instead), vendor/test.sh"
-	@echo "                 (CHAOS=1 or CI=true: then the chaos sequence, deploy/chaos.sh)"
+	@echo "                 (CI=true or REDIS_MODES=1: then make test-redis-modes;"
+	@echo "                 CHAOS=1 or CI=true: then the chaos sequence, deploy/chaos.sh)"
+	@echo "make test-redis-modes  the Redis-backed integration modules on a Redis Cluster, then on"
+	@echo "                 Sentinel (FANOUT_TEST_REDIS=cluster|sentinel; MODES=cluster for one)"
 	@echo "make build       cargo build --release --bins"
 	@echo "make fmt         cargo fmt --all"
 	@echo "make clippy      cargo clippy --all-targets -- -D warnings"
@@ -62,8 +69,38 @@ test: rust-components
 	status=0; FANOUT_SKIP_LOG="$(SKIP_LOG)" $(CARGO) test --all-targets -- --test-threads=2 --skip chaos || status=$$?; \
 	$(SKIP_SUMMARY); exit $$status
 	vendor/test.sh -q
+	@if [[ "$${REDIS_MODES:-}" == 1 || "$${CI:-}" == true ]]; then $(MAKE) --no-print-directory test-redis-modes; \
+	else echo "Redis Cluster/Sentinel runs skipped (REDIS_MODES=1 make test, or make test-redis-modes; CI runs them)"; fi
 	@if [[ "$${CHAOS:-}" == 1 || "$${CI:-}" == true ]]; then deploy/chaos.sh; \
 	else echo "chaos sequence skipped (CHAOS=1 make test, or deploy/chaos.sh; CI runs it)"; fi
+
+# The integration modules whose tests use Redis only as the nodes' backend, run again with
+# FANOUT_TEST_REDIS=<mode> for each of MODES: every test starts its own Redis Cluster (6
+# servers) or Sentinel setup (master, replica, 3 sentinels) instead of one redis-server, and
+# the nodes get --redis-cluster-nodes or --redis-sentinels. redis_modes:: checks the harness
+# itself without a node, so that a failure only elsewhere points at the node. A test that
+# cannot run on a mode is recorded as skipped there (tests/it/skip.rs). Every mode runs even
+# when one fails; the target fails if any did. The skips go to a log of their own, summarised
+# after each mode.
+REDIS_MODE_TESTS := redis_modes:: chat:: presence:: routing:: api:: outage:: hostile:: membership:: interest::
+MODES ?= cluster sentinel
+MODES_SKIP_LOG := $(CURDIR)/target/test-skips-redis-modes.txt
+
+test-redis-modes:
+	deploy/install-deps.sh redis-server redis-cli
+	$(CARGO) build --bins
+	status=0; for mode in $(MODES); do \
+		echo "=== FANOUT_TEST_REDIS=$$mode: $(REDIS_MODE_TESTS)"; \
+		rm -f "$(MODES_SKIP_LOG)"; start=$$(date +%s); \
+		FANOUT_TEST_REDIS=$$mode FANOUT_SKIP_LOG="$(MODES_SKIP_LOG)" \
+			$(CARGO) test --test it -- --test-threads=2 $(REDIS_MODE_TESTS) || status=1; \
+		echo "=== FANOUT_TEST_REDIS=$$mode took $$(( $$(date +%s) - start )) s"; \
+		$(MODES_SKIP_SUMMARY); \
+	done; exit $$status
+
+MODES_SKIP_SUMMARY = if [[ -s "$(MODES_SKIP_LOG)" ]]; then \
+		echo "$$(wc -l <"$(MODES_SKIP_LOG)") tests skipped:"; sed 's/^/  /' "$(MODES_SKIP_LOG)"; \
+	else echo "0 tests skipped"; fi
 
 # "N tests skipped:" and one "<test>: <reason>" line each, from the last `make test`
 # ("0 tests skipped" when none were). A shell snippet, not a sub-make, so that

@@ -1,6 +1,11 @@
 //! Test harness: private `redis-server` processes on free ports, fanout nodes in-process (or as
 //! processes of the built binary), tokens, Socket.IO clients and a tiny HTTP client. Everything
 //! it starts is killed when its handle drops.
+//!
+//! [`Redis`] is one redis-server, or with `FANOUT_TEST_REDIS=cluster` a Redis Cluster and with
+//! `FANOUT_TEST_REDIS=sentinel` a Sentinel setup (`redis_topology`), and the nodes are pointed
+//! at it accordingly: a test that reaches Redis only through [`Redis`]'s methods runs on all
+//! three (`make test-redis-modes`).
 
 #![allow(dead_code)]
 
@@ -10,6 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fanout::{Config, Listeners};
+
+use crate::redis_topology::{RedisCluster, RedisSentinel, SENTINEL_MASTER, role};
 use fanout_client::{Client, ConnectOptions};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -68,33 +75,77 @@ where
     }
 }
 
-/// A private redis-server on a free port, killed on drop.
+/// Which Redis the tests run against: `FANOUT_TEST_REDIS` = `single` (or unset: one
+/// redis-server), `cluster` (a Redis Cluster of 6 servers, 3 masters) or `sentinel` (a master, a
+/// replica and 3 sentinels). Read once per test process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedisKind {
+    /// One redis-server; nodes get `--redis-url`.
+    Single,
+    /// [`RedisCluster`]; nodes get `--redis-cluster-nodes`.
+    Cluster,
+    /// [`RedisSentinel`]; nodes get `--redis-sentinels` and `--redis-sentinel-master`.
+    Sentinel,
+}
+
+impl RedisKind {
+    /// The kind `FANOUT_TEST_REDIS` selects; any other value than the three names panics (a
+    /// typo must not quietly run the single-server suite).
+    pub fn from_env() -> RedisKind {
+        static KIND: std::sync::OnceLock<RedisKind> = std::sync::OnceLock::new();
+        *KIND.get_or_init(|| {
+            let value = std::env::var("FANOUT_TEST_REDIS").unwrap_or_default();
+            match value.trim() {
+                "" | "single" => RedisKind::Single,
+                "cluster" => RedisKind::Cluster,
+                "sentinel" => RedisKind::Sentinel,
+                other => panic!("FANOUT_TEST_REDIS={other:?}: single, cluster or sentinel"),
+            }
+        })
+    }
+
+    /// `single`, `cluster` or `sentinel`, as `FANOUT_TEST_REDIS` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RedisKind::Single => "single",
+            RedisKind::Cluster => "cluster",
+            RedisKind::Sentinel => "sentinel",
+        }
+    }
+
+    /// How long a node may take to become ready on this kind: a node on a cluster or a
+    /// sentinel setup first discovers the topology (slot map, current master), and runs on a
+    /// machine busy with 6 or 5 more Redis processes per test.
+    fn ready_limit(self, single: Duration) -> Duration {
+        match self {
+            RedisKind::Single => single,
+            RedisKind::Cluster | RedisKind::Sentinel => single * 3,
+        }
+    }
+}
+
+/// The test's Redis, of the kind [`RedisKind::from_env`] selects, killed on drop. Tests reach
+/// it only through this type (nodes through [`Self::node_args`], assertions through
+/// [`Self::conn`] and the per-master helpers), so that they run unchanged on every kind.
 pub struct Redis {
-    pub port: u16,
+    backend: Backend,
+}
+
+enum Backend {
+    Single(SingleRedis),
+    Cluster(RedisCluster),
+    Sentinel(RedisSentinel),
+}
+
+/// A private redis-server on a free port.
+struct SingleRedis {
+    port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
     extra: Vec<String>,
 }
 
-impl Redis {
-    /// Starts redis-server with keyspace notifications on and no persistence.
-    pub async fn start() -> Redis {
-        Self::start_with(&[]).await
-    }
-
-    /// Starts redis-server with extra arguments after the harness's own (later ones win).
-    pub async fn start_with(extra: &[&str]) -> Redis {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut r = Redis {
-            port: free_port(),
-            dir,
-            child: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        r.spawn().await;
-        r
-    }
-
+impl SingleRedis {
     async fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args([
@@ -122,8 +173,7 @@ impl Redis {
         assert!(up, "redis-server did not start on port {}", self.port);
     }
 
-    /// `redis://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
+    fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
@@ -140,51 +190,338 @@ impl Redis {
             .is_ok()
     }
 
-    /// A fresh connection for assertions.
-    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .expect("url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis connection")
-    }
-
-    /// Kills the server (its data is lost: no persistence).
-    pub fn stop(&mut self) {
+    fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.kill().ok();
             c.wait().ok();
         }
     }
+}
 
-    /// Stalls the server for `secs` seconds (`DEBUG SLEEP`; start it with
-    /// `--enable-debug-command yes`): the returned task ends when Redis answers again.
-    pub fn stall(&self, secs: u64) -> tokio::task::JoinHandle<()> {
-        let url = self.url();
-        tokio::spawn(async move {
-            let client = redis::Client::open(url).expect("redis url");
-            let mut c = client
-                .get_multiplexed_async_connection()
-                .await
-                .expect("redis connection");
-            let _: redis::RedisResult<()> = redis::cmd("DEBUG")
-                .arg("SLEEP")
-                .arg(secs)
+impl Redis {
+    /// Starts the Redis of the selected kind with keyspace notifications on and no persistence.
+    pub async fn start() -> Redis {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts it with extra arguments for every data server after the harness's own (later ones
+    /// win); on a cluster or a sentinel setup every master and replica gets them.
+    pub async fn start_with(extra: &[&str]) -> Redis {
+        let backend = match RedisKind::from_env() {
+            RedisKind::Single => {
+                let mut single = SingleRedis {
+                    port: free_port(),
+                    dir: tempfile::tempdir().expect("tempdir"),
+                    child: None,
+                    extra: extra.iter().map(|s| s.to_string()).collect(),
+                };
+                single.spawn().await;
+                Backend::Single(single)
+            }
+            RedisKind::Cluster => Backend::Cluster(RedisCluster::start_with(extra).await),
+            RedisKind::Sentinel => Backend::Sentinel(RedisSentinel::start_with(extra).await),
+        };
+        Redis { backend }
+    }
+
+    /// Which kind this is.
+    pub fn kind(&self) -> RedisKind {
+        match self.backend {
+            Backend::Single(_) => RedisKind::Single,
+            Backend::Cluster(_) => RedisKind::Cluster,
+            Backend::Sentinel(_) => RedisKind::Sentinel,
+        }
+    }
+
+    /// The port of the one redis-server. Only for tests that are about one server (they skip
+    /// the other kinds first, `skip::skip_on_redis`): panics on a cluster or a sentinel setup.
+    pub fn port(&self) -> u16 {
+        match &self.backend {
+            Backend::Single(s) => s.port,
+            _ => self.not_single("port"),
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>` of the one redis-server. Like [`Self::port`], only for
+    /// tests about one server: panics on a cluster or a sentinel setup, where no one URL
+    /// reaches all data ([`Self::node_args`], [`Self::conn`] and [`Self::master_ports`] do).
+    pub fn url(&self) -> String {
+        match &self.backend {
+            Backend::Single(s) => s.url(),
+            _ => self.not_single("url"),
+        }
+    }
+
+    fn not_single(&self, what: &str) -> ! {
+        panic!(
+            "Redis::{what}: there is no one Redis server with FANOUT_TEST_REDIS={}; this test \
+             must use node_args()/conn()/master_ports(), or skip this kind \
+             (skip::skip_on_redis)",
+            self.kind().name()
+        )
+    }
+
+    /// The URL of the one server holding all data now, for a client that speaks to one
+    /// server (the example service): the one redis-server, or the master the sentinels name;
+    /// `None` on a cluster, whose data is spread over 3 masters.
+    pub async fn one_server_url(&self) -> Option<String> {
+        match &self.backend {
+            Backend::Single(s) => Some(s.url()),
+            Backend::Cluster(_) => None,
+            Backend::Sentinel(s) => Some(format!(
+                "redis://127.0.0.1:{}",
+                s.current_master()
+                    .await
+                    .expect("the sentinels name a master")
+            )),
+        }
+    }
+
+    /// The node flags that point a node at this Redis: `--redis-url`, `--redis-cluster-nodes`
+    /// (every server as a seed) or `--redis-sentinels` with `--redis-sentinel-master`. They
+    /// stay valid across [`Self::restart`] (same ports, same master name).
+    pub fn node_args(&self) -> Vec<String> {
+        match &self.backend {
+            Backend::Single(s) => single_redis_args(&s.url()),
+            Backend::Cluster(c) => vec!["--redis-cluster-nodes".to_owned(), c.seeds()],
+            Backend::Sentinel(s) => vec![
+                "--redis-sentinels".to_owned(),
+                s.sentinels(),
+                "--redis-sentinel-master".to_owned(),
+                SENTINEL_MASTER.to_owned(),
+            ],
+        }
+    }
+
+    /// The node library's own handle on this Redis, built as a node builds it from
+    /// [`Self::node_args`]: for tests of library parts (a `ChatStore`) without a node.
+    pub fn node_handle(&self) -> fanout::redis::Redis {
+        let mut args: Vec<String> = ["fanout", "--api-key", API_KEY, "--jwt-secret", SECRET]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(self.node_args());
+        let settings = Config::try_from_args(args)
+            .expect("config")
+            .redis()
+            .expect("redis settings");
+        fanout::redis::Redis::new(&settings).expect("redis handle")
+    }
+
+    /// A fresh connection for assertions that works on every kind: to the one server, a
+    /// cluster connection that routes each keyed command to its slot's master (so one test
+    /// may use keys of different slots), or to the master the sentinels name now. For
+    /// commands about a server rather than a key (`CLIENT`, `CONFIG`, `PUBSUB`, `DEBUG`) use
+    /// [`Self::on_every_master`] or [`Self::master_port_of`] with [`server_conn`]: a cluster
+    /// connection sends a keyless command to whichever node it picks.
+    pub async fn conn(&self) -> TestConn {
+        match &self.backend {
+            Backend::Single(s) => TestConn::Server(
+                redis::Client::open(s.url())
+                    .expect("url")
+                    .get_multiplexed_async_connection()
+                    .await
+                    .expect("redis connection"),
+            ),
+            Backend::Cluster(c) => {
+                let seeds: Vec<String> = c
+                    .live_ports()
+                    .iter()
+                    .map(|p| format!("redis://127.0.0.1:{p}"))
+                    .collect();
+                let client = redis::cluster::ClusterClient::new(seeds).expect("cluster client");
+                TestConn::Cluster(
+                    client
+                        .get_async_connection()
+                        .await
+                        .expect("redis cluster connection"),
+                )
+            }
+            Backend::Sentinel(_) => {
+                let port = self.master_ports().await[0];
+                TestConn::Server(server_conn(port).await)
+            }
+        }
+    }
+
+    /// Ports of the masters now: the one server, the 3 masters serving slots (read from the
+    /// cluster, so after a failover the promoted replica), or the master the sentinels name.
+    pub async fn master_ports(&self) -> Vec<u16> {
+        match &self.backend {
+            Backend::Single(s) => vec![s.port],
+            Backend::Cluster(c) => {
+                let masters: Vec<u16> = c.masters().await.iter().map(|m| m.port).collect();
+                assert!(!masters.is_empty(), "no cluster master answers");
+                masters
+            }
+            Backend::Sentinel(s) => {
+                vec![
+                    s.current_master()
+                        .await
+                        .expect("the sentinels name a master"),
+                ]
+            }
+        }
+    }
+
+    /// The port of the master serving `key` now (of its `{hash tag}`'s slot on a cluster; the
+    /// one master otherwise). Channels hash like keys (`SSUBSCRIBE`).
+    pub async fn master_port_of(&self, key: &str) -> u16 {
+        match &self.backend {
+            Backend::Cluster(c) => {
+                let slot = fanout::redis::slot_of(key.as_bytes());
+                c.master_of_slot(slot)
+                    .await
+                    .unwrap_or_else(|| panic!("no master serves slot {slot} of {key}"))
+                    .port
+            }
+            _ => self.master_ports().await[0],
+        }
+    }
+
+    /// Runs `cmd` on every master ([`Self::master_ports`]) and returns each one's answer with
+    /// its port; panics naming the master that failed.
+    pub async fn on_every_master<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Vec<(u16, T)> {
+        let mut out = Vec::new();
+        for port in self.master_ports().await {
+            let mut c = server_conn(port).await;
+            let v: T = cmd
                 .query_async(&mut c)
-                .await;
+                .await
+                .unwrap_or_else(|e| panic!("master {port}: {e}"));
+            out.push((port, v));
+        }
+        out
+    }
+
+    /// Kills every Redis process (their data is lost: no persistence).
+    pub fn stop(&mut self) {
+        match &mut self.backend {
+            Backend::Single(s) => s.stop(),
+            Backend::Cluster(c) => c.stop(),
+            Backend::Sentinel(s) => s.stop(),
+        }
+    }
+
+    /// Ports of the data servers running (masters and replicas).
+    fn server_ports(&self) -> Vec<u16> {
+        match &self.backend {
+            Backend::Single(s) => s.child.iter().map(|_| s.port).collect(),
+            Backend::Cluster(c) => c.live_ports(),
+            Backend::Sentinel(s) => s.server_ports(),
+        }
+    }
+
+    /// Stalls every master for `secs` seconds (`DEBUG SLEEP`, all at once; start it with
+    /// `--enable-debug-command yes`): the returned task ends when every one answers again.
+    /// On a sentinel setup (down after 1 s) a stall of more than a second ends in a failover;
+    /// on a cluster no replica can be elected while every master sleeps.
+    pub fn stall(&self, secs: u64) -> tokio::task::JoinHandle<()> {
+        let single = matches!(self.backend, Backend::Single(_));
+        let servers = self.server_ports();
+        tokio::spawn(async move {
+            let mut sleeps = Vec::new();
+            for port in servers {
+                // Which servers are masters is asked at the stall (a failover may have moved
+                // it); the one server needs no asking.
+                if single || role(port).await.as_deref() == Some("master") {
+                    sleeps.push(debug_sleep(port, secs));
+                }
+            }
+            futures_util::future::join_all(sleeps).await;
         })
     }
 
-    /// Starts it again, empty, on the same port.
+    /// Starts it again, empty, on the same ports (a cluster is created anew; the sentinels
+    /// name the same master again): the same [`Self::node_args`] reach it.
     pub async fn restart(&mut self) {
-        self.stop();
-        self.spawn().await;
+        match &mut self.backend {
+            Backend::Single(s) => {
+                s.stop();
+                s.spawn().await;
+            }
+            Backend::Cluster(c) => c.restart().await,
+            Backend::Sentinel(s) => s.restart().await,
+        }
     }
 }
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        self.stop();
+        // The cluster and the sentinel setup kill their processes on their own drop.
+        if let Backend::Single(s) = &mut self.backend {
+            s.stop();
+        }
+    }
+}
+
+/// `DEBUG SLEEP secs` on one server, answered when it wakes (the response timeout outlasts
+/// the sleep: the default 500 ms would end the wait long before).
+async fn debug_sleep(port: u16, secs: u64) {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(secs + 5)));
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("redis url");
+    let mut c = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("redis connection");
+    let _: redis::RedisResult<()> = redis::cmd("DEBUG")
+        .arg("SLEEP")
+        .arg(secs)
+        .query_async(&mut c)
+        .await;
+}
+
+/// A connection to the one data server on `port` (a master of [`Redis::master_ports`]), for
+/// commands about that server.
+pub async fn server_conn(port: u16) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("redis connection to {port}: {e}"))
+}
+
+/// What [`Redis::conn`] returns: a connection to one server, or a cluster connection.
+#[derive(Clone)]
+pub enum TestConn {
+    /// The one redis-server, or the sentinel setup's master.
+    Server(redis::aio::MultiplexedConnection),
+    /// The cluster, routed by slot.
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for TestConn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            TestConn::Server(c) => c.req_packed_command(cmd),
+            TestConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            TestConn::Server(c) => c.req_packed_commands(pipeline, offset, count),
+            TestConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            TestConn::Server(c) => c.get_db(),
+            TestConn::Cluster(c) => c.get_db(),
+        }
     }
 }
 
@@ -282,7 +619,7 @@ impl Node {
 
     /// Starts a node with extra flags without waiting for readiness.
     pub async fn start_unready_with(redis: &Redis, id: &str, opts: NodeOpts) -> Node {
-        Self::start_on_redis(&single_redis_args(&redis.url()), id, opts).await
+        Self::start_on_redis(&redis.node_args(), id, opts).await
     }
 
     /// Starts a node with the given Redis flags (`--redis-cluster-nodes ...`, `--redis-sentinels
@@ -319,8 +656,9 @@ impl Node {
     }
 
     pub async fn wait_ready(&self) {
+        let limit = RedisKind::from_env().ready_limit(Duration::from_secs(5));
         assert!(
-            ready_within(self.public, Duration::from_secs(5)).await,
+            ready_within(self.public, limit).await,
             "node {} never became ready",
             self.id
         );
@@ -409,7 +747,7 @@ impl NodeProcess {
         port: u16,
         admin: u16,
     ) -> NodeProcess {
-        let args = config_args(&single_redis_args(&redis.url()), id, port, admin, &opts);
+        let args = config_args(&redis.node_args(), id, port, admin, &opts);
         let child = Command::new(env!("CARGO_BIN_EXE_fanout"))
             .args(&args[1..])
             .env("RUST_LOG", "warn")
@@ -423,8 +761,9 @@ impl NodeProcess {
             admin: SocketAddr::from(([127, 0, 0, 1], admin)),
             child: Some(child),
         };
+        let limit = RedisKind::from_env().ready_limit(Duration::from_secs(10));
         assert!(
-            ready_within(p.public, Duration::from_secs(10)).await,
+            ready_within(p.public, limit).await,
             "node process {id} never became ready"
         );
         p

@@ -59,12 +59,19 @@ fn assert_contiguous(offsets: &[u64], last: u64) {
     assert_eq!(offsets, want.as_slice(), "holes, duplicates or disorder");
 }
 
-/// `PUBSUB NUMSUB` of one room's channel: how many nodes follow the room.
+/// How many nodes follow a room: the subscribers of its channel on the master serving it
+/// (`PUBSUB NUMSUB`; on a cluster the nodes subscribe with `SSUBSCRIBE`, counted by
+/// `PUBSUB SHARDNUMSUB` on the master of the channel's slot).
 async fn followers(redis: &Redis, room: &str) -> u64 {
-    let mut c = redis.conn().await;
+    let channel = format!("fanout:{{{room}}}:ch");
+    let numsub = match redis.kind() {
+        RedisKind::Cluster => "SHARDNUMSUB",
+        RedisKind::Single | RedisKind::Sentinel => "NUMSUB",
+    };
+    let mut c = server_conn(redis.master_port_of(&channel).await).await;
     let reply: Vec<Value> = redis::cmd("PUBSUB")
-        .arg("NUMSUB")
-        .arg(format!("fanout:{{{room}}}:ch"))
+        .arg(numsub)
+        .arg(&channel)
         .query_async::<Vec<redis::Value>>(&mut c)
         .await
         .expect("numsub")
@@ -77,23 +84,52 @@ async fn followers(redis: &Redis, room: &str) -> u64 {
     reply.get(1).and_then(Value::as_u64).unwrap_or(0)
 }
 
-/// The subscriber connection of `node` as `CLIENT LIST` shows it: (id, subscriptions).
-async fn subscriber_of(redis: &Redis, node: &str) -> Option<(String, u64)> {
-    let mut c = redis.conn().await;
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query_async(&mut c)
+/// One subscriber connection of a node as `CLIENT LIST` on a master shows it.
+#[derive(Debug)]
+struct Subscriber {
+    /// The master it is connected to.
+    port: u16,
+    /// Its `CLIENT ID`.
+    id: String,
+    /// Channels and shard channels it follows there (`sub` + `ssub`).
+    subs: u64,
+}
+
+/// The subscriber connections of `node` (named `fanout-sub:<node>`) on every master: one on
+/// the one server, one per master with subscriptions on a cluster.
+async fn subscribers_of(redis: &Redis, node: &str) -> Vec<Subscriber> {
+    let name = format!(" name=fanout-sub:{node} ");
+    let mut out = Vec::new();
+    for (port, list) in redis
+        .on_every_master::<String>(redis::cmd("CLIENT").arg("LIST"))
         .await
-        .ok()?;
-    let line = list
-        .lines()
-        .find(|l| l.contains(&format!(" name=fanout-sub:{node} ")))?;
-    let field = |name: &str| {
-        line.split(' ')
-            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-            .map(str::to_owned)
-    };
-    Some((field("id")?, field("sub")?.parse().ok()?))
+    {
+        for line in list.lines().filter(|l| l.contains(&name)) {
+            let field = |key: &str| {
+                line.split(' ')
+                    .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+                    .map(str::to_owned)
+            };
+            let count = |key: &str| field(key).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            if let Some(id) = field("id") {
+                out.push(Subscriber {
+                    port,
+                    id,
+                    subs: count("sub") + count("ssub"),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Everything `node` follows, over all its subscriber connections.
+async fn subscriptions_of(redis: &Redis, node: &str) -> u64 {
+    subscribers_of(redis, node)
+        .await
+        .iter()
+        .map(|s| s.subs)
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,9 +199,18 @@ async fn a_killed_subscriber_connection_catches_up_from_the_log_without_loss_or_
         |n| *n >= 40,
     )
     .await;
-    let (id, subs) = subscriber_of(&redis, "b").await.expect("b's subscriber");
-    assert!(subs >= 3, "canary, user:bob, chat:kill: {subs}");
-    let mut c = redis.conn().await;
+    let subs = subscribers_of(&redis, "b").await;
+    let total: u64 = subs.iter().map(|s| s.subs).sum();
+    assert!(total >= 3, "canary, user:bob, chat:kill: {subs:?}");
+    // The connection that carries the chat's channel (the only one outside a cluster).
+    let master = redis.master_port_of("fanout:{chat:kill}:ch").await;
+    let id = subs
+        .iter()
+        .find(|s| s.port == master)
+        .unwrap_or_else(|| panic!("b has no subscriber on the chat's master {master}: {subs:?}"))
+        .id
+        .clone();
+    let mut c = server_conn(master).await;
     let killed: u64 = redis::cmd("CLIENT")
         .arg("KILL")
         .arg("ID")
@@ -190,8 +235,12 @@ async fn a_killed_subscriber_connection_catches_up_from_the_log_without_loss_or_
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     assert!(filled >= 1.0, "no gap filled:\n{metrics}");
-    let reconnected = subscriber_of(&redis, "b").await.expect("b resubscribed");
-    assert_ne!(reconnected.0, id);
+    let again = subscribers_of(&redis, "b").await;
+    let reconnected = again
+        .iter()
+        .find(|s| s.port == master)
+        .unwrap_or_else(|| panic!("b resubscribed on {master}: {again:?}"));
+    assert_ne!(reconnected.id, id);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,8 +270,15 @@ async fn a_node_unsubscribes_once_its_last_socket_left_and_not_while_one_reconne
     )
     .await;
     assert_eq!(gone, 0, "still subscribed after the last socket left");
-    let (_, subs) = subscriber_of(&redis, "a").await.expect("a's subscriber");
-    assert_eq!(subs, 1, "only the canary channel is left");
+    assert!(
+        !subscribers_of(&redis, "a").await.is_empty(),
+        "a's subscriber"
+    );
+    assert_eq!(
+        subscriptions_of(&redis, "a").await,
+        1,
+        "only the canary channel is left"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,8 +339,11 @@ async fn presence_and_api_publishes_reach_only_the_nodes_with_sockets_in_their_r
         20
     );
     // Node c received none of it: only its canary channel is subscribed, and it applied nothing.
-    let (_, subs) = subscriber_of(&redis, "c").await.expect("c's subscriber");
-    assert_eq!(subs, 1);
+    assert!(
+        !subscribers_of(&redis, "c").await.is_empty(),
+        "c's subscriber"
+    );
+    assert_eq!(subscriptions_of(&redis, "c").await, 1);
     assert_eq!(
         frames_read(&c).await,
         c_before,

@@ -32,6 +32,7 @@ mod outage;
 mod partition;
 mod peer;
 mod presence;
+mod redis_modes;
 mod routing;
 mod scripts;
 mod session;

@@ -222,19 +222,26 @@ async fn paused_under_load(how: Pause) {
             samples
         }
     });
-    // The pause, on a connection of its own that waits for the pause command's answer.
-    let pauser = tokio::spawn({
-        let url = redis.url();
-        async move {
-            tokio::time::sleep(PAUSE_AT).await;
-            let config = redis::AsyncConnectionConfig::new()
-                .set_response_timeout(Some(PAUSE + Duration::from_secs(5)));
-            let mut conn = redis::Client::open(url)
+    // The pause of every master at once (all of the data), each on a connection of its own
+    // that waits for the pause command's answer. On a sentinel setup (down after 1 s) the
+    // sentinels fail the paused master over to its replica: a harder outage, same assertions.
+    let masters = redis.master_ports().await;
+    let paused = masters.clone();
+    let pauser = tokio::spawn(async move {
+        tokio::time::sleep(PAUSE_AT).await;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(PAUSE + Duration::from_secs(5)));
+        let mut conns = Vec::new();
+        for port in paused {
+            let conn = redis::Client::open(format!("redis://127.0.0.1:{port}"))
                 .expect("url")
                 .get_multiplexed_async_connection_with_config(&config)
                 .await
                 .expect("pause connection");
-            let start = Instant::now();
+            conns.push(conn);
+        }
+        let start = Instant::now();
+        let pauses = conns.into_iter().map(|mut conn| async move {
             let r: redis::RedisResult<()> = match how {
                 Pause::DebugSleep => {
                     redis::cmd("DEBUG")
@@ -253,8 +260,9 @@ async fn paused_under_load(how: Pause) {
                 }
             };
             r.expect("pause command");
-            (start, start + PAUSE)
-        }
+        });
+        futures_util::future::join_all(pauses).await;
+        (start, start + PAUSE)
     });
     // One task emits in index order (a spawned task per send could emit out of order): each
     // new send is polled once, queueing its frame, before the next tick adds another.
@@ -275,6 +283,9 @@ async fn paused_under_load(how: Pause) {
     }
     sent.sort_by_key(|s: &Sent| s.i);
     let (pause_start, pause_end) = pauser.await.expect("pauser");
+    // Which servers are masters once the senders are done: another one after a failover.
+    let masters_after = redis.master_ports().await;
+    eprintln!("{how:?}: masters {masters:?} paused, masters {masters_after:?} after the run");
     sampling.cancel();
     let samples = sampler.await.expect("sampler");
 

@@ -202,7 +202,7 @@ async fn cut_from_redis(cut: Duration, ttl_secs: u64) {
     let mut ns = Netns::create();
     let (redis_link, client_link) = (ns.link(), ns.link());
     let redis = redis_on(&redis_link).await;
-    let url = format!("redis://{}:{}", redis_link.root_ip, redis.port);
+    let url = format!("redis://{}:{}", redis_link.root_ip, redis.port());
     let opts = NodeOpts::default().with("presence-ttl-secs", &ttl_secs.to_string());
     let a = NsNode::spawn(&ns, &client_link.ns_ip, &url, "a", &opts).await;
     let b = Node::start_with(&redis, "b", opts).await;
@@ -368,7 +368,7 @@ async fn a_slow_lossy_link_to_redis_keeps_order_and_loses_nothing() {
     let redis = redis_on(&redis_link).await;
     let netem = ns.netem(&redis_link, &["delay", "50ms", "loss", "2%"]);
     let (url, _proxy, how) = if netem {
-        let url = format!("redis://{}:{}", redis_link.root_ip, redis.port);
+        let url = format!("redis://{}:{}", redis_link.root_ip, redis.port());
         (url, None, "tc netem delay 50ms loss 2% (node side)")
     } else {
         ns.lossy(&redis_link.root_ip, 2);
@@ -376,7 +376,7 @@ async fn a_slow_lossy_link_to_redis_keeps_order_and_loses_nothing() {
         let listen = format!("{}:{port}", redis_link.root_ip)
             .parse()
             .expect("addr");
-        let target = format!("127.0.0.1:{}", redis.port).parse().expect("addr");
+        let target = format!("127.0.0.1:{}", redis.port()).parse().expect("addr");
         let proxy = DelayProxy::start(listen, target, Duration::from_millis(25)).await;
         let url = format!("redis://{}:{port}", redis_link.root_ip);
         (
@@ -482,7 +482,7 @@ async fn a_node_that_loses_its_clients_but_keeps_redis_expires_them_once() {
     let mut ns = Netns::create();
     let (redis_link, client_link) = (ns.link(), ns.link());
     let redis = redis_on(&redis_link).await;
-    let url = format!("redis://{}:{}", redis_link.root_ip, redis.port);
+    let url = format!("redis://{}:{}", redis_link.root_ip, redis.port());
     let ttl = NodeOpts::default().with("presence-ttl-secs", "4");
     let opts = ttl
         .clone()

@@ -30,6 +30,22 @@ fn free_port_pair() -> u16 {
     panic!("no free port pair (p, p + 10000)");
 }
 
+/// `n` ports from [`free_port_pair`], all different, none another's bus port: two servers given
+/// one port would leave one of them running outside the children the drop kills.
+fn distinct_port_pairs(n: usize) -> Vec<u16> {
+    let mut ports: Vec<u16> = Vec::with_capacity(n);
+    while ports.len() < n {
+        let p = free_port_pair();
+        if !ports
+            .iter()
+            .any(|&q| q == p || q + 10_000 == p || p + 10_000 == q)
+        {
+            ports.push(p);
+        }
+    }
+    ports
+}
+
 fn spawn_redis(dir: &Path, port: u16, extra: &[&str]) -> Child {
     std::fs::create_dir_all(dir).expect("redis dir");
     Command::new("redis-server")
@@ -133,40 +149,44 @@ fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
         .collect()
 }
 
-/// The cluster flags of every node.
-const CLUSTER_ARGS: [&str; 6] = [
-    "--cluster-enabled",
-    "yes",
-    "--cluster-config-file",
-    "nodes.conf",
-    "--cluster-node-timeout",
-    "2000",
-];
-
 /// 6 cluster nodes (3 masters, 3 replicas), killed on drop.
 pub struct RedisCluster {
     pub ports: Vec<u16>,
     children: HashMap<u16, Child>,
     dir: tempfile::TempDir,
+    /// Arguments every server gets after the harness's own (later ones win).
+    extra: Vec<String>,
 }
 
 impl RedisCluster {
     /// Starts 6 nodes, `redis-cli --cluster create`s them with one replica each, and waits
     /// until every node reports `cluster_state:ok` and knows 6 nodes.
     pub async fn start() -> RedisCluster {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ports: Vec<u16> = (0..6).map(|_| free_port_pair()).collect();
-        let mut children = HashMap::new();
-        for &p in &ports {
-            let child = spawn_redis(&dir.path().join(p.to_string()), p, &CLUSTER_ARGS);
-            children.insert(p, child);
-        }
-        let cluster = RedisCluster {
-            ports,
-            children,
-            dir,
+        Self::start_with(&[]).await
+    }
+
+    /// [`Self::start`] with `extra` arguments for every server (`--enable-debug-command yes`).
+    pub async fn start_with(extra: &[&str]) -> RedisCluster {
+        let mut cluster = RedisCluster {
+            ports: distinct_port_pairs(6),
+            children: HashMap::new(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        for &p in &cluster.ports {
+        cluster.form().await;
+        cluster
+    }
+
+    /// Starts a server on every port, each in an empty directory (no `nodes.conf` of an earlier
+    /// life, which would make it rejoin the old cluster), creates the cluster and waits until
+    /// it is ready.
+    async fn form(&mut self) {
+        for &p in &self.ports {
+            let dir = self.dir.path().join(p.to_string());
+            let _ = std::fs::remove_dir_all(&dir);
+            self.children.insert(p, spawn_redis(&dir, p, &self.args()));
+        }
+        for &p in &self.ports {
             let up = eventually(
                 Duration::from_secs(5),
                 Duration::from_millis(25),
@@ -178,7 +198,7 @@ impl RedisCluster {
         }
         let mut create = tokio::process::Command::new("redis-cli");
         create.arg("--cluster").arg("create");
-        for p in &cluster.ports {
+        for p in &self.ports {
             create.arg(format!("127.0.0.1:{p}"));
         }
         create
@@ -188,7 +208,7 @@ impl RedisCluster {
         let out = tokio::time::timeout(Duration::from_secs(20), create.output())
             .await
             .expect("redis-cli --cluster create within 20 s")
-            .expect("redis-cli runs");
+            .expect("redis-cli on PATH (deploy/install-deps.sh redis-cli)");
         assert!(
             out.status.success(),
             "redis-cli --cluster create: {}",
@@ -197,14 +217,27 @@ impl RedisCluster {
         let ok = eventually(
             Duration::from_secs(15),
             Duration::from_millis(100),
-            || cluster.all_ok(),
+            || self.all_ok(),
             Result::is_ok,
         )
         .await;
         if let Err(e) = ok {
             panic!("the cluster was not ready within 15 s: {e}");
         }
-        cluster
+    }
+
+    /// SIGKILL of every node: the whole cluster is gone, with its data (no persistence).
+    pub fn stop(&mut self) {
+        for (_, mut c) in self.children.drain() {
+            kill(&mut c);
+        }
+    }
+
+    /// [`Self::stop`], then a new, empty cluster on the same ports (so the same seed list still
+    /// finds it), ready as after [`Self::start`]. Which ports become masters may differ.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.form().await;
     }
 
     /// Every node `cluster_state:ok` and knowing 6 nodes, 3 masters with slots and 3
@@ -294,17 +327,28 @@ impl RedisCluster {
             .map(|n| n.port)
     }
 
-    /// SIGKILL of one node.
-    pub fn kill9(&mut self, port: u16) {
-        if let Some(mut c) = self.children.remove(&port) {
-            kill(&mut c);
-        }
+    /// The flags of every server: cluster mode, then the test's `extra`.
+    fn args(&self) -> Vec<&str> {
+        let mut args: Vec<&str> = vec![
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "2000",
+            // A replica's first sync at once instead of after the default 5 s wait for
+            // more replicas to share the transfer (each master has one).
+            "--repl-diskless-sync-delay",
+            "0",
+        ];
+        args.extend(self.extra.iter().map(String::as_str));
+        args
     }
 
     /// Starts a killed node again on its port and directory: it keeps its `nodes.conf`, so it
     /// rejoins the cluster, as a replica of whoever took its slots over.
     pub async fn rejoin(&mut self, port: u16) {
-        let child = spawn_redis(&self.dir.path().join(port.to_string()), port, &CLUSTER_ARGS);
+        let child = spawn_redis(&self.dir.path().join(port.to_string()), port, &self.args());
         self.children.insert(port, child);
         let up = eventually(
             Duration::from_secs(5),
@@ -314,6 +358,13 @@ impl RedisCluster {
         )
         .await;
         assert!(up, "cluster node {port} did not start again");
+    }
+
+    /// SIGKILL of one node.
+    pub fn kill9(&mut self, port: u16) {
+        if let Some(mut c) = self.children.remove(&port) {
+            kill(&mut c);
+        }
     }
 
     /// Waits (at most `limit`) until `replica` is a master serving slots and every live node
@@ -392,46 +443,91 @@ pub struct RedisSentinel {
     servers: HashMap<u16, Child>,
     sentinels: Vec<Child>,
     dir: tempfile::TempDir,
+    /// Arguments the master and the replica get after the harness's own (not the sentinels:
+    /// they take none of a data server's options).
+    extra: Vec<String>,
 }
 
 impl RedisSentinel {
     /// Starts everything and waits until the replica is in sync and every sentinel knows the
     /// master, its replica and the other two sentinels (what a failover needs).
     pub async fn start() -> RedisSentinel {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let free = crate::harness::free_port;
-        let (master_port, replica_port) = (free(), free());
-        let mut servers = HashMap::new();
-        servers.insert(
-            master_port,
-            spawn_redis(&dir.path().join("master"), master_port, &[]),
-        );
-        servers.insert(
-            replica_port,
-            spawn_redis(
-                &dir.path().join("replica"),
-                replica_port,
-                &["--replicaof", "127.0.0.1", &master_port.to_string()],
-            ),
-        );
-        let sentinel_ports: Vec<u16> = (0..3).map(|_| free()).collect();
-        let mut sentinels = Vec::new();
-        for &p in &sentinel_ports {
-            let sdir = dir.path().join(format!("sentinel-{p}"));
+        Self::start_with(&[]).await
+    }
+
+    /// [`Self::start`] with `extra` arguments for the master and the replica
+    /// (`--enable-debug-command yes`).
+    pub async fn start_with(extra: &[&str]) -> RedisSentinel {
+        // Five different ports (two free_port calls may return the same one).
+        let mut ports: Vec<u16> = Vec::with_capacity(5);
+        while ports.len() < 5 {
+            let p = crate::harness::free_port();
+            if !ports.contains(&p) {
+                ports.push(p);
+            }
+        }
+        let mut s = RedisSentinel {
+            master_port: ports[0],
+            replica_port: ports[1],
+            sentinel_ports: ports[2..].to_vec(),
+            servers: HashMap::new(),
+            sentinels: Vec::new(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        s.launch().await;
+        s
+    }
+
+    /// Starts the master, the replica and the sentinels on their ports, each in an empty
+    /// directory (a sentinel rewrites its config with what it learnt: a fresh one forgets an
+    /// earlier life's failovers), and waits until [`Self::ready`].
+    async fn launch(&mut self) {
+        let dir = self.dir.path().to_owned();
+        let (master_port, replica_port) = (self.master_port, self.replica_port);
+        let master_arg = master_port.to_string();
+        // A replica's first sync at once instead of after the default 5 s wait for more
+        // replicas to share the transfer.
+        let no_delay = vec!["--repl-diskless-sync-delay", "0"];
+        let mut replica_args = no_delay.clone();
+        replica_args.extend(["--replicaof", "127.0.0.1", master_arg.as_str()]);
+        let servers = [
+            ("master", master_port, no_delay),
+            ("replica", replica_port, replica_args),
+        ];
+        for (name, port, mut args) in servers {
+            let sdir = dir.join(name);
+            let _ = std::fs::remove_dir_all(&sdir);
+            args.extend(self.extra.iter().map(String::as_str));
+            self.servers.insert(port, spawn_redis(&sdir, port, &args));
+        }
+        // Every sentinel is told its own id, the replica and the other sentinels up front (the
+        // lines a sentinel writes into its config once it has learnt them): discovering them
+        // takes up to 10 s (the master's INFO, read every 10 s, names the replica; hello
+        // messages every 2 s name the sentinels), which every test would wait through.
+        let id = |p: u16| format!("{:0>40x}", p);
+        for &p in &self.sentinel_ports {
+            let sdir = dir.join(format!("sentinel-{p}"));
+            let _ = std::fs::remove_dir_all(&sdir);
             std::fs::create_dir_all(&sdir).expect("sentinel dir");
+            let mut conf_text = format!(
+                "port {p}\nbind 127.0.0.1\ndir {dir}\nsentinel myid {myid}\n\
+                 sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {master_port} 2\n\
+                 sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+                 sentinel failover-timeout {SENTINEL_MASTER} 5000\n\
+                 sentinel parallel-syncs {SENTINEL_MASTER} 1\n\
+                 sentinel known-replica {SENTINEL_MASTER} 127.0.0.1 {replica_port}\n",
+                dir = sdir.display(),
+                myid = id(p),
+            );
+            for &other in self.sentinel_ports.iter().filter(|&&o| o != p) {
+                conf_text.push_str(&format!(
+                    "sentinel known-sentinel {SENTINEL_MASTER} 127.0.0.1 {other} {}\n",
+                    id(other)
+                ));
+            }
             let conf = sdir.join("sentinel.conf");
-            std::fs::write(
-                &conf,
-                format!(
-                    "port {p}\nbind 127.0.0.1\ndir {dir}\n\
-                     sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {master_port} 2\n\
-                     sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
-                     sentinel failover-timeout {SENTINEL_MASTER} 5000\n\
-                     sentinel parallel-syncs {SENTINEL_MASTER} 1\n",
-                    dir = sdir.display()
-                ),
-            )
-            .expect("sentinel.conf");
+            std::fs::write(&conf, conf_text).expect("sentinel.conf");
             let child = Command::new("redis-server")
                 .arg(&conf)
                 .arg("--sentinel")
@@ -439,25 +535,42 @@ impl RedisSentinel {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("redis-server --sentinel");
-            sentinels.push(child);
+            self.sentinels.push(child);
         }
-        let s = RedisSentinel {
-            master_port,
-            replica_port,
-            sentinel_ports,
-            servers,
-            sentinels,
-            dir,
-        };
         let ready = eventually(
             Duration::from_secs(20),
             Duration::from_millis(100),
-            || s.ready(),
+            || self.ready(),
             |&r| r,
         )
         .await;
         assert!(ready, "the sentinel setup was not ready within 20 s");
-        s
+    }
+
+    /// SIGKILL of the sentinels, the master and the replica: everything is gone, with its data
+    /// (no persistence).
+    pub fn stop(&mut self) {
+        for mut c in self.sentinels.drain(..) {
+            kill(&mut c);
+        }
+        for (_, mut c) in self.servers.drain() {
+            kill(&mut c);
+        }
+    }
+
+    /// [`Self::stop`], then everything again on the same ports, empty, the master on
+    /// `master_port` again (so the same sentinel list and master name still find it), ready as
+    /// after [`Self::start`].
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.launch().await;
+    }
+
+    /// Ports of the data servers (master and replica) still running.
+    pub fn server_ports(&self) -> Vec<u16> {
+        let mut p: Vec<u16> = self.servers.keys().copied().collect();
+        p.sort();
+        p
     }
 
     async fn ready(&self) -> bool {

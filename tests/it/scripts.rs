@@ -74,7 +74,7 @@ impl Subscriber {
     }
 }
 
-async fn send(conn: &mut redis::aio::MultiplexedConnection, a: &SendArgs<'_>) -> Sent {
+async fn send(conn: &mut TestConn, a: &SendArgs<'_>) -> Sent {
     let reply = invoke(&chat_send::SCRIPT, conn, chat_send::call(a).unwrap())
         .await
         .unwrap();
@@ -228,20 +228,7 @@ async fn chat_send_publishes_serdes_frame_and_history_reads_the_same_message_bac
 async fn positions_and_ranges_read_what_chat_send_wrote() {
     let redis = Redis::start().await;
     let mut conn = redis.conn().await;
-    let url = redis.url();
-    let settings = fanout::Config::try_from_args([
-        "fanout",
-        "--api-key",
-        "k",
-        "--jwt-secret",
-        "s",
-        "--redis-url",
-        url.as_str(),
-    ])
-    .expect("config")
-    .redis()
-    .expect("redis settings");
-    let store = ChatStore::new(fanout::redis::Redis::new(&settings).unwrap().conn(), 4);
+    let store = ChatStore::new(redis.node_handle().conn(), 4);
     let keys = ChatKeys::new("g");
     let _: () = redis::cmd("SADD")
         .arg(keys.members())

@@ -4,6 +4,12 @@
 //! pass: one line on stderr and one line appended to the skip log, which `make test` clears
 //! before `cargo test` and prints as a summary after it.
 //!
+//! A test that cannot sensibly run on one kind of Redis (`FANOUT_TEST_REDIS`, see
+//! `harness::RedisKind`) — it is about one server's behaviour, or about a client that speaks to
+//! one server — asks [`skip_on_redis`] first and is recorded as skipped on that kind the same
+//! way, with the reason; that is a decision about the test, not a missing tool, so CI skips it
+//! too.
+//!
 //! The skip log is `$FANOUT_SKIP_LOG`, or `target/test-skips.txt` in the repository.
 
 use std::io::Write;
@@ -72,4 +78,20 @@ pub fn require_tools(test: &str, tools: &[&str], hint: &str) -> bool {
     );
     record_skip(test, &reason);
     false
+}
+
+/// True when the tests run against one of `kinds` of Redis (`FANOUT_TEST_REDIS`): the skip is
+/// recorded ([`record_skip`], the reason prefixed with the kind) and the test must return at
+/// once. `why` says why the test cannot run there.
+#[must_use]
+pub fn skip_on_redis(test: &str, kinds: &[crate::harness::RedisKind], why: &str) -> bool {
+    let kind = crate::harness::RedisKind::from_env();
+    if !kinds.contains(&kind) {
+        return false;
+    }
+    record_skip(
+        test,
+        &format!("not run with FANOUT_TEST_REDIS={}: {why}", kind.name()),
+    );
+    true
 }
