@@ -205,6 +205,13 @@ pub fn is_unavailable(e: &redis::RedisError) -> bool {
     use redis::{ErrorKind as K, ServerErrorKind as S};
     e.is_io_error()
         || e.is_timeout()
+        // Redis Cluster with no connection to a slot's master; Sentinel with no master named.
+        || matches!(
+            e.kind(),
+            K::ClusterConnectionNotFound
+                | K::MasterNameNotFoundBySentinel
+                | K::NoValidReplicasFoundBySentinel
+        )
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || matches!(

@@ -331,7 +331,13 @@ impl Loop {
     }
 
     /// Subscribes the canary channel and every registered room on `conn`; returns the rooms.
+    /// On a cluster it also names the connections again (a reconnected one lost its name).
     async fn subscribe_all(&self, conn: &mut SubConn) -> RedisResult<usize> {
+        if let SubConn::Sharded(c) = conn
+            && let Err(e) = c.set_name(&client_name(self.canary.node_id())).await
+        {
+            tracing::debug!(error = %e, "subscriber connections not named");
+        }
         conn.subscribe(std::slice::from_ref(&self.node_channel))
             .await?;
         let rooms = self.interest.rooms();

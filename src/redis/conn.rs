@@ -109,6 +109,8 @@ enum Inner {
     Cluster {
         conn: ClusterConnection,
         map: Arc<SlotMap>,
+        /// The node's response timeout, applied around each call.
+        timeout: Duration,
     },
     Sentinel(Arc<SentinelShared>),
 }
@@ -130,10 +132,14 @@ impl Redis {
                 Inner::Single { conn, addr }
             }
             RedisMode::Cluster { nodes } => {
-                let client = cluster_client(nodes, settings, response_timeout)?;
+                // redis-rs retries a command whose response timed out, which would run a
+                // send that did run twice: its own timeout is set beyond any pause we meet, and
+                // the node's own (`response_timeout`) is applied around each call instead.
+                let inner_timeout = cluster_inner_timeout(response_timeout);
+                let client = cluster_client(nodes, settings, inner_timeout)?;
                 let config = ClusterConfig::new()
                     .set_connection_timeout(CONNECT_TIMEOUT)
-                    .set_response_timeout(response_timeout);
+                    .set_response_timeout(inner_timeout);
                 let conn = client.get_pending_async_connection_with_config(config);
                 let map = Arc::new(SlotMap {
                     ranges: RwLock::new(Vec::new()),
@@ -142,7 +148,11 @@ impl Redis {
                     generation: generation.clone(),
                 });
                 tokio::spawn(watch_cluster(conn.clone(), Arc::downgrade(&map)));
-                Inner::Cluster { conn, map }
+                Inner::Cluster {
+                    conn,
+                    map,
+                    timeout: response_timeout,
+                }
             }
             RedisMode::Sentinel {
                 sentinels,
@@ -199,7 +209,7 @@ impl Redis {
         match &self.shared.conn.inner {
             Inner::Single { conn: _, .. } => single_client_of(&self.shared.settings),
             Inner::Sentinel(s) => s.master_client().await,
-            Inner::Cluster { conn, map } => {
+            Inner::Cluster { conn, map, .. } => {
                 let slot = slot_of(key);
                 if let Some(addr) = map.owner(slot) {
                     return map.client(&addr);
@@ -235,7 +245,7 @@ impl Redis {
                     client,
                 }])
             }
-            Inner::Cluster { conn, map } => {
+            Inner::Cluster { conn, map, .. } => {
                 let ranges = map.refresh(&mut conn.clone()).await?;
                 let mut masters: Vec<Master> = Vec::new();
                 for r in ranges {
@@ -376,7 +386,9 @@ impl ConnectionLike for Conn {
             let start = Instant::now();
             let result = match &mut self.inner {
                 Inner::Single { conn, .. } => conn.req_packed_command(cmd).await,
-                Inner::Cluster { conn, .. } => conn.req_packed_command(cmd).await,
+                Inner::Cluster { conn, timeout, .. } => {
+                    within(*timeout, conn.req_packed_command(cmd)).await
+                }
                 Inner::Sentinel(s) => match s.connection().await {
                     Ok(mut c) => {
                         let result = c.req_packed_command(cmd).await;
@@ -404,14 +416,17 @@ impl ConnectionLike for Conn {
                 Inner::Single { conn, .. } => {
                     conn.req_packed_commands(pipeline, offset, count).await
                 }
-                Inner::Cluster { conn, .. } => {
+                Inner::Cluster { conn, timeout, .. } => {
                     // A transaction (offset > 0) must stay one; an ordinary pipeline whose
                     // commands name keys of several slots is cut per slot (redis-rs refuses it
                     // whole with CROSSSLOT), each part to its master, answers put back in order.
-                    match (offset == 0).then(|| split_by_slot(pipeline)).flatten() {
-                        Some(parts) => run_split(conn, pipeline.len(), parts).await,
-                        None => send_part(conn, pipeline, offset, count).await,
-                    }
+                    let send = async {
+                        match (offset == 0).then(|| split_by_slot(pipeline)).flatten() {
+                            Some(parts) => run_split(conn, pipeline.len(), parts).await,
+                            None => send_part(conn, pipeline, offset, count).await,
+                        }
+                    };
+                    within(*timeout, send).await
                 }
                 Inner::Sentinel(s) => match s.connection().await {
                     Ok(mut c) => {
@@ -463,6 +478,26 @@ fn split_by_slot(pipeline: &Pipeline) -> Option<Vec<(Pipeline, Vec<usize>)>> {
         positions.push(i);
     }
     Some(groups.into_iter().map(|(_, p, at)| (p, at)).collect())
+}
+
+/// The cluster connection's own response timeout: beyond the node's (so that redis-rs, which
+/// retries a timed-out command, never does) and beyond a Redis pause of several seconds.
+fn cluster_inner_timeout(response_timeout: Duration) -> Duration {
+    (response_timeout * 5).max(Duration::from_secs(10))
+}
+
+/// `call`, or a timeout error (`UNAVAILABLE` to callers) once `limit` passed. The call is
+/// dropped, not retried: like on one Redis, a command that timed out may still run.
+async fn within<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = RedisResult<T>>,
+) -> RedisResult<T> {
+    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+        Err(RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "redis command timed out",
+        )))
+    })
 }
 
 /// How often a cluster pipeline (or a part of a cut one) that a master refused for its slot
@@ -702,7 +737,7 @@ fn cluster_builder(
         .retries(6)
         .min_retry_wait(50)
         .max_retry_wait(1000)
-        .overall_response_timeout(Some(response_timeout * 4));
+        .overall_response_timeout(Some(response_timeout));
     if let Some(user) = &settings.username {
         builder = builder.username(user);
     }
@@ -744,6 +779,16 @@ impl ClusterSubscriber {
                 .or_insert_with(|| self.map.owner(slot_of(channel.as_bytes())));
         }
         Ok(())
+    }
+
+    /// `CLIENT SETNAME name` on every connection the cluster connection holds now (redis-rs
+    /// sends it to every node): operators find a node's subscriber connections by name.
+    pub async fn set_name(&mut self, name: &str) -> RedisResult<()> {
+        redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(name)
+            .query_async(&mut self.conn)
+            .await
     }
 
     /// `PING` through the cluster connection (a probe of its masters).
