@@ -121,6 +121,9 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+# A command that fails under set -e says where (a run must never end without a word).
+set -E
+trap 'say "failed (status $?) at line $LINENO: $BASH_COMMAND"' ERR
 
 # A free port below the usual ephemeral range (32768+) not handed out yet, in FREE_PORT (not
 # echoed: a $(...) subshell would lose USED_PORTS). Cluster bus ports are drawn the same way.
@@ -327,7 +330,7 @@ keyspace() {
     else
         chans=$(rc "$p" pubsub channels | grep -c . || true)
     fi
-    rc "$p" --scan --count 1000 | LC_ALL=C awk -v port="$p" -v dbsize="$(rc "$p" dbsize)" -v chans="$chans" '
+    rc "$p" --scan | LC_ALL=C awk -v port="$p" -v dbsize="$(rc "$p" dbsize)" -v chans="$chans" '
         /^fanout:\{chat:/ { chat++; k = $0; sub(/\{chat:[^}]*\}/, "{chat:*}", k); sub(/:dedup:.*/, ":dedup:*", k); sub(/:idem:.*/, ":idem:*", k); pat[k]++; next }
         /^user:\{/ { user++; k = $0; sub(/\{[^}]*\}/, "{*}", k); pat[k]++; next }
         /^presence:deadlines:/ { pd++; pdkeys = pdkeys " " $0; pat["presence:deadlines:{pd*}"]++; next }
@@ -379,7 +382,7 @@ wait "$TIMEOUT_PID" || gen_status=$?
 cat "$WORK"/node-*.log | sed 's/\x1b\[[0-9;]*m//g' | grep -E 'WARN|ERROR' >"$WORK/node-warn.txt" || true
 node_warn_count=$(wc -l <"$WORK/node-warn.txt")
 # Distinct messages: the timestamp and span prefix cut off, the first 12 kept.
-node_warn_samples=$(sed -E 's/^[^ ]+ +//' "$WORK/node-warn.txt" | cut -c1-300 | sort | uniq -c | sort -rn |
+node_warn_samples=$(sed -E 's/^[[:space:]]*[0-9T:.-]+Z[[:space:]]+//' "$WORK/node-warn.txt" | cut -c1-300 | sort | uniq -c | sort -rn |
     head -12 | jq -R . | jq -s .)
 
 # ---- figures
