@@ -12,11 +12,11 @@ if [[ ${1:-} == --spread ]]; then spread=1; shift; fi
 [[ $# -ge 1 ]] || { echo "usage: bench/redis-modes-table.sh [--spread] <result.json>..." >&2; exit 2; }
 if ((spread)); then
     jq -s -r '
-        "| run | master | keys (DBSIZE) | chat keys | user keys | presence keys | presence deadline buckets | (shard) channels | commands per msg | command µs per msg (nested twice) | CPU µs per msg | CPU % of a core |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run (results written, UTC) | master | chats | keys (DBSIZE) | chat keys | user keys | presence keys | presence deadline buckets | (shard) channels | commands per msg | command µs per msg (nested twice) | CPU µs per msg | CPU % of a core |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         (.[] | select(.config.mode == "cluster") | . as $run
-         | (.redis.masters[] | "| \($run.started_utc) r\($run.config.rate) w\($run.config.wait_replicas) | \(.port) | \(.dbsize) | \(.keys.chat) | \(.keys.user) | \(.keys.presence) | \(.keys.presence_deadlines) | \(.channels) | \(.calls_per_msg_all) | \(.usec_per_msg_all_nested_twice) | \(.cpu_us_per_msg) | \(.cpu_pct_of_core) |"),
-           (.redis.skew_max_over_mean as $s | "| skew max/mean | | \($s.dbsize) | \($s.chat_keys) | \($s.user_keys) | \($s.presence_keys) | \($s.presence_deadline_buckets) | \($s.channels) | \($s.calls) | \($s.usec) | \($s.cpu) | |"))
+         | (.redis.masters[] | "| \($run.started_utc) r\($run.config.rate) w\($run.config.wait_replicas) | \(.port) | \(.patterns["fanout:{chat:*}:meta"] // 0) | \(.dbsize) | \(.keys.chat) | \(.keys.user) | \(.keys.presence) | \(.keys.presence_deadlines) | \(.channels) | \(.calls_per_msg_all) | \(.usec_per_msg_all_nested_twice) | \(.cpu_us_per_msg) | \(.cpu_pct_of_core) |"),
+           (.redis.skew_max_over_mean as $s | "| skew max/mean | | \([$run.redis.masters[] | .patterns["fanout:{chat:*}:meta"] // 0] | (max / (add / length) * 1000 | round / 1000)) | \($s.dbsize) | \($s.chat_keys) | \($s.user_keys) | \($s.presence_keys) | \($s.presence_deadline_buckets) | \($s.channels) | \($s.calls) | \($s.usec) | \($s.cpu) | |"))
     ' "$@"
     exit 0
 fi

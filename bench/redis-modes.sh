@@ -382,7 +382,7 @@ wait "$TIMEOUT_PID" || gen_status=$?
 cat "$WORK"/node-*.log | sed 's/\x1b\[[0-9;]*m//g' | grep -E 'WARN|ERROR' >"$WORK/node-warn.txt" || true
 node_warn_count=$(wc -l <"$WORK/node-warn.txt")
 # Distinct messages: the timestamp and span prefix cut off, the first 12 kept.
-node_warn_samples=$(sed -E 's/^[[:space:]]*[0-9T:.-]+Z[[:space:]]+//' "$WORK/node-warn.txt" | cut -c1-300 | sort | uniq -c | sort -rn |
+node_warn_samples=$(sed -E 's/^[[:space:]]*(node=[^ ]+ +)?[0-9T:.-]+Z[[:space:]]+//' "$WORK/node-warn.txt" | cut -c1-300 | sort | uniq -c | sort -rn |
     head -12 | jq -R . | jq -s .)
 
 # ---- figures
