@@ -72,6 +72,25 @@ async fn works_again_within(conn: &Conn, key: &str, limit: Duration) -> Option<D
     None
 }
 
+/// `GET key` through `conn`, retried until it answers (at most [`FAILOVER_BOUND`]).
+async fn read_again(conn: &Conn, key: &str) -> Option<String> {
+    eventually(
+        FAILOVER_BOUND,
+        Duration::from_millis(100),
+        || {
+            let mut c = conn.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(3), c.get::<_, String>(key))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+        },
+        |v| v.is_some(),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_conn_routes_by_slot_and_follows_a_reshard() {
     if !require_tools(
@@ -229,21 +248,7 @@ async fn cluster_conn_keeps_working_after_a_master_is_killed() {
 
     cluster.kill9(master);
     let t = Instant::now();
-    let read = eventually(
-        FAILOVER_BOUND,
-        Duration::from_millis(100),
-        || {
-            let mut c = conn.clone();
-            async move {
-                tokio::time::timeout(Duration::from_secs(3), c.get::<_, String>(key))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-            }
-        },
-        |v| v.is_some(),
-    )
-    .await;
+    let read = read_again(&conn, key).await;
     eprintln!(
         "cluster: the killed master's keys were readable again after {:?}",
         t.elapsed()
@@ -318,21 +323,7 @@ async fn sentinel_conn_finds_the_master_and_follows_a_failover() {
 
     sentinel.kill_master();
     let t = Instant::now();
-    let read = eventually(
-        FAILOVER_BOUND,
-        Duration::from_millis(100),
-        || {
-            let mut c = conn.clone();
-            async move {
-                tokio::time::timeout(Duration::from_secs(3), c.get::<_, String>("k"))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-            }
-        },
-        |v| v.is_some(),
-    )
-    .await;
+    let read = read_again(&conn, "k").await;
     eprintln!(
         "sentinel: the connection answered again after {:?}",
         t.elapsed()
