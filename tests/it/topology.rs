@@ -404,6 +404,30 @@ async fn a_node_on_sentinel_delivers_chat_messages() {
     // The master dies; the sentinels promote the replica. Both nodes find it (commands, the
     // subscriber, the listener) without a restart: sends are accepted again and delivered
     // once, in order, and both nodes are ready again.
+    // Replication is asynchronous: the test is about the nodes following the failover, not
+    // about what a replica that lags loses, so the replica first has the chat and the message.
+    let replicated = eventually(
+        FAILOVER_BOUND,
+        Duration::from_millis(50),
+        || async {
+            let member: Option<bool> = topo::query(
+                sentinel.replica_port,
+                redis::cmd("SISMEMBER")
+                    .arg("fanout:{chat:room}:members")
+                    .arg("bob"),
+            )
+            .await;
+            let logged: Option<u64> = topo::query(
+                sentinel.replica_port,
+                redis::cmd("XLEN").arg("fanout:{chat:room}:log"),
+            )
+            .await;
+            member == Some(true) && logged == Some(1)
+        },
+        |&done| done,
+    )
+    .await;
+    assert!(replicated, "the replica has the chat and its message");
     let mut sentinel = sentinel;
     sentinel.kill_master();
     assert!(
