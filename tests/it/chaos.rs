@@ -5,7 +5,8 @@
 //! stalled (`DEBUG SLEEP 5`), and a reconnect storm of STORM clients (default 20 000) after the
 //! loss of every node. After each fault every ACCEPTED message must be with every member exactly
 //! once and without offset holes (live or recovered), and presence must show exactly one event
-//! per transition. Prints a summary table.
+//! per transition. Prints a summary table. The Redis failover phases (issue 18: a Cluster master
+//! or the Sentinel master killed) are in `chaos_failover.rs`.
 //!
 //! Long: runs only with `CHAOS=1` or in CI (`CI=true`); `deploy/chaos.sh` runs it alone with a
 //! release build: `CHAOS=1 cargo test --release --test it chaos -- --nocapture`.
