@@ -196,8 +196,10 @@ impl StoreError for redis::RedisError {
 }
 
 /// True for errors that mean "Redis is not reachable or not serving right now" (the
-/// connection failed, dropped or timed out; the server is loading, failing over or read-only),
-/// as opposed to an error in what we sent (a script or type error: our bug, `INTERNAL`).
+/// connection failed, dropped or timed out; the server is loading, failing over or read-only;
+/// on a Cluster, a slot still redirected (`MOVED`/`ASK`) after the connection's retries, or no
+/// connection to its master: its owner is changing, and a refused slot ran nothing), as opposed
+/// to an error in what we sent (a script or type error: our bug, `INTERNAL`).
 ///
 /// A timeout is ambiguous — the command may have run — which is why retries of `chat:send`
 /// carry a `clientMsgId`.
@@ -218,7 +220,13 @@ pub fn is_unavailable(e: &redis::RedisError) -> bool {
             e.kind(),
             K::Io
                 | K::Server(
-                    S::BusyLoading | S::TryAgain | S::ClusterDown | S::MasterDown | S::ReadOnly
+                    S::BusyLoading
+                        | S::TryAgain
+                        | S::ClusterDown
+                        | S::MasterDown
+                        | S::ReadOnly
+                        | S::Moved
+                        | S::Ask
                 )
         )
 }
@@ -226,6 +234,23 @@ pub fn is_unavailable(e: &redis::RedisError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slot_redirected_past_the_retries_is_unavailable_not_internal() {
+        // What a chat:send got during a Cluster failover before the promotion: the replica's
+        // MOVED to the dead master, still there after the pipeline's retries.
+        let moved = redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::Moved),
+            "An error was signalled by the server",
+            "7469 127.0.0.1:10299".to_owned(),
+        ));
+        assert!(is_unavailable(&moved));
+        let script = redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+            "ERR Error running script",
+        ));
+        assert!(!is_unavailable(&script));
+    }
 
     #[test]
     fn failure_ack_has_the_protocol_shape() {

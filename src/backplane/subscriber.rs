@@ -53,6 +53,11 @@ pub const RESYNC_AFTER: [std::time::Duration; 3] = [
     std::time::Duration::from_millis(10_000),
 ];
 
+/// Probes in a row without an answer after which a Redis Cluster subscriber is reopened: more
+/// than a master's failover takes to show (its subscriptions then move by themselves), few
+/// enough that a wedged connection costs seconds, not a presence TTL.
+pub const PROBES_BEFORE_REOPEN: u32 = 3;
+
 /// How soon a sync follows a gap fill or an offset read that failed.
 pub const RETRY_FILL_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -203,9 +208,9 @@ pub async fn run(
         let mut ping = tokio::time::interval(PING_INTERVAL);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Cluster: syncs still to come after a disruption, and the topology last seen.
-        let mut resyncs: Vec<tokio::time::Instant> = Vec::new();
+        let mut resyncs: Vec<Resync> = Vec::new();
         let mut generation = loop_state.redis.topology_generation();
-        let mut probe_failed = false;
+        let mut probe_failures = 0u32;
         loop {
             if overflow.swap(false, Ordering::SeqCst) {
                 loop_state.sync(loop_state.interest.followed_chats()).await;
@@ -213,23 +218,34 @@ pub async fn run(
             let now = tokio::time::Instant::now();
             if std::mem::take(&mut loop_state.resync_wanted) {
                 let soon = now + RETRY_FILL_AFTER;
-                if resyncs.first().is_none_or(|&at| at > soon) {
-                    resyncs.insert(0, soon);
+                if resyncs.first().is_none_or(|r| r.at > soon) {
+                    resyncs.insert(
+                        0,
+                        Resync {
+                            at: soon,
+                            resubscribe: false,
+                        },
+                    );
                 }
             }
-            if resyncs.first().is_some_and(|&at| at <= now) {
-                resyncs.retain(|&at| at > now);
-                // redis-rs may have replaced a master's connection without its subscriptions
-                // (seen after a failover, on masters that did not fail): subscribing again is
-                // a no-op where they are still in place.
-                if let Err(e) = loop_state.subscribe_all(&mut probe).await {
+            if resyncs.first().is_some_and(|r| r.at <= now) {
+                let resubscribe = resyncs.iter().any(|r| r.at <= now && r.resubscribe);
+                resyncs.retain(|r| r.at > now);
+                // After a disruption of the cluster (not after a failed gap fill, whose
+                // subscriptions are fine): redis-rs may have replaced a master's connection
+                // without its subscriptions (seen after a failover, on masters that did not
+                // fail); subscribing again is a no-op where they are still in place.
+                if resubscribe && let Err(e) = loop_state.subscribe_all(&mut probe).await {
                     crate::metrics::redis_error("subscribe", &e);
-                    tracing::warn!(error = %e, "resubscription failed; retried at the next resync");
+                    tracing::warn!(
+                        error = %e,
+                        "resubscription failed; retried at the next resync"
+                    );
                     schedule_resyncs(&mut resyncs);
                 }
                 loop_state.sync(loop_state.interest.followed_chats()).await;
             }
-            let next_resync = resyncs.first().copied();
+            let next_resync = resyncs.first().map(|r| r.at);
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = async {
@@ -257,11 +273,19 @@ pub async fn run(
                     // only a command that goes unanswered tells.
                     if let Err(e) = probe.ping().await {
                         crate::metrics::redis_error("subscriber_ping", &e);
-                        if !sharded {
+                        probe_failures += 1;
+                        // One connection: it is gone. A cluster connection: one master may be
+                        // failing over (the others still deliver), but a few probes in a row
+                        // unanswered mean redis-rs's connection wedged (seen on the shared
+                        // connection after a master's kill under load): open a new one.
+                        if !sharded || probe_failures >= PROBES_BEFORE_REOPEN {
+                            tracing::warn!(
+                                failures = probe_failures,
+                                "subscriber probe unanswered; reopening the subscriber"
+                            );
                             break;
                         }
-                        probe_failed = true;
-                    } else if std::mem::take(&mut probe_failed) {
+                    } else if std::mem::take(&mut probe_failures) > 0 {
                         schedule_resyncs(&mut resyncs);
                     }
                     let seen = loop_state.redis.topology_generation();
@@ -287,10 +311,20 @@ pub async fn run(
 }
 
 /// Plans the syncs of [`RESYNC_AFTER`] from now (replacing any still to come).
-fn schedule_resyncs(resyncs: &mut Vec<tokio::time::Instant>) {
+fn schedule_resyncs(resyncs: &mut Vec<Resync>) {
     let now = tokio::time::Instant::now();
     resyncs.clear();
-    resyncs.extend(RESYNC_AFTER.iter().map(|d| now + *d));
+    resyncs.extend(RESYNC_AFTER.iter().map(|d| Resync {
+        at: now + *d,
+        resubscribe: true,
+    }));
+}
+
+/// A planned sync of every followed chat, after a disruption of the cluster (which subscribes
+/// every room again first) or after a gap fill that could not read the log (which does not).
+struct Resync {
+    at: tokio::time::Instant,
+    resubscribe: bool,
 }
 
 struct Loop {

@@ -5,7 +5,7 @@
 //! | mode | [`Conn`] | [`Redis::client_for_key`] | [`Redis::masters`] |
 //! |---|---|---|---|
 //! | one Redis | a `ConnectionManager` (reconnects by itself) | that Redis | that Redis |
-//! | Cluster | redis-rs's `cluster_async::ClusterConnection` (slot routing, `MOVED`/`ASK`, replica promotion) | the master owning the key's slot now | every master, with its slots |
+//! | Cluster | redis-rs's `cluster_async::ClusterConnection` (slot routing, `MOVED`/`ASK`, replica promotion), replaced when it stops answering | the master owning the key's slot now | every master, with its slots |
 //! | Sentinel | a `ConnectionManager` to the master the sentinels name, replaced when they name another | the current master | the current master |
 //!
 //! A dedicated connection (a blocking `XREAD`, a subscriber) is opened from a [`Client`] that
@@ -14,8 +14,9 @@
 //! the owner asks again (its connection fails, or [`Redis::topology_generation`] moved on).
 //!
 //! Every mode watches its topology in the background (every [`TOPOLOGY_POLL`]): Cluster mode
-//! keeps the slot map [`Redis::client_for_key`] reads, Sentinel mode asks the sentinels for the
-//! master; a change is counted (`fanout_redis_topology_changes_total`) and logged.
+//! keeps the slot map [`Redis::client_for_key`] reads (and replaces a cluster connection that
+//! stopped answering, see `ClusterConn`), Sentinel mode asks the sentinels for the master; a
+//! change is counted (`fanout_redis_topology_changes_total`) and logged.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -107,7 +108,7 @@ enum Inner {
         addr: Arc<str>,
     },
     Cluster {
-        conn: ClusterConnection,
+        conn: Arc<ClusterConn>,
         map: Arc<SlotMap>,
         /// The node's response timeout, applied around each call.
         timeout: Duration,
@@ -137,17 +138,14 @@ impl Redis {
                 // the node's own (`response_timeout`) is applied around each call instead.
                 let inner_timeout = cluster_inner_timeout(response_timeout);
                 let client = cluster_client(nodes, settings, inner_timeout)?;
-                let config = ClusterConfig::new()
-                    .set_connection_timeout(CONNECT_TIMEOUT)
-                    .set_response_timeout(inner_timeout);
-                let conn = client.get_pending_async_connection_with_config(config);
+                let conn = Arc::new(ClusterConn::new(client, inner_timeout));
                 let map = Arc::new(SlotMap {
                     ranges: RwLock::new(Vec::new()),
                     seeds: nodes.clone(),
                     settings: settings.clone(),
                     generation: generation.clone(),
                 });
-                tokio::spawn(watch_cluster(conn.clone(), Arc::downgrade(&map)));
+                tokio::spawn(watch_cluster(Arc::downgrade(&conn), Arc::downgrade(&map)));
                 Inner::Cluster {
                     conn,
                     map,
@@ -214,7 +212,7 @@ impl Redis {
                 if let Some(addr) = map.owner(slot) {
                     return map.client(&addr);
                 }
-                map.refresh(&mut conn.clone()).await?;
+                map.refresh(&mut conn.get()).await?;
                 let addr = map.owner(slot).ok_or_else(|| {
                     RedisError::from((
                         ErrorKind::Server(ServerErrorKind::ClusterDown),
@@ -246,7 +244,7 @@ impl Redis {
                 }])
             }
             Inner::Cluster { conn, map, .. } => {
-                let ranges = map.refresh(&mut conn.clone()).await?;
+                let ranges = map.refresh(&mut conn.get()).await?;
                 let mut masters: Vec<Master> = Vec::new();
                 for r in ranges {
                     match masters.iter_mut().find(|m| m.addr == *r.addr) {
@@ -345,7 +343,7 @@ impl Conn {
             Inner::Cluster { conn, .. } => {
                 let route = Route::with_slot(Slot::for_key(key), SlotAddr::Master);
                 let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
-                conn.route_command(cmd, routing).await?
+                conn.get().route_command(cmd, routing).await?
             }
             _ => self.req_packed_command(&cmd).await?,
         };
@@ -387,7 +385,7 @@ impl ConnectionLike for Conn {
             let result = match &mut self.inner {
                 Inner::Single { conn, .. } => conn.req_packed_command(cmd).await,
                 Inner::Cluster { conn, timeout, .. } => {
-                    within(*timeout, conn.req_packed_command(cmd)).await
+                    within(*timeout, conn.get().req_packed_command(cmd)).await
                 }
                 Inner::Sentinel(s) => match s.connection().await {
                     Ok(mut c) => {
@@ -420,10 +418,11 @@ impl ConnectionLike for Conn {
                     // A transaction (offset > 0) must stay one; an ordinary pipeline whose
                     // commands name keys of several slots is cut per slot (redis-rs refuses it
                     // whole with CROSSSLOT), each part to its master, answers put back in order.
+                    let conn = conn.get();
                     let send = async {
                         match (offset == 0).then(|| split_by_slot(pipeline)).flatten() {
-                            Some(parts) => run_split(conn, pipeline.len(), parts).await,
-                            None => send_part(conn, pipeline, offset, count).await,
+                            Some(parts) => run_split(&conn, pipeline.len(), parts).await,
+                            None => send_part(&conn, pipeline, offset, count).await,
                         }
                     };
                     within(*timeout, send).await
@@ -977,13 +976,90 @@ fn parse_cluster_slots(value: Value, default_host: &str) -> RedisResult<Vec<Slot
     Ok(out)
 }
 
-async fn watch_cluster(mut conn: ClusterConnection, map: Weak<SlotMap>) {
-    loop {
-        let Some(map) = map.upgrade() else { return };
-        if let Err(e) = map.refresh(&mut conn).await {
-            tracing::debug!(error = %e, "redis cluster slot map not read");
+/// The shared command connection of Cluster mode, replaceable: redis-rs's cluster connection
+/// can wedge for good after a master's failover under load (redis 1.8: its slot-refresh
+/// recovery waits for the lock of its connection map while an in-flight request it no longer
+/// polls holds that lock, and from then on no command is sent to any master). [`watch_cluster`]
+/// replaces it with a fresh one when it stops answering.
+struct ClusterConn {
+    current: RwLock<ClusterConnection>,
+    client: ClusterClient,
+    response_timeout: Duration,
+}
+
+impl ClusterConn {
+    fn new(client: ClusterClient, response_timeout: Duration) -> ClusterConn {
+        ClusterConn {
+            current: RwLock::new(Self::connect(&client, response_timeout)),
+            client,
+            response_timeout,
         }
-        drop(map);
+    }
+
+    /// A connection that connects in the background (commands wait for it).
+    fn connect(client: &ClusterClient, response_timeout: Duration) -> ClusterConnection {
+        let config = ClusterConfig::new()
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_response_timeout(response_timeout);
+        client.get_pending_async_connection_with_config(config)
+    }
+
+    /// The current connection (a clone).
+    fn get(&self) -> ClusterConnection {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the connection: commands in flight on the old one finish or fail on their
+    /// timeout, and its task ends with the last of them.
+    fn replace(&self) {
+        let fresh = Self::connect(&self.client, self.response_timeout);
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+    }
+}
+
+/// How long the watcher's `CLUSTER SLOTS` may take (it answers in microseconds, and any live
+/// master can answer it, also during a failover).
+const WATCH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Consecutive unanswered watches after which the cluster connection is taken as wedged and
+/// replaced: a few seconds, well inside a presence TTL, so that no user expires for it.
+const WEDGED_AFTER: u32 = 3;
+
+/// Every [`TOPOLOGY_POLL`]: reads the slot map through the shared connection, and replaces that
+/// connection after [`WEDGED_AFTER`] reads in a row got no answer (a wedged connection answers
+/// nothing again; if the whole cluster is away instead, a fresh connection costs nothing).
+async fn watch_cluster(conn: Weak<ClusterConn>, map: Weak<SlotMap>) {
+    let mut unanswered = 0u32;
+    loop {
+        let (Some(conn), Some(map)) = (conn.upgrade(), map.upgrade()) else {
+            return;
+        };
+        let mut c = conn.get();
+        match tokio::time::timeout(WATCH_TIMEOUT, map.refresh(&mut c)).await {
+            Ok(Ok(_)) => unanswered = 0,
+            Ok(Err(e)) => {
+                unanswered += 1;
+                tracing::debug!(error = %e, "redis cluster slot map not read");
+            }
+            Err(_) => {
+                unanswered += 1;
+                tracing::debug!("redis cluster slot map not read: timed out");
+            }
+        }
+        if unanswered >= WEDGED_AFTER {
+            tracing::warn!(
+                unanswered,
+                "redis cluster connection answered nothing; replaced by a new one"
+            );
+            conn.replace();
+            unanswered = 0;
+        }
+        drop((c, conn, map));
         tokio::time::sleep(TOPOLOGY_POLL).await;
     }
 }

@@ -747,11 +747,37 @@ impl NodeProcess {
         port: u16,
         admin: u16,
     ) -> NodeProcess {
-        let args = config_args(&redis.node_args(), id, port, admin, &opts);
+        Self::spawn_with_redis_args(&redis.node_args(), id, opts, port, admin).await
+    }
+
+    /// Starts a node process with the given Redis flags (`--redis-cluster-nodes ...`,
+    /// `--redis-sentinels ... --redis-sentinel-master ...`) on the given ports and waits until
+    /// it is ready.
+    pub async fn spawn_with_redis_args(
+        redis_args: &[String],
+        id: &str,
+        opts: NodeOpts,
+        port: u16,
+        admin: u16,
+    ) -> NodeProcess {
+        let args = config_args(redis_args, id, port, admin, &opts);
+        // The node logs to stdout: dropped, unless FANOUT_NODE_LOGS names a directory to keep
+        // them in (`<id>-<port>.log`, at the level of FANOUT_NODE_RUST_LOG, default warn), for
+        // looking into a failed chaos run.
+        let stdout = match std::env::var_os("FANOUT_NODE_LOGS") {
+            Some(dir) => {
+                let path = Path::new(&dir).join(format!("{id}-{port}.log"));
+                Stdio::from(std::fs::File::create(&path).expect("node log file"))
+            }
+            None => Stdio::null(),
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_fanout"))
             .args(&args[1..])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .env(
+                "RUST_LOG",
+                std::env::var("FANOUT_NODE_RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
+            .stdout(stdout)
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn fanout binary");

@@ -13,6 +13,7 @@ mod bad_input;
 mod bench;
 mod canary;
 mod chaos;
+mod chaos_failover;
 mod chat;
 mod drain;
 mod hostile;

@@ -381,6 +381,20 @@ impl RedisCluster {
         eventually(limit, Duration::from_millis(100), done, |&d| d).await
     }
 
+    /// Waits (at most `limit`) until the cluster is whole again: every node up and
+    /// `cluster_state:ok`, 3 masters and 3 replicas, every replica's link up (after a
+    /// [`Self::rejoin`], so that `WAIT 1` on the promoted master can succeed). `Err` says what
+    /// was still missing.
+    pub async fn wait_whole(&self, limit: Duration) -> Result<(), String> {
+        eventually(
+            limit,
+            Duration::from_millis(100),
+            || self.all_ok(),
+            Result::is_ok,
+        )
+        .await
+    }
+
     async fn live_ok(&self) -> bool {
         for p in self.live_ports() {
             let info: Option<String> = query(p, redis::cmd("CLUSTER").arg("INFO")).await;
@@ -637,6 +651,32 @@ impl RedisSentinel {
         if let Some(mut c) = self.servers.remove(&self.master_port) {
             kill(&mut c);
         }
+    }
+
+    /// Starts the killed master again, empty, on its port as a replica of the promoted one
+    /// (what an operator or a restarting pod does; the sentinels would also turn it into one),
+    /// and waits (at most `limit`) until the new master sees its link up, so that `WAIT 1`
+    /// can succeed again; true when it happened.
+    pub async fn rejoin_old_master(&mut self, limit: Duration) -> bool {
+        let (old, new) = (self.master_port, self.replica_port);
+        let child = spawn_redis(
+            &self.dir.path().join("master"),
+            old,
+            &["--replicaof", "127.0.0.1", &new.to_string()],
+        );
+        self.servers.insert(old, child);
+        let linked = || async {
+            let info: Option<String> = query(new, redis::cmd("INFO").arg("replication")).await;
+            info.is_some_and(|i| {
+                i.contains("role:master")
+                    && i.lines().any(|l| {
+                        l.starts_with("slave0:")
+                            && l.contains(&format!("port={old},"))
+                            && l.contains("state=online")
+                    })
+            })
+        };
+        eventually(limit, Duration::from_millis(100), linked, |&l| l).await
     }
 
     /// Waits (at most `limit`) until every sentinel names the replica as master and it
