@@ -792,8 +792,6 @@ impl Drop for Doomed {
 /// dies right after the user's only node, its promoted replica expires the key and the node's
 /// listener on it (or the sweep) still turns it into exactly one `presence:offline` (`expired`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky under load: in 2 of about 7 runs on the busy 2-core machine no presence:offline \
-            came within 40 s (docs/protocol.md Part II section 12); run with --ignored"]
 async fn presence_expiry_on_a_cluster_survives_the_death_of_the_users_master() {
     if !require_tools(
         "topology::presence_expiry_on_a_cluster_survives_the_death_of_the_users_master",
