@@ -25,7 +25,8 @@
 -- ARGV[14] = the frame JSON after the epoch's characters
 --
 -- returns {'forbidden'}                                      sender is not a member
---      or {'dup', messageId, offset, epoch, createdAt}        same (sender, clientMsgId) seen: first ACK again, nothing published
+--      or {'dup', messageId, offset, epoch, createdAt}        same (sender, clientMsgId) seen: first ACK again, nothing
+--                                                             published (the record's expiry is rewritten unchanged)
 --      or {'new', messageId, offset, epoch, createdAt}        appended to history and published
 --
 -- offset is a decimal string in both replies.
@@ -53,6 +54,13 @@ if dedup then
   if prev then
     local o, e, id, at = string.match(prev, '^(%d+) (%S*) (%S+) (%S+)$')
     if o and e == epoch then
+      -- A write of its own (the record's expiry set again to what it was) moves this
+      -- connection's replication offset past the first attempt's writes, so that a WAIT after
+      -- this repeat confirms the first attempt too, whichever connection made it.
+      local ttl = redis.call('PTTL', KEYS[4])
+      if ttl > 0 then
+        redis.call('PEXPIRE', KEYS[4], ttl)
+      end
       return {'dup', id, o, e, at}
     end
   end

@@ -9,12 +9,20 @@
 --
 -- returns {'new', id}        published now
 --      or {'repeat', id}     the key was used before: nothing published, the first id returned
+--                            (the marker's expiry is rewritten unchanged)
 --
 -- The marker and the channel share the room's hash tag, so the check, the record and the
 -- publish happen in one atomic step: a node dying half-way cannot leave a publish that a retry
 -- would repeat, nor a key that blocks every retry of a publish that never went out.
 local previous = redis.call('GET', KEYS[1])
 if previous then
+  -- A write of its own (the marker's expiry set again to what it was) moves this connection's
+  -- replication offset past the first publish's writes, so that a WAIT after this repeat
+  -- confirms the first publish too, whichever connection made it.
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then
+    redis.call('PEXPIRE', KEYS[1], ttl)
+  end
   return {'repeat', previous}
 end
 redis.call(ARGV[3], KEYS[2], ARGV[4])

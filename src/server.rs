@@ -132,8 +132,13 @@ pub async fn run(
     // Redis Cluster: sharded pub/sub, so that a frame travels only through the master of its
     // room's slot (classic PUBLISH goes to every node of the cluster).
     let wait = &redis_settings.wait;
+    let confirm = crate::redis::Confirm {
+        conn: redis.confirmed_conn(),
+        replicas: wait.replicas,
+        timeout: wait.timeout,
+    };
     let mut backplane =
-        Backplane::new(conn.clone(), node_id.to_string()).with_wait(wait.replicas, wait.timeout);
+        Backplane::new(conn.clone(), node_id.to_string()).with_wait(confirm.clone());
     if cluster {
         backplane = backplane.sharded();
     }
@@ -149,7 +154,7 @@ pub async fn run(
     if cluster {
         chats = chats.with_publish(crate::redis::scripts::chat_send::PublishCommand::Spublish);
     }
-    chats = chats.with_wait(wait.replicas, wait.timeout);
+    chats = chats.with_wait(confirm);
     let presence = Presence::new(
         conn.clone(),
         backplane.clone(),

@@ -165,8 +165,8 @@ pub struct Backplane {
     conn: Conn,
     node_id: String,
     publish_command: &'static str,
-    /// `REDIS_WAIT_REPLICAS` and `REDIS_WAIT_TIMEOUT_MS` for idempotent publishes (0: none).
-    wait: (u32, std::time::Duration),
+    /// `REDIS_WAIT_REPLICAS` > 0: how idempotent publishes are confirmed.
+    confirm: Option<crate::redis::Confirm>,
 }
 
 impl Backplane {
@@ -177,15 +177,15 @@ impl Backplane {
             conn,
             node_id,
             publish_command: "PUBLISH",
-            wait: (0, std::time::Duration::ZERO),
+            confirm: None,
         }
     }
 
     /// The same publisher confirming every idempotent publish ([`Self::publish_once`]) with
     /// `WAIT replicas timeout` (`REDIS_WAIT_REPLICAS`): a repeat after a master's failover then
     /// finds the record instead of publishing again.
-    pub fn with_wait(mut self, replicas: u32, timeout: std::time::Duration) -> Self {
-        self.wait = (replicas, timeout);
+    pub fn with_wait(mut self, confirm: crate::redis::Confirm) -> Self {
+        self.confirm = (confirm.replicas > 0).then_some(confirm);
         self
     }
 
@@ -259,17 +259,14 @@ impl Backplane {
             self.publish_command,
             frame::Frame::to_json(&self.node_id, first_actions)?,
         );
-        let mut conn = self.conn.clone();
-        let (replicas, timeout) = self.wait;
-        let reply = if replicas == 0 {
-            scripts::invoke(&publish_once::SCRIPT, &mut conn, call).await?
-        } else {
+        let reply = if let Some(confirm) = &self.confirm {
+            let (mut conn, replicas) = (confirm.conn.clone(), confirm.replicas);
             let (reply, confirmed) = scripts::invoke_then_wait(
                 &publish_once::SCRIPT,
                 &mut conn,
                 call,
                 replicas,
-                timeout,
+                confirm.timeout,
             )
             .await?;
             if confirmed < replicas {
@@ -279,6 +276,9 @@ impl Backplane {
                 });
             }
             reply
+        } else {
+            let mut conn = self.conn.clone();
+            scripts::invoke(&publish_once::SCRIPT, &mut conn, call).await?
         };
         let once = publish_once::parse(&reply)?;
         if !once.new {
@@ -292,6 +292,7 @@ impl Backplane {
                     .arg(frame::Frame::to_json(&self.node_id, actions)?)
                     .ignore();
             }
+            let mut conn = self.conn.clone();
             crate::metrics::redis_op("publish_pipeline", pipe.query_async::<()>(&mut conn)).await?;
         }
         Ok((once.id, true))

@@ -169,9 +169,9 @@ impl Chats {
     /// The same service answering `ACCEPTED` only once `replicas` Redis replicas confirmed the
     /// message within `timeout` (`REDIS_WAIT_REPLICAS`, `REDIS_WAIT_TIMEOUT_MS`); else the
     /// ACK is `UNAVAILABLE` and a retry with the same `clientMsgId` finds the first message.
-    pub fn with_wait(self, replicas: u32, timeout: std::time::Duration) -> Self {
+    pub fn with_wait(self, confirm: crate::redis::Confirm) -> Self {
         Chats {
-            store: self.store.with_wait(replicas, timeout),
+            store: self.store.with_wait(confirm),
             ..self
         }
     }

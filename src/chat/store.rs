@@ -21,6 +21,7 @@ use crate::redis::Conn;
 
 use crate::error::DomainError;
 use crate::metrics::redis_op;
+use crate::redis::Confirm;
 use crate::redis::keys::{self, ChatKeys};
 use crate::redis::scripts::{self, chat_history, chat_send};
 
@@ -31,8 +32,8 @@ use super::ChatMessage;
 pub struct ChatStore {
     conn: Conn,
     history_maxlen: u64,
-    /// `REDIS_WAIT_REPLICAS` and `REDIS_WAIT_TIMEOUT_MS` (0: no `WAIT`).
-    wait: (u32, std::time::Duration),
+    /// `REDIS_WAIT_REPLICAS` > 0: how accepted sends are confirmed.
+    confirm: Option<Confirm>,
 }
 
 /// Where a chat's sequence stands ([`ChatStore::positions`]).
@@ -51,14 +52,14 @@ impl ChatStore {
         ChatStore {
             conn,
             history_maxlen,
-            wait: (0, std::time::Duration::ZERO),
+            confirm: None,
         }
     }
 
     /// The same store confirming every accepted send with `WAIT replicas timeout`.
-    pub fn with_wait(self, replicas: u32, timeout: std::time::Duration) -> Self {
+    pub fn with_wait(self, confirm: Confirm) -> Self {
         ChatStore {
-            wait: (replicas, timeout),
+            confirm: (confirm.replicas > 0).then_some(confirm),
             ..self
         }
     }
@@ -193,14 +194,19 @@ impl ChatStore {
         args: &chat_send::SendArgs<'_>,
     ) -> Result<chat_send::Sent, DomainError> {
         let call = chat_send::call(args)?;
-        let mut conn = self.conn.clone();
-        let (replicas, timeout) = self.wait;
-        if replicas == 0 {
+        let Some(Confirm {
+            conn,
+            replicas,
+            timeout,
+        }) = &self.confirm
+        else {
+            let mut conn = self.conn.clone();
             let reply = scripts::invoke(&chat_send::SCRIPT, &mut conn, call).await?;
             return Ok(chat_send::parse(&reply)?);
-        }
+        };
+        let (replicas, mut conn) = (*replicas, conn.clone());
         let (reply, confirmed) =
-            scripts::invoke_then_wait(&chat_send::SCRIPT, &mut conn, call, replicas, timeout)
+            scripts::invoke_then_wait(&chat_send::SCRIPT, &mut conn, call, replicas, *timeout)
                 .await?;
         let sent = chat_send::parse(&reply)?;
         // A refusal wrote nothing to confirm.

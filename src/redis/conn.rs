@@ -89,6 +89,8 @@ pub struct Redis {
 struct Shared {
     settings: RedisSettings,
     conn: Conn,
+    /// The connection of writes confirmed with `WAIT` (`REDIS_WAIT_REPLICAS` > 0).
+    confirmed: Option<Conn>,
     /// Bumped on every topology change seen (a promoted master, moved slots).
     generation: Arc<AtomicU64>,
 }
@@ -116,15 +118,18 @@ enum Inner {
     Sentinel(Arc<SentinelShared>),
 }
 
-impl Redis {
-    /// Builds the handle and its command connection. No I/O happens here: a node starts (and
-    /// reports not ready) while Redis is away. Must run inside a tokio runtime: the topology
-    /// watcher is spawned here and stops when the last clone of the handle and its [`Conn`]s
-    /// are gone.
-    pub fn new(settings: &RedisSettings) -> RedisResult<Redis> {
-        let generation = Arc::new(AtomicU64::new(0));
+impl Inner {
+    /// A command connection for `settings`. `generation` is bumped (and the change counted) on
+    /// every topology change this connection's watcher sees; `None` for a second connection
+    /// whose changes the first one counts. `map`: the slot map to share with that first one
+    /// (Cluster).
+    fn build(
+        settings: &RedisSettings,
+        generation: Option<Arc<AtomicU64>>,
+        map: Option<Arc<SlotMap>>,
+    ) -> RedisResult<Inner> {
         let response_timeout = response_timeout(settings);
-        let inner = match &settings.mode {
+        Ok(match &settings.mode {
             RedisMode::Single(url) => {
                 let client = single_client(url, settings)?;
                 let addr: Arc<str> = addr_of(&client).into();
@@ -139,11 +144,13 @@ impl Redis {
                 let inner_timeout = cluster_inner_timeout(response_timeout);
                 let client = cluster_client(nodes, settings, inner_timeout)?;
                 let conn = Arc::new(ClusterConn::new(client, inner_timeout));
-                let map = Arc::new(SlotMap {
-                    ranges: RwLock::new(Vec::new()),
-                    seeds: nodes.clone(),
-                    settings: settings.clone(),
-                    generation: generation.clone(),
+                let map = map.unwrap_or_else(|| {
+                    Arc::new(SlotMap {
+                        ranges: RwLock::new(Vec::new()),
+                        seeds: nodes.clone(),
+                        settings: settings.clone(),
+                        generation: generation.unwrap_or_default(),
+                    })
                 });
                 tokio::spawn(watch_cluster(Arc::downgrade(&conn), Arc::downgrade(&map)));
                 Inner::Cluster {
@@ -163,16 +170,44 @@ impl Redis {
                     *db,
                     settings,
                     response_timeout,
-                    generation.clone(),
+                    generation,
                 )?);
                 tokio::spawn(watch_sentinel(Arc::downgrade(&shared)));
                 Inner::Sentinel(shared)
             }
+        })
+    }
+}
+
+impl Redis {
+    /// Builds the handle and its command connection. No I/O happens here: a node starts (and
+    /// reports not ready) while Redis is away. Must run inside a tokio runtime: the topology
+    /// watcher is spawned here and stops when the last clone of the handle and its [`Conn`]s
+    /// are gone.
+    pub fn new(settings: &RedisSettings) -> RedisResult<Redis> {
+        let generation = Arc::new(AtomicU64::new(0));
+        let conn = Conn {
+            inner: Inner::build(settings, Some(generation.clone()), None)?,
+        };
+        // WAIT blocks the connection it runs on until the replicas confirm or the timeout
+        // passes: confirmed writes get a connection of their own, so that a lagging or missing
+        // replica holds up only them, not every other command of the node to that master.
+        let confirmed = if settings.wait.replicas > 0 {
+            let map = match &conn.inner {
+                Inner::Cluster { map, .. } => Some(map.clone()),
+                _ => None,
+            };
+            Some(Conn {
+                inner: Inner::build(settings, None, map)?,
+            })
+        } else {
+            None
         };
         Ok(Redis {
             shared: Arc::new(Shared {
                 settings: settings.clone(),
-                conn: Conn { inner },
+                conn,
+                confirmed,
                 generation,
             }),
         })
@@ -191,6 +226,16 @@ impl Redis {
     /// The shared command connection (a clone).
     pub fn conn(&self) -> Conn {
         self.shared.conn.clone()
+    }
+
+    /// The connection for writes followed by `WAIT` (`REDIS_WAIT_REPLICAS` > 0): a second
+    /// command connection, so that a `WAIT` blocks only the confirmed writes queued behind it.
+    /// The shared connection when no write is confirmed.
+    pub fn confirmed_conn(&self) -> Conn {
+        self.shared
+            .confirmed
+            .clone()
+            .unwrap_or_else(|| self.shared.conn.clone())
     }
 
     /// How many topology changes this handle has seen: an owner of a dedicated connection
@@ -1081,7 +1126,8 @@ struct SentinelShared {
     rediscovering: AtomicBool,
     response_timeout: Duration,
     db: i64,
-    generation: Arc<AtomicU64>,
+    /// Bumped on a master change; `None` on a second connection (the first counts it).
+    generation: Option<Arc<AtomicU64>>,
 }
 
 impl SentinelShared {
@@ -1091,7 +1137,7 @@ impl SentinelShared {
         db: u32,
         settings: &RedisSettings,
         response_timeout: Duration,
-        generation: Arc<AtomicU64>,
+        generation: Option<Arc<AtomicU64>>,
     ) -> RedisResult<SentinelShared> {
         let addrs = sentinels
             .iter()
@@ -1185,8 +1231,8 @@ impl SentinelShared {
         if let Ok(mut current) = self.current.write() {
             *current = Some(next.clone());
         }
-        if let Some(p) = previous {
-            self.generation.fetch_add(1, Ordering::Relaxed);
+        if let (Some(p), Some(generation)) = (previous, &self.generation) {
+            generation.fetch_add(1, Ordering::Relaxed);
             crate::metrics::redis_topology_change("sentinel");
             tracing::warn!(from = %p.addr, to = %next.addr, "redis sentinel master changed");
         }

@@ -12,6 +12,19 @@ pub mod scripts;
 
 pub use conn::{ClusterSubscriber, Conn, Master, Redis, slot_of, wait_reply};
 
+/// How writes that must survive a master's death are confirmed (`REDIS_WAIT_REPLICAS` > 0):
+/// run on `conn` ([`Redis::confirmed_conn`], a connection of their own), each followed by
+/// `WAIT replicas timeout` in the same pipeline.
+#[derive(Clone)]
+pub struct Confirm {
+    /// The connection the write and its `WAIT` run on.
+    pub conn: Conn,
+    /// Replicas that must have the write.
+    pub replicas: u32,
+    /// How long `WAIT` waits for them.
+    pub timeout: std::time::Duration,
+}
+
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;

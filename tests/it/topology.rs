@@ -979,3 +979,99 @@ async fn nodes_follow_a_reshard_of_a_chats_slot_while_messages_flow() {
 async fn alice_again(node: &Node) -> fanout_client::Client {
     connect(&node.url(), "alice").await
 }
+
+/// With `REDIS_WAIT_REPLICAS=1`, a retry that finds the first attempt's dedup record is
+/// `ACCEPTED` only once a replica has that first attempt, also when the retry goes through
+/// another node, whose confirmed-write connection never wrote the message (the repeat rewrites
+/// the record's expiry, so its `WAIT` covers everything before it on the master; Redis 7.0 was
+/// seen to move a connection's offset on a read-only script too, so this test passes without
+/// that rewrite as well: it checks the contract, not the rewrite). The replica is held with
+/// `DEBUG SLEEP`: connected, acknowledging nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_through_another_node_is_accepted_only_once_a_replica_has_the_message() {
+    if !require_tools(
+        "topology::a_retry_through_another_node_is_accepted_only_once_a_replica_has_the_message",
+        topo::TOOLS,
+        topo::HINT,
+    ) {
+        return;
+    }
+    let sentinel = RedisSentinel::start_with(&["--enable-debug-command", "yes"]).await;
+    let args: Vec<String> = [
+        "--redis-sentinels",
+        &sentinel.sentinels(),
+        "--redis-sentinel-master",
+        SENTINEL_MASTER,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let opts = NodeOpts::default()
+        .with("redis-wait-replicas", "1")
+        .with("redis-wait-timeout-ms", "300");
+    let a = Node::start_on_redis(&args, "a", opts.clone()).await;
+    let b = Node::start_on_redis(&args, "b", opts).await;
+    for n in [&a, &b] {
+        assert!(
+            ready_within(n.public, Duration::from_secs(10)).await,
+            "node ready"
+        );
+    }
+    a.create_chat("room", &["alice", "bob"]).await;
+    let alice_a = connect(&a.url(), "alice").await;
+    let alice_b = connect(&b.url(), "alice").await;
+    let mut bob = connect(&b.url(), "bob").await;
+    let warm = ack(
+        &alice_a,
+        "chat:send",
+        json!({"chatId": "room", "content": "warm", "clientMsgId": "warm"}),
+    )
+    .await;
+    assert_eq!(warm["status"], "ACCEPTED", "{warm}");
+    assert_eq!(
+        bob.wait_for("chat:message", WAIT).await.expect("warm")["offset"],
+        1
+    );
+    // The replica sleeps 4 s: still connected, it confirms nothing meanwhile.
+    let replica = sentinel.replica_port;
+    // (Its answer comes after the query's 2 s timeout: whether it sleeps shows in the retry.)
+    tokio::spawn(async move {
+        topo::query::<String>(replica, redis::cmd("DEBUG").arg("SLEEP").arg(4)).await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let send = |c: &'static str| json!({"chatId": "room", "content": "kept", "clientMsgId": c});
+    let first = ack(&alice_a, "chat:send", send("k")).await;
+    assert_eq!(first["status"], "FAILED", "{first}");
+    assert_eq!(first["error"]["code"], "UNAVAILABLE", "{first}");
+    // Through node b, whose confirmed connection has written nothing: not confirmed either.
+    let retry = ack(&alice_b, "chat:send", send("k")).await;
+    assert_eq!(
+        retry["status"], "FAILED",
+        "retry while unconfirmed: {retry}"
+    );
+    assert_eq!(retry["error"]["code"], "UNAVAILABLE", "{retry}");
+    let deadline = Instant::now() + FAILOVER_BOUND;
+    let accepted = loop {
+        let r = ack(&alice_b, "chat:send", send("k")).await;
+        if r["status"] == "ACCEPTED" || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(accepted["status"], "ACCEPTED", "{accepted}");
+    assert_eq!(
+        accepted["offset"], 2,
+        "the first attempt's offset: {accepted}"
+    );
+    let m = bob.wait_for("chat:message", WAIT).await.expect("delivered");
+    assert_eq!(
+        (m["offset"].clone(), m["clientMsgId"].clone()),
+        (json!(2), json!("k"))
+    );
+    assert!(
+        bob.wait_for("chat:message", Duration::from_secs(1))
+            .await
+            .is_none(),
+        "one message, not two"
+    );
+}
