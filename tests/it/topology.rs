@@ -1021,12 +1021,20 @@ async fn a_retry_through_another_node_is_accepted_only_once_a_replica_has_the_me
     let alice_a = connect(&a.url(), "alice").await;
     let alice_b = connect(&b.url(), "alice").await;
     let mut bob = connect(&b.url(), "bob").await;
-    let warm = ack(
-        &alice_a,
-        "chat:send",
-        json!({"chatId": "room", "content": "warm", "clientMsgId": "warm"}),
-    )
-    .await;
+    // Until the replica has synced, nothing is confirmed: retried like a client would.
+    let deadline = Instant::now() + FAILOVER_BOUND;
+    let warm = loop {
+        let r = ack(
+            &alice_a,
+            "chat:send",
+            json!({"chatId": "room", "content": "warm", "clientMsgId": "warm"}),
+        )
+        .await;
+        if r["status"] == "ACCEPTED" || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(warm["status"], "ACCEPTED", "{warm}");
     assert_eq!(
         bob.wait_for("chat:message", WAIT).await.expect("warm")["offset"],
