@@ -434,23 +434,11 @@ async fn a_node_on_sentinel_delivers_chat_messages() {
         sentinel.wait_failover(FAILOVER_BOUND).await,
         "the sentinels promoted the replica"
     );
-    let deadline = Instant::now() + FAILOVER_BOUND;
-    let accepted = loop {
-        let sent = ack(
-            &alice,
-            "chat:send",
-            json!({"chatId": "room", "content": "after", "clientMsgId": "after-failover"}),
-        )
-        .await;
-        if sent["status"] == "ACCEPTED" {
-            break sent;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no ACCEPTED within {FAILOVER_BOUND:?} of the failover: {sent}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let accepted = send_until_accepted(
+        &alice,
+        json!({"chatId": "room", "content": "after", "clientMsgId": "after-failover"}),
+    )
+    .await;
     let m = bob
         .wait_for("chat:message", Duration::from_secs(15))
         .await
@@ -550,13 +538,8 @@ async fn nodes_on_a_cluster_deliver_chats_of_every_master_through_a_failover() {
         .await
         .expect("the master has a replica");
     cluster.kill9(victim);
-    let send_two = || {
-        ack(
-            &alice,
-            "chat:send",
-            json!({"chatId": victim_chat, "content": "two", "clientMsgId": "after-kill"}),
-        )
-    };
+    let two = json!({"chatId": victim_chat, "content": "two", "clientMsgId": "after-kill"});
+    let send_two = || ack(&alice, "chat:send", two.clone());
     let refused = send_two().await;
     assert_eq!(refused["status"], "FAILED", "{refused}");
     assert_eq!(refused["error"]["code"], "UNAVAILABLE", "{refused}");
@@ -570,18 +553,7 @@ async fn nodes_on_a_cluster_deliver_chats_of_every_master_through_a_failover() {
         "no replica to confirm: {refused}"
     );
     cluster.rejoin(victim).await;
-    let deadline = Instant::now() + FAILOVER_BOUND;
-    let accepted = loop {
-        let sent = send_two().await;
-        if sent["status"] == "ACCEPTED" {
-            break sent;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no ACCEPTED within {FAILOVER_BOUND:?} of the rejoin: {sent}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let accepted = send_until_accepted(&alice, two.clone()).await;
     assert_eq!(
         accepted["offset"], 2,
         "one message, whatever the retries: {accepted}"
@@ -1022,20 +994,11 @@ async fn a_retry_through_another_node_is_accepted_only_once_a_replica_has_the_me
     let alice_b = connect(&b.url(), "alice").await;
     let mut bob = connect(&b.url(), "bob").await;
     // Until the replica has synced, nothing is confirmed: retried like a client would.
-    let deadline = Instant::now() + FAILOVER_BOUND;
-    let warm = loop {
-        let r = ack(
-            &alice_a,
-            "chat:send",
-            json!({"chatId": "room", "content": "warm", "clientMsgId": "warm"}),
-        )
-        .await;
-        if r["status"] == "ACCEPTED" || Instant::now() > deadline {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(warm["status"], "ACCEPTED", "{warm}");
+    send_until_accepted(
+        &alice_a,
+        json!({"chatId": "room", "content": "warm", "clientMsgId": "warm"}),
+    )
+    .await;
     assert_eq!(
         bob.wait_for("chat:message", WAIT).await.expect("warm")["offset"],
         1
@@ -1058,15 +1021,7 @@ async fn a_retry_through_another_node_is_accepted_only_once_a_replica_has_the_me
         "retry while unconfirmed: {retry}"
     );
     assert_eq!(retry["error"]["code"], "UNAVAILABLE", "{retry}");
-    let deadline = Instant::now() + FAILOVER_BOUND;
-    let accepted = loop {
-        let r = ack(&alice_b, "chat:send", send("k")).await;
-        if r["status"] == "ACCEPTED" || Instant::now() > deadline {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(accepted["status"], "ACCEPTED", "{accepted}");
+    let accepted = send_until_accepted(&alice_b, send("k")).await;
     assert_eq!(
         accepted["offset"], 2,
         "the first attempt's offset: {accepted}"
@@ -1082,4 +1037,24 @@ async fn a_retry_through_another_node_is_accepted_only_once_a_replica_has_the_me
             .is_none(),
         "one message, not two"
     );
+}
+
+/// `chat:send` of `payload` (with its `clientMsgId`) again every 200 ms until it is
+/// `ACCEPTED`, as a client retries an `UNAVAILABLE`; fails the test after [`FAILOVER_BOUND`].
+async fn send_until_accepted(
+    c: &fanout_client::Client,
+    payload: serde_json::Value,
+) -> serde_json::Value {
+    let deadline = Instant::now() + FAILOVER_BOUND;
+    loop {
+        let sent = ack(c, "chat:send", payload.clone()).await;
+        if sent["status"] == "ACCEPTED" {
+            return sent;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{payload}: no ACCEPTED within {FAILOVER_BOUND:?}: {sent}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
