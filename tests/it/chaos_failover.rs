@@ -41,7 +41,7 @@ use serde_json::{Value, json};
 use crate::bench::{Bench, num};
 use crate::chaos::{LOAD, LOAD_CLIENTS, LOAD_ROOM, Row, Seen, count, enabled, phase};
 use crate::harness::*;
-use crate::redis_topology::{self as topo, RedisCluster, RedisSentinel, SENTINEL_MASTER};
+use crate::redis_topology::{self as topo, RedisCluster, RedisSentinel};
 use crate::skip::{record_skip, require_tools};
 
 const TEST: &str = "chaos_failover::chaos_redis_failover_loses_nothing_confirmed";
@@ -467,12 +467,7 @@ async fn sentinel_failover(rows: &mut Vec<Row>, presence: &mut Vec<PresenceRow>)
     let started = Instant::now();
     let name = "sentinel-failover";
     let mut sentinel = RedisSentinel::start().await;
-    let args: Vec<String> = vec![
-        "--redis-sentinels".to_owned(),
-        sentinel.sentinels(),
-        "--redis-sentinel-master".to_owned(),
-        SENTINEL_MASTER.to_owned(),
-    ];
+    let args = sentinel.node_args();
     let mut gw = Gateway::start(&args, 1).await;
     // One master holds everything, the observer's channel too.
     let users = ["obssf", "staysf", "gonesf", "newsf"].map(str::to_owned);

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use fanout::{Config, Listeners};
 
-use crate::redis_topology::{RedisCluster, RedisSentinel, SENTINEL_MASTER, role};
+use crate::redis_topology::{RedisCluster, RedisSentinel, role};
 use fanout_client::{Client, ConnectOptions};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -284,12 +284,7 @@ impl Redis {
         match &self.backend {
             Backend::Single(s) => single_redis_args(&s.url()),
             Backend::Cluster(c) => vec!["--redis-cluster-nodes".to_owned(), c.seeds()],
-            Backend::Sentinel(s) => vec![
-                "--redis-sentinels".to_owned(),
-                s.sentinels(),
-                "--redis-sentinel-master".to_owned(),
-                SENTINEL_MASTER.to_owned(),
-            ],
+            Backend::Sentinel(s) => s.node_args(),
         }
     }
 

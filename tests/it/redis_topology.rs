@@ -629,6 +629,16 @@ impl RedisSentinel {
             .join(",")
     }
 
+    /// A node's flags for this setup (`--redis-sentinels … --redis-sentinel-master …`).
+    pub fn node_args(&self) -> Vec<String> {
+        vec![
+            "--redis-sentinels".to_owned(),
+            self.sentinels(),
+            "--redis-sentinel-master".to_owned(),
+            SENTINEL_MASTER.to_owned(),
+        ]
+    }
+
     /// The master port the first sentinel that answers names.
     pub async fn current_master(&self) -> Option<u16> {
         for &p in &self.sentinel_ports {

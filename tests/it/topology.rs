@@ -370,15 +370,7 @@ async fn a_node_on_sentinel_delivers_chat_messages() {
         return;
     }
     let sentinel = RedisSentinel::start().await;
-    let args: Vec<String> = [
-        "--redis-sentinels",
-        &sentinel.sentinels(),
-        "--redis-sentinel-master",
-        SENTINEL_MASTER,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = sentinel.node_args();
     let a = Node::start_on_redis(&args, "a", NodeOpts::default()).await;
     let b = Node::start_on_redis(&args, "b", NodeOpts::default()).await;
     assert!(
@@ -969,15 +961,7 @@ async fn a_retry_through_another_node_is_accepted_only_once_a_replica_has_the_me
         return;
     }
     let sentinel = RedisSentinel::start_with(&["--enable-debug-command", "yes"]).await;
-    let args: Vec<String> = [
-        "--redis-sentinels",
-        &sentinel.sentinels(),
-        "--redis-sentinel-master",
-        SENTINEL_MASTER,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = sentinel.node_args();
     let opts = NodeOpts::default()
         .with("redis-wait-replicas", "1")
         .with("redis-wait-timeout-ms", "300");
