@@ -4,6 +4,9 @@
 # usage: bench/send-script-cost.sh [N] [SUBSCRIBERS] [PUBLISH|SPUBLISH]
 #        BEFORE=1 bench/send-script-cost.sh [N]   the script of commit 2ace6fe (before issue 17:
 #                                                  XADD to the shard stream, shard-tagged keys)
+#        PREV=1 bench/send-script-cost.sh [N] [SUBSCRIBERS] [PUBLISH|SPUBLISH]
+#                                                  the script of commit dc4f5d6 (six-field log
+#                                                  entries, EXPIRE on every append, GET + SET)
 #
 # Starts a private redis-server (no persistence) on a free port, puts 10 members in chat c1,
 # subscribes SUBSCRIBERS redis-cli clients to the chat's channel, sends 3000 messages to fill the
@@ -32,6 +35,9 @@ until $C ping >/dev/null 2>&1; do sleep 0.1; done
 if [ -n "${BEFORE:-}" ]; then
   SHA=$($C script load "$(git -C "$ROOT" show 2ace6fe:lua/chat_send.lua)")
   T='fanout:{s3}:chat:c1'
+elif [ -n "${PREV:-}" ]; then
+  SHA=$($C script load "$(git -C "$ROOT" show dc4f5d6:lua/chat_send.lua)")
+  T='fanout:{chat:c1}'
 else
   SHA=$($C script load "$(cat "$ROOT/lua/chat_send.lua")")
   T='fanout:{chat:c1}'
@@ -45,6 +51,11 @@ for _ in $(seq "$SUBS"); do
 done
 CONTENT='{"s":3,"q":12345,"t":1234567890123,"p":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}'
 ESC=${CONTENT//\"/\\\"}
+# The log entry (one field `m`): the message as JSON, as chat_send.rs builds it.
+ENTRY='{"id":"0193a4b2-1c2d-7e3f-8a9b-0c1d2e3f4a5b","senderId":"u1","clientMsgId":"k-1","type":"text","content":"'$ESC'","createdAt":"2026-12-06T12:00:00.000Z"}'
+# The refresh period of the log's TTL (R = 60 s for HISTORY_TTL_SECS 86400): the first call of a
+# period also runs EXPIRE and HSET, as in a node.
+PERIOD=$(( $(date +%s) / 60 ))
 HEAD='{"n":"node-1","e":[{"emit":{"rooms":["chat:c1"],"event":"chat:message","data":{"id":"0193a4b2-1c2d-7e3f-8a9b-0c1d2e3f4a5b","chatId":"c1","senderId":"u1","clientMsgId":"k-1","type":"text","content":"'$ESC'","createdAt":"2026-12-06T12:00:00.000Z","offset":'
 send() {
   if [ -n "${BEFORE:-}" ]; then
@@ -55,10 +66,18 @@ send() {
       >/dev/null
     return
   fi
+  if [ -n "${PREV:-}" ]; then
+    redis-benchmark -p "$PORT" -c 4 -n "$1" -r 1000000000 -q \
+      EVALSHA "$SHA" 5 "$T:members" "$T:meta" "$T:log" "$T:dedup:u1|k-__rand_int__" "$T:ch" \
+      u1 0193a4b2-1c2d-7e3f-8a9b-0c1d2e3f4a5b k-__rand_int__ text "$CONTENT" \
+      2026-12-06T12:00:00.000Z ab12cd34 1000 86400 86400 "$PUBCMD" "$HEAD" ',"epoch":"' '"}}]}' \
+      >/dev/null
+    return
+  fi
   redis-benchmark -p "$PORT" -c 4 -n "$1" -r 1000000000 -q \
     EVALSHA "$SHA" 5 "$T:members" "$T:meta" "$T:log" "$T:dedup:u1|k-__rand_int__" "$T:ch" \
-    u1 0193a4b2-1c2d-7e3f-8a9b-0c1d2e3f4a5b k-__rand_int__ text "$CONTENT" \
-    2026-12-06T12:00:00.000Z ab12cd34 1000 86400 86400 "$PUBCMD" "$HEAD" ',"epoch":"' '"}}]}' \
+    u1 0193a4b2-1c2d-7e3f-8a9b-0c1d2e3f4a5b k-__rand_int__ 2026-12-06T12:00:00.000Z ab12cd34 \
+    1000 86460 "$PERIOD" 86400 "$PUBCMD" "$ENTRY" "$HEAD" ',"epoch":"' '"}}]}' \
     >/dev/null
 }
 send 3000
@@ -67,4 +86,4 @@ send "$N"
 $C pubsub numsub "$T:ch" | tail -1 | sed 's/^/channel subscribers (PUBSUB NUMSUB): /'
 $C pubsub shardnumsub "$T:ch" | tail -1 | sed 's/^/shard channel subscribers (PUBSUB SHARDNUMSUB): /'
 echo "N=$N subscribers=$SUBS publish=$PUBCMD history_len=$($C xlen "$T:log")"
-$C info commandstats | grep -E '^cmdstat_(evalsha|sismember|hget|get|hset|hincrby|xadd|expire|set|publish|spublish):'
+$C info commandstats | grep -E '^cmdstat_(evalsha|sismember|hget|hmget|get|hset|hincrby|xadd|expire|set|publish|spublish):'

@@ -3,14 +3,18 @@
 (docs/benchmarks.md, "What the after figures say").
 
 usage: bench/send-script-paced.py PORT N GAP_SECONDS
+       PREV=1 bench/send-script-paced.py PORT N GAP_SECONDS   the ARGV of commit dc4f5d6's script
 
 Needs a redis-server on 127.0.0.1:PORT with the script loaded and the sender a member:
     SHA=$(redis-cli -p PORT script load "$(cat lua/chat_send.lua)")
     redis-cli -p PORT sadd 'fanout:{chat:c1}:members' u1
 then `redis-cli -p PORT config resetstat`, this script, and `redis-cli -p PORT info
-commandstats` (cmdstat_evalsha usec_per_call). The SHA is read from SHA in the environment.
+commandstats` (cmdstat_evalsha usec_per_call). The SHA is read from SHA in the environment; with
+PREV=1 the calls carry the ARGV of the script before the packed log entry (load
+`git show dc4f5d6:lua/chat_send.lua` then).
 Raw RESP over a socket, so no client library is needed; each call waits for its reply.
 """
+import json
 import os
 import socket
 import sys
@@ -23,6 +27,10 @@ content = '{"s":3,"q":12345,"t":1234567890123,"p":"' + "x" * 56 + '"}'
 head = ('{"n":"node-1","e":[{"emit":{"rooms":["chat:c1"],"event":"chat:message","data":'
         '{"id":"0193a4b2-1c2d-7e3f-8a9b-0c1d2e3f4a5b","chatId":"c1","senderId":"u1",'
         '"clientMsgId":"k-1","type":"text","content":"x","createdAt":"2026-12-06T12:00:00.000Z","offset":')
+# The log entry (one field `m`), as chat_send.rs builds it.
+entry = ('{"id":"0193a4b2-1c2d-7e3f-8a9b-0c1d2e3f4a5b","senderId":"u1","clientMsgId":"k-1",'
+         '"type":"text","content":' + json.dumps(content) + ',"createdAt":"2026-12-06T12:00:00.000Z"}')
+prev = bool(os.environ.get("PREV"))
 
 
 def command(*args):
@@ -51,11 +59,15 @@ def read_reply():
 run = str(time.time_ns())
 for i in range(n):
     cid = f"k-{run}-{i}"
-    sock.sendall(command(
-        "EVALSHA", sha, "5", T + ":members", T + ":meta", T + ":log", f"{T}:dedup:u1|{cid}", T + ":ch",
-        "u1", "0193a4b2-1c2d-7e3f-8a9b-0c1d2e3f4a5b", cid, "text", content,
-        "2026-12-06T12:00:00.000Z", "ab12cd34", "1000", "86400", "86400", "PUBLISH",
-        head, ',"epoch":"', '"}}]}'))
+    keys = [T + ":members", T + ":meta", T + ":log", f"{T}:dedup:u1|{cid}", T + ":ch"]
+    if prev:
+        args = ["u1", "0193a4b2-1c2d-7e3f-8a9b-0c1d2e3f4a5b", cid, "text", content,
+                "2026-12-06T12:00:00.000Z", "ab12cd34", "1000", "86400", "86400", "PUBLISH"]
+    else:
+        # TTL HISTORY_TTL_SECS + R and the current period, R = 60 s (chat_send::log_ttl).
+        args = ["u1", "0193a4b2-1c2d-7e3f-8a9b-0c1d2e3f4a5b", cid, "2026-12-06T12:00:00.000Z",
+                "ab12cd34", "1000", "86460", str(int(time.time()) // 60), "86400", "PUBLISH", entry]
+    sock.sendall(command("EVALSHA", sha, "5", *keys, *args, head, ',"epoch":"', '"}}]}'))
     read_reply()
     if gap > 0:
         time.sleep(gap)

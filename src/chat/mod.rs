@@ -218,6 +218,7 @@ impl Chats {
                 candidate_epoch: &candidate_epoch,
                 history_maxlen: self.settings.history_maxlen,
                 history_ttl_secs: self.settings.history_ttl_secs,
+                now_secs: clock::now_ms() / 1000,
                 dedup_ttl_secs: self.settings.dedup_ttl_secs,
                 node_id: self.backplane.node_id(),
                 publish: self.publish,

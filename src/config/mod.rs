@@ -175,7 +175,8 @@ pub struct Config {
     #[arg(long, env = "HISTORY_MAXLEN", default_value_t = 1000)]
     pub history_maxlen: u64,
 
-    /// Idle lifetime of a chat's history, in seconds (refreshed by every message).
+    /// Idle lifetime of a chat's history, in seconds: it expires between this and this +
+    /// min(60, this) seconds after the chat's last message (the TTL is refreshed once a period).
     #[arg(long, env = "HISTORY_TTL_SECS", default_value_t = 86400)]
     pub history_ttl_secs: u64,
 

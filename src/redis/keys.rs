@@ -236,6 +236,7 @@ mod tests {
             candidate_epoch: "ab",
             history_maxlen: 1,
             history_ttl_secs: 1,
+            now_secs: 0,
             dedup_ttl_secs: 1,
             node_id: "n",
             publish: chat_send::PublishCommand::Spublish,

@@ -30,6 +30,7 @@ fn args<'a>(
         candidate_epoch: "ab12cd34",
         history_maxlen: 100,
         history_ttl_secs: 3600,
+        now_secs: fanout::clock::now_ms() / 1000,
         dedup_ttl_secs: 60,
         node_id: "n1",
         publish: PublishCommand::Publish,
@@ -188,7 +189,8 @@ async fn chat_send_publishes_serdes_frame_and_history_reads_the_same_message_bac
             .query_async(&mut conn)
             .await
             .unwrap();
-        assert!(ttls.0 > 3000 && ttls.0 <= 3600, "{ttls:?}");
+        // HISTORY_TTL_SECS + the refresh period (min(60, TTL)), set when the log was created.
+        assert!(ttls.0 > 3000 && ttls.0 <= 3660, "{ttls:?}");
         assert!(ttls.1 > 0 && ttls.1 <= 60, "{ttls:?}");
 
         // A lost sequence starts a new epoch, in which the remembered ACK no longer counts.
@@ -311,6 +313,214 @@ async fn positions_and_ranges_read_what_chat_send_wrote() {
         store.range("none", 1, 10).await.unwrap(),
         (None, Vec::new())
     );
+}
+
+/// A log written before the packed entry form (six fields per entry) stays readable after an
+/// upgrade: history pages and the gap fill return old and new entries alike, in offset order.
+/// And the log keeps a TTL whatever happens to it: set when the stream is (re)created, not
+/// refreshed again within the same period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_six_field_entries_are_read_with_packed_ones_and_the_log_keeps_a_ttl() {
+    let redis = Redis::start().await;
+    let mut conn = redis.conn().await;
+    let store = ChatStore::new(redis.node_handle().conn(), 100);
+    let keys = ChatKeys::new("up");
+    // What the previous chat_send.lua left: meta at offset 2, two entries of six fields (one
+    // without a clientMsgId), the log with a TTL of its own.
+    let _: () = redis::pipe()
+        .cmd("SADD")
+        .arg(keys.members())
+        .arg("alice")
+        .cmd("HSET")
+        .arg(keys.meta())
+        .arg("epoch")
+        .arg("ab12cd34")
+        .arg("seq")
+        .arg(2)
+        .cmd("XADD")
+        .arg(keys.log())
+        .arg("0-1")
+        .arg(&[
+            "id",
+            "o1",
+            "senderId",
+            "bob",
+            "clientMsgId",
+            "k-old",
+            "type",
+            "text",
+        ])
+        .arg(&[
+            "content",
+            "old \"one\"",
+            "createdAt",
+            "2025-01-01T00:00:00.000Z",
+        ])
+        .cmd("XADD")
+        .arg(keys.log())
+        .arg("0-2")
+        .arg(&[
+            "id",
+            "o2",
+            "senderId",
+            "alice",
+            "clientMsgId",
+            "",
+            "type",
+            "image",
+        ])
+        .arg(&[
+            "content",
+            "old two",
+            "createdAt",
+            "2025-01-01T00:00:01.000Z",
+        ])
+        .cmd("EXPIRE")
+        .arg(keys.log())
+        .arg(100)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let old = |id: &str,
+               sender: &str,
+               cmid: Option<&str>,
+               kind: &str,
+               content: &str,
+               at: &str,
+               offset| {
+        ChatMessage {
+            id: id.into(),
+            chat_id: "up".into(),
+            sender_id: sender.into(),
+            client_msg_id: cmid.map(Into::into),
+            kind: kind.into(),
+            content: content.into(),
+            created_at: at.into(),
+            offset,
+            epoch: "ab12cd34".into(),
+        }
+    };
+    let mut expected = vec![
+        old(
+            "o1",
+            "bob",
+            Some("k-old"),
+            "text",
+            "old \"one\"",
+            "2025-01-01T00:00:00.000Z",
+            1,
+        ),
+        old(
+            "o2",
+            "alice",
+            None,
+            "image",
+            "old two",
+            "2025-01-01T00:00:01.000Z",
+            2,
+        ),
+    ];
+    let new = args("up", "n3", "new \"three\"", Some("k3"));
+    let ack = accepted(send(&mut conn, &new).await);
+    assert_eq!((ack.offset, ack.epoch.as_str()), (3, "ab12cd34"));
+    expected.push(message(&new, 3, "ab12cd34"));
+    // The upgrade's first append found no ttlp in meta: the TTL was set (HISTORY_TTL_SECS 3600
+    // + a period of 60).
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(keys.log())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 3600 && ttl <= 3660, "{ttl}");
+    let raw: redis::Value = redis::cmd("XRANGE")
+        .arg(keys.log())
+        .arg("0-3")
+        .arg("0-3")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        format!("{raw:?}").contains(r#"\"id\":\"n3\""#),
+        "one packed field: {raw:?}"
+    );
+
+    let call = chat_history::call(&keys, "alice", None, None, 10, 100);
+    let reply = invoke(&chat_history::SCRIPT, &mut conn, call)
+        .await
+        .unwrap();
+    let Read::Page(page) = chat_history::parse("up", &reply).unwrap() else {
+        panic!("forbidden");
+    };
+    assert_eq!(page.messages, expected, "history");
+    let (epoch, got) = store.range("up", 1, 3).await.unwrap();
+    assert_eq!(epoch.as_deref(), Some("ab12cd34"));
+    assert_eq!(got, expected, "gap fill");
+
+    // Within the same period the TTL is not set again: it only runs down.
+    let _: () = redis::cmd("EXPIRE")
+        .arg(keys.log())
+        .arg(500)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let same_period = args("up", "n4", "four", None);
+    assert_eq!(accepted(send(&mut conn, &same_period).await).offset, 4);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(keys.log())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 400 && ttl <= 500, "{ttl}");
+    // A new period sets it again.
+    let next_period = SendArgs {
+        now_secs: new.now_secs + 60,
+        ..args("up", "n5", "five", None)
+    };
+    assert_eq!(accepted(send(&mut conn, &next_period).await).offset, 5);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(keys.log())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 3600 && ttl <= 3660, "{ttl}");
+    // A log that vanished in the same period (evicted, or deleted by hand) is re-created with
+    // its TTL: NOMKSTREAM tells the script so.
+    let _: () = redis::cmd("DEL")
+        .arg(keys.log())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let recreated = SendArgs {
+        now_secs: next_period.now_secs,
+        ..args("up", "n6", "six", Some("k6"))
+    };
+    assert_eq!(accepted(send(&mut conn, &recreated).await).offset, 6);
+    let (ttl, len): (i64, u64) = redis::pipe()
+        .cmd("TTL")
+        .arg(keys.log())
+        .cmd("XLEN")
+        .arg(keys.log())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 3600 && ttl <= 3660, "{ttl}");
+    assert_eq!(len, 1);
+    // A retry gives its offset back: the next message takes 7, and the log holds no copy.
+    let retry = SendArgs {
+        message_id: "n6-again",
+        ..recreated.clone()
+    };
+    let again = accepted(send(&mut conn, &retry).await);
+    assert!(again.duplicate);
+    assert_eq!((again.offset, again.message_id.as_str()), (6, "n6"));
+    let after = args("up", "n7", "seven", None);
+    assert_eq!(accepted(send(&mut conn, &after).await).offset, 7);
+    let len: u64 = redis::cmd("XLEN")
+        .arg(keys.log())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 2);
 }
 
 /// The one rule of which presence fields count: Lua's half (`lua/presence_field_rule.lua`, in

@@ -946,10 +946,10 @@ async fn alice_again(node: &Node) -> fanout_client::Client {
 
 /// With `REDIS_WAIT_REPLICAS=1`, a retry that finds the first attempt's dedup record is
 /// `ACCEPTED` only once a replica has that first attempt, also when the retry goes through
-/// another node, whose confirmed-write connection never wrote the message (the repeat rewrites
-/// the record's expiry, so its `WAIT` covers everything before it on the master; Redis 7.0 was
-/// seen to move a connection's offset on a read-only script too, so this test passes without
-/// that rewrite as well: it checks the contract, not the rewrite). The replica is held with
+/// another node, whose confirmed-write connection never wrote the message (the repeat takes an
+/// offset and gives it back, two writes, so its `WAIT` covers everything before it on the
+/// master; Redis 7.0 was seen to move a connection's offset on a read-only script too, so this
+/// test passes without those writes as well: it checks the contract, not the mechanism). The replica is held with
 /// `DEBUG SLEEP`: connected, acknowledging nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_through_another_node_is_accepted_only_once_a_replica_has_the_message() {

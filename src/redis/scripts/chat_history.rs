@@ -1,12 +1,15 @@
 //! `lua/chat_history.lua`: the chat's position and a page of its retained messages, read in
 //! one atomic step.
 //!
-//! History entries carry the fields `chat_send.lua` appends ([`FIELDS`], the `chat:message`
-//! field names); the chat id, offset (from the entry id `0-<offset>`) and epoch are not
-//! stored per entry but known from the key and the reply.
+//! A history entry is one field `m`, the message as JSON ([`chat_send::LogEntry`], what
+//! `chat_send.lua` appends), or, written by builds before it, the six fields [`FIELDS`] (the
+//! `chat:message` field names): [`parse_entries`] reads both, so a log written before an
+//! upgrade stays readable. The chat id, offset (from the entry id `0-<offset>`) and epoch are
+//! not stored per entry but known from the key and the reply.
 
 use redis::Value;
 
+use super::chat_send::LogEntry;
 use super::{Call, NamedScript, as_array, as_string, as_u64, named_script, unexpected};
 use crate::chat::{ChatMessage, History};
 use crate::redis::keys::ChatKeys;
@@ -14,7 +17,10 @@ use crate::redis::keys::ChatKeys;
 /// The script.
 pub static SCRIPT: NamedScript = named_script!("chat_history");
 
-/// The fields of a history entry, as `chat_send.lua` writes them.
+/// The field of a history entry as `chat_send.lua` writes it: the message as JSON.
+pub const PACKED_FIELD: &str = "m";
+
+/// The fields of a history entry as builds before the packed form wrote it (still read).
 pub const FIELDS: [&str; 6] = [
     "id",
     "senderId",
@@ -91,35 +97,61 @@ fn parse_page(chat_id: &str, reply: &[Value]) -> Option<History> {
 
 /// History stream entries (`XRANGE` form: `{id, {field, value, ...}}`, entry id `0-<offset>`)
 /// as the `chat:message`s of chat `chat_id` in epoch `epoch`, in the entries' order; `None` if
-/// an entry lacks a field.
+/// an entry is neither form (one field [`PACKED_FIELD`] holding a [`LogEntry`], or the six
+/// [`FIELDS`]).
 pub fn parse_entries(chat_id: &str, epoch: &str, entries: &Value) -> Option<Vec<ChatMessage>> {
     let entries = as_array(entries)?;
     let mut messages = Vec::with_capacity(entries.len());
     for entry in entries {
         let parts = as_array(entry)?;
         let id = as_string(parts.first()?)?;
-        let msg_offset: u64 = id.strip_prefix("0-")?.parse().ok()?;
+        let offset: u64 = id.strip_prefix("0-")?.parse().ok()?;
         let fields = as_array(parts.get(1)?)?;
-        let field = |name: &str| -> Option<String> {
-            fields
-                .chunks(2)
-                .find(|kv| kv.first().and_then(as_string).as_deref() == Some(name))
-                .and_then(|kv| kv.get(1).and_then(as_string))
+        let m = match fields {
+            [name, Value::BulkString(json)] if as_string(name)? == PACKED_FIELD => {
+                let e: LogEntry<'_> = serde_json::from_slice(json).ok()?;
+                ChatMessage {
+                    id: e.id.into_owned(),
+                    chat_id: chat_id.to_owned(),
+                    sender_id: e.sender_id.into_owned(),
+                    client_msg_id: e
+                        .client_msg_id
+                        .map(std::borrow::Cow::into_owned)
+                        .filter(|s| !s.is_empty()),
+                    kind: e.kind.into_owned(),
+                    content: e.content.into_owned(),
+                    created_at: e.created_at.into_owned(),
+                    offset,
+                    epoch: epoch.to_owned(),
+                }
+            }
+            _ => six_fields(chat_id, epoch, offset, fields)?,
         };
-        let [id, sender_id, client_msg_id, kind, content, created_at] = FIELDS;
-        messages.push(ChatMessage {
-            id: field(id)?,
-            chat_id: chat_id.to_owned(),
-            sender_id: field(sender_id)?,
-            client_msg_id: field(client_msg_id).filter(|s| !s.is_empty()),
-            kind: field(kind)?,
-            content: field(content)?,
-            created_at: field(created_at)?,
-            offset: msg_offset,
-            epoch: epoch.to_owned(),
-        });
+        messages.push(m);
     }
     Some(messages)
+}
+
+/// An entry of the older form: the six [`FIELDS`], in any order.
+fn six_fields(chat_id: &str, epoch: &str, offset: u64, fields: &[Value]) -> Option<ChatMessage> {
+    let field = |name: &str| -> Option<String> {
+        fields
+            .chunks(2)
+            .find(|kv| kv.first().and_then(as_string).as_deref() == Some(name))
+            .and_then(|kv| kv.get(1).and_then(as_string))
+    };
+    let [id, sender_id, client_msg_id, kind, content, created_at] = FIELDS;
+    Some(ChatMessage {
+        id: field(id)?,
+        chat_id: chat_id.to_owned(),
+        sender_id: field(sender_id)?,
+        client_msg_id: field(client_msg_id).filter(|s| !s.is_empty()),
+        kind: field(kind)?,
+        content: field(content)?,
+        created_at: field(created_at)?,
+        offset,
+        epoch: epoch.to_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -147,17 +179,15 @@ mod tests {
     }
 
     #[test]
-    fn the_fields_are_the_ones_chat_send_appends() {
+    fn the_entry_field_is_the_one_chat_send_appends() {
         let send = include_str!("../../../lua/chat_send.lua");
-        for f in FIELDS {
-            assert!(send.contains(&format!("'{f}', ARGV[")), "{f}");
-        }
-        // And they are the names of the chat:message payload.
+        assert!(send.contains(&format!("'{PACKED_FIELD}', ARGV[11]")));
+        // The packed entry and the older fields carry the names of the chat:message payload.
         let msg = serde_json::to_value(ChatMessage {
             id: String::new(),
             chat_id: String::new(),
             sender_id: String::new(),
-            client_msg_id: None,
+            client_msg_id: Some(String::new()),
             kind: String::new(),
             content: String::new(),
             created_at: String::new(),
@@ -165,8 +195,20 @@ mod tests {
             epoch: String::new(),
         })
         .unwrap();
+        let entry = serde_json::to_value(LogEntry {
+            id: "".into(),
+            sender_id: "".into(),
+            client_msg_id: Some("".into()),
+            kind: "".into(),
+            content: "".into(),
+            created_at: "".into(),
+        })
+        .unwrap();
+        let entry = entry.as_object().unwrap();
+        assert_eq!(entry.len(), FIELDS.len());
         for f in FIELDS {
             assert!(msg.get(f).is_some(), "{f}");
+            assert!(entry.contains_key(f), "{f}");
         }
     }
 
@@ -196,13 +238,30 @@ mod tests {
             arr(vec![
                 arr(vec![bulk("0-8"), fields("")]),
                 arr(vec![bulk("0-9"), fields("k")]),
+                arr(vec![
+                    bulk("0-10"),
+                    arr(vec![
+                        bulk("m"),
+                        bulk(
+                            r#"{"id":"m2","senderId":"u","clientMsgId":null,"type":"text","content":"h\"i","createdAt":"t"}"#,
+                        ),
+                    ]),
+                ]),
             ]),
         ]);
         let Read::Page(h) = parse("c", &reply).unwrap() else {
             panic!("not a page");
         };
         assert_eq!((h.offset, h.epoch.as_str(), h.reset), (9, "ep", false));
-        assert_eq!(h.messages.len(), 2);
+        assert_eq!(h.messages.len(), 3);
+        // The packed form reads as the older one would.
+        assert_eq!(h.messages[2].offset, 10);
+        assert_eq!(h.messages[2].content, "h\"i");
+        assert_eq!(h.messages[2].client_msg_id, None);
+        assert_eq!(
+            (h.messages[2].id.as_str(), h.messages[2].epoch.as_str()),
+            ("m2", "ep")
+        );
         assert_eq!(h.messages[0].offset, 8);
         assert_eq!(h.messages[0].client_msg_id, None);
         assert_eq!(h.messages[1].client_msg_id.as_deref(), Some("k"));
@@ -212,5 +271,17 @@ mod tests {
             Read::Forbidden
         );
         assert!(parse("c", &arr(vec![bulk("ok"), Value::Int(1)])).is_err());
+        let broken = |fields: Vec<Value>| {
+            arr(vec![
+                bulk("ok"),
+                Value::Int(1),
+                bulk("ep"),
+                Value::Int(0),
+                arr(vec![arr(vec![bulk("0-1"), arr(fields)])]),
+            ])
+        };
+        assert!(parse("c", &broken(vec![bulk("m"), bulk("{not json")])).is_err());
+        assert!(parse("c", &broken(vec![bulk("m"), bulk(r#"{"id":"x"}"#)])).is_err());
+        assert!(parse("c", &broken(vec![bulk("id"), bulk("x")])).is_err());
     }
 }

@@ -7,8 +7,14 @@
 //! the message's last two fields, so [`call`] serializes the frame around them and the script
 //! concatenates `head .. offset .. mid .. epoch .. tail`. An integration test checks the frame
 //! the script published against serde's form byte for byte.
+//!
+//! The log entry is one field, `m`, holding the message as JSON ([`log_entry`]): one field
+//! instead of six makes the `XADD` cheaper (issue 17); [`super::chat_history::parse_entries`]
+//! reads both forms.
 
 use redis::Value;
+
+use serde::Serialize;
 
 use super::{Call, NamedScript, as_array, as_string, as_u64, named_script, unexpected};
 use crate::backplane::frame::Frame;
@@ -42,6 +48,9 @@ pub struct SendArgs<'a> {
     pub history_maxlen: u64,
     /// HISTORY_TTL_SECS.
     pub history_ttl_secs: u64,
+    /// Now, in seconds since the Unix epoch: picks the log's TTL refresh period
+    /// ([`log_ttl`]).
+    pub now_secs: u64,
     /// Dedup window in seconds.
     pub dedup_ttl_secs: u64,
     /// Publishing node id (the frame's `n`).
@@ -113,6 +122,59 @@ pub fn frame_parts(a: &SendArgs<'_>) -> Result<[String; 3], serde_json::Error> {
     split.ok_or_else(|| serde::ser::Error::custom("chat:message lost its offset or epoch"))
 }
 
+/// The history log's TTL refresh period `R` for `history_ttl_secs`: the script sets the log's
+/// TTL to `HISTORY_TTL_SECS + R` when the stream is created and on the first append of each
+/// `R`-second period, instead of on every append (one command less per message, issue 17). An
+/// idle log therefore expires between `HISTORY_TTL_SECS` and `HISTORY_TTL_SECS + R` after its
+/// last append (less the nodes' clock skew, as periods are counted by the sending node's clock).
+pub fn log_ttl_period(history_ttl_secs: u64) -> u64 {
+    history_ttl_secs.clamp(1, 60)
+}
+
+/// The TTL the script gives the log, and the number of the current refresh period.
+pub fn log_ttl(history_ttl_secs: u64, now_secs: u64) -> (u64, u64) {
+    let period = log_ttl_period(history_ttl_secs);
+    (history_ttl_secs.saturating_add(period), now_secs / period)
+}
+
+/// A history log entry's one field `m`: the message without what the key and the entry id
+/// already say (chat id, offset) or the chat's meta holds (epoch). The names are those of
+/// `chat:message` and of the six fields of the older entry form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogEntry<'a> {
+    /// Message id.
+    #[serde(borrow)]
+    pub id: std::borrow::Cow<'a, str>,
+    /// Sender user id.
+    #[serde(borrow)]
+    pub sender_id: std::borrow::Cow<'a, str>,
+    /// The client's idempotency key, `null` when none.
+    #[serde(borrow)]
+    pub client_msg_id: Option<std::borrow::Cow<'a, str>>,
+    /// Message type.
+    #[serde(rename = "type", borrow)]
+    pub kind: std::borrow::Cow<'a, str>,
+    /// Message content.
+    #[serde(borrow)]
+    pub content: std::borrow::Cow<'a, str>,
+    /// Creation timestamp, ISO 8601.
+    #[serde(borrow)]
+    pub created_at: std::borrow::Cow<'a, str>,
+}
+
+/// The log entry of `a`, as JSON.
+pub fn log_entry(a: &SendArgs<'_>) -> Result<String, serde_json::Error> {
+    serde_json::to_string(&LogEntry {
+        id: a.message_id.into(),
+        sender_id: a.sender.into(),
+        client_msg_id: a.client_msg_id.map(Into::into),
+        kind: a.kind.into(),
+        content: a.content.into(),
+        created_at: a.created_at.into(),
+    })
+}
+
 /// KEYS and ARGV of `chat_send.lua`.
 pub fn call(a: &SendArgs<'_>) -> Result<Call, serde_json::Error> {
     if a.candidate_epoch.is_empty() || !a.candidate_epoch.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -122,6 +184,7 @@ pub fn call(a: &SendArgs<'_>) -> Result<Call, serde_json::Error> {
     let cmid = a.client_msg_id.unwrap_or("");
     let k = ChatKeys::new(a.chat_id);
     let [head, mid, tail] = frame_parts(a)?;
+    let (log_ttl, period) = log_ttl(a.history_ttl_secs, a.now_secs);
     Ok(Call {
         keys: vec![
             k.members(),
@@ -134,14 +197,14 @@ pub fn call(a: &SendArgs<'_>) -> Result<Call, serde_json::Error> {
             a.sender.to_owned(),
             a.message_id.to_owned(),
             cmid.to_owned(),
-            a.kind.to_owned(),
-            a.content.to_owned(),
             a.created_at.to_owned(),
             a.candidate_epoch.to_owned(),
             a.history_maxlen.to_string(),
-            a.history_ttl_secs.to_string(),
+            log_ttl.to_string(),
+            period.to_string(),
             a.dedup_ttl_secs.to_string(),
             a.publish.as_str().to_owned(),
+            log_entry(a)?,
             head,
             mid,
             tail,
@@ -188,6 +251,7 @@ mod tests {
             candidate_epoch: "e0",
             history_maxlen: 10,
             history_ttl_secs: 20,
+            now_secs: 1000,
             dedup_ttl_secs: 30,
             node_id: "n1",
             publish: PublishCommand::Spublish,
@@ -210,7 +274,17 @@ mod tests {
         assert_eq!(
             c.args[..11],
             [
-                "u1", "m", "", "text", "hi", "t", "e0", "10", "20", "30", "SPUBLISH"
+                "u1",
+                "m",
+                "",
+                "t",
+                "e0",
+                "10",
+                "40",
+                "50",
+                "30",
+                "SPUBLISH",
+                r#"{"id":"m","senderId":"u1","clientMsgId":null,"type":"text","content":"hi","createdAt":"t"}"#
             ]
         );
         assert_eq!(c.args.len(), 14);
@@ -218,7 +292,31 @@ mod tests {
             publish: PublishCommand::Publish,
             ..args("hi", None)
         };
-        assert_eq!(call(&publish).unwrap().args[10], "PUBLISH");
+        assert_eq!(call(&publish).unwrap().args[9], "PUBLISH");
+    }
+
+    #[test]
+    fn the_log_ttl_is_refreshed_once_per_period() {
+        // R = min(60, TTL), at least 1; the TTL set covers the period.
+        assert_eq!(log_ttl(86400, 125), (86460, 2));
+        assert_eq!(log_ttl(86400, 179), (86460, 2));
+        assert_eq!(log_ttl(86400, 180), (86460, 3));
+        assert_eq!(log_ttl(10, 125), (20, 12));
+        assert_eq!(log_ttl(1, 7), (2, 7));
+        assert_eq!(log_ttl(u64::MAX, 7), (u64::MAX, 0));
+    }
+
+    #[test]
+    fn the_log_entry_is_the_message_as_json() {
+        let a = args("a \"quoted\" \u{1} text", Some("k"));
+        let json = log_entry(&a).unwrap();
+        let back: LogEntry<'_> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.content, a.content);
+        assert_eq!(back.client_msg_id.as_deref(), Some("k"));
+        assert_eq!(
+            (&*back.id, &*back.sender_id, &*back.kind),
+            ("m", "u1", "text")
+        );
     }
 
     #[test]
