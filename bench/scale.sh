@@ -40,6 +40,9 @@
 #   GEN_THREADS [1]   fanout-bench worker threads
 #   SEND_PATH_CMDS    see above
 #   NODE_ENV          extra "K=V K=V" for every node (e.g. BACKPLANE_SHARDS=8)
+#   REDIS_CPUS, OTHER_CPUS  taskset CPU lists: Redis on REDIS_CPUS, the nodes and the generator
+#                     on OTHER_CPUS (e.g. REDIS_CPUS=1 OTHER_CPUS=0: Redis on a core of its own,
+#                     as in production, where it does not share a core with the gateway)
 #   FANOUT_BIN_DIR [target/release]  holds fanout and fanout-bench
 #   OUT [bench/results/scale-n<NODES>-r<RATE>.json]  the result file
 #   KEEP [0]  1 = keep the work dir (node and Redis logs, fanout-bench's own JSON)
@@ -219,6 +222,11 @@ redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
     --notify-keyspace-events Ex --dir "$WORK/redis" >"$WORK/redis.log" 2>&1 &
 REDIS_PID=$!
 PIDS+=("$REDIS_PID")
+# Pinning (all threads of the process, and those it starts later inherit it).
+pin() { # cpus pid
+    [[ -z $1 ]] || taskset -a -p -c "$1" "$2" >/dev/null || die "taskset -c $1 $2 failed"
+}
+pin "${REDIS_CPUS:-}" "$REDIS_PID"
 RCLI=(redis-cli -h 127.0.0.1 -p "$REDIS_PORT")
 for _ in $(seq 100); do
     [[ $(rcli ping 2>/dev/null) == PONG ]] && break
@@ -243,6 +251,7 @@ for ((i = 1; i <= NODES; i++)); do
         "$BIN/fanout" >"$WORK/node-$i.log" 2>&1 &
     NODE_PIDS+=($!)
     PIDS+=($!)
+    pin "${OTHER_CPUS:-}" "$!"
     NODE_PORTS+=("$port")
     ADMIN_PORTS+=("$admin")
 done
@@ -286,6 +295,7 @@ for _ in $(seq 50); do
     sleep 0.1
 done
 [[ -n $GEN_PID ]] || die "fanout-bench did not start: $(tail -5 "$WORK/bench.stderr")"
+pin "${OTHER_CPUS:-}" "$GEN_PID"
 until grep -q " measure\]" "$WORK/bench.stderr" 2>/dev/null; do
     kill -0 "$TIMEOUT_PID" 2>/dev/null ||
         die "fanout-bench ended before measuring: $(tail -5 "$WORK/bench.stderr")"
@@ -327,6 +337,7 @@ jq -n \
     --argjson room_size "$ROOM_SIZE" --argjson senders "$SENDERS" --argjson payload "$PAYLOAD" \
     --argjson node_threads "$NODE_THREADS" --argjson gen_threads "$GEN_THREADS" \
     --argjson hz "$CLK_TCK" --argjson ncpu "$(nproc)" \
+    --arg redis_cpus "${REDIS_CPUS:-}" --arg other_cpus "${OTHER_CPUS:-}" \
     --arg node_env "$NODE_ENV" --arg git "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
     --arg dirty "$(git -C "$ROOT" status --porcelain -- src lua crates 2>/dev/null | head -c 1)" \
     --arg started "$(date -u +%FT%TZ)" --arg redis_version "$(redis-server --version | sed 's/"//g')" \
@@ -381,7 +392,7 @@ jq -n \
         config: { nodes: $nodes, interested_nodes: $interested, rate: $rate, secs: $secs, warmup: $warmup,
                   clients: $clients, room_size: $room_size, senders: $senders, payload_bytes: $payload,
                   node_threads: $node_threads, generator_threads: $gen_threads, node_env: $node_env,
-                  send_path_cmds: $send_path },
+                  send_path_cmds: $send_path, redis_cpus: $redis_cpus, other_cpus: $other_cpus },
         windows: { idle_secs: ($idle_s | r(3)), load_secs: ($load_s | r(3)) },
         accepted: { measured: $b.send.acked, sent: $b.send.sent, per_sec: ($acc_rate | r(1)),
                     in_load_window: ($msgs | r(0)) },
