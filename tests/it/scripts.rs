@@ -271,11 +271,7 @@ async fn positions_and_ranges_read_what_chat_send_wrote() {
 
     // The log is trimmed approximately: it still holds all 6, but only the last 4 are retained,
     // for history pages as for ranges.
-    let len: u64 = redis::cmd("XLEN")
-        .arg(keys.log())
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let len = int_reply(&mut conn, redis::cmd("XLEN").arg(keys.log())).await;
     assert_eq!(len, 6);
     let page = |since: Option<u64>, epoch: Option<&'static str>, limit: u32| {
         let call = chat_history::call(&keys, "alice", since, epoch, limit, 4);
@@ -426,11 +422,7 @@ async fn old_six_field_entries_are_read_with_packed_ones_and_the_log_keeps_a_ttl
     expected.push(message(&new, 3, "ab12cd34"));
     // The upgrade's first append found no ttlp in meta: the TTL was set (HISTORY_TTL_SECS 3600
     // + a period of 60).
-    let ttl: i64 = redis::cmd("TTL")
-        .arg(keys.log())
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let ttl = int_reply(&mut conn, redis::cmd("TTL").arg(keys.log())).await;
     assert!(ttl > 3600 && ttl <= 3660, "{ttl}");
     let raw: redis::Value = redis::cmd("XRANGE")
         .arg(keys.log())
@@ -465,11 +457,7 @@ async fn old_six_field_entries_are_read_with_packed_ones_and_the_log_keeps_a_ttl
         .unwrap();
     let same_period = args("up", "n4", "four", None);
     assert_eq!(accepted(send(&mut conn, &same_period).await).offset, 4);
-    let ttl: i64 = redis::cmd("TTL")
-        .arg(keys.log())
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let ttl = int_reply(&mut conn, redis::cmd("TTL").arg(keys.log())).await;
     assert!(ttl > 400 && ttl <= 500, "{ttl}");
     // A new period sets it again.
     let next_period = SendArgs {
@@ -477,11 +465,7 @@ async fn old_six_field_entries_are_read_with_packed_ones_and_the_log_keeps_a_ttl
         ..args("up", "n5", "five", None)
     };
     assert_eq!(accepted(send(&mut conn, &next_period).await).offset, 5);
-    let ttl: i64 = redis::cmd("TTL")
-        .arg(keys.log())
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let ttl = int_reply(&mut conn, redis::cmd("TTL").arg(keys.log())).await;
     assert!(ttl > 3600 && ttl <= 3660, "{ttl}");
     // A log that vanished in the same period (evicted, or deleted by hand) is re-created with
     // its TTL: NOMKSTREAM tells the script so.
@@ -515,11 +499,7 @@ async fn old_six_field_entries_are_read_with_packed_ones_and_the_log_keeps_a_ttl
     assert_eq!((again.offset, again.message_id.as_str()), (6, "n6"));
     let after = args("up", "n7", "seven", None);
     assert_eq!(accepted(send(&mut conn, &after).await).offset, 7);
-    let len: u64 = redis::cmd("XLEN")
-        .arg(keys.log())
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let len = int_reply(&mut conn, redis::cmd("XLEN").arg(keys.log())).await;
     assert_eq!(len, 2);
 }
 
@@ -638,4 +618,9 @@ fn without_time(frame: &str) -> String {
         }
         None => frame.to_owned(),
     }
+}
+
+/// An integer reply of `cmd` (`TTL`, `XLEN`, …).
+async fn int_reply(conn: &mut impl redis::aio::ConnectionLike, cmd: &redis::Cmd) -> i64 {
+    cmd.query_async(conn).await.unwrap()
 }
