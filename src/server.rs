@@ -131,14 +131,11 @@ pub async fn run(
     let _stop_all = stops.root.clone().drop_guard();
     // Redis Cluster: sharded pub/sub, so that a frame travels only through the master of its
     // room's slot (classic PUBLISH goes to every node of the cluster).
-    let wait = &redis_settings.wait;
-    let confirm = crate::redis::Confirm {
-        conn: redis.confirmed_conn(),
-        replicas: wait.replicas,
-        timeout: wait.timeout,
-    };
-    let mut backplane =
-        Backplane::new(conn.clone(), node_id.to_string()).with_wait(confirm.clone());
+    let confirm = redis.confirm();
+    let mut backplane = Backplane::new(conn.clone(), node_id.to_string());
+    if let Some(confirm) = &confirm {
+        backplane = backplane.with_wait(confirm.clone());
+    }
     if cluster {
         backplane = backplane.sharded();
     }
@@ -154,7 +151,9 @@ pub async fn run(
     if cluster {
         chats = chats.with_publish(crate::redis::scripts::chat_send::PublishCommand::Spublish);
     }
-    chats = chats.with_wait(confirm);
+    if let Some(confirm) = confirm {
+        chats = chats.with_wait(confirm);
+    }
     let presence = Presence::new(
         conn.clone(),
         backplane.clone(),

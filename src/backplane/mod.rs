@@ -185,7 +185,7 @@ impl Backplane {
     /// `WAIT replicas timeout` (`REDIS_WAIT_REPLICAS`): a repeat after a master's failover then
     /// finds the record instead of publishing again.
     pub fn with_wait(mut self, confirm: crate::redis::Confirm) -> Self {
-        self.confirm = (confirm.replicas > 0).then_some(confirm);
+        self.confirm = Some(confirm);
         self
     }
 

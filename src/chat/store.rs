@@ -59,7 +59,7 @@ impl ChatStore {
     /// The same store confirming every accepted send with `WAIT replicas timeout`.
     pub fn with_wait(self, confirm: Confirm) -> Self {
         ChatStore {
-            confirm: (confirm.replicas > 0).then_some(confirm),
+            confirm: Some(confirm),
             ..self
         }
     }

@@ -228,14 +228,16 @@ impl Redis {
         self.shared.conn.clone()
     }
 
-    /// The connection for writes followed by `WAIT` (`REDIS_WAIT_REPLICAS` > 0): a second
-    /// command connection, so that a `WAIT` blocks only the confirmed writes queued behind it.
-    /// The shared connection when no write is confirmed.
-    pub fn confirmed_conn(&self) -> Conn {
-        self.shared
-            .confirmed
-            .clone()
-            .unwrap_or_else(|| self.shared.conn.clone())
+    /// How writes are confirmed with `WAIT` (`REDIS_WAIT_REPLICAS` > 0), on a second command
+    /// connection so that a `WAIT` blocks only the confirmed writes queued behind it; `None`
+    /// when no write is confirmed.
+    pub fn confirm(&self) -> Option<super::Confirm> {
+        let wait = &self.shared.settings.wait;
+        self.shared.confirmed.clone().map(|conn| super::Confirm {
+            conn,
+            replicas: wait.replicas,
+            timeout: wait.timeout,
+        })
     }
 
     /// How many topology changes this handle has seen: an owner of a dedicated connection

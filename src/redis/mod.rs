@@ -13,7 +13,7 @@ pub mod scripts;
 pub use conn::{ClusterSubscriber, Conn, Master, Redis, slot_of, wait_reply};
 
 /// How writes that must survive a master's death are confirmed (`REDIS_WAIT_REPLICAS` > 0):
-/// run on `conn` ([`Redis::confirmed_conn`], a connection of their own), each followed by
+/// run on `conn` (a connection of their own, [`Redis::confirm`]), each followed by
 /// `WAIT replicas timeout` in the same pipeline.
 #[derive(Clone)]
 pub struct Confirm {
