@@ -13,6 +13,14 @@ commandstats` (cmdstat_evalsha usec_per_call). The SHA is read from SHA in the e
 PREV=1 the calls carry the ARGV of the script before the packed log entry (load
 `git show dc4f5d6:lua/chat_send.lua` then).
 Raw RESP over a socket, so no client library is needed; each call waits for its reply.
+
+TX=1: the send transaction instead (src/redis/scripts/chat_send_tx.rs, CHAT_SEND_PATH=
+transaction): per message one pipeline WATCH members meta dedup, SISMEMBER, HMGET meta epoch seq
+ttlp, PTTL log, GET dedup, then one MULTI HSET meta seq, SET dedup EX, XADD log MAXLEN ~ 1000
+0-<offset> m <entry>, PUBLISH, EXEC: the commands a node sends. SHA is not needed then; the chat
+gets its epoch first (as the script gives it to the first message). Redis's time per message is
+the sum of usec of watch, sismember, hmget, pttl, get, multi and exec in INFO commandstats (exec
+counts the commands it runs; their own lines count them again).
 """
 import json
 import os
@@ -21,7 +29,8 @@ import sys
 import time
 
 port, n, gap = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-sha = os.environ["SHA"]
+sha = os.environ.get("SHA", "")
+tx = bool(os.environ.get("TX"))
 T = "fanout:{chat:c1}"
 content = '{"s":3,"q":12345,"t":1234567890123,"p":"' + "x" * 56 + '"}'
 head = ('{"n":"node-1","e":[{"emit":{"rooms":["chat:c1"],"event":"chat:message","data":'
@@ -56,8 +65,45 @@ def read_reply():
         sys.exit("redis error: " + line.decode().strip())
 
 
+def send_tx(cid):
+    dedup = f"{T}:dedup:u1|{cid}"
+    sock.sendall(command("WATCH", T + ":members", T + ":meta", dedup)
+                 + command("SISMEMBER", T + ":members", "u1")
+                 + command("HMGET", T + ":meta", "epoch", "seq", "ttlp")
+                 + command("PTTL", T + ":log") + command("GET", dedup))
+    replies.readline()  # +OK
+    read_reply()
+    line = replies.readline()  # *3: epoch, seq, ttlp
+    values = []
+    for _ in range(int(line[1:])):
+        size = int(replies.readline()[1:])
+        values.append(replies.read(size + 2)[:-2].decode() if size >= 0 else None)
+    read_reply()
+    read_reply()
+    offset = int(values[1] or 0) + 1
+    period = str(int(time.time()) // 60)
+    frame = head + str(offset) + ',"epoch":"' + (values[0] or "") + '"}}]}'
+    cmds = [("MULTI",), ("HSET", T + ":meta", "seq", str(offset), "ttlp", period),
+            ("SET", dedup, f"{offset} {values[0]} 0193a4b2-1c2d-7e3f-8a9b-0c1d2e3f4a5b 2026-12-06T12:00:00.000Z", "EX", "86400"),
+            ("XADD", T + ":log", "MAXLEN", "~", "1000", f"0-{offset}", "m", entry),
+            ("PUBLISH", T + ":ch", frame), ("EXEC",)]
+    sock.sendall(b"".join(command(*c) for c in cmds))
+    for _ in cmds:
+        read_reply()
+
+
+if tx:
+    sock.sendall(command("HSETNX", T + ":meta", "epoch", "ab12cd34"))
+    read_reply()
+    sock.sendall(command("HSETNX", T + ":meta", "seq", "0"))
+    read_reply()
 run = str(time.time_ns())
 for i in range(n):
+    if tx:
+        send_tx(f"k-{run}-{i}")
+        if gap > 0:
+            time.sleep(gap)
+        continue
     cid = f"k-{run}-{i}"
     keys = [T + ":members", T + ":meta", T + ":log", f"{T}:dedup:u1|{cid}", T + ":ch"]
     if prev:

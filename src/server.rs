@@ -154,6 +154,9 @@ pub async fn run(
     if let Some(confirm) = confirm {
         chats = chats.with_wait(confirm);
     }
+    if config.chat_send_path == crate::config::ChatSendPath::Transaction {
+        chats = chats.with_transactions(redis.exclusive());
+    }
     let presence = Presence::new(
         conn.clone(),
         backplane.clone(),

@@ -176,6 +176,16 @@ impl Chats {
         }
     }
 
+    /// The same service sending through an optimistic transaction (`CHAT_SEND_PATH=
+    /// transaction`, the default): `WATCH`/`MULTI`/`EXEC` on `pool`'s connections for the
+    /// common case, `chat_send.lua` for the rest (docs/architecture.md §1).
+    pub fn with_transactions(self, pool: crate::redis::Exclusive) -> Self {
+        Chats {
+            store: self.store.with_transactions(pool),
+            ..self
+        }
+    }
+
     /// `FORBIDDEN` unless `user` is a member of `chat_id`.
     pub async fn require_member(&self, user: &str, chat_id: &str) -> Result<(), ClientError> {
         let member = self

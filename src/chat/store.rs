@@ -21,9 +21,10 @@ use crate::redis::Conn;
 
 use crate::error::DomainError;
 use crate::metrics::redis_op;
-use crate::redis::Confirm;
 use crate::redis::keys::{self, ChatKeys};
+use crate::redis::scripts::chat_send_tx::{self, Decision};
 use crate::redis::scripts::{self, chat_history, chat_send};
+use crate::redis::{Confirm, Exclusive, Lent};
 
 use super::ChatMessage;
 
@@ -34,6 +35,25 @@ pub struct ChatStore {
     history_maxlen: u64,
     /// `REDIS_WAIT_REPLICAS` > 0: how accepted sends are confirmed.
     confirm: Option<Confirm>,
+    /// `CHAT_SEND_PATH=transaction`: where sends try `WATCH`/`MULTI`/`EXEC` first.
+    exclusive: Option<Exclusive>,
+}
+
+/// Read-and-commit rounds a send tries before it leaves a contended chat to the script.
+const TX_ATTEMPTS: usize = 3;
+
+/// How a transaction attempt ended.
+enum Tx {
+    /// Decided: refused or accepted (and confirmed, with `WAIT`).
+    Done(chat_send::Sent),
+    /// Nothing written; the script takes it, for this reason. `reusable`: the connection ended
+    /// cleanly (after an error it is dropped instead).
+    Script {
+        reason: &'static str,
+        reusable: bool,
+    },
+    /// A watched key changed: nothing written, read again.
+    Aborted,
 }
 
 /// Where a chat's sequence stands ([`ChatStore::positions`]).
@@ -53,6 +73,16 @@ impl ChatStore {
             conn,
             history_maxlen,
             confirm: None,
+            exclusive: None,
+        }
+    }
+
+    /// The same store sending through an optimistic transaction on `pool`'s connections
+    /// ([`chat_send_tx`]), the script taking the rare cases.
+    pub fn with_transactions(self, pool: Exclusive) -> Self {
+        ChatStore {
+            exclusive: Some(pool),
+            ..self
         }
     }
 
@@ -187,9 +217,153 @@ impl ChatStore {
         Ok(true)
     }
 
-    /// Runs `chat_send.lua`: the message is in history and published to the chat's channel once
-    /// this returns [`chat_send::Sent::Accepted`].
+    /// Accepts or refuses one message: the message is in history and published to the chat's
+    /// channel once this returns [`chat_send::Sent::Accepted`]. With transactions on, the
+    /// common case runs as `WATCH`/`MULTI`/`EXEC` ([`chat_send_tx`]) and the rest as
+    /// `chat_send.lua`; otherwise the script always.
     pub async fn send(
+        &self,
+        args: &chat_send::SendArgs<'_>,
+    ) -> Result<chat_send::Sent, DomainError> {
+        let reason = match &self.exclusive {
+            None => "configured",
+            Some(pool) => match self.send_tx(pool, args).await? {
+                Ok(sent) => return Ok(sent),
+                Err(reason) => reason,
+            },
+        };
+        crate::metrics::chat_send_path("script", reason);
+        self.send_script(args).await
+    }
+
+    /// The transaction path: `Ok(sent)`, or `Err(reason)` when the script must take the send
+    /// (nothing was written).
+    async fn send_tx(
+        &self,
+        pool: &Exclusive,
+        args: &chat_send::SendArgs<'_>,
+    ) -> Result<Result<chat_send::Sent, &'static str>, DomainError> {
+        let meta = self.keys(args.chat_id).meta();
+        for _ in 0..TX_ATTEMPTS {
+            let mut lent = match pool.get(meta.as_bytes()).await {
+                Ok(lent) => lent,
+                Err(e) if e.is_timeout() => return Err(e.into()),
+                // The script's connection knows how to find the master again.
+                Err(_) => return Ok(Err("connect")),
+            };
+            match self.try_tx(&mut lent, args).await {
+                Ok(Tx::Done(sent)) => {
+                    pool.put(lent);
+                    return Ok(Ok(sent));
+                }
+                Ok(Tx::Script { reason, reusable }) => {
+                    if reusable {
+                        pool.put(lent);
+                    }
+                    return Ok(Err(reason));
+                }
+                Ok(Tx::Aborted) => {
+                    crate::metrics::chat_send_path("transaction", "aborted");
+                    pool.put(lent);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Err("contention"))
+    }
+
+    /// One read-and-commit round on a lent connection. Errors before the `EXEC` was sent that
+    /// are not timeouts (a moved slot, a demoted master) hand the send to the script; after
+    /// it, the outcome is unknown and the error is the caller's, as with the script.
+    async fn try_tx(
+        &self,
+        lent: &mut Lent,
+        args: &chat_send::SendArgs<'_>,
+    ) -> Result<Tx, DomainError> {
+        let with_dedup = args.client_msg_id.is_some();
+        let replies: redis::RedisResult<Vec<redis::Value>> = redis_op(
+            "chat_send_tx_read",
+            chat_send_tx::pipe_read(args).query_async(&mut lent.conn),
+        )
+        .await;
+        let replies = match replies {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => return Err(e.into()),
+            Err(_) => {
+                return Ok(Tx::Script {
+                    reason: "error",
+                    reusable: false,
+                });
+            }
+        };
+        let read = chat_send_tx::parse_read(&replies, with_dedup)
+            .ok_or_else(|| unexpected_reply("chat_send_tx_read", &replies))?;
+        let (offset, epoch, refresh) = match chat_send_tx::decide(&read, args) {
+            Decision::Commit {
+                offset,
+                epoch,
+                refresh,
+            } => (offset, epoch, refresh),
+            Decision::Forbidden => {
+                unwatch(lent).await?;
+                crate::metrics::chat_send_path("transaction", "forbidden");
+                return Ok(Tx::Done(chat_send::Sent::Forbidden));
+            }
+            Decision::Script(reason) => {
+                unwatch(lent).await?;
+                return Ok(Tx::Script {
+                    reason,
+                    reusable: true,
+                });
+            }
+        };
+        let pipe = chat_send_tx::pipe_commit(args, offset, &epoch, refresh)?;
+        let reply: redis::RedisResult<redis::Value> =
+            redis_op("chat_send_tx_exec", pipe.query_async(&mut lent.conn)).await;
+        let reply = match reply {
+            Ok(r) => r,
+            // Refused at queueing (a slot moved since the read): nothing ran.
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ExecAbort) => {
+                return Ok(Tx::Script {
+                    reason: "exec_abort",
+                    reusable: false,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match chat_send_tx::parse_commit(&reply, offset) {
+            None => return Ok(Tx::Aborted),
+            Some(true) => {}
+            Some(false) => {
+                tracing::error!(chat = args.chat_id, offset, reply = ?reply, "chat send transaction wrote an unexpected entry");
+                return Err(unexpected_reply("chat_send_tx_exec", &reply).into());
+            }
+        }
+        crate::metrics::chat_send_path("transaction", "committed");
+        if let Some(confirm) = &self.confirm {
+            let mut cmd = redis::cmd("WAIT");
+            cmd.arg(confirm.replicas)
+                .arg(confirm.timeout.as_millis() as u64);
+            let waited: redis::Value = redis_op("wait", cmd.query_async(&mut lent.conn)).await?;
+            let confirmed = crate::redis::wait_reply(waited, confirm.replicas)?;
+            if confirmed < confirm.replicas {
+                return Err(DomainError::NotReplicated {
+                    confirmed,
+                    wanted: confirm.replicas,
+                });
+            }
+        }
+        Ok(Tx::Done(chat_send::Sent::Accepted(crate::chat::Accepted {
+            message_id: args.message_id.to_owned(),
+            offset,
+            epoch,
+            created_at: args.created_at.to_owned(),
+            duplicate: false,
+        })))
+    }
+
+    /// Runs `chat_send.lua` (and `WAIT`, when confirming).
+    async fn send_script(
         &self,
         args: &chat_send::SendArgs<'_>,
     ) -> Result<chat_send::Sent, DomainError> {
@@ -295,6 +469,11 @@ impl ChatStore {
         })();
         parsed.ok_or_else(|| unexpected_reply("range", &replies))
     }
+}
+
+/// Ends a read phase that writes nothing, so the connection can be lent again.
+async fn unwatch(lent: &mut Lent) -> redis::RedisResult<()> {
+    redis_op("unwatch", redis::cmd("UNWATCH").query_async(&mut lent.conn)).await
 }
 
 /// One `HMGET <meta> epoch seq` reply.

@@ -24,6 +24,16 @@ pub enum JwtAlgorithm {
     ES256,
 }
 
+/// How a node runs `chat:send` in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ChatSendPath {
+    /// `WATCH`/`MULTI`/`EXEC` for the common case, `chat_send.lua` for the rest: a third of
+    /// the script's Redis time per message (docs/benchmarks.md).
+    Transaction,
+    /// `chat_send.lua` for every send (one round trip instead of two).
+    Script,
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -179,6 +189,16 @@ pub struct Config {
     /// min(60, this) seconds after the chat's last message (the TTL is refreshed once a period).
     #[arg(long, env = "HISTORY_TTL_SECS", default_value_t = 86400)]
     pub history_ttl_secs: u64,
+
+    /// How `chat:send` runs in Redis: `transaction` (WATCH/MULTI/EXEC, the script for first
+    /// messages, duplicates and contention) or `script` (chat_send.lua always).
+    #[arg(
+        long,
+        env = "CHAT_SEND_PATH",
+        value_enum,
+        default_value = "transaction"
+    )]
+    pub chat_send_path: ChatSendPath,
 
     /// How long a `clientMsgId` is remembered for deduplication, in seconds.
     #[arg(long, env = "DEDUP_TTL_SECS", default_value_t = 86400)]

@@ -177,6 +177,11 @@ metric!(
 );
 
 metric!(
+    /// How sends ran.
+    CHAT_SEND_PATH, "fanout_chat_send_path_total", Counter, ["path", "reason"],
+    "chat:send calls by how Redis ran them: path transaction (WATCH/MULTI/EXEC; reason committed, forbidden, or aborted per EXEC refused because a watched key changed) or script (chat_send.lua; reason configured, new_epoch, duplicate, contention, error, exec_abort, connect)."
+);
+metric!(
     /// Latency by master.
     REDIS_MASTER_COMMAND_DURATION, "fanout_redis_master_command_duration_seconds", Histogram, ["master"],
     "Latency of commands and pipelines on the shared Redis connection, by master (host:port; in Cluster mode the master owning the first key's slot, `any` for keyless commands; `unknown` before a Sentinel master is found)."
@@ -285,6 +290,7 @@ pub const ALL: &[Metric] = &[
     REDIS_COMMAND_DURATION,
     REDIS_ERRORS,
     REDIS_SCRIPT_CALLS,
+    CHAT_SEND_PATH,
     REDIS_MASTER_COMMAND_DURATION,
     REDIS_MASTER_ERRORS,
     REDIS_TOPOLOGY_CHANGES,

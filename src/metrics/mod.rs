@@ -466,6 +466,13 @@ pub fn script_call(script: &'static str) {
     counter!(REDIS_SCRIPT_CALLS.name, "script" => script).increment(1);
 }
 
+/// How a `chat:send` ran in Redis: `path` transaction (`reason` committed, forbidden, or
+/// aborted for each `EXEC` refused because a watched key changed) or script (`reason`
+/// configured, new_epoch, duplicate, contention, error, exec_abort, connect).
+pub fn chat_send_path(path: &'static str, reason: &'static str) {
+    counter!(CHAT_SEND_PATH.name, "path" => path, "reason" => reason).increment(1);
+}
+
 /// This node decided a presence transition: `kind` online/offline, `reason` connect, refresh,
 /// disconnected or expired.
 pub fn presence_transition(kind: &'static str, reason: &'static str) {

@@ -228,6 +228,12 @@ impl Redis {
         self.shared.conn.clone()
     }
 
+    /// A pool of connections lent to one task at a time (`WATCH`/`MULTI`/`EXEC`), each
+    /// command bounded by the node's response timeout.
+    pub fn exclusive(&self) -> super::Exclusive {
+        super::Exclusive::new(self.clone(), response_timeout(&self.shared.settings))
+    }
+
     /// How writes are confirmed with `WAIT` (`REDIS_WAIT_REPLICAS` > 0), on a second command
     /// connection so that a `WAIT` blocks only the confirmed writes queued behind it; `None`
     /// when no write is confirmed.
@@ -684,7 +690,7 @@ fn command_key(cmd: &Cmd) -> Option<&[u8]> {
 
 /// `host:port` of a client's server, as [`NodeAddr`] writes it (IPv6 in brackets), so that
 /// addresses from sentinels, `CLUSTER SLOTS` and clients compare equal.
-fn addr_of(client: &Client) -> String {
+pub(crate) fn addr_of(client: &Client) -> String {
     match client.get_connection_info().addr() {
         ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => NodeAddr {
             host: host.clone(),

@@ -7,10 +7,12 @@
 //! `XREAD BLOCK` on the shared connection would stall every command behind it).
 
 pub mod conn;
+pub mod exclusive;
 pub mod keys;
 pub mod scripts;
 
 pub use conn::{ClusterSubscriber, Conn, Master, Redis, slot_of, wait_reply};
+pub use exclusive::{Exclusive, Lent};
 
 /// How writes that must survive a master's death are confirmed (`REDIS_WAIT_REPLICAS` > 0):
 /// run on `conn` (a connection of their own, [`Redis::confirm`]), each followed by

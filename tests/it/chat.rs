@@ -521,3 +521,90 @@ async fn pipelined_sends_of_one_socket_keep_their_order() {
         "delivered in send order"
     );
 }
+
+/// The value of the `fanout_chat_send_path_total` sample with these labels on `node` (0 when
+/// absent).
+async fn send_path_count(node: &Node, path: &str, reason: &str) -> f64 {
+    let (status, body) = http_raw(node.admin, "GET", "/metrics", None, None, "text/plain")
+        .await
+        .expect("/metrics reachable");
+    assert_eq!(status, 200, "{body}");
+    let want = format!("fanout_chat_send_path_total{{path=\"{path}\",reason=\"{reason}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&want))
+        .map_or(0.0, |v| v.trim().parse().expect("a number"))
+}
+
+/// The send transaction (docs/architecture.md §1) and the script keep one contract, even
+/// interleaved on one chat: a node running the script (`CHAT_SEND_PATH=script`) and two running
+/// transactions, three senders each sending every message twice at once through two nodes
+/// (same `clientMsgId`), give one sequence with consecutive offsets, every message accepted once
+/// (both ACKs name the same message) and delivered once, in offset order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_and_transaction_nodes_share_one_sequence_and_one_dedup() {
+    const PER_SENDER: usize = 100;
+    let redis = Redis::start().await;
+    let nodes = [
+        Node::start_with(
+            &redis,
+            "a",
+            NodeOpts::default().with("chat-send-path", "script"),
+        )
+        .await,
+        Node::start(&redis, "b").await,
+        Node::start(&redis, "c").await,
+    ];
+    let users = ["s0", "s1", "s2", "r"];
+    nodes[0].create_chat("mixed", &users).await;
+    let mut receiver = connect(&nodes[1].url(), "r").await;
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        // Each sender has a socket on its own node and one on the next.
+        let first = connect(&nodes[i].url(), &format!("s{i}")).await;
+        let second = connect(&nodes[(i + 1) % 3].url(), &format!("s{i}")).await;
+        tasks.push(tokio::spawn(async move {
+            for n in 0..PER_SENDER {
+                let payload = json!({"chatId": "mixed", "content": format!("s{i}-{n}"), "clientMsgId": format!("s{i}-{n}")});
+                let (x, y) = tokio::join!(
+                    ack(&first, "chat:send", payload.clone()),
+                    ack(&second, "chat:send", payload)
+                );
+                assert_eq!(x["status"], "ACCEPTED", "{x}");
+                assert_eq!(y["status"], "ACCEPTED", "{y}");
+                assert_eq!(
+                    (&x["messageId"], &x["offset"], &x["epoch"]),
+                    (&y["messageId"], &y["offset"], &y["epoch"]),
+                    "both attempts answer the one message"
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("sender task");
+    }
+    let total = 3 * PER_SENDER;
+    let ms = messages(&mut receiver, total).await;
+    let offsets: Vec<u64> = ms.iter().map(|m| m["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, (1..=total as u64).collect::<Vec<_>>());
+    let mut next: HashMap<String, usize> = HashMap::new();
+    for m in &ms {
+        let (who, n) = m["content"].as_str().unwrap().split_once('-').unwrap();
+        let expected = next.entry(who.to_owned()).or_insert(0);
+        assert_eq!(n.parse::<usize>().unwrap(), *expected, "per-sender order");
+        *expected += 1;
+    }
+    // Nothing more: no message was appended twice.
+    assert!(
+        receiver
+            .wait_for("chat:message", std::time::Duration::from_millis(500))
+            .await
+            .is_none(),
+        "a message arrived twice"
+    );
+    // Both paths ran, and the duplicates went to the script.
+    assert!(send_path_count(&nodes[0], "script", "configured").await > 0.0);
+    for node in &nodes[1..] {
+        assert!(send_path_count(node, "transaction", "committed").await > 0.0);
+        assert!(send_path_count(node, "script", "duplicate").await > 0.0);
+    }
+}

@@ -243,18 +243,40 @@ async fn scrape_after_a_known_workload() {
     assert_eq!(delta("fanout_acks_total", &invalid), 3.0);
     let unknown = [("event", "other"), ("code", "INVALID_EVENT")];
     assert_eq!(delta("fanout_acks_total", &unknown), 1.0);
+    // The chat's first message (no epoch yet) and the duplicate run the script; the other 49
+    // commit as transactions, after a read phase each of the 51 had.
     assert_eq!(
         delta(
             "fanout_redis_script_calls_total",
             &[("script", "chat_send")]
         ),
-        51.0
+        2.0
     );
-    let sends = [("op", "chat_send")];
-    assert_eq!(
-        delta("fanout_redis_command_duration_seconds_count", &sends),
-        51.0
-    );
+    for (path, reason, n) in [
+        ("transaction", "committed", 49.0),
+        ("script", "new_epoch", 1.0),
+        ("script", "duplicate", 1.0),
+    ] {
+        assert_eq!(
+            delta(
+                "fanout_chat_send_path_total",
+                &[("path", path), ("reason", reason)]
+            ),
+            n,
+            "{path} {reason}"
+        );
+    }
+    for (op, n) in [
+        ("chat_send", 2.0),
+        ("chat_send_tx_read", 51.0),
+        ("chat_send_tx_exec", 49.0),
+    ] {
+        assert_eq!(
+            delta("fanout_redis_command_duration_seconds_count", &[("op", op)]),
+            n,
+            "{op}"
+        );
+    }
     // One room broadcast per message on this, the only, node: bob and alice both get it.
     assert_eq!(
         delta("fanout_local_emits_total", &[("event", "chat:message")]),

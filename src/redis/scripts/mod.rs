@@ -14,6 +14,7 @@
 
 pub mod chat_history;
 pub mod chat_send;
+pub mod chat_send_tx;
 pub mod presence_claim;
 pub mod presence_connect;
 pub mod presence_disconnect;
