@@ -27,7 +27,7 @@
 # command's own line (a nested XADD appears under xadd too): SEND_PATH_CMDS must therefore list
 # only commands a client sends itself. Default: evalsha eval evalsha_ro eval_ro fcall (the send
 # script, with the commands it runs) + the send transaction's own commands, watch sismember
-# hmget pttl get multi exec unwatch (EXEC, like a script, counts the commands it runs: hset,
+# hmget get multi exec unwatch (EXEC, like a script, counts the commands it runs: hset,
 # set, xadd, expire, publish are inside it and must not be listed) + xread xreadgroup (readers
 # of the stream design before issue 17). sismember, hmget and exec are also sent now and then by
 # chat:join, a chat's position read and the gap fill: counted here too, so the figure errs high.
@@ -76,7 +76,7 @@ PAYLOAD=${PAYLOAD:-100}
 SETTLE=${SETTLE:-3}
 NODE_THREADS=${NODE_THREADS:-1}
 GEN_THREADS=${GEN_THREADS:-1}
-SEND_PATH_CMDS=${SEND_PATH_CMDS:-evalsha eval evalsha_ro eval_ro fcall watch sismember hmget pttl get multi exec unwatch xread xreadgroup}
+SEND_PATH_CMDS=${SEND_PATH_CMDS:-evalsha eval evalsha_ro eval_ro fcall watch sismember hmget get multi exec unwatch xread xreadgroup}
 NODE_ENV=${NODE_ENV:-}
 BIN=${FANOUT_BIN_DIR:-$ROOT/target/release}
 OUT=${OUT:-$HERE/results/scale-n$NODES-r$RATE.json}

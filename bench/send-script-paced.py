@@ -16,10 +16,10 @@ Raw RESP over a socket, so no client library is needed; each call waits for its 
 
 TX=1: the send transaction instead (src/redis/scripts/chat_send_tx.rs, CHAT_SEND_PATH=
 transaction): per message one pipeline WATCH members meta dedup, SISMEMBER, HMGET meta epoch seq
-ttlp, PTTL log, GET dedup, then one MULTI HSET meta seq, SET dedup EX, XADD log MAXLEN ~ 1000
-0-<offset> m <entry>, PUBLISH, EXEC: the commands a node sends. SHA is not needed then; the chat
+ttlp, GET dedup, then one MULTI HSET meta seq, SET dedup EX, XADD log MAXLEN ~ 1000 0-<offset>
+m <entry>, EXPIRE log NX, PUBLISH, EXEC: the commands a node sends within a TTL period. SHA is not needed then; the chat
 gets its epoch first (as the script gives it to the first message). Redis's time per message is
-the sum of usec of watch, sismember, hmget, pttl, get, multi and exec in INFO commandstats (exec
+the sum of usec of watch, sismember, hmget, get, multi and exec in INFO commandstats (exec
 counts the commands it runs; their own lines count them again).
 """
 import json
@@ -70,7 +70,7 @@ def send_tx(cid):
     sock.sendall(command("WATCH", T + ":members", T + ":meta", dedup)
                  + command("SISMEMBER", T + ":members", "u1")
                  + command("HMGET", T + ":meta", "epoch", "seq", "ttlp")
-                 + command("PTTL", T + ":log") + command("GET", dedup))
+                 + command("GET", dedup))
     replies.readline()  # +OK
     read_reply()
     line = replies.readline()  # *3: epoch, seq, ttlp
@@ -79,13 +79,12 @@ def send_tx(cid):
         size = int(replies.readline()[1:])
         values.append(replies.read(size + 2)[:-2].decode() if size >= 0 else None)
     read_reply()
-    read_reply()
     offset = int(values[1] or 0) + 1
-    period = str(int(time.time()) // 60)
     frame = head + str(offset) + ',"epoch":"' + (values[0] or "") + '"}}]}'
-    cmds = [("MULTI",), ("HSET", T + ":meta", "seq", str(offset), "ttlp", period),
+    cmds = [("MULTI",), ("HSET", T + ":meta", "seq", str(offset)),
             ("SET", dedup, f"{offset} {values[0]} 0193a4b2-1c2d-7e3f-8a9b-0c1d2e3f4a5b 2026-12-06T12:00:00.000Z", "EX", "86400"),
             ("XADD", T + ":log", "MAXLEN", "~", "1000", f"0-{offset}", "m", entry),
+            ("EXPIRE", T + ":log", "86460", "NX"),
             ("PUBLISH", T + ":ch", frame), ("EXEC",)]
     sock.sendall(b"".join(command(*c) for c in cmds))
     for _ in cmds:

@@ -523,7 +523,8 @@ async fn pipelined_sends_of_one_socket_keep_their_order() {
 }
 
 /// The value of the `fanout_chat_send_path_total` sample with these labels on `node` (0 when
-/// absent).
+/// absent). The test process's nodes share one metrics registry, so this counts the sends of
+/// every node of concurrent tests too: compare it before and after, as a lower bound.
 async fn send_path_count(node: &Node, path: &str, reason: &str) -> f64 {
     let (status, body) = http_raw(node.admin, "GET", "/metrics", None, None, "text/plain")
         .await
@@ -557,6 +558,10 @@ async fn script_and_transaction_nodes_share_one_sequence_and_one_dedup() {
     let users = ["s0", "s1", "s2", "r"];
     nodes[0].create_chat("mixed", &users).await;
     let mut receiver = connect(&nodes[1].url(), "r").await;
+    let mut before = Vec::new();
+    for (path, reason) in COUNTED {
+        before.push(send_path_count(&nodes[0], path, reason).await);
+    }
     let mut tasks = Vec::new();
     for i in 0..3 {
         // Each sender has a socket on its own node and one on the next.
@@ -601,10 +606,74 @@ async fn script_and_transaction_nodes_share_one_sequence_and_one_dedup() {
             .is_none(),
         "a message arrived twice"
     );
-    // Both paths ran, and the duplicates went to the script.
-    assert!(send_path_count(&nodes[0], "script", "configured").await > 0.0);
-    for node in &nodes[1..] {
-        assert!(send_path_count(node, "transaction", "committed").await > 0.0);
-        assert!(send_path_count(node, "script", "duplicate").await > 0.0);
+    // Both paths ran (only node a is configured for the script; the others' duplicates went to
+    // the script too).
+    for ((path, reason), was) in COUNTED.iter().zip(before) {
+        let now = send_path_count(&nodes[0], path, reason).await;
+        assert!(now > was, "no {path}/{reason} send: {was} -> {now}");
     }
+}
+
+const COUNTED: [(&str, &str); 3] = [
+    ("script", "configured"),
+    ("transaction", "committed"),
+    ("script", "duplicate"),
+];
+
+async fn ttl_of(conn: &mut TestConn, key: &str) -> i64 {
+    redis::cmd("TTL")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("TTL")
+}
+
+/// The send transaction keeps the history log's TTL as the script does (docs/protocol.md §3): a
+/// log that is gone while the chat's sequence lives on (expired, evicted) is created again by
+/// the next message with its TTL, offsets continuing; within a refresh period a message leaves
+/// an existing TTL alone (`EXPIRE … NX`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_gives_a_recreated_log_its_ttl_and_continues_the_offsets() {
+    let redis = Redis::start().await;
+    let node = Node::start_with(
+        &redis,
+        "a",
+        NodeOpts::default().with("history-ttl-secs", "3600"),
+    )
+    .await;
+    node.create_chat("ttl", &["alice"]).await;
+    let alice = connect(&node.url(), "alice").await;
+    let log = "fanout:{chat:ttl}:log";
+    let mut conn = redis.conn().await;
+    // The first message starts the sequence (the script), the second is a transaction.
+    let first = send(&alice, "ttl", "one").await;
+    send(&alice, "ttl", "two").await;
+    let before = ttl_of(&mut conn, log).await;
+    assert!(
+        (3600..=3660).contains(&before),
+        "HISTORY_TTL_SECS + R: {before}"
+    );
+    // A shorter TTL stands within the period: the transaction does not push it back.
+    let () = redis::cmd("EXPIRE")
+        .arg(log)
+        .arg(1000)
+        .query_async(&mut conn)
+        .await
+        .expect("EXPIRE");
+    send(&alice, "ttl", "three").await;
+    assert!(ttl_of(&mut conn, log).await <= 1000);
+    // Gone: created again with its TTL, at the next offset of the same epoch.
+    let () = redis::cmd("DEL")
+        .arg(log)
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
+    let fourth = send(&alice, "ttl", "four").await;
+    assert_eq!(fourth["offset"], 4);
+    assert_eq!(fourth["epoch"], first["epoch"]);
+    let after = ttl_of(&mut conn, log).await;
+    assert!(
+        (3600..=3660).contains(&after),
+        "a recreated log's TTL: {after}"
+    );
 }

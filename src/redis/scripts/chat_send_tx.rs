@@ -26,10 +26,6 @@ use super::chat_send::{SendArgs, frame_parts, log_entry, log_ttl};
 use super::{as_array, as_i64, as_string, as_u64};
 use crate::redis::keys::ChatKeys;
 
-/// A log whose TTL is shorter than this (ms) has it set again in the write phase, so that it
-/// cannot expire between the read and the `EXEC` and come back without a TTL.
-const TTL_MARGIN_MS: i64 = 5_000;
-
 /// What the read phase saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Read {
@@ -41,8 +37,6 @@ pub struct Read {
     pub seq: Option<u64>,
     /// meta's `ttlp` (the refresh period of the log's TTL last applied).
     pub ttlp: Option<String>,
-    /// `PTTL` of the log: -2 missing, -1 without TTL.
-    pub log_pttl: i64,
     /// The dedup record, when the send has a `clientMsgId` and one exists.
     pub dedup: Option<String>,
 }
@@ -54,7 +48,8 @@ pub enum Decision {
     Forbidden,
     /// Run the script instead, for this reason (a metric label).
     Script(&'static str),
-    /// Write the message at `offset` of `epoch`; `refresh`: set the log's TTL and `ttlp`.
+    /// Write the message at `offset` of `epoch`; `refresh`: a new period, set the log's TTL
+    /// and `ttlp` (otherwise the TTL is set only if the log has none: `EXPIRE … NX`).
     Commit {
         /// The offset taken (`seq + 1`).
         offset: u64,
@@ -74,8 +69,9 @@ fn watched(k: &ChatKeys, a: &SendArgs<'_>) -> Vec<String> {
 }
 
 /// The read phase: `WATCH` members, meta (and the dedup record), then `SISMEMBER`, `HMGET meta
-/// epoch seq ttlp`, `PTTL log` (and `GET dedup`). Not atomic and need not be: `EXEC` fails
-/// if a watched key changed after the `WATCH`.
+/// epoch seq ttlp` (and `GET dedup`). Not atomic and need not be: `EXEC` fails if a watched key
+/// changed after the `WATCH`. The log is not read: whether it exists or has a TTL is settled in
+/// the write phase (`EXPIRE … NX`), where it cannot change any more.
 pub fn pipe_read(a: &SendArgs<'_>) -> Pipeline {
     let k = ChatKeys::new(a.chat_id);
     let mut pipe = redis::pipe();
@@ -86,7 +82,6 @@ pub fn pipe_read(a: &SendArgs<'_>) -> Pipeline {
         .arg("epoch")
         .arg("seq")
         .arg("ttlp");
-    pipe.cmd("PTTL").arg(k.log());
     if let Some(cmid) = a.client_msg_id {
         pipe.cmd("GET").arg(k.dedup(a.sender, cmid));
     }
@@ -107,19 +102,17 @@ pub fn parse_read(replies: &[Value], with_dedup: bool) -> Option<Read> {
         v => Some(as_u64(v)?),
     };
     let ttlp = opt(meta.get(2)?)?;
-    let log_pttl = as_i64(replies.get(2)?)?;
     let dedup = if with_dedup {
-        opt(replies.get(3)?)?
+        opt(replies.get(2)?)?
     } else {
         None
     };
-    let expected = if with_dedup { 4 } else { 3 };
+    let expected = if with_dedup { 3 } else { 2 };
     (replies.len() == expected).then_some(Read {
         member,
         epoch,
         seq,
         ttlp,
-        log_pttl,
         dedup,
     })
 }
@@ -142,8 +135,7 @@ pub fn decide(read: &Read, a: &SendArgs<'_>) -> Decision {
         }
     }
     let (_, period) = log_ttl(a.history_ttl_secs, a.now_secs);
-    let refresh =
-        read.ttlp.as_deref() != Some(period.to_string().as_str()) || read.log_pttl < TTL_MARGIN_MS;
+    let refresh = read.ttlp.as_deref() != Some(period.to_string().as_str());
     Decision::Commit {
         offset: seq + 1,
         epoch: epoch.clone(),
@@ -152,8 +144,9 @@ pub fn decide(read: &Read, a: &SendArgs<'_>) -> Decision {
 }
 
 /// The write phase, one `MULTI`/`EXEC`: `HSET meta seq` (and `ttlp`), the dedup record,
-/// `XADD` at `0-<offset>`, the log's `EXPIRE` when refreshed, and the frame published (the
-/// same bytes the script publishes).
+/// `XADD` at `0-<offset>`, the log's `EXPIRE` (on a new period; else `EXPIRE … NX`, which
+/// gives a log the `XADD` just created its TTL and leaves any other alone), and the frame
+/// published (the same bytes the script publishes).
 pub fn pipe_commit(
     a: &SendArgs<'_>,
     offset: u64,
@@ -188,9 +181,11 @@ pub fn pipe_commit(
         .arg(format!("0-{offset}"))
         .arg("m")
         .arg(log_entry(a)?);
-    if refresh {
-        pipe.cmd("EXPIRE").arg(k.log()).arg(ttl).ignore();
+    let expire = pipe.cmd("EXPIRE").arg(k.log()).arg(ttl);
+    if !refresh {
+        expire.arg("NX");
     }
+    expire.ignore();
     pipe.cmd(a.publish.as_str())
         .arg(k.channel())
         .arg(format!("{head}{offset}{mid}{epoch}{tail}"))
@@ -241,7 +236,6 @@ mod tests {
             epoch: Some("ab".into()),
             seq: Some(4),
             ttlp: Some("100".into()),
-            log_pttl: 600_000,
             dedup: dedup.map(Into::into),
         }
     }
@@ -249,7 +243,7 @@ mod tests {
     #[test]
     fn the_read_replies_parse_and_bad_shapes_are_none() {
         let meta = arr(vec![bulk("ab"), bulk("4"), Value::Nil]);
-        let got = parse_read(&[Value::Int(1), meta.clone(), Value::Int(-2)], false);
+        let got = parse_read(&[Value::Int(1), meta.clone()], false);
         assert_eq!(
             got,
             Some(Read {
@@ -257,28 +251,19 @@ mod tests {
                 epoch: Some("ab".into()),
                 seq: Some(4),
                 ttlp: None,
-                log_pttl: -2,
                 dedup: None
             })
         );
-        let with = parse_read(
-            &[Value::Int(0), meta.clone(), Value::Int(5), bulk("1 ab m t")],
-            true,
-        );
+        let with = parse_read(&[Value::Int(0), meta.clone(), bulk("1 ab m t")], true);
         assert_eq!(
             with.map(|r| (r.member, r.dedup)),
             Some((false, Some("1 ab m t".into())))
         );
-        assert_eq!(parse_read(&[Value::Int(1), meta.clone()], false), None);
-        assert_eq!(
-            parse_read(&[Value::Int(1), bulk("x"), Value::Int(1)], false),
-            None
-        );
+        assert_eq!(parse_read(&[Value::Int(1)], false), None);
+        assert_eq!(parse_read(&[Value::Int(1), meta.clone()], true), None);
+        assert_eq!(parse_read(&[Value::Int(1), bulk("x")], false), None);
         let bad_seq = arr(vec![bulk("ab"), bulk("four"), Value::Nil]);
-        assert_eq!(
-            parse_read(&[Value::Int(1), bad_seq, Value::Int(1)], false),
-            None
-        );
+        assert_eq!(parse_read(&[Value::Int(1), bad_seq], false), None);
     }
 
     #[test]
@@ -314,21 +299,14 @@ mod tests {
                 Decision::Commit { offset: 5, .. }
             ));
         }
-        for (ttlp, pttl) in [
-            (Some("99"), 600_000),
-            (None, 600_000),
-            (Some("100"), -2),
-            (Some("100"), -1),
-            (Some("100"), 4_000),
-        ] {
+        for ttlp in [Some("99"), None] {
             let r = Read {
                 ttlp: ttlp.map(Into::into),
-                log_pttl: pttl,
                 ..read(None)
             };
             assert!(
                 matches!(decide(&r, &a), Decision::Commit { refresh: true, .. }),
-                "{ttlp:?} {pttl}"
+                "{ttlp:?}"
             );
         }
     }
