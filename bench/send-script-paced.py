@@ -15,7 +15,7 @@ PREV=1 the calls carry the ARGV of the script before the packed log entry (load
 Raw RESP over a socket, so no client library is needed; each call waits for its reply.
 
 TX=1: the send transaction instead (src/redis/scripts/chat_send_tx.rs, CHAT_SEND_PATH=
-transaction): per message one pipeline WATCH members meta dedup, SISMEMBER, HMGET meta epoch seq
+transaction): per message one pipeline WATCH members meta, SISMEMBER, HMGET meta epoch seq
 ttlp, GET dedup, then one MULTI HSET meta seq, SET dedup EX, XADD log MAXLEN ~ 1000 0-<offset>
 m <entry>, EXPIRE log NX, PUBLISH, EXEC: the commands a node sends within a TTL period. SHA is not needed then; the chat
 gets its epoch first (as the script gives it to the first message). Redis's time per message is
@@ -67,7 +67,7 @@ def read_reply():
 
 def send_tx(cid):
     dedup = f"{T}:dedup:u1|{cid}"
-    sock.sendall(command("WATCH", T + ":members", T + ":meta", dedup)
+    sock.sendall(command("WATCH", T + ":members", T + ":meta")
                  + command("SISMEMBER", T + ":members", "u1")
                  + command("HMGET", T + ":meta", "epoch", "seq", "ttlp")
                  + command("GET", dedup))

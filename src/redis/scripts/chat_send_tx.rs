@@ -8,11 +8,13 @@
 //! against ~15 µs for the same commands in a transaction, docs/benchmarks.md "The send path
 //! without a script"), and issue 17 asks ≤ 25 µs.
 //!
-//! How the contract holds: the read phase `WATCH`es the members set, the meta hash and the
-//! dedup record, then reads them; the write phase is one `MULTI`/`EXEC`. If any watched key
-//! changed in between (another send took an offset, a member was removed, a retry wrote the
-//! dedup record, the chat was deleted), Redis refuses the `EXEC` and nothing is written: the
-//! send reads again. Offsets are taken as `seq + 1` of the watched `seq` and the `XADD` and the
+//! How the contract holds: the read phase `WATCH`es the members set and the meta hash, then
+//! reads them and the dedup record; the write phase is one `MULTI`/`EXEC`. If a watched key
+//! changed in between (another send took an offset, a member was removed, the chat was deleted),
+//! Redis refuses the `EXEC` and nothing is written: the send reads again. The dedup record needs
+//! no `WATCH` of its own: every step that writes one also writes meta (the script's `HINCRBY`,
+//! the transaction's `HSET seq`), so a concurrent retry that got there first aborts this `EXEC`
+//! through meta, and the next read finds its record. Offsets are taken as `seq + 1` of the watched `seq` and the `XADD` and the
 //! publication run in the same `EXEC`, so publication order is offset order as with the script.
 //! The rare cases go to the script, which stays the authority: a chat without epoch (first
 //! message, lost sequence), a duplicate (its answer must write, so that a `WAIT` after it covers
@@ -60,22 +62,14 @@ pub enum Decision {
     },
 }
 
-fn watched(k: &ChatKeys, a: &SendArgs<'_>) -> Vec<String> {
-    let mut keys = vec![k.members(), k.meta()];
-    if let Some(cmid) = a.client_msg_id {
-        keys.push(k.dedup(a.sender, cmid));
-    }
-    keys
-}
-
-/// The read phase: `WATCH` members, meta (and the dedup record), then `SISMEMBER`, `HMGET meta
-/// epoch seq ttlp` (and `GET dedup`). Not atomic and need not be: `EXEC` fails if a watched key
+/// The read phase: `WATCH` members and meta, then `SISMEMBER`, `HMGET meta epoch seq ttlp`
+/// (and `GET` of the dedup record). Not atomic and need not be: `EXEC` fails if a watched key
 /// changed after the `WATCH`. The log is not read: whether it exists or has a TTL is settled in
 /// the write phase (`EXPIRE … NX`), where it cannot change any more.
 pub fn pipe_read(a: &SendArgs<'_>) -> Pipeline {
     let k = ChatKeys::new(a.chat_id);
     let mut pipe = redis::pipe();
-    pipe.cmd("WATCH").arg(watched(&k, a)).ignore();
+    pipe.cmd("WATCH").arg(k.members()).arg(k.meta()).ignore();
     pipe.cmd("SISMEMBER").arg(k.members()).arg(a.sender);
     pipe.cmd("HMGET")
         .arg(k.meta())
