@@ -177,7 +177,7 @@ impl Chats {
     }
 
     /// The same service sending through an optimistic transaction (`CHAT_SEND_PATH=
-    /// transaction`, the default): `WATCH`/`MULTI`/`EXEC` on `pool`'s connections for the
+    /// transaction`): `WATCH`/`MULTI`/`EXEC` on `pool`'s connections for the
     /// common case, `chat_send.lua` for the rest (docs/architecture.md §1).
     pub fn with_transactions(self, pool: crate::redis::Exclusive) -> Self {
         Chats {

@@ -27,10 +27,11 @@ pub enum JwtAlgorithm {
 /// How a node runs `chat:send` in Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ChatSendPath {
-    /// `WATCH`/`MULTI`/`EXEC` for the common case, `chat_send.lua` for the rest: a third of
-    /// the script's Redis time per message (docs/benchmarks.md).
+    /// `WATCH`/`MULTI`/`EXEC` for the common case, `chat_send.lua` for the rest: less than
+    /// half the script's Redis command time per message, for more node CPU and a second round
+    /// trip (docs/benchmarks.md, "The send path without a script").
     Transaction,
-    /// `chat_send.lua` for every send (one round trip instead of two).
+    /// `chat_send.lua` for every send: one round trip.
     Script,
 }
 
@@ -190,14 +191,10 @@ pub struct Config {
     #[arg(long, env = "HISTORY_TTL_SECS", default_value_t = 86400)]
     pub history_ttl_secs: u64,
 
-    /// How `chat:send` runs in Redis: `transaction` (WATCH/MULTI/EXEC, the script for first
-    /// messages, duplicates and contention) or `script` (chat_send.lua always).
-    #[arg(
-        long,
-        env = "CHAT_SEND_PATH",
-        value_enum,
-        default_value = "transaction"
-    )]
+    /// How `chat:send` runs in Redis: `script` (chat_send.lua, one round trip) or
+    /// `transaction` (WATCH/MULTI/EXEC; the script for first messages, duplicates and
+    /// contention).
+    #[arg(long, env = "CHAT_SEND_PATH", value_enum, default_value = "script")]
     pub chat_send_path: ChatSendPath,
 
     /// How long a `clientMsgId` is remembered for deduplication, in seconds.

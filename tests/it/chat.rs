@@ -536,9 +536,14 @@ async fn send_path_count(node: &Node, path: &str, reason: &str) -> f64 {
         .map_or(0.0, |v| v.trim().parse().expect("a number"))
 }
 
+/// A node's options with `CHAT_SEND_PATH=transaction`.
+fn transactions() -> NodeOpts {
+    NodeOpts::default().with("chat-send-path", "transaction")
+}
+
 /// The send transaction (docs/architecture.md §1) and the script keep one contract, even
-/// interleaved on one chat: a node running the script (`CHAT_SEND_PATH=script`) and two running
-/// transactions, three senders each sending every message twice at once through two nodes
+/// interleaved on one chat: a node running the script (`CHAT_SEND_PATH=script`, the default)
+/// and two running transactions, three senders each sending every message twice at once through two nodes
 /// (same `clientMsgId`), give one sequence with consecutive offsets, every message accepted once
 /// (both ACKs name the same message) and delivered once, in offset order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -546,14 +551,9 @@ async fn script_and_transaction_nodes_share_one_sequence_and_one_dedup() {
     const PER_SENDER: usize = 100;
     let redis = Redis::start().await;
     let nodes = [
-        Node::start_with(
-            &redis,
-            "a",
-            NodeOpts::default().with("chat-send-path", "script"),
-        )
-        .await,
-        Node::start(&redis, "b").await,
-        Node::start(&redis, "c").await,
+        Node::start(&redis, "a").await,
+        Node::start_with(&redis, "b", transactions()).await,
+        Node::start_with(&redis, "c", transactions()).await,
     ];
     let users = ["s0", "s1", "s2", "r"];
     nodes[0].create_chat("mixed", &users).await;
@@ -606,8 +606,7 @@ async fn script_and_transaction_nodes_share_one_sequence_and_one_dedup() {
             .is_none(),
         "a message arrived twice"
     );
-    // Both paths ran (only node a is configured for the script; the others' duplicates went to
-    // the script too).
+    // Both paths ran (node a runs the script; the others' duplicates went to the script too).
     for ((path, reason), was) in COUNTED.iter().zip(before) {
         let now = send_path_count(&nodes[0], path, reason).await;
         assert!(now > was, "no {path}/{reason} send: {was} -> {now}");
@@ -635,12 +634,7 @@ async fn ttl_of(conn: &mut TestConn, key: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_gives_a_recreated_log_its_ttl_and_continues_the_offsets() {
     let redis = Redis::start().await;
-    let node = Node::start_with(
-        &redis,
-        "a",
-        NodeOpts::default().with("history-ttl-secs", "3600"),
-    )
-    .await;
+    let node = Node::start_with(&redis, "a", transactions().with("history-ttl-secs", "3600")).await;
     node.create_chat("ttl", &["alice"]).await;
     let alice = connect(&node.url(), "alice").await;
     let log = "fanout:{chat:ttl}:log";

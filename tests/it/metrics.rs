@@ -243,19 +243,17 @@ async fn scrape_after_a_known_workload() {
     assert_eq!(delta("fanout_acks_total", &invalid), 3.0);
     let unknown = [("event", "other"), ("code", "INVALID_EVENT")];
     assert_eq!(delta("fanout_acks_total", &unknown), 1.0);
-    // The chat's first message (no epoch yet) and the duplicate run the script; the other 49
-    // commit as transactions, after a read phase each of the 51 had.
+    // CHAT_SEND_PATH=script, the default: every send is one script call.
     assert_eq!(
         delta(
             "fanout_redis_script_calls_total",
             &[("script", "chat_send")]
         ),
-        2.0
+        51.0
     );
     for (path, reason, n) in [
-        ("transaction", "committed", 49.0),
-        ("script", "new_epoch", 1.0),
-        ("script", "duplicate", 1.0),
+        ("script", "configured", 51.0),
+        ("transaction", "committed", 0.0),
     ] {
         assert_eq!(
             delta(
@@ -267,9 +265,9 @@ async fn scrape_after_a_known_workload() {
         );
     }
     for (op, n) in [
-        ("chat_send", 2.0),
-        ("chat_send_tx_read", 51.0),
-        ("chat_send_tx_exec", 49.0),
+        ("chat_send", 51.0),
+        ("chat_send_tx_read", 0.0),
+        ("chat_send_tx_exec", 0.0),
     ] {
         assert_eq!(
             delta("fanout_redis_command_duration_seconds_count", &[("op", op)]),

@@ -235,11 +235,12 @@ pub fn parse(reply: &Value) -> redis::RedisResult<Sent> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::redis::scripts::test_values::{arr, bulk};
 
-    fn args<'a>(content: &'a str, cmid: Option<&'a str>) -> SendArgs<'a> {
+    /// A send of `content` by u1 to c1 (also the send transaction's tests' base).
+    pub(crate) fn args<'a>(content: &'a str, cmid: Option<&'a str>) -> SendArgs<'a> {
         SendArgs {
             chat_id: "c1",
             sender: "u1",

@@ -202,25 +202,13 @@ pub fn parse_commit(reply: &Value, offset: u64) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::redis::scripts::chat_send::PublishCommand;
     use crate::redis::scripts::test_values::{arr, bulk};
 
     fn args(cmid: Option<&str>) -> SendArgs<'_> {
         SendArgs {
-            chat_id: "c1",
-            sender: "u1",
-            message_id: "m",
-            client_msg_id: cmid,
-            kind: "text",
-            content: "hi",
-            created_at: "t",
-            candidate_epoch: "e0",
-            history_maxlen: 10,
             history_ttl_secs: 600,
             now_secs: 6000,
-            dedup_ttl_secs: 30,
-            node_id: "n1",
-            publish: PublishCommand::Publish,
+            ..crate::redis::scripts::chat_send::tests::args("hi", cmid)
         }
     }
 
