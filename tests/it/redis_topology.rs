@@ -93,6 +93,27 @@ pub async fn query<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> Opt
     cmd.query_async(&mut c).await.ok()
 }
 
+/// Whether every write the master on `port` made so far reached a replica within 5 s: a write
+/// on the slot of `{tag}`, then `WAIT 1` for it, which covers every earlier write since a
+/// master replicates one ordered stream. A test that kills a master to see what the promoted
+/// replica does calls this first: Redis replicates asynchronously, and a write the kill beat
+/// to the replica is lost, which is not what such a test is about.
+pub async fn replicated(port: u16, tag: &str) -> bool {
+    let Some(mut c) = conn_to(port).await else {
+        return false;
+    };
+    let mut pipe = redis::pipe();
+    pipe.cmd("SET")
+        .arg(format!("fanout-test:{{{tag}}}:fence"))
+        .arg(1)
+        .ignore()
+        .cmd("WAIT")
+        .arg(1)
+        .arg(5000);
+    let acked: Option<(i64,)> = pipe.query_async(&mut c).await.ok();
+    acked.is_some_and(|(n,)| n >= 1)
+}
+
 async fn answers(port: u16) -> bool {
     query::<String>(port, &redis::cmd("PING")).await.is_some()
 }

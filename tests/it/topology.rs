@@ -792,6 +792,10 @@ async fn presence_expiry_on_a_cluster_survives_the_death_of_the_users_master() {
         .replica_of(master.port)
         .await
         .expect("it has a replica");
+    assert!(
+        topo::replicated(master.port, "alice").await,
+        "alice's presence reached the replica before her master dies"
+    );
     doomed.kill9();
     cluster.kill9(master.port);
     assert!(
