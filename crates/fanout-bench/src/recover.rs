@@ -6,7 +6,7 @@
 //! live or recovered. Senders, for their part, resend what was not acknowledged with the same
 //! `clientMsgId` (see `run_sender`), which the server deduplicates.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -95,6 +95,11 @@ impl Supervisor {
     /// Keeps the client connected until `stop`.
     pub async fn run(self, stop: CancellationToken) {
         let mut attempt = 0u32;
+        // Rooms whose catch-up the last connection did not finish, with the point it reached.
+        // The next round resumes them from there, not from the highest offset held: live
+        // messages that reached the last connection before it closed lie beyond a range not
+        // fetched yet, and resuming after them would skip that range for good.
+        let mut unfinished: HashMap<u32, Resume> = HashMap::new();
         loop {
             let Some(current) = self.slot.any() else {
                 return;
@@ -107,7 +112,10 @@ impl Supervisor {
                 let st = lock(&self.state);
                 self.rooms
                     .iter()
-                    .map(|&r| (r, st.resume_offset(r)))
+                    .map(|&r| {
+                        let from = unfinished.remove(&r).unwrap_or_else(|| st.resume_offset(r));
+                        (r, from)
+                    })
                     .collect()
             };
             let t0 = Instant::now();
@@ -143,10 +151,19 @@ impl Supervisor {
                 }
             }
             self.slot.set(Arc::clone(&client));
-            for (room, from) in since {
+            for (room, mut from) in since {
+                if client.is_closed() {
+                    unfinished.insert(room, from);
+                    continue;
+                }
                 // Until it succeeds or the connection is gone (the next round resumes then).
                 let mut pause = Duration::from_millis(200);
-                while !self.catch_up(&client, room, from.clone()).await && !client.is_closed() {
+                while let Err(reached) = self.catch_up(&client, room, from.clone()).await {
+                    from = reached;
+                    if client.is_closed() {
+                        unfinished.insert(room, from);
+                        break;
+                    }
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = sleep(jittered(pause)) => {}
@@ -157,9 +174,9 @@ impl Supervisor {
         }
     }
 
-    /// Pages `chat:history` of `room` from `since` until the answer is short; false when a call
-    /// failed (what was received so far is accounted).
-    async fn catch_up(&self, client: &Client, room: u32, from: Resume) -> bool {
+    /// Pages `chat:history` of `room` from `since` until the answer is short; when a call
+    /// fails, the point the pages before it reached (what they brought is accounted).
+    async fn catch_up(&self, client: &Client, room: u32, from: Resume) -> Result<(), Resume> {
         let (mut epoch, mut since) = from;
         loop {
             // Offsets start at 1: since 0 is "everything retained" for a client that had none.
@@ -190,7 +207,7 @@ impl Supervisor {
                     *lock(&self.stats.history_error_kinds)
                         .entry(why)
                         .or_default() += 1;
-                    return false;
+                    return Err((epoch, since));
                 }
             };
             let messages = ack["messages"].as_array().cloned().unwrap_or_default();
@@ -201,7 +218,7 @@ impl Supervisor {
                     since = Some(l);
                     epoch = ack["epoch"].as_str().map(str::to_owned);
                 }
-                _ => return true,
+                _ => return Ok(()),
             }
         }
     }
