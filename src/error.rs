@@ -164,6 +164,15 @@ pub enum DomainError {
     },
 }
 
+impl From<crate::redis::Shortfall> for DomainError {
+    fn from(s: crate::redis::Shortfall) -> Self {
+        DomainError::NotReplicated {
+            confirmed: s.confirmed,
+            wanted: s.wanted,
+        }
+    }
+}
+
 impl From<serde_json::Error> for DomainError {
     /// An envelope that cannot be serialized (a bug): a publish that could not happen.
     fn from(e: serde_json::Error) -> Self {

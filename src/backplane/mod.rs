@@ -260,20 +260,9 @@ impl Backplane {
             frame::Frame::to_json(&self.node_id, first_actions)?,
         );
         let reply = if let Some(confirm) = &self.confirm {
-            let (mut conn, replicas) = (confirm.conn.clone(), confirm.replicas);
-            let (reply, confirmed) = scripts::invoke_then_wait(
-                &publish_once::SCRIPT,
-                &mut conn,
-                call,
-                replicas,
-                confirm.timeout,
-            )
-            .await?;
-            if confirmed < replicas {
-                return Err(PublishError::NotReplicated {
-                    confirmed,
-                    wanted: replicas,
-                });
+            let (reply, short) = confirm.invoke(&publish_once::SCRIPT, call).await?;
+            if let Some(crate::redis::Shortfall { confirmed, wanted }) = short {
+                return Err(PublishError::NotReplicated { confirmed, wanted });
             }
             reply
         } else {

@@ -340,18 +340,10 @@ impl ChatStore {
             }
         }
         crate::metrics::chat_send_path("transaction", "committed");
-        if let Some(confirm) = &self.confirm {
-            let mut cmd = redis::cmd("WAIT");
-            cmd.arg(confirm.replicas)
-                .arg(confirm.timeout.as_millis() as u64);
-            let waited: redis::Value = redis_op("wait", cmd.query_async(&mut lent.conn)).await?;
-            let confirmed = crate::redis::wait_reply(waited, confirm.replicas)?;
-            if confirmed < confirm.replicas {
-                return Err(DomainError::NotReplicated {
-                    confirmed,
-                    wanted: confirm.replicas,
-                });
-            }
+        if let Some(confirm) = &self.confirm
+            && let Some(short) = confirm.wait_on(&mut lent.conn).await?
+        {
+            return Err(short.into());
         }
         Ok(Tx::Done(chat_send::Sent::Accepted(crate::chat::Accepted {
             message_id: args.message_id.to_owned(),
@@ -368,29 +360,18 @@ impl ChatStore {
         args: &chat_send::SendArgs<'_>,
     ) -> Result<chat_send::Sent, DomainError> {
         let call = chat_send::call(args)?;
-        let Some(Confirm {
-            conn,
-            replicas,
-            timeout,
-        }) = &self.confirm
-        else {
+        let Some(confirm) = &self.confirm else {
             let mut conn = self.conn.clone();
             let reply = scripts::invoke(&chat_send::SCRIPT, &mut conn, call).await?;
             return Ok(chat_send::parse(&reply)?);
         };
-        let (replicas, mut conn) = (*replicas, conn.clone());
-        let (reply, confirmed) =
-            scripts::invoke_then_wait(&chat_send::SCRIPT, &mut conn, call, replicas, *timeout)
-                .await?;
+        let (reply, short) = confirm.invoke(&chat_send::SCRIPT, call).await?;
         let sent = chat_send::parse(&reply)?;
         // A refusal wrote nothing to confirm.
-        if matches!(sent, chat_send::Sent::Accepted(_)) && confirmed < replicas {
-            return Err(DomainError::NotReplicated {
-                confirmed,
-                wanted: replicas,
-            });
+        match short {
+            Some(short) if matches!(sent, chat_send::Sent::Accepted(_)) => Err(short.into()),
+            _ => Ok(sent),
         }
-        Ok(sent)
     }
 
     /// Runs `chat_history.lua` for `reader`.

@@ -252,6 +252,23 @@ impl Redis {
         self.shared.generation.load(Ordering::Relaxed)
     }
 
+    /// The address (`host:port`) of the master that serves `key` now, without building a
+    /// client when it is known: [`Self::client_for_key`]'s answer for callers that look up a
+    /// connection they keep per master (the send transaction's, once per message).
+    pub async fn master_addr_for_key(&self, key: &[u8]) -> RedisResult<Arc<str>> {
+        match &self.shared.conn.inner {
+            Inner::Single { addr, .. } => Ok(addr.clone()),
+            Inner::Sentinel(s) => match s.current() {
+                Some(c) => Ok(c.addr.clone()),
+                None => Ok(addr_of(&s.master_client().await?).into()),
+            },
+            Inner::Cluster { map, .. } => match map.owner(slot_of(key)) {
+                Some(addr) => Ok(addr),
+                None => Ok(addr_of(&self.client_for_key(key).await?).into()),
+            },
+        }
+    }
+
     /// A client for the master that serves `key` now: the one Redis, the current Sentinel
     /// master, or the Cluster master owning the key's slot (the slot map is read first when
     /// it is not known yet). For a blocking reader or a subscriber of that key (a stream, a

@@ -35,13 +35,13 @@ pub struct Exclusive {
 struct Idle {
     /// The topology generation the idle connections were opened in.
     generation: u64,
-    by_master: HashMap<String, Vec<MultiplexedConnection>>,
+    by_master: HashMap<Arc<str>, Vec<MultiplexedConnection>>,
 }
 
 /// A connection lent by [`Exclusive::get`], to the master `addr`.
 pub struct Lent {
     /// The master it goes to (`host:port`).
-    pub addr: String,
+    pub addr: Arc<str>,
     /// The connection: no other task uses it until it is put back.
     pub conn: MultiplexedConnection,
     generation: u64,
@@ -58,11 +58,11 @@ impl Exclusive {
         }
     }
 
-    /// A connection of its own to the master serving `key`: an idle one, or a new one.
+    /// A connection of its own to the master serving `key`: an idle one, or a new one. Only
+    /// a new one needs a client; an idle one is found by the master's address alone.
     pub async fn get(&self, key: &[u8]) -> redis::RedisResult<Lent> {
         let generation = self.redis.topology_generation();
-        let client = self.redis.client_for_key(key).await?;
-        let addr = super::conn::addr_of(&client);
+        let addr = self.redis.master_addr_for_key(key).await?;
         if let Ok(mut idle) = self.idle.lock() {
             if idle.generation != generation {
                 idle.by_master.clear();
@@ -76,6 +76,10 @@ impl Exclusive {
                 });
             }
         }
+        let client = self.redis.client_for_key(key).await?;
+        // The master may have changed since the lookup above: the connection goes where the
+        // client points, and is filed under that address.
+        let addr: Arc<str> = super::conn::addr_of(&client).into();
         let config = AsyncConnectionConfig::new()
             .set_response_timeout(Some(self.timeout))
             .set_connection_timeout(Some(CONNECT_TIMEOUT));

@@ -27,6 +27,51 @@ pub struct Confirm {
     pub timeout: std::time::Duration,
 }
 
+/// Fewer replicas had a write when its `WAIT` returned than `REDIS_WAIT_REPLICAS` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shortfall {
+    /// Replicas that confirmed.
+    pub confirmed: u32,
+    /// Replicas wanted.
+    pub wanted: u32,
+}
+
+impl Confirm {
+    /// Runs `script` and its `WAIT` in one pipeline on the confirming connection: the script's
+    /// raw reply, and the shortfall when too few replicas confirmed in time. The one place a
+    /// script's writes are confirmed (the send script, `publish_once.lua`).
+    pub async fn invoke(
+        &self,
+        script: &scripts::NamedScript,
+        call: scripts::Call,
+    ) -> redis::RedisResult<(redis::Value, Option<Shortfall>)> {
+        let mut conn = self.conn.clone();
+        let (reply, confirmed) =
+            scripts::invoke_then_wait(script, &mut conn, call, self.replicas, self.timeout).await?;
+        Ok((reply, self.shortfall(confirmed)))
+    }
+
+    /// `WAIT` on `conn`, which must be the connection that carried the writes to confirm (a
+    /// connection lent to one transaction): the shortfall when too few replicas confirmed.
+    pub async fn wait_on<C>(&self, conn: &mut C) -> redis::RedisResult<Option<Shortfall>>
+    where
+        C: redis::aio::ConnectionLike + Send,
+    {
+        let mut pipe = redis::pipe();
+        Conn::pipe_wait(&mut pipe, self.replicas, self.timeout);
+        let (waited,): (redis::Value,) =
+            crate::metrics::redis_op("wait", pipe.query_async(conn)).await?;
+        Ok(self.shortfall(wait_reply(waited, self.replicas)?))
+    }
+
+    fn shortfall(&self, confirmed: u32) -> Option<Shortfall> {
+        (confirmed < self.replicas).then_some(Shortfall {
+            confirmed,
+            wanted: self.replicas,
+        })
+    }
+}
+
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;

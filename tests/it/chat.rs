@@ -522,20 +522,6 @@ async fn pipelined_sends_of_one_socket_keep_their_order() {
     );
 }
 
-/// The value of the `fanout_chat_send_path_total` sample with these labels on `node` (0 when
-/// absent). The test process's nodes share one metrics registry, so this counts the sends of
-/// every node of concurrent tests too: compare it before and after, as a lower bound.
-async fn send_path_count(node: &Node, path: &str, reason: &str) -> f64 {
-    let (status, body) = http_raw(node.admin, "GET", "/metrics", None, None, "text/plain")
-        .await
-        .expect("/metrics reachable");
-    assert_eq!(status, 200, "{body}");
-    let want = format!("fanout_chat_send_path_total{{path=\"{path}\",reason=\"{reason}\"}} ");
-    body.lines()
-        .find_map(|l| l.strip_prefix(&want))
-        .map_or(0.0, |v| v.trim().parse().expect("a number"))
-}
-
 /// A node's options with `CHAT_SEND_PATH=transaction`.
 fn transactions() -> NodeOpts {
     NodeOpts::default().with("chat-send-path", "transaction")

@@ -1066,3 +1066,17 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
+
+/// The value of the `fanout_chat_send_path_total` sample with these labels on `node` (0 when
+/// absent). The test process's nodes share one metrics registry, so this counts the sends of
+/// every node of concurrent tests too: compare it before and after, as a lower bound.
+pub async fn send_path_count(node: &Node, path: &str, reason: &str) -> f64 {
+    let (status, body) = http_raw(node.admin, "GET", "/metrics", None, None, "text/plain")
+        .await
+        .expect("/metrics reachable");
+    assert_eq!(status, 200, "{body}");
+    let want = format!("fanout_chat_send_path_total{{path=\"{path}\",reason=\"{reason}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&want))
+        .map_or(0.0, |v| v.trim().parse().expect("a number"))
+}

@@ -954,7 +954,9 @@ async fn alice_again(node: &Node) -> fanout_client::Client {
 /// offset and gives it back, two writes, so its `WAIT` covers everything before it on the
 /// master; Redis 7.0 was seen to move a connection's offset on a read-only script too, so this
 /// test passes without those writes as well: it checks the contract, not the mechanism). The replica is held with
-/// `DEBUG SLEEP`: connected, acknowledging nothing.
+/// `DEBUG SLEEP`: connected, acknowledging nothing. The first attempt goes through a node that
+/// sends by transaction (`CHAT_SEND_PATH=transaction`: its `WAIT` runs on the connection lent
+/// to the `EXEC`), the retry through one that runs the script.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_through_another_node_is_accepted_only_once_a_replica_has_the_message() {
     if !require_tools(
@@ -969,7 +971,12 @@ async fn a_retry_through_another_node_is_accepted_only_once_a_replica_has_the_me
     let opts = NodeOpts::default()
         .with("redis-wait-replicas", "1")
         .with("redis-wait-timeout-ms", "300");
-    let a = Node::start_on_redis(&args, "a", opts.clone()).await;
+    let a = Node::start_on_redis(
+        &args,
+        "a",
+        opts.clone().with("chat-send-path", "transaction"),
+    )
+    .await;
     let b = Node::start_on_redis(&args, "b", opts).await;
     for n in [&a, &b] {
         assert!(
@@ -999,9 +1006,14 @@ async fn a_retry_through_another_node_is_accepted_only_once_a_replica_has_the_me
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let send = |c: &'static str| json!({"chatId": "room", "content": "kept", "clientMsgId": c});
+    let committed_before = send_path_count(&a, "transaction", "committed").await;
     let first = ack(&alice_a, "chat:send", send("k")).await;
     assert_eq!(first["status"], "FAILED", "{first}");
     assert_eq!(first["error"]["code"], "UNAVAILABLE", "{first}");
+    assert!(
+        send_path_count(&a, "transaction", "committed").await > committed_before,
+        "the first attempt was a committed transaction"
+    );
     // Through node b, whose confirmed connection has written nothing: not confirmed either.
     let retry = ack(&alice_b, "chat:send", send("k")).await;
     assert_eq!(
