@@ -7,10 +7,12 @@
 -- ARGV[1] = fresh_after in ms (presence_field_rule.lua)
 -- ARGV[2] = how long an offline version is remembered, in seconds
 --
--- returns {1, version}  this caller claimed the expiry: the user is offline at `version`
---      or {0, pttl}     nothing to claim; pttl = the key's remaining TTL in ms while a field of
---                       it still counts (the user is online), or -2 when it is gone and already
---                       offline
+-- returns {1, version}      this caller claimed the expiry: the user is offline at `version`
+--      or {0, pttl}         a field of the key still counts (the user is online): pttl = the
+--                           key's remaining TTL in ms
+--      or {0, -2, version}  the key is gone and the user already offline at `version` (0 when
+--                           Redis lost it): another caller claimed it, and may not have published
+--                           it yet (the sweep publishes it again: presence/sweep.rs)
 if redis.call('EXISTS', KEYS[1]) == 1 then
   if prune_fields(KEYS[1]) > 0 then
     return {0, redis.call('PTTL', KEYS[1])}
@@ -19,7 +21,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 local v = tonumber(redis.call('GET', KEYS[2]) or '0')
 if v % 2 == 0 then
-  return {0, -2}
+  return {0, -2, v}
 end
 v = v + 1
 redis.call('SET', KEYS[2], v, 'EX', ARGV[2])

@@ -218,6 +218,11 @@ metric!(
     PRESENCE_SWEEP_CLAIMS, "fanout_presence_sweep_claims_total", Counter, [],
     "Users past their presence deadline that this node's sweep tried to claim (it holds the sweep lease)."
 );
+metric!(
+    /// Offline transitions the sweep published again.
+    PRESENCE_REPUBLISHED, "fanout_presence_offline_republished_total", Counter, [],
+    "Offline transitions this node's sweep published again: the user was already offline in Redis but still had a deadline, so its claimer may have failed or died before publishing (peers drop a version they already applied)."
+);
 
 // ---- sessions and keys ----------------------------------------------------------------------
 metric!(
@@ -298,6 +303,7 @@ pub const ALL: &[Metric] = &[
     PRESENCE_TRANSITIONS,
     KEYSPACE_NOTIFICATIONS,
     PRESENCE_SWEEP_CLAIMS,
+    PRESENCE_REPUBLISHED,
     JWKS_FETCHES,
     JWKS_AGE,
     SESSION_REFRESHES,

@@ -180,6 +180,7 @@ fn register_known_series() {
     }
     counter!(KEYSPACE_NOTIFICATIONS.name).absolute(0);
     counter!(PRESENCE_SWEEP_CLAIMS.name).absolute(0);
+    counter!(PRESENCE_REPUBLISHED.name).absolute(0);
 }
 
 /// The `/metrics` route of the admin router: Prometheus text format, no API key
@@ -504,6 +505,11 @@ pub fn keyspace_notification() {
 /// The sweep found `n` users past their deadline and claims them.
 pub fn sweep_claims(n: usize) {
     counter!(PRESENCE_SWEEP_CLAIMS.name).increment(n as u64);
+}
+
+/// The sweep published an offline transition again ([`crate::presence::Claimer::Sweep`]).
+pub fn presence_republished() {
+    counter!(PRESENCE_REPUBLISHED.name).increment(1);
 }
 
 /// An Admin UI handshake ended: `password`, `session` or `refused`.

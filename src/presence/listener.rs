@@ -17,7 +17,7 @@ use redis::aio::PubSub;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::Presence;
+use super::{Claimer, Presence};
 use crate::health::Health;
 use crate::redis::keys;
 use crate::tasks::{Backoff, BlockingReader, Bounded, run_reconnecting};
@@ -248,7 +248,7 @@ impl BlockingReader for Listener {
         let presence = self.presence.clone();
         let user = user.to_owned();
         let claim = async move {
-            if let Err(e) = presence.claim_expiry(&user).await {
+            if let Err(e) = presence.claim_expiry(&user, Claimer::Listener).await {
                 tracing::warn!(error = %e, "presence expiry claim failed; the sweep retries");
             }
         };

@@ -40,6 +40,19 @@ use crate::redis::scripts::presence_claim::Claim;
 use crate::redis::scripts::presence_refresh::Refreshed;
 use store::{PresenceStore, SocketField};
 
+/// Who claims an expiry ([`Presence::claim_expiry`]); it decides what a claim that finds the
+/// user already offline does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimer {
+    /// A keyspace listener, told that the key expired: every node's listener hears it and one
+    /// wins the claim; the others have nothing to do.
+    Listener,
+    /// The sweep, which found the user's deadline still there. A claimer drops the deadline
+    /// only after it published the offline, so one that failed or died in between left it:
+    /// the sweep publishes that offline version again (peers drop a version they applied).
+    Sweep,
+}
+
 /// Why a user went offline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OfflineReason {
@@ -167,10 +180,12 @@ impl Presence {
         let fresh_after = self.fresh_after(clock::now_ms());
         if let Some(version) = self.store.disconnect(user, sid, fresh_after).await? {
             crate::metrics::presence_transition("offline", "disconnected");
-            self.store.drop_deadline(user).await?;
             let peers = self.peers(user).await?;
             self.publish_offline(user, version, OfflineReason::Disconnected, &peers)
                 .await?;
+            // After the publish, as in `claim_expiry`: if it failed, the sweep publishes this
+            // offline (with reason `expired`).
+            self.store.drop_deadline(user).await?;
         }
         Ok(())
     }
@@ -221,23 +236,35 @@ impl Presence {
     }
 
     /// Tries to turn an expiry of `user`'s key into the offline transition; publishes it when
-    /// this caller won, and drops the user's sweep deadline once the key is gone. Returns the
-    /// key's remaining TTL in ms when the user is still online.
-    pub async fn claim_expiry(&self, user: &str) -> Result<Option<i64>, PresenceError> {
+    /// this caller won (or, for the [`Claimer::Sweep`], when the claimer may not have), and
+    /// drops the user's sweep deadline once the key is gone and the offline published. Returns
+    /// the key's remaining TTL in ms when the user is still online.
+    pub async fn claim_expiry(
+        &self,
+        user: &str,
+        claimer: Claimer,
+    ) -> Result<Option<i64>, PresenceError> {
         let fresh_after = self.fresh_after(clock::now_ms());
-        let claimed = match self.store.claim(user, fresh_after).await? {
+        let offline = match self.store.claim(user, fresh_after).await? {
             Claim::Online(pttl) => return Ok(Some(pttl)),
-            Claim::Claimed(version) => Some(version),
-            Claim::Gone => None,
+            Claim::Claimed(version) => {
+                crate::metrics::presence_transition("offline", "expired");
+                Some(version)
+            }
+            Claim::Gone(version) if claimer == Claimer::Sweep && version > 0 => {
+                crate::metrics::presence_republished();
+                Some(version)
+            }
+            Claim::Gone(_) => None,
         };
-        // The key is gone, whoever turned it into the offline transition: its deadline too.
-        self.store.drop_deadline(user).await?;
-        if let Some(version) = claimed {
-            crate::metrics::presence_transition("offline", "expired");
+        if let Some(version) = offline {
             let peers = self.peers(user).await?;
             self.publish_offline(user, version, OfflineReason::Expired, &peers)
                 .await?;
         }
+        // Only once the offline is out: a claimer that fails or dies before this leaves the
+        // deadline to the sweep, which publishes the offline again.
+        self.store.drop_deadline(user).await?;
         Ok(None)
     }
 

@@ -10,12 +10,15 @@
 //! real expiry; a claim on an expired key emits the one offline transition (unless a
 //! notification listener already did — the script decides). So a missed notification still
 //! yields exactly one `presence:offline` (reason `expired`) about a second after the key expired.
+//! A claim on a user already offline whose deadline is still there publishes that offline again
+//! ([`super::Claimer::Sweep`]): the claimer that won failed or died before its publish, or its
+//! `ZREM` is about to follow it, in which case peers drop the repeat by its version.
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::Presence;
+use super::{Claimer, Presence};
 use crate::clock;
 
 /// How often each node tries to sweep.
@@ -51,7 +54,7 @@ pub async fn sweep_once(presence: &Presence, node_id: &str) -> Result<usize, sup
     for user in &due {
         // Still online: its key lives on; look again when it would expire. (A key that is
         // gone had its deadline removed by the claim.)
-        if let Some(pttl) = presence.claim_expiry(user).await? {
+        if let Some(pttl) = presence.claim_expiry(user, Claimer::Sweep).await? {
             store
                 .set_deadlines(&[user.as_str()], now + pttl.max(0) as u64)
                 .await?;

@@ -347,6 +347,68 @@ async fn a_lost_notification_still_yields_exactly_one_offline_through_the_sweep(
     );
 }
 
+/// A claimer that dies (or whose publish fails) between claiming a user's expiry and publishing
+/// the offline leaves the user offline in Redis and the sweep deadline in place: the sweep
+/// publishes that offline version (docs/architecture.md section 5, Sweep). The claimer is played
+/// by writing what `presence_claim.lua` writes (key gone, version + 1) after alice's only node
+/// died, with expiry notifications off so that only the sweep looks at her.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_claimed_but_never_published_reaches_the_peers_through_the_sweep() {
+    let redis = Redis::start().await;
+    let mut doomed = NodeProcess::spawn(&redis, "doomed", short_ttl()).await;
+    let b = Node::start_with(&redis, "b", short_ttl()).await;
+    b.create_chat("room", &["alice", "bob"]).await;
+    let mut bob = connect(&b.url(), "bob").await;
+    let _alice = connect(&doomed.url(), "alice").await;
+    wait_about(&mut bob, "presence:online", "alice", WAIT)
+        .await
+        .expect("online");
+    let _: Vec<(u16, ())> = redis
+        .on_every_master(
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("notify-keyspace-events")
+                .arg(""),
+        )
+        .await;
+    doomed.kill9();
+    let mut c = redis.conn().await;
+    let version: u64 = redis::cmd("GET")
+        .arg("presence:state:{alice}")
+        .query_async(&mut c)
+        .await
+        .expect("alice's version");
+    assert_eq!(version % 2, 1, "online at an odd version");
+    let _: () = redis::cmd("DEL")
+        .arg("presence:user:{alice}")
+        .query_async(&mut c)
+        .await
+        .expect("DEL");
+    let _: () = redis::cmd("SET")
+        .arg("presence:state:{alice}")
+        .arg(version + 1)
+        .arg("EX")
+        .arg(600)
+        .query_async(&mut c)
+        .await
+        .expect("SET");
+    let ev = wait_about(
+        &mut bob,
+        "presence:offline",
+        "alice",
+        Duration::from_secs(2 + 5),
+    )
+    .await
+    .expect("the sweep published the offline nobody had");
+    assert_eq!(ev["reason"], "expired", "{ev}");
+    assert!(
+        presence_events(&mut bob, "alice", Duration::from_secs(3))
+            .await
+            .is_empty(),
+        "exactly one"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_who_start_sharing_a_chat_learn_each_others_state() {
     let redis = Redis::start().await;

@@ -15,8 +15,8 @@ pub enum Claim {
     Claimed(u64),
     /// A field of the key still counts (the user is online); the key expires in this many ms.
     Online(i64),
-    /// The key is gone and the user already offline: nothing to do.
-    Gone,
+    /// The key is gone and the user already offline at this version (0: Redis lost it).
+    Gone(u64),
 }
 
 /// KEYS and ARGV of `presence_claim.lua`.
@@ -27,7 +27,7 @@ pub fn call(fresh_after_ms: u64, user: &str, offline_memory_secs: u64) -> Call {
     }
 }
 
-/// The script's reply: `{1, version}` or `{0, pttl}` (`pttl` negative when the key is gone).
+/// The script's reply: `{1, version}`, `{0, pttl}` or `{0, -2, version}` (gone).
 pub fn parse(reply: &Value) -> redis::RedisResult<Claim> {
     let parsed = (|| {
         let items = as_array(reply)?;
@@ -36,7 +36,7 @@ pub fn parse(reply: &Value) -> redis::RedisResult<Claim> {
         Some(match claimed {
             1 => Claim::Claimed(u64::try_from(value).ok()?),
             0 if value >= 0 => Claim::Online(value),
-            0 => Claim::Gone,
+            0 => Claim::Gone(u64::try_from(as_i64(items.get(2)?)?).ok()?),
             _ => return None,
         })
     })();
@@ -54,7 +54,9 @@ mod tests {
         let r = |a, b| arr(vec![Value::Int(a), Value::Int(b)]);
         assert_eq!(parse(&r(1, 12)).unwrap(), Claim::Claimed(12));
         assert_eq!(parse(&r(0, 900)).unwrap(), Claim::Online(900));
-        assert_eq!(parse(&r(0, -2)).unwrap(), Claim::Gone);
+        let gone = arr(vec![Value::Int(0), Value::Int(-2), Value::Int(14)]);
+        assert_eq!(parse(&gone).unwrap(), Claim::Gone(14));
+        assert!(parse(&r(0, -2)).is_err(), "gone without its version");
         assert!(parse(&r(2, 0)).is_err());
     }
 }
