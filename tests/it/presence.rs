@@ -313,17 +313,19 @@ async fn after_kill_9_the_last_live_socket_closing_cleanly_gives_disconnected_at
     assert_eq!(q["online"], json!([]));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_notification_still_yields_exactly_one_offline_through_the_sweep() {
-    let redis = Redis::start().await;
-    let mut doomed = NodeProcess::spawn(&redis, "doomed", short_ttl()).await;
-    let b = Node::start_with(&redis, "b", short_ttl()).await;
+/// Alice on a node process of her own (to be killed), bob on node b seeing her online, in a chat
+/// of the two; expiry notifications then turned off on every master (each one notifies only of
+/// its own keys), so that nobody hears alice's key expire and only the sweep can find it.
+/// Returns alice's client too: dropped, it would close her socket cleanly (`disconnected`).
+async fn alice_doomed_and_unheard(redis: &Redis) -> (NodeProcess, Node, Client, Client) {
+    let doomed = NodeProcess::spawn(redis, "doomed", short_ttl()).await;
+    let b = Node::start_with(redis, "b", short_ttl()).await;
     b.create_chat("room", &["alice", "bob"]).await;
     let mut bob = connect(&b.url(), "bob").await;
-    let _alice = connect(&doomed.url(), "alice").await;
-    bob.wait_for("presence:online", WAIT).await.expect("online");
-    // Nobody will hear the expiry: notifications off while the key expires (on every master:
-    // each one notifies only of its own keys).
+    let alice = connect(&doomed.url(), "alice").await;
+    wait_about(&mut bob, "presence:online", "alice", WAIT)
+        .await
+        .expect("online");
     let _: Vec<(u16, ())> = redis
         .on_every_master(
             redis::cmd("CONFIG")
@@ -332,6 +334,13 @@ async fn a_lost_notification_still_yields_exactly_one_offline_through_the_sweep(
                 .arg(""),
         )
         .await;
+    (doomed, b, bob, alice)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_notification_still_yields_exactly_one_offline_through_the_sweep() {
+    let redis = Redis::start().await;
+    let (mut doomed, _b, mut bob, _alice) = alice_doomed_and_unheard(&redis).await;
     doomed.kill9();
     let ev = bob
         .wait_for("presence:offline", Duration::from_secs(2 + 5))
@@ -355,22 +364,7 @@ async fn a_lost_notification_still_yields_exactly_one_offline_through_the_sweep(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_claimed_but_never_published_reaches_the_peers_through_the_sweep() {
     let redis = Redis::start().await;
-    let mut doomed = NodeProcess::spawn(&redis, "doomed", short_ttl()).await;
-    let b = Node::start_with(&redis, "b", short_ttl()).await;
-    b.create_chat("room", &["alice", "bob"]).await;
-    let mut bob = connect(&b.url(), "bob").await;
-    let _alice = connect(&doomed.url(), "alice").await;
-    wait_about(&mut bob, "presence:online", "alice", WAIT)
-        .await
-        .expect("online");
-    let _: Vec<(u16, ())> = redis
-        .on_every_master(
-            redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("notify-keyspace-events")
-                .arg(""),
-        )
-        .await;
+    let (mut doomed, _b, mut bob, _alice) = alice_doomed_and_unheard(&redis).await;
     doomed.kill9();
     let mut c = redis.conn().await;
     let version: u64 = redis::cmd("GET")
