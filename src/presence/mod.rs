@@ -45,7 +45,7 @@ use store::{PresenceStore, SocketField};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claimer {
     /// A keyspace listener, told that the key expired: every node's listener hears it and one
-    /// wins the claim; the others have nothing to do.
+    /// wins the claim; the others have nothing to do (not even drop the deadline).
     Listener,
     /// The sweep, which found the user's deadline still there. A claimer drops the deadline
     /// only after it published the offline, so one that failed or died in between left it:
@@ -251,7 +251,11 @@ impl Presence {
                 crate::metrics::presence_transition("offline", "expired");
                 Some(version)
             }
-            Claim::Gone(version) if claimer == Claimer::Sweep && version > 0 => {
+            // Another claimer won: the deadline is its to drop once its offline is out (or the
+            // sweep's, if it never is). Dropping it here could beat that publish and leave the
+            // sweep nothing to find if the winner then failed.
+            Claim::Gone(_) if claimer == Claimer::Listener => return Ok(None),
+            Claim::Gone(version) if version > 0 => {
                 crate::metrics::presence_republished();
                 Some(version)
             }

@@ -359,8 +359,9 @@ async fn a_lost_notification_still_yields_exactly_one_offline_through_the_sweep(
 /// A claimer that dies (or whose publish fails) between claiming a user's expiry and publishing
 /// the offline leaves the user offline in Redis and the sweep deadline in place: the sweep
 /// publishes that offline version (docs/architecture.md section 5, Sweep). The claimer is played
-/// by writing what `presence_claim.lua` writes (key gone, version + 1) after alice's only node
-/// died, with expiry notifications off so that only the sweep looks at her.
+/// by writing what `presence_claim.lua` writes (version + 1) after alice's only node died; her
+/// key is then made to expire with notifications back on, so that node b's listener, a losing
+/// claimer, sees it first: it must leave the deadline to the sweep.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_claimed_but_never_published_reaches_the_peers_through_the_sweep() {
     let redis = Redis::start().await;
@@ -373,11 +374,6 @@ async fn an_offline_claimed_but_never_published_reaches_the_peers_through_the_sw
         .await
         .expect("alice's version");
     assert_eq!(version % 2, 1, "online at an odd version");
-    let _: () = redis::cmd("DEL")
-        .arg("presence:user:{alice}")
-        .query_async(&mut c)
-        .await
-        .expect("DEL");
     let _: () = redis::cmd("SET")
         .arg("presence:state:{alice}")
         .arg(version + 1)
@@ -386,6 +382,20 @@ async fn an_offline_claimed_but_never_published_reaches_the_peers_through_the_sw
         .query_async(&mut c)
         .await
         .expect("SET");
+    let _: Vec<(u16, ())> = redis
+        .on_every_master(
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("notify-keyspace-events")
+                .arg("Ex"),
+        )
+        .await;
+    let _: () = redis::cmd("PEXPIRE")
+        .arg("presence:user:{alice}")
+        .arg(1)
+        .query_async(&mut c)
+        .await
+        .expect("PEXPIRE");
     let ev = wait_about(
         &mut bob,
         "presence:offline",
