@@ -9,13 +9,15 @@
 //! key's slot) and comes back with [`Exclusive::put`] only after a clean end (`EXEC` answered,
 //! or `UNWATCH`); one that failed is dropped, never reused half-way through a transaction. Idle
 //! connections are forgotten when the topology changes, so none is kept for a demoted master.
-//! Each is a [`Direct`] connection: the task that holds it does its own reads and writes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{CONNECT_TIMEOUT, Direct, Redis};
+use redis::AsyncConnectionConfig;
+use redis::aio::MultiplexedConnection;
+
+use super::{CONNECT_TIMEOUT, Redis};
 
 /// Idle connections kept per master: a send holds one for two round trips, so a node's
 /// concurrency needs few; more are opened when needed and closed when returned past this.
@@ -33,7 +35,7 @@ pub struct Exclusive {
 struct Idle {
     /// The topology generation the idle connections were opened in.
     generation: u64,
-    by_master: HashMap<Arc<str>, Vec<Direct>>,
+    by_master: HashMap<Arc<str>, Vec<MultiplexedConnection>>,
 }
 
 /// A connection lent by [`Exclusive::get`], to the master `addr`.
@@ -41,7 +43,7 @@ pub struct Lent {
     /// The master it goes to (`host:port`).
     pub addr: Arc<str>,
     /// The connection: no other task uses it until it is put back.
-    pub conn: Direct,
+    pub conn: MultiplexedConnection,
     generation: u64,
 }
 
@@ -78,8 +80,12 @@ impl Exclusive {
         // The master may have changed since the lookup above: the connection goes where the
         // client points, and is filed under that address.
         let addr: Arc<str> = super::conn::addr_of(&client).into();
-        let conn =
-            Direct::connect(client.get_connection_info(), CONNECT_TIMEOUT, self.timeout).await?;
+        let config = AsyncConnectionConfig::new()
+            .set_response_timeout(Some(self.timeout))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT));
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
         Ok(Lent {
             addr,
             conn,

@@ -7,13 +7,11 @@
 //! `XREAD BLOCK` on the shared connection would stall every command behind it).
 
 pub mod conn;
-pub mod direct;
 pub mod exclusive;
 pub mod keys;
 pub mod scripts;
 
 pub use conn::{ClusterSubscriber, Conn, Master, Redis, slot_of, wait_reply};
-pub use direct::Direct;
 pub use exclusive::{Exclusive, Lent};
 
 /// How writes that must survive a master's death are confirmed (`REDIS_WAIT_REPLICAS` > 0):

@@ -15,7 +15,6 @@ mod canary;
 mod chaos;
 mod chaos_failover;
 mod chat;
-mod direct;
 mod drain;
 mod hostile;
 mod interest;
