@@ -313,6 +313,19 @@ async fn after_kill_9_the_last_live_socket_closing_cleanly_gives_disconnected_at
     assert_eq!(q["online"], json!([]));
 }
 
+/// `CONFIG SET notify-keyspace-events <flags>` on every master: `""` silences the keyspace
+/// notifications the expiry listeners wait for, `"Ex"` is what the harness starts with.
+async fn set_notifications(redis: &Redis, flags: &str) {
+    let _: Vec<(u16, ())> = redis
+        .on_every_master(
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("notify-keyspace-events")
+                .arg(flags),
+        )
+        .await;
+}
+
 /// Alice on a node process of her own (to be killed), bob on node b seeing her online, in a chat
 /// of the two; expiry notifications then turned off on every master (each one notifies only of
 /// its own keys), so that nobody hears alice's key expire and only the sweep can find it.
@@ -326,14 +339,7 @@ async fn alice_doomed_and_unheard(redis: &Redis) -> (NodeProcess, Node, Client, 
     wait_about(&mut bob, "presence:online", "alice", WAIT)
         .await
         .expect("online");
-    let _: Vec<(u16, ())> = redis
-        .on_every_master(
-            redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("notify-keyspace-events")
-                .arg(""),
-        )
-        .await;
+    set_notifications(redis, "").await;
     (doomed, b, bob, alice)
 }
 
@@ -382,14 +388,7 @@ async fn an_offline_claimed_but_never_published_reaches_the_peers_through_the_sw
         .query_async(&mut c)
         .await
         .expect("SET");
-    let _: Vec<(u16, ())> = redis
-        .on_every_master(
-            redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("notify-keyspace-events")
-                .arg("Ex"),
-        )
-        .await;
+    set_notifications(&redis, "Ex").await;
     let _: () = redis::cmd("PEXPIRE")
         .arg("presence:user:{alice}")
         .arg(1)
