@@ -25,12 +25,20 @@
 #
 # Redis counts a command a script runs both inside the script's own usec (evalsha) and on the
 # command's own line (a nested XADD appears under xadd too): SEND_PATH_CMDS must therefore list
-# only commands a client sends itself. Default: evalsha eval evalsha_ro eval_ro fcall (the send
-# script, with the commands it runs) + the send transaction's own commands, watch sismember
-# hmget get multi exec unwatch (EXEC, like a script, counts the commands it runs: hset,
-# set, xadd, expire, publish are inside it and must not be listed) + xread xreadgroup (readers
-# of the stream design before issue 17). sismember, hmget and exec are also sent now and then by
-# chat:join, a chat's position read and the gap fill: counted here too, so the figure errs high.
+# only commands a client sends itself, and so depends on the nodes' send path (CHAT_SEND_PATH
+# in NODE_ENV, else in the environment the nodes inherit, else the node's default, script):
+#   script:      evalsha eval evalsha_ro eval_ro fcall (the send script, with the commands it
+#                runs: its SISMEMBER and HMGET are inside evalsha and must not be listed)
+#                + xread xreadgroup (readers of the stream design before issue 17);
+#   transaction: the same + the transaction's own commands, watch sismember hmget get multi
+#                exec unwatch (EXEC, like a script, counts the commands it runs: hset, set,
+#                xadd, expire, publish are inside it and must not be listed). Its sends that go
+#                to the script (a chat's first message, duplicates) count their SISMEMBER and
+#                HMGET twice, and chat:join, a chat's position read and the gap fill send
+#                sismember, hmget and exec too: counted here, so this figure errs high.
+# Until 2026-12-07 the transaction's list was the default for both paths, which counted the
+# script's SISMEMBER and HMGET twice (4-7 usec per message; docs/benchmarks.md, "The send path
+# figure of the script, corrected").
 # A design whose node sends PUBLISH / SPUBLISH as a command of its own adds publish / spublish.
 # Top-level xadd is the canary here, not the send path. The "all commands" sum counts nested
 # commands twice and is printed for completeness only; Redis CPU (used_cpu_*) is the total.
@@ -41,7 +49,7 @@
 #   IDLE_SECS [SECS - 1.5]  SETTLE [3] s after the last node is ready
 #   NODE_THREADS [1]  tokio workers per node (TOKIO_WORKER_THREADS)
 #   GEN_THREADS [1]   fanout-bench worker threads
-#   SEND_PATH_CMDS    see above
+#   SEND_PATH_CMDS    see above (its default follows the send path)
 #   NODE_ENV          extra "K=V K=V" for every node (e.g. BACKPLANE_SHARDS=8)
 #   REDIS_CPUS, OTHER_CPUS  taskset CPU lists: Redis on REDIS_CPUS, the nodes and the generator
 #                     on OTHER_CPUS (e.g. REDIS_CPUS=1 OTHER_CPUS=0: Redis on a core of its own,
@@ -76,8 +84,15 @@ PAYLOAD=${PAYLOAD:-100}
 SETTLE=${SETTLE:-3}
 NODE_THREADS=${NODE_THREADS:-1}
 GEN_THREADS=${GEN_THREADS:-1}
-SEND_PATH_CMDS=${SEND_PATH_CMDS:-evalsha eval evalsha_ro eval_ro fcall watch sismember hmget get multi exec unwatch xread xreadgroup}
 NODE_ENV=${NODE_ENV:-}
+NODES_SEND_PATH=script
+[[ " $NODE_ENV " == *" CHAT_SEND_PATH=transaction "* ]] && NODES_SEND_PATH=transaction
+[[ " $NODE_ENV " != *" CHAT_SEND_PATH="* && ${CHAT_SEND_PATH:-} == transaction ]] && NODES_SEND_PATH=transaction
+if [[ $NODES_SEND_PATH == transaction ]]; then
+    SEND_PATH_CMDS=${SEND_PATH_CMDS:-evalsha eval evalsha_ro eval_ro fcall watch sismember hmget get multi exec unwatch xread xreadgroup}
+else
+    SEND_PATH_CMDS=${SEND_PATH_CMDS:-evalsha eval evalsha_ro eval_ro fcall xread xreadgroup}
+fi
 BIN=${FANOUT_BIN_DIR:-$ROOT/target/release}
 OUT=${OUT:-$HERE/results/scale-n$NODES-r$RATE.json}
 KEEP=${KEEP:-0}
@@ -334,7 +349,7 @@ send_path_json=$(printf '%s\n' "${SEND_PATH[@]}" | jq -R . | jq -s .)
 jq -n \
     --slurpfile ia "$WORK/idle-a.json" --slurpfile ib "$WORK/idle-b.json" \
     --slurpfile la "$WORK/load-a.json" --slurpfile lb "$WORK/load-b.json" \
-    --slurpfile bench "$WORK/bench.json" --argjson send_path "$send_path_json" \
+    --slurpfile bench "$WORK/bench.json" --argjson send_path "$send_path_json" --arg nodes_send_path "$NODES_SEND_PATH" \
     --argjson nodes "$NODES" --argjson interested "$INTERESTED" --argjson rate "$RATE" \
     --argjson secs "$SECS" --argjson warmup "$WARMUP" --argjson clients "$CLIENTS" \
     --argjson room_size "$ROOM_SIZE" --argjson senders "$SENDERS" --argjson payload "$PAYLOAD" \
@@ -395,7 +410,7 @@ jq -n \
         config: { nodes: $nodes, interested_nodes: $interested, rate: $rate, secs: $secs, warmup: $warmup,
                   clients: $clients, room_size: $room_size, senders: $senders, payload_bytes: $payload,
                   node_threads: $node_threads, generator_threads: $gen_threads, node_env: $node_env,
-                  send_path_cmds: $send_path, redis_cpus: $redis_cpus, other_cpus: $other_cpus },
+                  send_path: $nodes_send_path, send_path_cmds: $send_path, redis_cpus: $redis_cpus, other_cpus: $other_cpus },
         windows: { idle_secs: ($idle_s | r(3)), load_secs: ($load_s | r(3)) },
         accepted: { measured: $b.send.acked, sent: $b.send.sent, per_sec: ($acc_rate | r(1)),
                     in_load_window: ($msgs | r(0)) },
