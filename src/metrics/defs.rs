@@ -226,7 +226,7 @@ metric!(
 metric!(
     /// Presence transitions shown by a catch-up.
     PRESENCE_CAUGHT_UP, "fanout_presence_caught_up_total", Counter, [],
-    "Presence transitions this node showed its sockets from Redis after frames may have been lost (its subscriber reconnected, its queue overflowed, a cluster master failed over): the frames of these transitions never reached this node."
+    "Presence transitions this node showed its sockets from Redis's versions after frames may have been lost (its subscriber reconnected, its queue overflowed, a cluster master failed over): their frames never reached this node. Rising often means its subscriber connection keeps dropping."
 );
 
 // ---- sessions and keys ----------------------------------------------------------------------

@@ -363,8 +363,9 @@ impl Presence {
 
     /// `user`'s online peers among `peers` (read here when `None`), for `presence:bulk-online`.
     /// Each peer's version is read with its fields and remembered as what `user`'s room was
-    /// shown (for at most [`SNAPSHOT_PEERS_MAX`] peers), when the two agree (an odd version listed, an even one not: a transition between
-    /// the two reads has its own event coming), so that a catch-up can tell what it missed.
+    /// shown (for at most [`SNAPSHOT_PEERS_MAX`] peers), when the two agree: an odd version
+    /// listed, an even one not (a transition between the two reads has its own event coming).
+    /// A catch-up can then tell what the room missed.
     pub async fn bulk_online(
         &self,
         user: &str,
