@@ -21,17 +21,28 @@ const VERSION_PURGE_AT: usize = 100_000;
 
 /// The last presence version this node showed, per (user, peer room): what decides whether a
 /// transition is shown ([`PresenceVersions::accept`]), and what a catch-up after lost frames
-/// compares Redis's versions with ([`Deliverer::catch_up_presence`]). Shared by the deliverer
+/// compares Redis's versions with ([`PresenceVersions::catch_up`]). Shared by the deliverer
 /// and the connect path, which records what `presence:bulk-online` showed.
 #[derive(Default)]
 pub struct PresenceVersions {
-    /// `user \0 room` → (version, when remembered).
-    map: Mutex<HashMap<String, (u64, Instant)>>,
+    inner: Mutex<Remembered>,
+}
+
+/// `user \0 room` → (version, when remembered), in two maps.
+#[derive(Default)]
+struct Remembered {
+    /// Transitions shown to the room: the filter of every frame.
+    shown: HashMap<String, (u64, Instant)>,
+    /// The state `presence:bulk-online` showed a new socket of the room. Kept apart, so that
+    /// it never hides a frame (a socket's snapshot says nothing of what the room's other
+    /// sockets saw, and the protocol lets a transition race the snapshot): only a catch-up
+    /// reads it.
+    snapshots: HashMap<String, (u64, Instant)>,
 }
 
 impl PresenceVersions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Instant)>> {
-        match self.map.lock() {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Remembered> {
+        match self.inner.lock() {
             Ok(v) => v,
             Err(poisoned) => poisoned.into_inner(),
         }
@@ -44,31 +55,55 @@ impl PresenceVersions {
     /// own copy.
     pub fn accept(&self, user: &str, room: &str, version: u64) -> bool {
         let key = format!("{user}\u{0}{room}");
-        let mut versions = self.lock();
-        let decision = match versions.get(&key) {
+        let mut r = self.lock();
+        let decision = match r.shown.get(&key) {
             Some((last, _)) if *last >= version => return false,
             Some((last, _)) => (version - last) % 2 == 1,
             None => true,
         };
-        remember(&mut versions, key, version);
+        remember(&mut r.shown, key, version);
         decision
     }
 
-    /// Records that `room` was shown `user` in the state of `version` by other means than a
-    /// transition (`presence:bulk-online`'s snapshot), so that a catch-up knows what the room
-    /// believes; a version older than one already shown there is ignored.
-    pub fn note_shown(&self, user: &str, room: &str, version: u64) {
+    /// Records that a new socket of `room` was shown `user` in the state of `version` by
+    /// `presence:bulk-online`'s snapshot; an older version than one recorded is ignored.
+    pub fn note_snapshot(&self, user: &str, room: &str, version: u64) {
         let key = format!("{user}\u{0}{room}");
-        let mut versions = self.lock();
-        if versions.get(&key).is_none_or(|(last, _)| *last < version) {
-            remember(&mut versions, key, version);
+        let mut r = self.lock();
+        if r.snapshots
+            .get(&key)
+            .is_none_or(|(last, _)| *last < version)
+        {
+            remember(&mut r.snapshots, key, version);
         }
+    }
+
+    /// Whether a catch-up should show `room` the state of `user` at `version`: only when the
+    /// room was shown an older version of the other kind, by a transition or by a snapshot
+    /// (the newer of the two), and never when this node knows nothing of what the room saw.
+    /// A version shown is remembered as a transition, so its frame, arriving late, is not
+    /// shown again.
+    pub fn catch_up(&self, user: &str, room: &str, version: u64) -> bool {
+        let key = format!("{user}\u{0}{room}");
+        let mut r = self.lock();
+        let shown = r.shown.get(&key).map(|(v, _)| *v);
+        let snapshot = r.snapshots.get(&key).map(|(v, _)| *v);
+        let Some(last) = shown.max(snapshot) else {
+            return false;
+        };
+        if last >= version {
+            return false;
+        }
+        remember(&mut r.shown, key, version);
+        (version - last) % 2 == 1
     }
 
     /// Every (user, room) pair with a remembered version.
     pub fn pairs(&self) -> Vec<(String, String)> {
-        self.lock()
-            .keys()
+        let r = self.lock();
+        let keys: std::collections::HashSet<&String> =
+            r.shown.keys().chain(r.snapshots.keys()).collect();
+        keys.into_iter()
             .filter_map(|k| k.split_once('\u{0}'))
             .map(|(u, r)| (u.to_owned(), r.to_owned()))
             .collect()
@@ -246,7 +281,7 @@ impl Deliverer {
                 continue;
             };
             for room in rooms {
-                if self.versions.accept(user, room, *version) {
+                if self.versions.catch_up(user, room, *version) {
                     shown += 1;
                     self.emit(ns.clone().to(room.clone()), event, data).await;
                 }
@@ -426,13 +461,22 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_tells_what_a_room_was_shown_and_never_moves_it_back() {
+    fn a_catch_up_shows_only_what_a_room_has_not_seen_and_a_snapshot_hides_no_frame() {
         let v = PresenceVersions::default();
-        // bulk-online showed u online at 11: its offline at 12 is news, 11 again is not.
-        v.note_shown("u", "user:p", 11);
-        assert!(!v.accept("u", "user:p", 11));
-        v.note_shown("u", "user:p", 9); // an older snapshot changes nothing
-        assert!(v.accept("u", "user:p", 12));
+        // bulk-online showed u online at 11; its online frame of 11 may still come, and is
+        // shown (the protocol's one duplicate at connect time).
+        v.note_snapshot("u", "user:p", 11);
+        v.note_snapshot("u", "user:p", 9); // an older snapshot changes nothing
+        assert!(!v.catch_up("u", "user:p", 11), "the room saw 11");
+        assert!(v.accept("u", "user:p", 11));
+        // Frames lost: Redis is at 12 (offline), then the frame of 12 arrives late.
+        assert!(v.catch_up("u", "user:p", 12));
+        assert!(!v.accept("u", "user:p", 12), "shown once");
+        assert!(!v.catch_up("u", "user:p", 12));
+        // 13 and 14 both lost: offline again, nothing to show.
+        assert!(!v.catch_up("u", "user:p", 14));
+        // A room this node knows nothing about gets nothing from a catch-up.
+        assert!(!v.catch_up("w", "user:p", 3));
         let mut pairs = v.pairs();
         pairs.sort();
         assert_eq!(pairs, vec![("u".to_owned(), "user:p".to_owned())]);

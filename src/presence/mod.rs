@@ -389,7 +389,7 @@ impl Presence {
                 && let Some(v) = version
                 && (v % 2 == 1) == listed
             {
-                self.shown.note_shown(peer, &room, v);
+                self.shown.note_snapshot(peer, &room, v);
             }
             if listed {
                 online.push(peer.clone());
