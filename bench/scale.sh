@@ -88,11 +88,10 @@ NODE_ENV=${NODE_ENV:-}
 NODES_SEND_PATH=script
 [[ " $NODE_ENV " == *" CHAT_SEND_PATH=transaction "* ]] && NODES_SEND_PATH=transaction
 [[ " $NODE_ENV " != *" CHAT_SEND_PATH="* && ${CHAT_SEND_PATH:-} == transaction ]] && NODES_SEND_PATH=transaction
-if [[ $NODES_SEND_PATH == transaction ]]; then
-    SEND_PATH_CMDS=${SEND_PATH_CMDS:-evalsha eval evalsha_ro eval_ro fcall watch sismember hmget get multi exec unwatch xread xreadgroup}
-else
-    SEND_PATH_CMDS=${SEND_PATH_CMDS:-evalsha eval evalsha_ro eval_ro fcall xread xreadgroup}
-fi
+# The script's list, and the transaction's own commands added to it on that path (see above).
+DEFAULT_SEND_PATH_CMDS="evalsha eval evalsha_ro eval_ro fcall xread xreadgroup"
+[[ $NODES_SEND_PATH == transaction ]] && DEFAULT_SEND_PATH_CMDS+=" watch sismember hmget get multi exec unwatch"
+SEND_PATH_CMDS=${SEND_PATH_CMDS:-$DEFAULT_SEND_PATH_CMDS}
 BIN=${FANOUT_BIN_DIR:-$ROOT/target/release}
 OUT=${OUT:-$HERE/results/scale-n$NODES-r$RATE.json}
 KEEP=${KEEP:-0}
