@@ -157,12 +157,17 @@ pub async fn run(
     if config.chat_send_path == crate::config::ChatSendPath::Transaction {
         chats = chats.with_transactions(redis.exclusive());
     }
+    // What this node's peer rooms were shown of presence: the deliverer applies transitions
+    // against it, the connect path records presence:bulk-online in it, and a catch-up after
+    // lost frames compares it with Redis.
+    let shown = Arc::new(crate::backplane::deliver::PresenceVersions::default());
     let presence = Presence::new(
         conn.clone(),
         backplane.clone(),
         chats.clone(),
         config.presence_ttl(),
-    );
+    )
+    .with_shown(shown.clone());
     let router = crate::routing::Router::new(
         conn.clone(),
         node_id.clone(),
@@ -260,7 +265,8 @@ pub async fn run(
         Arc::new(
             Deliverer::new(io.clone(), node_id.to_string(), tasks.clone())
                 .with_admin(admin.clone())
-                .with_interest(interest.clone()),
+                .with_interest(interest.clone())
+                .with_presence(shown, Arc::new(presence.clone())),
         ),
         canary.clone(),
         health.clone(),

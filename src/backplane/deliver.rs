@@ -19,6 +19,118 @@ const VERSION_MEMORY: Duration = Duration::from_secs(600);
 /// Above this many remembered users, forgotten entries are purged on insert.
 const VERSION_PURGE_AT: usize = 100_000;
 
+/// The last presence version this node showed, per (user, peer room): what decides whether a
+/// transition is shown ([`PresenceVersions::accept`]), and what a catch-up after lost frames
+/// compares Redis's versions with ([`PresenceVersions::catch_up`]). Shared by the deliverer
+/// and the connect path, which records what `presence:bulk-online` showed.
+#[derive(Default)]
+pub struct PresenceVersions {
+    inner: Mutex<Remembered>,
+}
+
+/// `user \0 room` → (version, when remembered), in two maps.
+#[derive(Default)]
+struct Remembered {
+    /// Transitions shown to the room: the filter of every frame.
+    shown: HashMap<String, (u64, Instant)>,
+    /// The state `presence:bulk-online` showed a new socket of the room. Kept apart, so that
+    /// it never hides a frame (a socket's snapshot says nothing of what the room's other
+    /// sockets saw, and the protocol lets a transition race the snapshot): only a catch-up
+    /// reads it.
+    snapshots: HashMap<String, (u64, Instant)>,
+}
+
+impl PresenceVersions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Remembered> {
+        match self.inner.lock() {
+            Ok(v) => v,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Whether a presence transition of `user` at `version` should be shown to the peer room
+    /// `room`: not if this node showed a newer one there, nor if the last one shown there had
+    /// the same parity (same state: the peers already show it). The version is remembered
+    /// either way when it is newer. Kept per room because each peer room's frame carries its
+    /// own copy.
+    pub fn accept(&self, user: &str, room: &str, version: u64) -> bool {
+        let key = format!("{user}\u{0}{room}");
+        let mut r = self.lock();
+        let decision = match r.shown.get(&key) {
+            Some((last, _)) if *last >= version => return false,
+            Some((last, _)) => (version - last) % 2 == 1,
+            None => true,
+        };
+        remember(&mut r.shown, key, version);
+        decision
+    }
+
+    /// Records that a new socket of `room` was shown `user` in the state of `version` by
+    /// `presence:bulk-online`'s snapshot; an older version than one recorded is ignored.
+    pub fn note_snapshot(&self, user: &str, room: &str, version: u64) {
+        let key = format!("{user}\u{0}{room}");
+        let mut r = self.lock();
+        if r.snapshots
+            .get(&key)
+            .is_none_or(|(last, _)| *last < version)
+        {
+            remember(&mut r.snapshots, key, version);
+        }
+    }
+
+    /// Whether a catch-up should show `room` the state of `user` at `version`: only when the
+    /// room was shown an older version of the other kind, by a transition or by a snapshot
+    /// (the newer of the two), and never when this node knows nothing of what the room saw.
+    /// A version shown is remembered as a transition, so its frame, arriving late, is not
+    /// shown again.
+    pub fn catch_up(&self, user: &str, room: &str, version: u64) -> bool {
+        let key = format!("{user}\u{0}{room}");
+        let mut r = self.lock();
+        let shown = r.shown.get(&key).map(|(v, _)| *v);
+        let snapshot = r.snapshots.get(&key).map(|(v, _)| *v);
+        let Some(last) = shown.max(snapshot) else {
+            return false;
+        };
+        if last >= version {
+            return false;
+        }
+        remember(&mut r.shown, key, version);
+        (version - last) % 2 == 1
+    }
+
+    /// Every (user, room) pair with a remembered version.
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        let r = self.lock();
+        let keys: std::collections::HashSet<&String> =
+            r.shown.keys().chain(r.snapshots.keys()).collect();
+        keys.into_iter()
+            .filter_map(|k| k.split_once('\u{0}'))
+            .map(|(u, r)| (u.to_owned(), r.to_owned()))
+            .collect()
+    }
+}
+
+fn remember(versions: &mut HashMap<String, (u64, Instant)>, key: String, version: u64) {
+    let now = Instant::now();
+    if versions.len() >= VERSION_PURGE_AT {
+        versions.retain(|_, (_, at)| now.duration_since(*at) < VERSION_MEMORY);
+    }
+    versions.insert(key, (version, now));
+}
+
+/// What a node asks after frames may have been lost (its subscriber reconnected, its queue
+/// overflowed, a cluster master failed over): the current presence of users it showed to
+/// peer rooms, as versioned [`Action::Presence`]s. Implemented by the presence service, which
+/// reads the versions from Redis; the deliverer shows only what the rooms have not seen.
+pub trait PresenceCatchUp: Send + Sync {
+    /// One action per user of `pairs` (user, peer room) whose state Redis knows, addressed to
+    /// that user's rooms among `pairs`.
+    fn actions(
+        &self,
+        pairs: Vec<(String, String)>,
+    ) -> futures_util::future::BoxFuture<'_, Vec<Action>>;
+}
+
 /// The node-local side of delivery: the socket.io handle and what this node needs to remember
 /// across entries (the last presence version applied per user).
 ///
@@ -31,7 +143,9 @@ const VERSION_PURGE_AT: usize = 100_000;
 pub struct Deliverer {
     io: SocketIo,
     node_id: String,
-    versions: Mutex<HashMap<String, (u64, Instant)>>,
+    versions: Arc<PresenceVersions>,
+    /// Reads the presence a catch-up shows ([`Deliverer::catch_up_presence`]).
+    catch_up: Option<Arc<dyn PresenceCatchUp>>,
     tasks: TaskTracker,
     /// Sockets marked [`FellBehind`] whose disconnect is still being retried. While it is
     /// zero (nearly always) a chat message skips looking up the mark on every socket of the
@@ -108,7 +222,8 @@ impl Deliverer {
         Deliverer {
             io,
             node_id,
-            versions: Mutex::new(HashMap::new()),
+            versions: Arc::default(),
+            catch_up: None,
             tasks,
             slow_pending: Arc::new(AtomicUsize::new(0)),
             admin: None,
@@ -120,6 +235,65 @@ impl Deliverer {
     pub fn with_interest(mut self, interest: Arc<super::interest::Interest>) -> Self {
         self.interest = Some(interest);
         self
+    }
+
+    /// Shares the presence versions with the connect path (which records what
+    /// `presence:bulk-online` showed), and catches up presence through `catch_up`.
+    pub fn with_presence(
+        mut self,
+        versions: Arc<PresenceVersions>,
+        catch_up: Arc<dyn PresenceCatchUp>,
+    ) -> Self {
+        self.versions = versions;
+        self.catch_up = Some(catch_up);
+        self
+    }
+
+    /// Shows this node's sockets the presence transitions they may have missed while frames
+    /// were lost: for every (user, peer room) this node showed a state to and that still has a
+    /// socket here, Redis's current version, shown if it is newer and of the other kind
+    /// ([`PresenceVersions::accept`], so a transition that did arrive is not shown twice).
+    /// Runs on the subscriber loop, like every other delivery, so no frame overtakes it.
+    pub async fn catch_up_presence(&self) {
+        let Some(catch_up) = &self.catch_up else {
+            return;
+        };
+        let Some(ns) = self.io.of("/") else { return };
+        let pairs: Vec<(String, String)> = self
+            .versions
+            .pairs()
+            .into_iter()
+            .filter(|(_, room)| !ns.clone().to(room.clone()).sockets().is_empty())
+            .collect();
+        if pairs.is_empty() {
+            return;
+        }
+        let mut shown = 0u64;
+        for action in catch_up.actions(pairs).await {
+            let Action::Presence {
+                user,
+                version,
+                rooms,
+                event,
+                data,
+            } = &action
+            else {
+                continue;
+            };
+            for room in rooms {
+                if self.versions.catch_up(user, room, *version) {
+                    shown += 1;
+                    self.emit(ns.clone().to(room.clone()), event, data).await;
+                }
+            }
+        }
+        crate::metrics::presence_caught_up(shown);
+        if shown > 0 {
+            tracing::info!(
+                shown,
+                "presence transitions missed while frames were lost, shown"
+            );
+        }
     }
 
     /// Reports every delivery to the Admin UI while one watches (`event_sent`).
@@ -163,7 +337,7 @@ impl Deliverer {
                 } => {
                     // Per peer room: each room's frame carries its own copy of the transition.
                     for room in rooms {
-                        if self.accept_version(user, room, *version) {
+                        if self.versions.accept(user, room, *version) {
                             self.emit(ns.clone().to(room.clone()), event, data).await;
                         }
                     }
@@ -266,30 +440,6 @@ impl Deliverer {
             }
         });
     }
-
-    /// Whether a presence transition of `user` at `version` should be shown to the peer room
-    /// `room`: not if this node applied a newer one there, nor if the last one applied there had
-    /// the same parity (same state: the peers already show it). The version is remembered either
-    /// way when it is newer. Kept per room because each peer room's frame carries its own copy.
-    fn accept_version(&self, user: &str, room: &str, version: u64) -> bool {
-        let now = Instant::now();
-        let key = format!("{user}\u{0}{room}");
-        let user = key.as_str();
-        let mut versions = match self.versions.lock() {
-            Ok(v) => v,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let decision = match versions.get(user) {
-            Some((last, _)) if *last >= version => return false,
-            Some((last, _)) => (version - last) % 2 == 1,
-            None => true,
-        };
-        if versions.len() >= VERSION_PURGE_AT {
-            versions.retain(|_, (_, at)| now.duration_since(*at) < VERSION_MEMORY);
-        }
-        versions.insert(user.to_owned(), (version, now));
-        decision
-    }
 }
 
 #[cfg(test)]
@@ -300,12 +450,35 @@ mod tests {
     async fn presence_versions_never_show_the_same_state_twice() {
         let (_layer, io) = SocketIo::new_layer();
         let d = Deliverer::new(io, "n".into(), TaskTracker::new());
-        assert!(d.accept_version("u", "user:p", 11)); // online
-        assert!(!d.accept_version("u", "user:p", 11)); // same again
-        assert!(d.accept_version("u", "user:q", 11)); // the same, for another peer room
-        assert!(!d.accept_version("u", "user:p", 10)); // older offline arrives late
-        assert!(!d.accept_version("u", "user:p", 13)); // online again, but 12 never arrived
-        assert!(d.accept_version("u", "user:p", 14)); // offline
-        assert!(d.accept_version("v", "user:p", 4)); // another user, first seen
+        let v = &d.versions;
+        assert!(v.accept("u", "user:p", 11)); // online
+        assert!(!v.accept("u", "user:p", 11)); // same again
+        assert!(v.accept("u", "user:q", 11)); // the same, for another peer room
+        assert!(!v.accept("u", "user:p", 10)); // older offline arrives late
+        assert!(!v.accept("u", "user:p", 13)); // online again, but 12 never arrived
+        assert!(v.accept("u", "user:p", 14)); // offline
+        assert!(v.accept("v", "user:p", 4)); // another user, first seen
+    }
+
+    #[test]
+    fn a_catch_up_shows_only_what_a_room_has_not_seen_and_a_snapshot_hides_no_frame() {
+        let v = PresenceVersions::default();
+        // bulk-online showed u online at 11; its online frame of 11 may still come, and is
+        // shown (the protocol's one duplicate at connect time).
+        v.note_snapshot("u", "user:p", 11);
+        v.note_snapshot("u", "user:p", 9); // an older snapshot changes nothing
+        assert!(!v.catch_up("u", "user:p", 11), "the room saw 11");
+        assert!(v.accept("u", "user:p", 11));
+        // Frames lost: Redis is at 12 (offline), then the frame of 12 arrives late.
+        assert!(v.catch_up("u", "user:p", 12));
+        assert!(!v.accept("u", "user:p", 12), "shown once");
+        assert!(!v.catch_up("u", "user:p", 12));
+        // 13 and 14 both lost: offline again, nothing to show.
+        assert!(!v.catch_up("u", "user:p", 14));
+        // A room this node knows nothing about gets nothing from a catch-up.
+        assert!(!v.catch_up("w", "user:p", 3));
+        let mut pairs = v.pairs();
+        pairs.sort();
+        assert_eq!(pairs, vec![("u".to_owned(), "user:p".to_owned())]);
     }
 }

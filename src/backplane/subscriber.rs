@@ -203,8 +203,10 @@ pub async fn run(
         let mut probe = conn.clone();
         link.send_replace(Some(conn));
         health.set_reader_running(true);
-        // Everything published while no connection was subscribed is in the chats' logs.
+        // Everything published while no connection was subscribed is in the chats' logs, and
+        // presence in Redis's versions.
         loop_state.sync(loop_state.interest.followed_chats()).await;
+        loop_state.deliverer.catch_up_presence().await;
         let mut ping = tokio::time::interval(PING_INTERVAL);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Cluster: syncs still to come after a disruption, and the topology last seen.
@@ -214,6 +216,7 @@ pub async fn run(
         loop {
             if overflow.swap(false, Ordering::SeqCst) {
                 loop_state.sync(loop_state.interest.followed_chats()).await;
+                loop_state.deliverer.catch_up_presence().await;
             }
             let now = tokio::time::Instant::now();
             if std::mem::take(&mut loop_state.resync_wanted) {
@@ -244,6 +247,9 @@ pub async fn run(
                     schedule_resyncs(&mut resyncs);
                 }
                 loop_state.sync(loop_state.interest.followed_chats()).await;
+                if resubscribe {
+                    loop_state.deliverer.catch_up_presence().await;
+                }
             }
             let next_resync = resyncs.first().map(|r| r.at);
             tokio::select! {

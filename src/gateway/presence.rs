@@ -53,10 +53,7 @@ pub async fn on_connect(s: &SocketRef, app: &App, identity: &Identity) {
         return;
     }
     // The peers were read by the registration; read them again only if it failed.
-    let online = match peers {
-        Some(peers) => app.presence.online_among(&peers).await,
-        None => app.presence.online_peers(&identity.user_id).await,
-    };
+    let online = app.presence.bulk_online(&identity.user_id, peers).await;
     match online {
         Ok(users) => {
             s.emit("presence:bulk-online", &json!({ "users": users }))

@@ -223,6 +223,11 @@ metric!(
     PRESENCE_REPUBLISHED, "fanout_presence_offline_republished_total", Counter, [],
     "Offline transitions this node's sweep published again: the user was already offline in Redis but still had a deadline, so its claimer may have failed or died before publishing (peers drop a version they already applied)."
 );
+metric!(
+    /// Presence transitions shown by a catch-up.
+    PRESENCE_CAUGHT_UP, "fanout_presence_caught_up_total", Counter, [],
+    "Presence transitions this node showed its sockets from Redis's versions after frames may have been lost (its subscriber reconnected, its queue overflowed, a cluster master failed over): their frames never reached this node. Rising often means its subscriber connection keeps dropping."
+);
 
 // ---- sessions and keys ----------------------------------------------------------------------
 metric!(
@@ -304,6 +309,7 @@ pub const ALL: &[Metric] = &[
     KEYSPACE_NOTIFICATIONS,
     PRESENCE_SWEEP_CLAIMS,
     PRESENCE_REPUBLISHED,
+    PRESENCE_CAUGHT_UP,
     JWKS_FETCHES,
     JWKS_AGE,
     SESSION_REFRESHES,

@@ -181,6 +181,7 @@ fn register_known_series() {
     counter!(KEYSPACE_NOTIFICATIONS.name).absolute(0);
     counter!(PRESENCE_SWEEP_CLAIMS.name).absolute(0);
     counter!(PRESENCE_REPUBLISHED.name).absolute(0);
+    counter!(PRESENCE_CAUGHT_UP.name).absolute(0);
 }
 
 /// The `/metrics` route of the admin router: Prometheus text format, no API key
@@ -510,6 +511,11 @@ pub fn sweep_claims(n: usize) {
 /// The sweep published an offline transition again ([`crate::presence::Claimer::Sweep`]).
 pub fn presence_republished() {
     counter!(PRESENCE_REPUBLISHED.name).increment(1);
+}
+
+/// A presence catch-up showed `n` transitions whose frames never reached this node.
+pub fn presence_caught_up(n: u64) {
+    counter!(PRESENCE_CAUGHT_UP.name).increment(n);
 }
 
 /// An Admin UI handshake ended: `password`, `session` or `refused`.

@@ -26,12 +26,14 @@ pub mod rule;
 pub mod store;
 pub mod sweep;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::redis::Conn;
 use serde_json::json;
 
+use crate::backplane::deliver::{PresenceCatchUp, PresenceVersions};
 use crate::backplane::{Action, Backplane};
 use crate::chat::{Chats, user_room};
 use crate::clock;
@@ -103,7 +105,19 @@ pub struct Presence {
     backplane: Backplane,
     chats: Chats,
     ttl: Duration,
+    /// What this node's peer rooms were shown, shared with the deliverer: the connect path
+    /// records `presence:bulk-online` in it, so a catch-up knows what each room believes.
+    shown: Arc<PresenceVersions>,
 }
+
+/// Users whose versions a catch-up reads in one pipeline.
+const CATCH_UP_CHUNK: usize = 500;
+
+/// A `presence:bulk-online` snapshot is remembered for a catch-up only when the user has at
+/// most this many peers: each remembered (peer, room) pair costs the node ~90 bytes for as
+/// long as the room lives, and a user of many peers would cost more than a socket does.
+/// Transitions this node shows are remembered whatever the number.
+pub const SNAPSHOT_PEERS_MAX: usize = 100;
 
 impl Presence {
     /// A service over the node's shared connection.
@@ -113,7 +127,15 @@ impl Presence {
             backplane,
             chats,
             ttl,
+            shown: Arc::default(),
         }
+    }
+
+    /// Shares `shown` with the node's deliverer ([`crate::backplane::deliver::Deliverer::
+    /// with_presence`]).
+    pub fn with_shown(mut self, shown: Arc<PresenceVersions>) -> Self {
+        self.shown = shown;
+        self
     }
 
     /// Loads the scripts into Redis's cache, so the first pipelined refresh does not fail with
@@ -339,10 +361,41 @@ impl Presence {
         Ok(())
     }
 
-    /// `user`'s online peers (for `presence:bulk-online`).
-    pub async fn online_peers(&self, user: &str) -> Result<Vec<String>, PresenceError> {
-        let peers = self.peers(user).await?;
-        self.online_among(&peers).await
+    /// `user`'s online peers among `peers` (read here when `None`), for `presence:bulk-online`.
+    /// Each peer's version is read with its fields and remembered as what `user`'s room was
+    /// shown (for at most [`SNAPSHOT_PEERS_MAX`] peers), when the two agree: an odd version
+    /// listed, an even one not (a transition between the two reads has its own event coming).
+    /// A catch-up can then tell what the room missed.
+    pub async fn bulk_online(
+        &self,
+        user: &str,
+        peers: Option<Vec<String>>,
+    ) -> Result<Vec<String>, PresenceError> {
+        let peers = match peers {
+            Some(p) => p,
+            None => self.peers(user).await?,
+        };
+        let fresh_after = self.fresh_after(clock::now_ms());
+        let (fields, versions) = tokio::try_join!(
+            self.store.sockets(&peers, fresh_after),
+            self.store.versions(&peers)
+        )?;
+        let room = user_room(user);
+        let remember = peers.len() <= SNAPSHOT_PEERS_MAX;
+        let mut online = Vec::new();
+        for ((peer, fields), version) in peers.iter().zip(fields).zip(versions) {
+            let listed = !fields.is_empty();
+            if remember
+                && let Some(v) = version
+                && (v % 2 == 1) == listed
+            {
+                self.shown.note_snapshot(peer, &room, v);
+            }
+            if listed {
+                online.push(peer.clone());
+            }
+        }
+        Ok(online)
     }
 
     /// Which of `asked` are online, restricted to `user`'s peers (docs/protocol.md §8).
@@ -409,5 +462,63 @@ impl Presence {
         };
         self.backplane.publish(&vec![action]).await?;
         Ok(())
+    }
+}
+
+impl PresenceCatchUp for Presence {
+    fn actions(
+        &self,
+        pairs: Vec<(String, String)>,
+    ) -> futures_util::future::BoxFuture<'_, Vec<Action>> {
+        Box::pin(async move {
+            let mut rooms_of: HashMap<String, Vec<String>> = HashMap::new();
+            for (user, room) in pairs {
+                rooms_of.entry(user).or_default().push(room);
+            }
+            let users: Vec<String> = rooms_of.keys().cloned().collect();
+            let mut actions = Vec::new();
+            for chunk in users.chunks(CATCH_UP_CHUNK) {
+                let versions = match self.store.versions(chunk).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        // The next reconnect or resync tries again.
+                        tracing::warn!(error = %e, "presence catch-up could not read versions");
+                        return actions;
+                    }
+                };
+                for (user, version) in chunk.iter().zip(versions) {
+                    let Some(version) = version else { continue };
+                    let now = clock::now_iso();
+                    // The reason of a missed offline is not kept in Redis: `expired`, as for
+                    // an offline the sweep publishes again (docs/protocol.md §4).
+                    let (event, data) = if version % 2 == 1 {
+                        (
+                            "presence:online",
+                            json!({ "userId": user, "timestamp": now }),
+                        )
+                    } else {
+                        (
+                            "presence:offline",
+                            json!({
+                                "userId": user,
+                                "timestamp": now,
+                                "reason": OfflineReason::Expired.as_str(),
+                            }),
+                        )
+                    };
+                    let Ok(data) = serde_json::value::to_raw_value(&data) else {
+                        continue;
+                    };
+                    actions.push(Action::Presence {
+                        user: user.clone(),
+                        version,
+                        rooms: rooms_of.remove(user).unwrap_or_default(),
+                        event: event.to_owned(),
+                        data,
+                    });
+                }
+            }
+            actions
+        })
     }
 }

@@ -224,6 +224,26 @@ impl PresenceStore {
         Ok(lists.into_iter().flatten().collect())
     }
 
+    /// Each of `users`' transition version (`presence:state:{u}`: odd online, even offline),
+    /// `None` where Redis has none (never seen, or lost with its data).
+    pub async fn versions(&self, users: &[String]) -> redis::RedisResult<Vec<Option<u64>>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for u in users {
+            pipe.cmd("GET").arg(keys::presence_state(u));
+        }
+        let mut conn = self.conn.clone();
+        let all: Vec<Option<String>> =
+            redis_op("presence_versions", pipe.query_async(&mut conn)).await?;
+        // A value that is not a number is no version this node can compare: left out.
+        Ok(all
+            .into_iter()
+            .map(|v| v.and_then(|v| v.parse().ok()))
+            .collect())
+    }
+
     /// Each of `users`' socket fields that count at `fresh_after_ms` (socket id, field), by
     /// the one rule ([`rule::field_counts`]); the reads behind every "is online" and "how many
     /// sockets" outside the scripts.

@@ -614,3 +614,95 @@ async fn a_redis_that_refuses_config_set_keeps_the_node_unready() {
     assert_eq!(last.1["keyspaceNotifications"], false, "{}", last.1);
     assert_eq!(last.1["redis"], true);
 }
+
+/// `fanout_presence_caught_up_total` of a node process.
+async fn caught_up(node: &NodeProcess) -> f64 {
+    let (status, body) = http_raw(node.admin, "GET", "/metrics", None, None, "text/plain")
+        .await
+        .expect("/metrics reachable");
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix("fanout_presence_caught_up_total "))
+        .map_or(0.0, |v| v.trim().parse().expect("a number"))
+}
+
+/// Closes `node`'s subscriber connection (`CLIENT KILL`): until it reconnects (its backoff,
+/// 50 ms at least) nothing published reaches that node.
+async fn kill_subscriber(redis: &Redis, node: &str) {
+    let name = format!(" name=fanout-sub:{node} ");
+    let mut killed = 0;
+    for (port, list) in redis
+        .on_every_master::<String>(redis::cmd("CLIENT").arg("LIST"))
+        .await
+    {
+        for id in list
+            .lines()
+            .filter(|l| l.contains(&name))
+            .filter_map(|l| l.split(' ').find_map(|kv| kv.strip_prefix("id=")))
+        {
+            let n: u64 = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("ID")
+                .arg(id)
+                .query_async(&mut server_conn(port).await)
+                .await
+                .expect("client kill");
+            killed += n;
+        }
+    }
+    assert!(killed >= 1, "no subscriber of {node} to kill");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transitions_published_while_a_nodes_subscriber_was_down_reach_its_sockets_once() {
+    if crate::skip::skip_on_redis(
+        "presence::transitions_published_while_a_nodes_subscriber_was_down_reach_its_sockets_once",
+        &[RedisKind::Cluster],
+        "redis-rs reconnects a killed master connection of the cluster subscriber at once, so \
+         the test cannot hold open the window in which a transition is lost (after a failover \
+         the catch-up runs at the subscriber's resyncs)",
+    ) {
+        return;
+    }
+    let redis = Redis::start().await;
+    let a = Node::start(&redis, "a").await;
+    // A process, so its /metrics counts its own catch-ups.
+    let b = NodeProcess::spawn(&redis, "b", NodeOpts::default()).await;
+    a.create_chat_when_ready("gap", &["alice", "bob"]).await;
+    // Alice first: bob learns she is online from presence:bulk-online, not from a transition.
+    let alice = connect(&a.url(), "alice").await;
+    let mut bob = connect(&b.url(), "bob").await;
+    let bulk = bob
+        .wait_for("presence:bulk-online", WAIT)
+        .await
+        .expect("bulk-online");
+    assert_eq!(bulk["users"], json!(["alice"]));
+    assert_eq!(caught_up(&b).await, 0.0);
+
+    // Her offline is published while b cannot hear it.
+    kill_subscriber(&redis, "b").await;
+    alice.close().await;
+    let off = wait_about(&mut bob, "presence:offline", "alice", WAIT)
+        .await
+        .expect("the missed offline, from the catch-up");
+    assert_eq!(off["reason"], "expired", "a caught-up offline: {off}");
+    assert_eq!(
+        caught_up(&b).await,
+        1.0,
+        "shown by the catch-up, not by its frame"
+    );
+
+    // And her online, the same way.
+    kill_subscriber(&redis, "b").await;
+    let _alice = connect(&a.url(), "alice").await;
+    wait_about(&mut bob, "presence:online", "alice", WAIT)
+        .await
+        .expect("the missed online, from the catch-up");
+    assert_eq!(caught_up(&b).await, 2.0);
+
+    // Exactly once: a later reconnect of the subscriber shows nothing again.
+    kill_subscriber(&redis, "b").await;
+    let more = presence_events(&mut bob, "alice", Duration::from_secs(2)).await;
+    assert!(more.is_empty(), "shown once: {more:?}");
+    assert_eq!(caught_up(&b).await, 2.0);
+}
