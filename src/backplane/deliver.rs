@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use serde_json::value::RawValue;
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
@@ -18,6 +19,11 @@ use super::Action;
 const VERSION_MEMORY: Duration = Duration::from_secs(600);
 /// Above this many remembered users, forgotten entries are purged on insert.
 const VERSION_PURGE_AT: usize = 100_000;
+
+/// How long a presence catch-up may read before it gives up and is tried again (each of its
+/// chunks is bounded by the command timeout; this bounds a catch-up of many users while a
+/// master is down).
+const CATCH_UP_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The last presence version this node showed, per (user, peer room): what decides whether a
 /// transition is shown ([`PresenceVersions::accept`]), and what a catch-up after lost frames
@@ -82,20 +88,19 @@ impl PresenceVersions {
     /// room was shown an older version of the other kind, by a transition or by a snapshot
     /// (the newer of the two), and never when this node knows nothing of what the room saw.
     /// A version shown is remembered as a transition, so its frame, arriving late, is not
-    /// shown again.
-    pub fn catch_up(&self, user: &str, room: &str, version: u64) -> bool {
+    /// shown again. Returns, when it is to be shown, what the room was shown before (by a
+    /// transition, by a snapshot), for the log.
+    pub fn catch_up(&self, user: &str, room: &str, version: u64) -> Option<CaughtUp> {
         let key = format!("{user}\u{0}{room}");
         let mut r = self.lock();
         let shown = r.shown.get(&key).map(|(v, _)| *v);
         let snapshot = r.snapshots.get(&key).map(|(v, _)| *v);
-        let Some(last) = shown.max(snapshot) else {
-            return false;
-        };
+        let last = shown.max(snapshot)?;
         if last >= version {
-            return false;
+            return None;
         }
         remember(&mut r.shown, key, version);
-        (version - last) % 2 == 1
+        ((version - last) % 2 == 1).then_some(CaughtUp { shown, snapshot })
     }
 
     /// Every (user, room) pair with a remembered version.
@@ -108,6 +113,15 @@ impl PresenceVersions {
             .map(|(u, r)| (u.to_owned(), r.to_owned()))
             .collect()
     }
+}
+
+/// What a room had been shown of a user before a catch-up showed it a newer state.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CaughtUp {
+    /// The last transition shown.
+    pub shown: Option<u64>,
+    /// The last `presence:bulk-online` snapshot recorded.
+    pub snapshot: Option<u64>,
 }
 
 fn remember(versions: &mut HashMap<String, (u64, Instant)>, key: String, version: u64) {
@@ -125,10 +139,17 @@ fn remember(versions: &mut HashMap<String, (u64, Instant)>, key: String, version
 pub trait PresenceCatchUp: Send + Sync {
     /// One action per user of `pairs` (user, peer room) whose state Redis knows, addressed to
     /// that user's rooms among `pairs`.
-    fn actions(
-        &self,
-        pairs: Vec<(String, String)>,
-    ) -> futures_util::future::BoxFuture<'_, Vec<Action>>;
+    fn actions(&self, pairs: Vec<(String, String)>) -> BoxFuture<'_, CatchUpRead>;
+}
+
+/// What a presence catch-up read found.
+#[derive(Default)]
+pub struct CatchUpRead {
+    /// One [`Action::Presence`] per user read.
+    pub actions: Vec<Action>,
+    /// Users whose version could not be read (a master failing over): the catch-up is tried
+    /// again.
+    pub unread: usize,
 }
 
 /// The node-local side of delivery: the socket.io handle and what this node needs to remember
@@ -144,7 +165,7 @@ pub struct Deliverer {
     io: SocketIo,
     node_id: String,
     versions: Arc<PresenceVersions>,
-    /// Reads the presence a catch-up shows ([`Deliverer::catch_up_presence`]).
+    /// Reads the presence a catch-up shows ([`Deliverer::presence_catch_up_read`]).
     catch_up: Option<Arc<dyn PresenceCatchUp>>,
     tasks: TaskTracker,
     /// Sockets marked [`FellBehind`] whose disconnect is still being retried. While it is
@@ -249,16 +270,19 @@ impl Deliverer {
         self
     }
 
-    /// Shows this node's sockets the presence transitions they may have missed while frames
-    /// were lost: for every (user, peer room) this node showed a state to and that still has a
-    /// socket here, Redis's current version, shown if it is newer and of the other kind
-    /// ([`PresenceVersions::accept`], so a transition that did arrive is not shown twice).
-    /// Runs on the subscriber loop, like every other delivery, so no frame overtakes it.
-    pub async fn catch_up_presence(&self) {
-        let Some(catch_up) = &self.catch_up else {
-            return;
-        };
-        let Some(ns) = self.io.of("/") else { return };
+    /// The read of a presence catch-up, after frames may have been lost: for every (user, peer
+    /// room) this node showed a state to and that still has a socket here, Redis's current
+    /// version, as actions for [`Deliverer::apply_presence_catch_up`], read after `delay`.
+    /// `None` when there is nothing to catch up. The future owns what it needs, so the
+    /// subscriber loop polls it beside its frames instead of waiting on Redis: during a
+    /// failover the read of a dead master's users lasts a command timeout, and the loop must go
+    /// on delivering.
+    pub fn presence_catch_up_read(
+        &self,
+        delay: Duration,
+    ) -> Option<BoxFuture<'static, CatchUpRead>> {
+        let catch_up = self.catch_up.clone()?;
+        let ns = self.io.of("/")?;
         let pairs: Vec<(String, String)> = self
             .versions
             .pairs()
@@ -266,10 +290,30 @@ impl Deliverer {
             .filter(|(_, room)| !ns.clone().to(room.clone()).sockets().is_empty())
             .collect();
         if pairs.is_empty() {
-            return;
+            return None;
         }
+        Some(Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            let users = pairs.len();
+            match tokio::time::timeout(CATCH_UP_READ_TIMEOUT, catch_up.actions(pairs)).await {
+                Ok(read) => read,
+                Err(_) => CatchUpRead {
+                    actions: Vec::new(),
+                    unread: users,
+                },
+            }
+        }))
+    }
+
+    /// Shows the rooms what a catch-up read found they have not seen: a version newer than the
+    /// one each room was shown, and of the other kind ([`PresenceVersions::catch_up`], so a
+    /// transition whose frame did arrive, before or after the read, is shown once). Runs on the
+    /// subscriber loop, like every delivery, so a room's transitions reach it in the order
+    /// they were decided here.
+    pub async fn apply_presence_catch_up(&self, actions: Vec<Action>) {
+        let Some(ns) = self.io.of("/") else { return };
         let mut shown = 0u64;
-        for action in catch_up.actions(pairs).await {
+        for action in actions {
             let Action::Presence {
                 user,
                 version,
@@ -281,19 +325,22 @@ impl Deliverer {
                 continue;
             };
             for room in rooms {
-                if self.versions.catch_up(user, room, *version) {
+                if let Some(before) = self.versions.catch_up(user, room, *version) {
                     shown += 1;
+                    tracing::info!(
+                        user = %user,
+                        room = %room,
+                        version,
+                        event = %event,
+                        shown_before = ?before.shown,
+                        snapshot_before = ?before.snapshot,
+                        "presence transition missed while frames were lost, shown"
+                    );
                     self.emit(ns.clone().to(room.clone()), event, data).await;
                 }
             }
         }
         crate::metrics::presence_caught_up(shown);
-        if shown > 0 {
-            tracing::info!(
-                shown,
-                "presence transitions missed while frames were lost, shown"
-            );
-        }
     }
 
     /// Reports every delivery to the Admin UI while one watches (`event_sent`).
@@ -467,16 +514,22 @@ mod tests {
         // shown (the protocol's one duplicate at connect time).
         v.note_snapshot("u", "user:p", 11);
         v.note_snapshot("u", "user:p", 9); // an older snapshot changes nothing
-        assert!(!v.catch_up("u", "user:p", 11), "the room saw 11");
+        assert_eq!(v.catch_up("u", "user:p", 11), None, "the room saw 11");
         assert!(v.accept("u", "user:p", 11));
         // Frames lost: Redis is at 12 (offline), then the frame of 12 arrives late.
-        assert!(v.catch_up("u", "user:p", 12));
+        assert_eq!(
+            v.catch_up("u", "user:p", 12),
+            Some(CaughtUp {
+                shown: Some(11),
+                snapshot: Some(11)
+            })
+        );
         assert!(!v.accept("u", "user:p", 12), "shown once");
-        assert!(!v.catch_up("u", "user:p", 12));
+        assert_eq!(v.catch_up("u", "user:p", 12), None);
         // 13 and 14 both lost: offline again, nothing to show.
-        assert!(!v.catch_up("u", "user:p", 14));
+        assert_eq!(v.catch_up("u", "user:p", 14), None);
         // A room this node knows nothing about gets nothing from a catch-up.
-        assert!(!v.catch_up("w", "user:p", 3));
+        assert_eq!(v.catch_up("w", "user:p", 3), None);
         let mut pairs = v.pairs();
         pairs.sort();
         assert_eq!(pairs, vec![("u".to_owned(), "user:p".to_owned())]);

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::canary::{self, Canary};
-use super::deliver::Deliverer;
+use super::deliver::{CatchUpRead, Deliverer};
 use super::frame::Frame;
 use super::interest::{BATCH, Control, Interest, Position, chat_of_room};
 use super::{Action, Envelope};
@@ -206,7 +206,8 @@ pub async fn run(
         // Everything published while no connection was subscribed is in the chats' logs, and
         // presence in Redis's versions.
         loop_state.sync(loop_state.interest.followed_chats()).await;
-        loop_state.deliverer.catch_up_presence().await;
+        let mut catch_up = CatchUp::default();
+        catch_up.want(&loop_state.deliverer);
         let mut ping = tokio::time::interval(PING_INTERVAL);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Cluster: syncs still to come after a disruption, and the topology last seen.
@@ -216,7 +217,7 @@ pub async fn run(
         loop {
             if overflow.swap(false, Ordering::SeqCst) {
                 loop_state.sync(loop_state.interest.followed_chats()).await;
-                loop_state.deliverer.catch_up_presence().await;
+                catch_up.want(&loop_state.deliverer);
             }
             let now = tokio::time::Instant::now();
             if std::mem::take(&mut loop_state.resync_wanted) {
@@ -248,7 +249,7 @@ pub async fn run(
                 }
                 loop_state.sync(loop_state.interest.followed_chats()).await;
                 if resubscribe {
-                    loop_state.deliverer.catch_up_presence().await;
+                    catch_up.want(&loop_state.deliverer);
                 }
             }
             let next_resync = resyncs.first().map(|r| r.at);
@@ -260,6 +261,12 @@ pub async fn run(
                         None => std::future::pending().await,
                     }
                 } => {}
+                read = async {
+                    match catch_up.read.as_mut() {
+                        Some(read) => read.await,
+                        None => std::future::pending().await,
+                    }
+                } => catch_up.finished(read, &loop_state.deliverer).await,
                 push = rx.recv() => match push {
                     // One master's connection of the cluster: redis-rs reconnects it and
                     // subscribes again; what it missed comes from the logs.
@@ -314,6 +321,56 @@ pub async fn run(
     }
     health.set_reader_running(false);
     tracing::debug!("subscriber stopped");
+}
+
+/// After a presence catch-up that could not read every user (a master failing over), the next
+/// one comes this much later, at most [`CATCH_UP_RETRIES`] times in a row.
+const CATCH_UP_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+/// See [`CATCH_UP_RETRY`]: a minute of retries, beyond the longest failover seen (the
+/// cluster's own resyncs and the next reconnect start again after that).
+const CATCH_UP_RETRIES: u32 = 30;
+
+/// The presence catch-up of the loop: its read in flight (polled beside the frames, so a slow
+/// Redis does not hold deliveries), whether another was asked for meanwhile (it starts when
+/// this one is applied: what it reads is newer), and the retries of reads that missed users.
+#[derive(Default)]
+struct CatchUp {
+    read: Option<futures_util::future::BoxFuture<'static, CatchUpRead>>,
+    again: bool,
+    retries: u32,
+}
+
+impl CatchUp {
+    /// Starts a catch-up read, or asks for one after the read in flight.
+    fn want(&mut self, deliverer: &Deliverer) {
+        self.retries = 0;
+        if self.read.is_some() {
+            self.again = true;
+        } else {
+            self.read = deliverer.presence_catch_up_read(std::time::Duration::ZERO);
+        }
+    }
+
+    /// Applies a finished read, then starts what comes next: a read asked for meanwhile, or a
+    /// retry of users it could not read.
+    async fn finished(&mut self, read: CatchUpRead, deliverer: &Deliverer) {
+        self.read = None;
+        let unread = read.unread;
+        deliverer.apply_presence_catch_up(read.actions).await;
+        if std::mem::take(&mut self.again) {
+            self.read = deliverer.presence_catch_up_read(std::time::Duration::ZERO);
+        } else if unread > 0 && self.retries < CATCH_UP_RETRIES {
+            self.retries += 1;
+            if self.retries == 1 || self.retries == CATCH_UP_RETRIES {
+                tracing::warn!(
+                    unread,
+                    retries = self.retries,
+                    "presence catch-up could not read some users' versions; retrying"
+                );
+            }
+            self.read = deliverer.presence_catch_up_read(CATCH_UP_RETRY);
+        }
+    }
 }
 
 /// Plans the syncs of [`RESYNC_AFTER`] from now (replacing any still to come).

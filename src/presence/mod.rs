@@ -33,7 +33,7 @@ use std::time::Duration;
 use crate::redis::Conn;
 use serde_json::json;
 
-use crate::backplane::deliver::{PresenceCatchUp, PresenceVersions};
+use crate::backplane::deliver::{CatchUpRead, PresenceCatchUp, PresenceVersions};
 use crate::backplane::{Action, Backplane};
 use crate::chat::{Chats, user_room};
 use crate::clock;
@@ -110,8 +110,12 @@ pub struct Presence {
     shown: Arc<PresenceVersions>,
 }
 
-/// Users whose versions a catch-up reads in one pipeline.
-const CATCH_UP_CHUNK: usize = 500;
+/// Users whose versions a catch-up reads in one pipeline. Small, and one pipeline at a time: on
+/// a Cluster a pipeline is cut by slot, and many requests in flight while redis-rs recovers
+/// from a failover is what wedges its connection (docs/reliability.md); a chunk that meets a
+/// dead master fails alone. (A first version sent one `GET` per user, all at once: the
+/// connection of a node wedged again after each replacement, for 22 s.)
+const CATCH_UP_CHUNK: usize = 100;
 
 /// A `presence:bulk-online` snapshot is remembered for a catch-up only when the user has at
 /// most this many peers: each remembered (peer, room) pair costs the node ~90 bytes for as
@@ -469,7 +473,7 @@ impl PresenceCatchUp for Presence {
     fn actions(
         &self,
         pairs: Vec<(String, String)>,
-    ) -> futures_util::future::BoxFuture<'_, Vec<Action>> {
+    ) -> futures_util::future::BoxFuture<'_, CatchUpRead> {
         Box::pin(async move {
             let mut rooms_of: HashMap<String, Vec<String>> = HashMap::new();
             for (user, room) in pairs {
@@ -477,13 +481,13 @@ impl PresenceCatchUp for Presence {
             }
             let users: Vec<String> = rooms_of.keys().cloned().collect();
             let mut actions = Vec::new();
+            let mut unread = 0usize;
             for chunk in users.chunks(CATCH_UP_CHUNK) {
-                let versions = match self.store.versions(chunk).await {
+                let versions = match self.store.versions_bounded(chunk).await {
                     Ok(v) => v,
-                    Err(e) => {
-                        // The next reconnect or resync tries again.
-                        tracing::warn!(error = %e, "presence catch-up could not read versions");
-                        return actions;
+                    Err(_) => {
+                        unread += chunk.len();
+                        continue;
                     }
                 };
                 for (user, version) in chunk.iter().zip(versions) {
@@ -518,7 +522,7 @@ impl PresenceCatchUp for Presence {
                     });
                 }
             }
-            actions
+            CatchUpRead { actions, unread }
         })
     }
 }

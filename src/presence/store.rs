@@ -244,6 +244,20 @@ impl PresenceStore {
             .collect())
     }
 
+    /// [`PresenceStore::versions`], bounded by the command timeout also on a Cluster (whose
+    /// connection's own limit is longer): a catch-up reads chunk after chunk and counts a
+    /// chunk that failed, instead of waiting through a master's failover for every chunk.
+    pub async fn versions_bounded(&self, users: &[String]) -> redis::RedisResult<Vec<Option<u64>>> {
+        tokio::time::timeout(crate::redis::COMMAND_TIMEOUT, self.versions(users))
+            .await
+            .unwrap_or_else(|_| {
+                Err(redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "presence version read timed out",
+                )))
+            })
+    }
+
     /// Each of `users`' socket fields that count at `fresh_after_ms` (socket id, field), by
     /// the one rule ([`rule::field_counts`]); the reads behind every "is online" and "how many
     /// sockets" outside the scripts.
