@@ -528,10 +528,26 @@ mod tests {
         assert_eq!(v.catch_up("u", "user:p", 12), None);
         // 13 and 14 both lost: offline again, nothing to show.
         assert_eq!(v.catch_up("u", "user:p", 14), None);
+        // A peer shown offline before it ever had a version (recorded as 0): its first
+        // online is caught up.
+        v.note_snapshot("n", "user:p", 0);
+        assert_eq!(
+            v.catch_up("n", "user:p", 7),
+            Some(CaughtUp {
+                shown: None,
+                snapshot: Some(0)
+            })
+        );
         // A room this node knows nothing about gets nothing from a catch-up.
         assert_eq!(v.catch_up("w", "user:p", 3), None);
         let mut pairs = v.pairs();
         pairs.sort();
-        assert_eq!(pairs, vec![("u".to_owned(), "user:p".to_owned())]);
+        assert_eq!(
+            pairs,
+            vec![
+                ("n".to_owned(), "user:p".to_owned()),
+                ("u".to_owned(), "user:p".to_owned())
+            ]
+        );
     }
 }

@@ -389,10 +389,15 @@ impl Presence {
         let mut online = Vec::new();
         for ((peer, fields), version) in peers.iter().zip(fields).zip(versions) {
             let listed = !fields.is_empty();
-            if remember
-                && let Some(v) = version
-                && (v % 2 == 1) == listed
-            {
+            // A peer Redis has no version for, not listed, was shown offline too: remembered as
+            // version 0, so that its first online, if its frame is lost, is caught up (seen in
+            // chaos_failover: a user who first connected while the observer's node was
+            // reconnecting its subscriber reached the observer by no other way).
+            let agreed = match version {
+                Some(v) => ((v % 2 == 1) == listed).then_some(v),
+                None => (!listed).then_some(0),
+            };
+            if remember && let Some(v) = agreed {
                 self.shown.note_snapshot(peer, &room, v);
             }
             if listed {
