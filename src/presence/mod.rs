@@ -118,8 +118,9 @@ pub struct Presence {
 const CATCH_UP_CHUNK: usize = 100;
 
 /// A `presence:bulk-online` snapshot is remembered for a catch-up only when the user has at
-/// most this many peers: each remembered (peer, room) pair costs the node ~90 bytes for as
-/// long as the room lives, and a user of many peers would cost more than a socket does.
+/// most this many peers: each remembered (peer, room) pair costs the node ~130 bytes for as
+/// long as the room lives (docs/architecture.md section 5), and a user of many peers would cost
+/// more than a socket does.
 /// Transitions this node shows are remembered whatever the number.
 pub const SNAPSHOT_PEERS_MAX: usize = 100;
 
