@@ -147,8 +147,8 @@ pub trait PresenceCatchUp: Send + Sync {
 pub struct CatchUpRead {
     /// One [`Action::Presence`] per user read.
     pub actions: Vec<Action>,
-    /// Users whose version could not be read (a master failing over): the catch-up is tried
-    /// again.
+    /// Users whose version could not be read (a master failing over), or every (user, room)
+    /// pair asked when the whole read timed out: above zero, the catch-up is tried again.
     pub unread: usize,
 }
 
@@ -294,12 +294,12 @@ impl Deliverer {
         }
         Some(Box::pin(async move {
             tokio::time::sleep(delay).await;
-            let users = pairs.len();
+            let asked = pairs.len();
             match tokio::time::timeout(CATCH_UP_READ_TIMEOUT, catch_up.actions(pairs)).await {
                 Ok(read) => read,
                 Err(_) => CatchUpRead {
                     actions: Vec::new(),
-                    unread: users,
+                    unread: asked,
                 },
             }
         }))
@@ -327,7 +327,7 @@ impl Deliverer {
             for room in rooms {
                 if let Some(before) = self.versions.catch_up(user, room, *version) {
                     shown += 1;
-                    tracing::info!(
+                    tracing::debug!(
                         user = %user,
                         room = %room,
                         version,
@@ -341,6 +341,14 @@ impl Deliverer {
             }
         }
         crate::metrics::presence_caught_up(shown);
+        if shown > 0 {
+            // One line per catch-up: after a failover it can show thousands of transitions
+            // (each is logged at debug, with what the room had been shown before).
+            tracing::info!(
+                shown,
+                "presence transitions missed while frames were lost, shown"
+            );
+        }
     }
 
     /// Reports every delivery to the Admin UI while one watches (`event_sent`).

@@ -248,14 +248,7 @@ impl PresenceStore {
     /// connection's own limit is longer): a catch-up reads chunk after chunk and counts a
     /// chunk that failed, instead of waiting through a master's failover for every chunk.
     pub async fn versions_bounded(&self, users: &[String]) -> redis::RedisResult<Vec<Option<u64>>> {
-        tokio::time::timeout(crate::redis::COMMAND_TIMEOUT, self.versions(users))
-            .await
-            .unwrap_or_else(|_| {
-                Err(redis::RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "presence version read timed out",
-                )))
-            })
+        crate::redis::within(crate::redis::COMMAND_TIMEOUT, self.versions(users)).await
     }
 
     /// Each of `users`' socket fields that count at `fresh_after_ms` (socket id, field), by

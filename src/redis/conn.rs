@@ -557,7 +557,7 @@ fn cluster_inner_timeout(response_timeout: Duration) -> Duration {
 
 /// `call`, or a timeout error (`UNAVAILABLE` to callers) once `limit` passed. The call is
 /// dropped, not retried: like on one Redis, a command that timed out may still run.
-async fn within<T>(
+pub async fn within<T>(
     limit: Duration,
     call: impl std::future::Future<Output = RedisResult<T>>,
 ) -> RedisResult<T> {

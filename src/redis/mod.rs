@@ -11,7 +11,7 @@ pub mod exclusive;
 pub mod keys;
 pub mod scripts;
 
-pub use conn::{ClusterSubscriber, Conn, Master, Redis, slot_of, wait_reply};
+pub use conn::{ClusterSubscriber, Conn, Master, Redis, slot_of, wait_reply, within};
 pub use exclusive::{Exclusive, Lent};
 
 /// How writes that must survive a master's death are confirmed (`REDIS_WAIT_REPLICAS` > 0):
