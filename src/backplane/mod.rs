@@ -24,6 +24,7 @@ pub mod canary;
 pub mod deliver;
 pub mod frame;
 pub mod interest;
+pub mod order;
 pub mod subscriber;
 
 use crate::redis::Conn;

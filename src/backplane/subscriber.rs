@@ -22,14 +22,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use redis::RedisResult;
 use redis::aio::MultiplexedConnection;
 use redis::{PushInfo, PushKind, Value};
-use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::canary::{self, Canary};
 use super::deliver::{CatchUpRead, Deliverer};
 use super::frame::Frame;
-use super::interest::{BATCH, Control, Interest, Position, chat_of_room};
+use super::interest::{BATCH, Control, Interest, chat_of_room};
+use super::order::{ChatOrder, Seq};
 use super::{Action, Envelope};
 use crate::health::Health;
 use crate::redis::keys;
@@ -139,15 +139,6 @@ pub fn client_name(node_id: &str) -> String {
     format!("fanout-sub:{node_id}")
 }
 
-/// What a `chat:message`'s data says about its place in the chat.
-#[derive(Deserialize)]
-struct Seq {
-    #[serde(rename = "chatId")]
-    chat_id: String,
-    offset: u64,
-    epoch: String,
-}
-
 /// Runs until `cancel`: keeps the subscriber connection open (publishing it on `link` for the
 /// interest manager) and applies what arrives.
 #[allow(clippy::too_many_arguments)]
@@ -169,7 +160,6 @@ pub async fn run(
         deliverer,
         canary,
         node_channel,
-        resync_wanted: false,
     };
     while !cancel.is_cancelled() {
         let (tx, mut rx) = mpsc::channel::<PushInfo>(QUEUE);
@@ -205,7 +195,8 @@ pub async fn run(
         health.set_reader_running(true);
         // Everything published while no connection was subscribed is in the chats' logs, and
         // presence in Redis's versions.
-        loop_state.sync(loop_state.interest.followed_chats()).await;
+        let mut order = ChatOrder::new(loop_state.interest.clone(), loop_state.deliverer.clone());
+        order.sync(loop_state.interest.followed_chats());
         let mut catch_up = CatchUp::default();
         catch_up.want(&loop_state.deliverer);
         let mut ping = tokio::time::interval(PING_INTERVAL);
@@ -214,13 +205,14 @@ pub async fn run(
         let mut resyncs: Vec<Resync> = Vec::new();
         let mut generation = loop_state.redis.topology_generation();
         let mut probe_failures = 0u32;
+        let mut probing: Option<futures_util::future::BoxFuture<'static, RedisResult<()>>> = None;
         loop {
             if overflow.swap(false, Ordering::SeqCst) {
-                loop_state.sync(loop_state.interest.followed_chats()).await;
+                order.sync(loop_state.interest.followed_chats());
                 catch_up.want(&loop_state.deliverer);
             }
             let now = tokio::time::Instant::now();
-            if std::mem::take(&mut loop_state.resync_wanted) {
+            if order.take_resync_wanted() {
                 let soon = now + RETRY_FILL_AFTER;
                 if resyncs.first().is_none_or(|r| r.at > soon) {
                     resyncs.insert(
@@ -247,7 +239,7 @@ pub async fn run(
                     );
                     schedule_resyncs(&mut resyncs);
                 }
-                loop_state.sync(loop_state.interest.followed_chats()).await;
+                order.sync(loop_state.interest.followed_chats());
                 if resubscribe {
                     catch_up.want(&loop_state.deliverer);
                 }
@@ -267,6 +259,7 @@ pub async fn run(
                         None => std::future::pending().await,
                     }
                 } => catch_up.finished(read, &loop_state.deliverer).await,
+                read = order.next_read() => order.finished(read).await,
                 push = rx.recv() => match push {
                     // One master's connection of the cluster: redis-rs reconnects it and
                     // subscribes again; what it missed comes from the logs.
@@ -274,17 +267,36 @@ pub async fn run(
                         schedule_resyncs(&mut resyncs);
                     }
                     Some(p) if p.kind == PushKind::Disconnection => break,
-                    Some(p) => loop_state.handle(p).await,
+                    Some(p) => loop_state.handle(p, &mut order).await,
                     None => break,
                 },
                 c = control.recv() => match c {
-                    Some(Control::Sync(chats)) => loop_state.sync(chats).await,
+                    Some(Control::Sync(chats)) => order.sync(chats),
                     None => break,
                 },
                 _ = ping.tick() => {
                     // A connection cut without a reset (a partition) stays silent forever:
-                    // only a command that goes unanswered tells.
-                    if let Err(e) = probe.ping().await {
+                    // only a command that goes unanswered tells. The probe runs beside the
+                    // loop: on a cluster it asks every master, and one failing over would
+                    // hold the frames of all the others for the command timeout.
+                    if probing.is_none() {
+                        let mut conn = probe.clone();
+                        probing = Some(Box::pin(async move { conn.ping().await }));
+                    }
+                    let seen = loop_state.redis.topology_generation();
+                    if seen != generation {
+                        generation = seen;
+                        schedule_resyncs(&mut resyncs);
+                    }
+                }
+                answer = async {
+                    match probing.as_mut() {
+                        Some(p) => p.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    probing = None;
+                    if let Err(e) = answer {
                         crate::metrics::redis_error("subscriber_ping", &e);
                         probe_failures += 1;
                         // One connection: it is gone. A cluster connection: one master may be
@@ -299,11 +311,6 @@ pub async fn run(
                             break;
                         }
                     } else if std::mem::take(&mut probe_failures) > 0 {
-                        schedule_resyncs(&mut resyncs);
-                    }
-                    let seen = loop_state.redis.topology_generation();
-                    if seen != generation {
-                        generation = seen;
                         schedule_resyncs(&mut resyncs);
                     }
                 }
@@ -396,8 +403,6 @@ struct Loop {
     deliverer: Arc<Deliverer>,
     canary: Arc<Canary>,
     node_channel: String,
-    /// A gap could not be filled (the log unreadable for a moment): sync soon.
-    resync_wanted: bool,
 }
 
 impl Loop {
@@ -445,8 +450,9 @@ impl Loop {
         Ok(rooms.len())
     }
 
-    /// Applies one push: a canary of this node, or a frame of a room.
-    async fn handle(&mut self, push: PushInfo) {
+    /// Applies one push: a canary of this node, or a frame of a room (a chat message through
+    /// `order`).
+    async fn handle(&mut self, push: PushInfo, order: &mut ChatOrder) {
         if push.kind != PushKind::Message && push.kind != PushKind::SMessage {
             return;
         }
@@ -475,129 +481,10 @@ impl Loop {
             }
         };
         if let Some(seq) = chat_message_seq(&frame.actions) {
-            self.chat_message(seq, frame).await;
+            order.frame(seq, frame).await;
         } else {
-            self.apply(&frame.origin, &frame.actions, frame.at_ms).await;
-        }
-    }
-
-    async fn apply(&self, origin: &str, actions: &Envelope, at_ms: Option<u64>) {
-        self.deliverer.apply(origin, actions).await;
-        crate::metrics::entry_applied(at_ms);
-    }
-
-    /// A `chat:message` frame: delivered after whatever precedes it in the chat, once.
-    async fn chat_message(&mut self, seq: Seq, frame: Frame) {
-        let Some(pos) = self.interest.position(&seq.chat_id) else {
-            // Not followed (unsubscribed while the frame travelled, or the position could not
-            // be read at the join): deliver, and follow from here.
-            self.apply(&frame.origin, &frame.actions, frame.at_ms).await;
-            self.interest.set_position(
-                &seq.chat_id,
-                Position {
-                    epoch: Some(seq.epoch),
-                    last: seq.offset,
-                },
-            );
-            return;
-        };
-        let same_epoch = pos.epoch.as_deref() == Some(seq.epoch.as_str());
-        if same_epoch && seq.offset <= pos.last {
-            return; // delivered already (by a gap fill or a sync)
-        }
-        // From here on every earlier offset of this epoch must have been delivered; in another
-        // epoch (the chat's sequence restarted after this node began following it) all of them.
-        let from = if same_epoch { pos.last + 1 } else { 1 };
-        if seq.offset > from
-            && !self
-                .fill(&seq.chat_id, &seq.epoch, from, seq.offset - 1)
-                .await
-        {
-            // The log could not be read (a slot moving, a master failing over): delivering
-            // this frame now would skip the gap for good. Hold it back; the chat's next frame
-            // or the next sync delivers the gap and it in order.
-            self.resync_wanted = true;
-            return;
-        }
-        self.apply(&frame.origin, &frame.actions, frame.at_ms).await;
-        self.interest.set_position(
-            &seq.chat_id,
-            Position {
-                epoch: Some(seq.epoch),
-                last: seq.offset,
-            },
-        );
-    }
-
-    /// Delivers offsets `from..=to` of `chat_id` in `epoch` from the chat's log; what the log no
-    /// longer holds (trimmed, expired, another epoch by now) is counted as lost. False when the
-    /// log could not be read (nothing delivered, nothing counted: the caller tries again).
-    async fn fill(&self, chat_id: &str, epoch: &str, from: u64, to: u64) -> bool {
-        let wanted = to - from + 1;
-        let (current, messages) = match self.interest.chats().range(chat_id, from, to).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, chat = %chat_id, "gap fill failed; retried");
-                crate::metrics::redis_error("gap_fill", &e);
-                return false;
-            }
-        };
-        if current.as_deref() != Some(epoch) {
-            crate::metrics::gap(0, wanted);
-            return true;
-        }
-        let filled = messages.len() as u64;
-        for message in &messages {
-            match crate::chat::message_envelope(message) {
-                Ok(envelope) => self.apply("", &envelope, None).await,
-                Err(e) => tracing::error!(error = %e, "chat:message not serializable"),
-            }
-        }
-        crate::metrics::gap(filled, wanted.saturating_sub(filled));
-        tracing::debug!(chat = %chat_id, from, to, filled, "offset gap filled");
-        true
-    }
-
-    /// Reads the offsets of `chats` and delivers from their logs what this node has not.
-    async fn sync(&mut self, chats: Vec<String>) {
-        for chunk in chats.chunks(BATCH) {
-            let found = match self.interest.chats().positions(chunk).await {
-                Ok(found) => found,
-                Err(e) => {
-                    // Tried again soon; the next message of each chat finds its gap meanwhile.
-                    tracing::warn!(error = %e, "chat offsets not read; retried");
-                    self.resync_wanted = true;
-                    return;
-                }
-            };
-            for (chat, now) in chunk.iter().zip(found) {
-                let Some(pos) = self.interest.position(chat) else {
-                    continue;
-                };
-                let Some(epoch) = now.epoch else {
-                    continue; // the chat has no sequence (deleted, or Redis lost it)
-                };
-                let same_epoch = pos.epoch.as_deref() == Some(epoch.as_str());
-                // A position without epoch means "nothing sent before this node followed".
-                let from = if same_epoch || pos.epoch.is_none() {
-                    pos.last + 1
-                } else {
-                    1
-                };
-                if now.seq >= from && !self.fill(chat, &epoch, from, now.seq).await {
-                    self.resync_wanted = true;
-                    continue;
-                }
-                if now.seq >= from || !same_epoch {
-                    self.interest.set_position(
-                        chat,
-                        Position {
-                            epoch: Some(epoch),
-                            last: now.seq.max(if same_epoch { pos.last } else { 0 }),
-                        },
-                    );
-                }
-            }
+            self.deliverer.apply(&frame.origin, &frame.actions).await;
+            crate::metrics::entry_applied(frame.at_ms);
         }
     }
 }

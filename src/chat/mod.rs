@@ -265,6 +265,13 @@ impl Chats {
         }
     }
 
+    /// The Redis Cluster master that serves `chat_id` now, if known; `None` on one Redis and on
+    /// Sentinel. Readers of many chats group them by it, so that one master's outage fails
+    /// only its own chats' reads.
+    pub fn master_of(&self, chat_id: &str) -> Option<std::sync::Arc<str>> {
+        self.store.master_of(chat_id)
+    }
+
     /// Where each of `chat_ids` stands (epoch and last offset), in order, in one round trip.
     pub async fn positions(
         &self,

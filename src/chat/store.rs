@@ -390,6 +390,12 @@ impl ChatStore {
         chat_history::parse(chat_id, &reply)
     }
 
+    /// The Redis Cluster master that serves `chat_id`'s keys now, if known (see
+    /// [`crate::redis::Conn::master_of`]).
+    pub fn master_of(&self, chat_id: &str) -> Option<std::sync::Arc<str>> {
+        self.conn.master_of(self.keys(chat_id).meta().as_bytes())
+    }
+
     /// The sequence position of each of `chat_ids`, in order, in one pipelined round trip
     /// (`HMGET <meta> epoch seq` each; the chats are on different slots, so this is not one
     /// atomic read).

@@ -434,6 +434,17 @@ impl Conn {
         pipe.cmd("WAIT").arg(replicas).arg(millis);
     }
 
+    /// The master that serves `key` as far as the slot map knows (Redis Cluster); `None` on one
+    /// Redis, on Sentinel (one master serves everything) and for a slot not mapped yet. For
+    /// callers that group reads by master, so that a master failing over fails its own group
+    /// only (a cut pipeline fails as a whole).
+    pub fn master_of(&self, key: &[u8]) -> Option<Arc<str>> {
+        match &self.inner {
+            Inner::Cluster { map, .. } => map.owner(slot_of(key)),
+            _ => None,
+        }
+    }
+
     /// The `master` label of `cmd`'s metrics.
     fn master_label(&self, cmd: Option<&Cmd>) -> Arc<str> {
         match &self.inner {

@@ -1058,3 +1058,138 @@ async fn send_until_accepted(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A chat whose master does not answer holds that chat only: while node `a` cannot fill a gap
+/// of one chat (its master paused with `CLIENT PAUSE`, so every read times out), the chat of
+/// another master goes on reaching `a`'s socket. Before, the fill ran on the subscriber loop
+/// and held every room of every master for the command timeout, its retries again; the loop's
+/// probe (a `PING` to every master) did the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_whose_master_does_not_answer_does_not_hold_the_other_chats() {
+    if !require_tools(
+        "topology::a_chat_whose_master_does_not_answer_does_not_hold_the_other_chats",
+        topo::TOOLS,
+        topo::HINT,
+    ) {
+        return;
+    }
+    let cluster = RedisCluster::start().await;
+    let args = vec!["--redis-cluster-nodes".to_owned(), cluster.seeds()];
+    let a = Node::start_on_redis(&args, "a", NodeOpts::default()).await;
+    let b = Node::start_on_redis(&args, "b", NodeOpts::default()).await;
+    for n in [&a, &b] {
+        assert!(ready_within(n.public, Duration::from_secs(15)).await);
+    }
+    let chats = chats_on_every_master(&cluster, 1).await;
+    let (stuck, stuck_master) = chats[0].clone();
+    let live = chats[1].0.clone();
+    for (chat, _) in &chats {
+        b.create_chat(chat, &["alice", "bob"]).await;
+    }
+    let alice = connect(&b.url(), "alice").await;
+    let mut bob = connect(&a.url(), "bob").await;
+    let mut epoch = String::new();
+    for chat in [&stuck, &live] {
+        let sent = ack(
+            &alice,
+            "chat:send",
+            json!({"chatId": chat, "content": "one"}),
+        )
+        .await;
+        assert_eq!(sent["status"], "ACCEPTED", "{sent}");
+        let m = bob.wait_for("chat:message", WAIT).await.expect("delivered");
+        assert_eq!(m["chatId"], *chat);
+        if *chat == stuck {
+            epoch = m["epoch"].as_str().unwrap_or_default().to_owned();
+        }
+    }
+    // A frame of `stuck` with offset 3 while `a` delivered 1: a lost notification, as `a` sees
+    // it. `a` reads offset 2 from the log; the same connection pauses the master first.
+    let data = json!({
+        "id": "lost-2", "chatId": stuck, "senderId": "alice", "clientMsgId": null,
+        "type": "text", "content": "three", "createdAt": "2026-01-01T00:00:00.000Z",
+        "offset": 3, "epoch": epoch,
+    });
+    let frame = json!({"n": "test", "e": [{"emit": {
+        "rooms": [format!("chat:{stuck}")], "event": "chat:message", "data": data,
+    }}]});
+    const PAUSE: Duration = Duration::from_secs(4);
+    let mut pipe = redis::pipe();
+    pipe.cmd("SPUBLISH")
+        .arg(fanout::redis::keys::room_channel(&format!("chat:{stuck}")))
+        .arg(frame.to_string())
+        .ignore()
+        .cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(PAUSE.as_millis() as u64)
+        .arg("ALL")
+        .ignore();
+    let mut conn = topo::conn_to(stuck_master).await.expect("stuck master");
+    let paused = Instant::now();
+    pipe.query_async::<()>(&mut conn)
+        .await
+        .expect("SPUBLISH + CLIENT PAUSE");
+    // `live` every 100 ms through the pause; `bob` must get each one without a stall.
+    let sends = tokio::spawn({
+        let live = live.clone();
+        async move {
+            for i in 0..45 {
+                let sent = ack(
+                    &alice,
+                    "chat:send",
+                    json!({"chatId": live, "content": format!("live-{i}")}),
+                )
+                .await;
+                assert_eq!(sent["status"], "ACCEPTED", "{sent}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            alice
+        }
+    });
+    let mut arrivals: Vec<Duration> = Vec::new();
+    while arrivals.len() < 45 {
+        let Some(m) = bob.wait_for("chat:message", WAIT).await else {
+            break;
+        };
+        if m["chatId"] == *live {
+            arrivals.push(paused.elapsed());
+        }
+    }
+    let alice = sends.await.expect("sender");
+    assert_eq!(arrivals.len(), 45, "every live message delivered");
+    let during: Vec<&Duration> = arrivals.iter().filter(|t| **t < PAUSE).collect();
+    let stall = during
+        .windows(2)
+        .map(|w| *w[1] - *w[0])
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "live messages during the {PAUSE:?} pause: {}, longest wait between two: {stall:?}",
+        during.len()
+    );
+    // 100 ms apart when nothing holds them; the reads to the paused master time out after 2 s.
+    assert!(
+        during.len() >= 20 && stall < Duration::from_millis(1500),
+        "the paused master's chat held the other: {} delivered during the pause, a wait of \
+         {stall:?}",
+        during.len()
+    );
+    // `stuck` is delivered again once its master answers: the invented offset 3 is not in
+    // its log and is never delivered; the next real message is offset 2.
+    tokio::time::sleep(PAUSE.saturating_sub(paused.elapsed()) + Duration::from_secs(1)).await;
+    let sent = ack(
+        &alice,
+        "chat:send",
+        json!({"chatId": stuck, "content": "two"}),
+    )
+    .await;
+    assert_eq!(sent["status"], "ACCEPTED", "{sent}");
+    let m = bob
+        .wait_for("chat:message", Duration::from_secs(10))
+        .await
+        .expect("stuck delivered after the pause");
+    assert_eq!(
+        (m["chatId"].clone(), m["offset"].clone()),
+        (json!(stuck), json!(2))
+    );
+}
