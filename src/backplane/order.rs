@@ -24,7 +24,7 @@ use crate::chat::ChatMessage;
 /// Reads of chat logs in flight at once; the rest wait their turn (a fill before a sync). Few:
 /// hundreds of requests in flight while redis-rs recovers from a failover wedged its cluster
 /// connection (docs/reliability.md).
-pub const READS_IN_FLIGHT: usize = 4;
+pub const READS_IN_FLIGHT: usize = 8;
 
 /// Gap ranges one sync reads at once (a sync reads the offsets of up to [`BATCH`] chats, then
 /// the range of each chat that has a gap).
@@ -433,6 +433,7 @@ impl ChatOrder {
 
     /// Starts queued reads, fills first, up to [`READS_IN_FLIGHT`].
     fn start(&mut self) {
+        crate::metrics::chats_waiting(self.pending.len());
         while self.reads.len() < READS_IN_FLIGHT {
             if let Some(gap) = self.fills.pop_front() {
                 let chats = self.interest.chats().clone();

@@ -149,6 +149,11 @@ metric!(
     "Frames dropped because this node's subscriber queue was full; each makes the node re-read every subscribed chat's offsets (chat messages are filled, other events are lost)."
 );
 metric!(
+    /// Chats waiting for a read of their log.
+    BACKPLANE_CHATS_WAITING, "fanout_backplane_chats_waiting", Gauge, [],
+    "Followed chats whose frames wait for a read of their log (a gap fill or a sync) on this node; other rooms go on meanwhile. Above 0 for longer than a command timeout: those chats' master does not answer."
+);
+metric!(
     /// Delivery canary round trip.
     CANARY_ROUND_TRIP, "fanout_canary_round_trip_seconds", Histogram, ["shard"],
     "Time from publishing this node's delivery canary until its own subscriber connection received it (the path real events take); shard = the subscriber connection (0 on one Redis)."
@@ -295,6 +300,7 @@ pub const ALL: &[Metric] = &[
     BACKPLANE_GAPS,
     BACKPLANE_GAP_MESSAGES,
     BACKPLANE_OVERFLOWS,
+    BACKPLANE_CHATS_WAITING,
     CANARY_ROUND_TRIP,
     CANARY_SUCCESS_AGE,
     REDIS_COMMAND_DURATION,

@@ -148,6 +148,7 @@ fn register_known_series() {
         counter!(BACKPLANE_GAP_MESSAGES.name, "outcome" => outcome).absolute(0);
     }
     counter!(BACKPLANE_OVERFLOWS.name).absolute(0);
+    gauge!(BACKPLANE_CHATS_WAITING.name).set(0.0);
     for r in ["transport_close", "transport_error", "heartbeat_timeout"] {
         counter!(DISCONNECTS.name, "reason" => r).absolute(0);
     }
@@ -401,6 +402,11 @@ pub fn gap(filled: u64, lost: u64) {
     counter!(BACKPLANE_GAPS.name).increment(1);
     counter!(BACKPLANE_GAP_MESSAGES.name, "outcome" => "filled").increment(filled);
     counter!(BACKPLANE_GAP_MESSAGES.name, "outcome" => "lost").increment(lost);
+}
+
+/// `n` followed chats have a read of their log pending (their frames wait for it).
+pub fn chats_waiting(n: usize) {
+    gauge!(BACKPLANE_CHATS_WAITING.name).set(n as f64);
 }
 
 /// The subscriber queue was full and a frame was dropped.

@@ -1146,6 +1146,21 @@ async fn a_chat_whose_master_does_not_answer_does_not_hold_the_other_chats() {
             alice
         }
     });
+    // A second into the pause (the fill's read times out after 2 s), the chat whose frames
+    // wait is counted (on `a` and `b`, which both got the frame; in-process nodes share the
+    // metrics).
+    let waiting = tokio::spawn({
+        let admin = a.admin;
+        async move {
+            tokio::time::sleep(PAUSE / 4).await;
+            let (_, body) = http_raw(admin, "GET", "/metrics", None, None, "text/plain")
+                .await
+                .expect("/metrics");
+            body.lines()
+                .find_map(|l| l.strip_prefix("fanout_backplane_chats_waiting "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        }
+    });
     let mut arrivals: Vec<Duration> = Vec::new();
     while arrivals.len() < 45 {
         let Some(m) = bob.wait_for("chat:message", WAIT).await else {
@@ -1156,6 +1171,11 @@ async fn a_chat_whose_master_does_not_answer_does_not_hold_the_other_chats() {
         }
     }
     let alice = sends.await.expect("sender");
+    assert_eq!(
+        waiting.await.expect("scrape"),
+        Some(1.0),
+        "fanout_backplane_chats_waiting during the pause"
+    );
     assert_eq!(arrivals.len(), 45, "every live message delivered");
     let during: Vec<&Duration> = arrivals.iter().filter(|t| **t < PAUSE).collect();
     let stall = during
