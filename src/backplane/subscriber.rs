@@ -19,6 +19,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use futures_util::future::BoxFuture;
 use redis::RedisResult;
 use redis::aio::MultiplexedConnection;
 use redis::{PushInfo, PushKind, Value};
@@ -57,6 +58,10 @@ pub const RESYNC_AFTER: [std::time::Duration; 3] = [
 /// than a master's failover takes to show (its subscriptions then move by themselves), few
 /// enough that a wedged connection costs seconds, not a presence TTL.
 pub const PROBES_BEFORE_REOPEN: u32 = 3;
+
+/// A resubscription of every room that has not finished by then counts as failed (each
+/// `SSUBSCRIBE` is bounded by redis-rs's own timeout; this bounds them all).
+pub const RESUBSCRIBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How soon a sync follows a gap fill or an offset read that failed.
 pub const RETRY_FILL_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
@@ -190,7 +195,7 @@ pub async fn run(
         };
         backoff.reset();
         let sharded = matches!(conn, SubConn::Sharded(_));
-        let mut probe = conn.clone();
+        let probe = conn.clone();
         link.send_replace(Some(conn));
         health.set_reader_running(true);
         // Everything published while no connection was subscribed is in the chats' logs, and
@@ -205,7 +210,10 @@ pub async fn run(
         let mut resyncs: Vec<Resync> = Vec::new();
         let mut generation = loop_state.redis.topology_generation();
         let mut probe_failures = 0u32;
-        let mut probing: Option<futures_util::future::BoxFuture<'static, RedisResult<()>>> = None;
+        let mut probing: Option<BoxFuture<'static, RedisResult<()>>> = None;
+        // A resubscription in flight, and whether another one is due after it.
+        let mut resubscribing: Option<BoxFuture<'static, RedisResult<usize>>> = None;
+        let mut resubscribe_again = false;
         loop {
             if overflow.swap(false, Ordering::SeqCst) {
                 order.sync(loop_state.interest.followed_chats());
@@ -230,18 +238,15 @@ pub async fn run(
                 // After a disruption of the cluster (not after a failed gap fill, whose
                 // subscriptions are fine): redis-rs may have replaced a master's connection
                 // without its subscriptions (seen after a failover, on masters that did not
-                // fail); subscribing again is a no-op where they are still in place.
-                if resubscribe && let Err(e) = loop_state.subscribe_all(&mut probe).await {
-                    crate::metrics::redis_error("subscribe", &e);
-                    tracing::warn!(
-                        error = %e,
-                        "resubscription failed; retried at the next resync"
-                    );
-                    schedule_resyncs(&mut resyncs);
-                }
-                order.sync(loop_state.interest.followed_chats());
-                if resubscribe {
-                    catch_up.want(&loop_state.deliverer);
+                // fail); subscribing again is a no-op where they are still in place. The
+                // sync follows once the subscriptions are in place (what is published after
+                // them arrives as frames).
+                if !resubscribe {
+                    order.sync(loop_state.interest.followed_chats());
+                } else if resubscribing.is_none() {
+                    resubscribing = Some(loop_state.resubscription(&probe));
+                } else {
+                    resubscribe_again = true;
                 }
             }
             let next_resync = resyncs.first().map(|r| r.at);
@@ -260,6 +265,27 @@ pub async fn run(
                     }
                 } => catch_up.finished(read, &loop_state.deliverer).await,
                 read = order.next_read() => order.finished(read).await,
+                done = async {
+                    match resubscribing.as_mut() {
+                        Some(r) => r.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    resubscribing = None;
+                    if let Err(e) = done {
+                        crate::metrics::redis_error("subscribe", &e);
+                        tracing::warn!(
+                            error = %e,
+                            "resubscription failed; retried at the next resync"
+                        );
+                        schedule_resyncs(&mut resyncs);
+                        resubscribe_again = false;
+                    } else if std::mem::take(&mut resubscribe_again) {
+                        resubscribing = Some(loop_state.resubscription(&probe));
+                    }
+                    order.sync(loop_state.interest.followed_chats());
+                    catch_up.want(&loop_state.deliverer);
+                }
                 push = rx.recv() => match push {
                     // One master's connection of the cluster: redis-rs reconnects it and
                     // subscribes again; what it missed comes from the logs.
@@ -342,7 +368,7 @@ const CATCH_UP_RETRIES: u32 = 30;
 /// this one is applied: what it reads is newer), and the retries of reads that missed users.
 #[derive(Default)]
 struct CatchUp {
-    read: Option<futures_util::future::BoxFuture<'static, CatchUpRead>>,
+    read: Option<BoxFuture<'static, CatchUpRead>>,
     again: bool,
     retries: u32,
 }
@@ -435,19 +461,25 @@ impl Loop {
     /// Subscribes the canary channel and every registered room on `conn`; returns the rooms.
     /// On a cluster it also names the connections again (a reconnected one lost its name).
     async fn subscribe_all(&self, conn: &mut SubConn) -> RedisResult<usize> {
-        if let SubConn::Sharded(c) = conn
-            && let Err(e) = c.set_name(&client_name(self.canary.node_id())).await
-        {
-            tracing::debug!(error = %e, "subscriber connections not named");
-        }
-        conn.subscribe(std::slice::from_ref(&self.node_channel))
-            .await?;
-        let rooms = self.interest.rooms();
-        let channels: Vec<String> = rooms.iter().map(|r| keys::room_channel(r)).collect();
-        for chunk in channels.chunks(BATCH) {
-            conn.subscribe(chunk).await?;
-        }
-        Ok(rooms.len())
+        subscribe_all(
+            self.interest.clone(),
+            self.node_channel.clone(),
+            client_name(self.canary.node_id()),
+            conn.clone(),
+        )
+        .await
+    }
+
+    /// [`Loop::subscribe_all`] as a future of its own, which the loop polls beside its frames
+    /// (a master failing over would hold them), bounded by [`RESUBSCRIBE_TIMEOUT`].
+    fn resubscription(&self, conn: &SubConn) -> BoxFuture<'static, RedisResult<usize>> {
+        let all = subscribe_all(
+            self.interest.clone(),
+            self.node_channel.clone(),
+            client_name(self.canary.node_id()),
+            conn.clone(),
+        );
+        Box::pin(crate::redis::within(RESUBSCRIBE_TIMEOUT, all))
     }
 
     /// Applies one push: a canary of this node, or a frame of a room (a chat message through
@@ -487,6 +519,27 @@ impl Loop {
             crate::metrics::entry_applied(frame.at_ms);
         }
     }
+}
+
+/// See [`Loop::subscribe_all`].
+async fn subscribe_all(
+    interest: Arc<Interest>,
+    node_channel: String,
+    name: String,
+    mut conn: SubConn,
+) -> RedisResult<usize> {
+    if let SubConn::Sharded(c) = &mut conn
+        && let Err(e) = c.set_name(&name).await
+    {
+        tracing::debug!(error = %e, "subscriber connections not named");
+    }
+    conn.subscribe(std::slice::from_ref(&node_channel)).await?;
+    let rooms = interest.rooms();
+    let channels: Vec<String> = rooms.iter().map(|r| keys::room_channel(r)).collect();
+    for chunk in channels.chunks(BATCH) {
+        conn.subscribe(chunk).await?;
+    }
+    Ok(rooms.len())
 }
 
 /// The chat position of a frame that is one `chat:message` to its chat's room.
