@@ -217,6 +217,13 @@ impl Presence {
         Ok(())
     }
 
+    /// The Redis Cluster master that serves `user`'s presence now, if known; `None` on one
+    /// Redis and on Sentinel. The refresher groups users by it, so that one master's outage
+    /// fails only its own users' refresh.
+    pub fn master_of(&self, user: &str) -> Option<std::sync::Arc<str>> {
+        self.store.master_of(user)
+    }
+
     /// Refreshes this node's live sockets, grouped by user, in one pipeline; publishes the
     /// transitions of users who had been claimed offline while their sockets lived. With
     /// `report` (the caller lost the reply of an earlier refresh, which may have run anyway and

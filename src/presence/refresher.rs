@@ -1,13 +1,18 @@
 //! The refresher: keeps this node's live sockets registered, so an idle but connected client
 //! never expires whether or not it sends `presence:ping`. One pipeline per tick for the whole
-//! node. It is given the node's sockets as a snapshot function, so the presence domain needs
+//! node (per master on Redis Cluster). It is given the node's sockets as a snapshot function, so the presence domain needs
 //! no Socket.IO.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use super::{LocalSocket, Presence};
+
+/// A user and its sockets on this node.
+type UserSockets = (String, Vec<LocalSocket>);
 
 /// Users refreshed per pipeline.
 const CHUNK: usize = 1000;
@@ -46,16 +51,46 @@ pub async fn run(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let groups = sockets();
-        let mut failed = false;
-        for chunk in groups.chunks(CHUNK) {
-            if let Err(e) = presence.refresh(chunk, report_ticks > 0).await {
-                failures += 1;
-                if failures % 20 == 1 {
-                    tracing::warn!(error = %e, failures, "presence refresh failed; retrying");
+        let users = sockets();
+        // One pipeline per master (Redis Cluster), all at once: a master failing over fails
+        // its own users' refresh for the command timeout, not everyone's.
+        let mut by_master: HashMap<Option<Arc<str>>, Vec<UserSockets>> = HashMap::new();
+        for user in users {
+            by_master
+                .entry(presence.master_of(&user.0))
+                .or_default()
+                .push(user);
+        }
+        let report = report_ticks > 0;
+        let refreshes = by_master.values().map(|users| {
+            let presence = &presence;
+            async move {
+                // Every chunk, even after one failed: a refresh also records deadlines on every
+                // master, so one master's outage fails each chunk after its keys were written.
+                let mut first = None;
+                for chunk in users.chunks(CHUNK) {
+                    if let Err(e) = presence.refresh(chunk, report).await {
+                        first.get_or_insert(e);
+                    }
                 }
-                failed = true;
-                break;
+                first.map_or(Ok(()), Err)
+            }
+        });
+        let results = futures_util::future::join_all(refreshes).await;
+        let groups = results.len();
+        let errors: Vec<super::PresenceError> =
+            results.into_iter().filter_map(Result::err).collect();
+        let failed = !errors.is_empty();
+        if let Some(e) = errors.first() {
+            failures += 1;
+            if failures % 20 == 1 {
+                tracing::warn!(
+                    error = %e,
+                    failures,
+                    failed_groups = errors.len(),
+                    groups,
+                    "presence refresh failed; retrying"
+                );
             }
         }
         report_ticks = if failed {

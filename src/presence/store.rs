@@ -111,6 +111,12 @@ impl PresenceStore {
         presence_disconnect::parse(&reply)
     }
 
+    /// The Redis Cluster master that serves `user`'s presence keys now, if known (see
+    /// [`crate::redis::Conn::master_of`]).
+    pub fn master_of(&self, user: &str) -> Option<std::sync::Arc<str>> {
+        self.conn.master_of(keys::presence_user(user).as_bytes())
+    }
+
     /// Refreshes each user's sockets (socket id, field) in one pipeline, pruning fields that no
     /// longer count at `fresh_after_ms`; per user, what the script found (with `report`, also
     /// the current online version without a transition).

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use fanout::config::redis_mode::RedisSettings;
 use fanout::redis::{Conn, Redis, slot_of};
+use futures_util::StreamExt;
 use redis::AsyncCommands;
 use serde_json::json;
 
@@ -1212,4 +1213,87 @@ async fn a_chat_whose_master_does_not_answer_does_not_hold_the_other_chats() {
         (m["chatId"].clone(), m["offset"].clone()),
         (json!(stuck), json!(2))
     );
+}
+
+/// While one master does not answer, the refresher still keeps the users of the other masters
+/// registered: it refreshes each master's users in pipelines of their own. Before, it sent
+/// pipelines of 1 000 users over every master and stopped at the first that failed, so users
+/// beyond the first 1 000 (in an order that changes every time) were not refreshed, and
+/// expired on healthy masters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_of_the_healthy_masters_users_is_refreshed_while_one_master_does_not_answer() {
+    if !require_tools(
+        "topology::presence_of_the_healthy_masters_users_is_refreshed_while_one_master_does_not_answer",
+        topo::TOOLS,
+        topo::HINT,
+    ) {
+        return;
+    }
+    const USERS: usize = 1200;
+    const TTL: Duration = Duration::from_secs(4);
+    let cluster = RedisCluster::start().await;
+    let seeds = cluster.seeds();
+    let args = vec!["--redis-cluster-nodes".to_owned(), seeds.clone()];
+    let opts = NodeOpts::default().with("presence-ttl-secs", &TTL.as_secs().to_string());
+    let a = Node::start_on_redis(&args, "a", opts).await;
+    assert!(ready_within(a.public, Duration::from_secs(15)).await);
+    let url = a.url();
+    let clients: Vec<fanout_client::Client> = futures_util::stream::iter(0..USERS)
+        .map(|i| {
+            let url = url.clone();
+            async move { connect(&url, &format!("u{i}")).await }
+        })
+        .buffer_unordered(50)
+        .collect()
+        .await;
+    assert_eq!(clients.len(), USERS);
+    let redis = Redis::new(&settings(&["--redis-cluster-nodes", &seeds])).expect("redis");
+    let mut conn = redis.conn();
+    let key = |i: usize| fanout::redis::keys::presence_user(&format!("u{i}"));
+    let paused = cluster.masters().await[0].clone();
+    let on_paused = |i: usize| {
+        let slot = slot_of(key(i).as_bytes());
+        paused
+            .slots
+            .iter()
+            .any(|&(lo, hi)| lo <= slot && slot <= hi)
+    };
+    let healthy: Vec<usize> = (0..USERS).filter(|&i| !on_paused(i)).collect();
+    // Each user's transition version: a key that expired meanwhile shows as two more (the
+    // offline its master's expiry caused, the online of the refresh that brought it back),
+    // even once it exists again.
+    let state = |i: usize| fanout::redis::keys::presence_state(&format!("u{i}"));
+    let mut before = Vec::new();
+    for &i in &healthy {
+        let version: Option<u64> = conn.get(state(i)).await.expect("GET");
+        assert!(version.is_some_and(|v| v % 2 == 1), "u{i} online");
+        before.push(version);
+    }
+    // Twice the TTL: every user of a healthy master left unrefreshed for a TTL expires.
+    let pause = TTL * 2;
+    let mut master = topo::conn_to(paused.port).await.expect("master");
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(pause.as_millis() as u64)
+        .arg("ALL")
+        .query_async::<()>(&mut master)
+        .await
+        .expect("CLIENT PAUSE");
+    tokio::time::sleep(pause + Duration::from_secs(1)).await;
+    let mut flapped = Vec::new();
+    for (&i, was) in healthy.iter().zip(&before) {
+        let now: Option<u64> = conn.get(state(i)).await.expect("GET");
+        if now != *was {
+            flapped.push(i);
+        }
+    }
+    assert!(
+        flapped.is_empty(),
+        "{} of the {} users of the healthy masters went offline (and online) during the \
+         pause: {:?}",
+        flapped.len(),
+        healthy.len(),
+        &flapped[..flapped.len().min(10)]
+    );
+    drop(clients);
 }
