@@ -254,14 +254,7 @@ impl ChatOrder {
         let Some(pos) = self.interest.position(&seq.chat_id) else {
             // Not followed (unsubscribed while the frame travelled, or the position could not
             // be read at the join): deliver, and follow from here.
-            self.apply(&frame).await;
-            self.interest.set_position(
-                &seq.chat_id,
-                Position {
-                    epoch: Some(seq.epoch),
-                    last: seq.offset,
-                },
-            );
+            self.deliver(seq, &frame).await;
             return;
         };
         let same_epoch = pos.epoch.as_deref() == Some(seq.epoch.as_str());
@@ -285,7 +278,12 @@ impl ChatOrder {
             self.start();
             return;
         }
-        self.apply(&frame).await;
+        self.deliver(seq, &frame).await;
+    }
+
+    /// Applies `frame` and records its offset as the chat's last delivered.
+    async fn deliver(&mut self, seq: Seq, frame: &Frame) {
+        self.apply(frame).await;
         self.interest.set_position(
             &seq.chat_id,
             Position {

@@ -258,19 +258,9 @@ pub async fn run(
                         None => std::future::pending().await,
                     }
                 } => {}
-                read = async {
-                    match catch_up.read.as_mut() {
-                        Some(read) => read.await,
-                        None => std::future::pending().await,
-                    }
-                } => catch_up.finished(read, &loop_state.deliverer).await,
+                read = in_flight(&mut catch_up.read) => catch_up.finished(read, &loop_state.deliverer).await,
                 read = order.next_read() => order.finished(read).await,
-                done = async {
-                    match resubscribing.as_mut() {
-                        Some(r) => r.await,
-                        None => std::future::pending().await,
-                    }
-                } => {
+                done = in_flight(&mut resubscribing) => {
                     resubscribing = None;
                     if let Err(e) = done {
                         crate::metrics::redis_error("subscribe", &e);
@@ -315,12 +305,7 @@ pub async fn run(
                         schedule_resyncs(&mut resyncs);
                     }
                 }
-                answer = async {
-                    match probing.as_mut() {
-                        Some(p) => p.await,
-                        None => std::future::pending().await,
-                    }
-                } => {
+                answer = in_flight(&mut probing) => {
                     probing = None;
                     if let Err(e) = answer {
                         crate::metrics::redis_error("subscriber_ping", &e);
@@ -403,6 +388,16 @@ impl CatchUp {
             }
             self.read = deliverer.presence_catch_up_read(CATCH_UP_RETRY);
         }
+    }
+}
+
+/// The output of the future in `slot`; pending forever while there is none (a `select!`
+/// branch for work the loop runs beside its frames). The caller empties the slot once it is
+/// done: a finished future must not be polled again.
+async fn in_flight<T>(slot: &mut Option<BoxFuture<'static, T>>) -> T {
+    match slot.as_mut() {
+        Some(f) => f.await,
+        None => std::future::pending().await,
     }
 }
 
