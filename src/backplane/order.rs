@@ -7,7 +7,7 @@
 //! has a read pending, its frames wait in [`Pending`] and are applied after the read; every
 //! other room goes on. Before, each read ran on the loop itself: during a failover, a read that
 //! went to the dead master held the frames of every room, on every master, for the command
-//! timeout (docs/architecture.md §2).
+//! timeout (docs/architecture.md section 4, "Reads beside the loop").
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -354,11 +354,12 @@ impl ChatOrder {
             match self.interest.position(chat) {
                 Some(pos) if pos == before => {
                     let same_epoch = before.epoch.as_deref() == Some(epoch.as_str());
+                    let from = sync_from(&before, &epoch);
                     if let Some(range) = range {
-                        let wanted = seq.saturating_sub(sync_from(&before, &epoch)) + 1;
+                        let wanted = seq.saturating_sub(from) + 1;
                         self.deliver_range(chat, &epoch, wanted, range).await;
                     }
-                    if seq >= sync_from(&before, &epoch) || !same_epoch {
+                    if seq >= from || !same_epoch {
                         self.interest.set_position(
                             chat,
                             Position {
@@ -369,10 +370,7 @@ impl ChatOrder {
                     }
                 }
                 // Left and joined again while the read was in flight: read it again.
-                Some(_) => {
-                    self.pending.add(chat);
-                    self.syncs.push_back(vec![chat.to_owned()]);
-                }
+                Some(_) => self.sync(vec![chat.to_owned()]),
                 None => {}
             }
         }
@@ -412,9 +410,12 @@ impl ChatOrder {
         match self.pending.release(chat) {
             Released::Waiting => {}
             Released::Overflowed => {
-                tracing::warn!(chat = %chat, held = HELD_MAX, "too many frames waited for a read; the chat is synced");
-                self.pending.add(chat);
-                self.syncs.push_back(vec![chat.to_owned()]);
+                tracing::warn!(
+                    chat = %chat,
+                    held = HELD_MAX,
+                    "too many frames waited for a read; the chat is synced"
+                );
+                self.sync(vec![chat.to_owned()]);
             }
             Released::Frames(frames) => {
                 for (seq, frame) in frames {

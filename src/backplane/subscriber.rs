@@ -430,7 +430,7 @@ impl Loop {
     /// Opens the connection, names it (one Redis, Sentinel), subscribes the canary channel and
     /// every registered room.
     async fn open(&self, push: impl redis::aio::AsyncPushSender + Clone) -> RedisResult<SubConn> {
-        let mut conn = match self.redis.cluster_subscriber(push.clone()).await {
+        let conn = match self.redis.cluster_subscriber(push.clone()).await {
             Some(sharded) => SubConn::Sharded(sharded?),
             None => {
                 // The one Redis, or the master the sentinels name now.
@@ -447,7 +447,7 @@ impl Loop {
                 SubConn::Plain(conn)
             }
         };
-        let rooms = self.subscribe_all(&mut conn).await?;
+        let rooms = self.subscribe_all(&conn).await?;
         crate::metrics::subscription_changes("subscribe", rooms);
         crate::metrics::subscriptions(rooms);
         Ok(conn)
@@ -455,26 +455,25 @@ impl Loop {
 
     /// Subscribes the canary channel and every registered room on `conn`; returns the rooms.
     /// On a cluster it also names the connections again (a reconnected one lost its name).
-    async fn subscribe_all(&self, conn: &mut SubConn) -> RedisResult<usize> {
+    fn subscribe_all(
+        &self,
+        conn: &SubConn,
+    ) -> impl Future<Output = RedisResult<usize>> + Send + 'static {
         subscribe_all(
             self.interest.clone(),
             self.node_channel.clone(),
             client_name(self.canary.node_id()),
             conn.clone(),
         )
-        .await
     }
 
     /// [`Loop::subscribe_all`] as a future of its own, which the loop polls beside its frames
     /// (a master failing over would hold them), bounded by [`RESUBSCRIBE_TIMEOUT`].
     fn resubscription(&self, conn: &SubConn) -> BoxFuture<'static, RedisResult<usize>> {
-        let all = subscribe_all(
-            self.interest.clone(),
-            self.node_channel.clone(),
-            client_name(self.canary.node_id()),
-            conn.clone(),
-        );
-        Box::pin(crate::redis::within(RESUBSCRIBE_TIMEOUT, all))
+        Box::pin(crate::redis::within(
+            RESUBSCRIBE_TIMEOUT,
+            self.subscribe_all(conn),
+        ))
     }
 
     /// Applies one push: a canary of this node, or a frame of a room (a chat message through

@@ -1,7 +1,7 @@
 //! The refresher: keeps this node's live sockets registered, so an idle but connected client
 //! never expires whether or not it sends `presence:ping`. One pipeline per tick for the whole
-//! node (per master on Redis Cluster). It is given the node's sockets as a snapshot function, so the presence domain needs
-//! no Socket.IO.
+//! node (per master on Redis Cluster). It is given the node's sockets as a snapshot function,
+//! so the presence domain needs no Socket.IO.
 
 use std::collections::HashMap;
 use std::sync::Arc;
