@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+use futures_util::{StreamExt, TryStreamExt};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
@@ -495,14 +496,21 @@ impl ConnectionLike for Conn {
                 Inner::Single { conn, .. } => {
                     conn.req_packed_commands(pipeline, offset, count).await
                 }
-                Inner::Cluster { conn, timeout, .. } => {
+                Inner::Cluster { conn, map, timeout } => {
                     // A transaction (offset > 0) must stay one; an ordinary pipeline whose
                     // commands name keys of several slots is cut per slot (redis-rs refuses it
                     // whole with CROSSSLOT), each part to its master, answers put back in order.
+                    let shared: &ClusterConn = conn;
                     let conn = conn.get();
                     let send = async {
                         match (offset == 0).then(|| split_by_slot(pipeline)).flatten() {
-                            Some(parts) => run_split(&conn, pipeline.len(), parts).await,
+                            Some(parts) => {
+                                let gates = parts
+                                    .iter()
+                                    .map(|(slot, _, _)| shared.gate(map.owner(*slot)))
+                                    .collect();
+                                run_split(&conn, gates, pipeline.len(), parts).await
+                            }
                             None => send_part(&conn, pipeline, offset, count).await,
                         }
                     };
@@ -532,9 +540,9 @@ impl ConnectionLike for Conn {
 }
 
 /// The commands of `pipeline` grouped by the slot of their first key (commands without a key
-/// join the first group), each group with the positions of its commands; `None` when they all
-/// fall in one slot (sent whole).
-fn split_by_slot(pipeline: &Pipeline) -> Option<Vec<(Pipeline, Vec<usize>)>> {
+/// join the first group), each group with its slot and the positions of its commands; `None`
+/// when they all fall in one slot (sent whole).
+fn split_by_slot(pipeline: &Pipeline) -> Option<Vec<(u16, Pipeline, Vec<usize>)>> {
     let slots: Vec<Option<u16>> = pipeline
         .cmd_iter()
         .map(|c| command_key(c).map(slot_of))
@@ -543,13 +551,13 @@ fn split_by_slot(pipeline: &Pipeline) -> Option<Vec<(Pipeline, Vec<usize>)>> {
     if slots.iter().flatten().all(|&s| s == first) {
         return None;
     }
-    let mut groups: Vec<(Option<u16>, Pipeline, Vec<usize>)> = Vec::new();
+    let mut groups: Vec<(u16, Pipeline, Vec<usize>)> = Vec::new();
     for (i, (cmd, slot)) in pipeline.cmd_iter().zip(&slots).enumerate() {
         let slot = slot.unwrap_or(first);
-        let at = match groups.iter().position(|(s, _, _)| *s == Some(slot)) {
+        let at = match groups.iter().position(|(s, _, _)| *s == slot) {
             Some(at) => at,
             None => {
-                groups.push((Some(slot), Pipeline::new(), Vec::new()));
+                groups.push((slot, Pipeline::new(), Vec::new()));
                 groups.len() - 1
             }
         };
@@ -557,7 +565,7 @@ fn split_by_slot(pipeline: &Pipeline) -> Option<Vec<(Pipeline, Vec<usize>)>> {
         part.add_command(cmd.clone());
         positions.push(i);
     }
-    Some(groups.into_iter().map(|(_, p, at)| (p, at)).collect())
+    Some(groups)
 }
 
 /// The cluster connection's own response timeout: beyond the node's (so that redis-rs, which
@@ -632,20 +640,49 @@ async fn send_part(
     }
 }
 
-/// Sends the parts of a cut pipeline concurrently and returns the `len` answers in the
-/// original order; the first failed part fails the whole (as one pipeline would).
+/// Parts of cut pipelines in flight at once to one master, over all the callers of the node's
+/// cluster connection, and in one call. A pipeline of 1 000 users' or chats' keys is cut into
+/// up to 1 000 parts, and a node sends several at once (a presence refresh per master, syncs);
+/// hundreds of requests in flight while redis-rs recovers from a failover is what wedged its
+/// connection (docs/reliability.md). Per master, so that parts waiting on a master that does not
+/// answer never hold up the others' (a single bound did: a paused master's parts took every
+/// permit, and the healthy masters' presence refreshes timed out behind them). A part is one
+/// round trip, so 1 000 parts to one master take ~32 of them.
+pub(crate) const PARTS_IN_FLIGHT: usize = 32;
+
+/// Distinct masters whose gates are kept before idle ones are dropped (failovers to new
+/// addresses add masters).
+const GATES_KEPT: usize = 64;
+
+/// Sends the parts of a cut pipeline, at most [`PARTS_IN_FLIGHT`] at once, each only with a
+/// permit of its master's gate (`gates`, one per part), and returns the `len` answers in the
+/// original order; the first failed part fails the whole (as one pipeline would) and the parts
+/// not yet sent are not sent.
 async fn run_split(
     conn: &ClusterConnection,
+    gates: Vec<Arc<tokio::sync::Semaphore>>,
     len: usize,
-    parts: Vec<(Pipeline, Vec<usize>)>,
+    parts: Vec<(u16, Pipeline, Vec<usize>)>,
 ) -> RedisResult<Vec<Value>> {
-    let sends = parts
+    // Collected first: a lazy map's closure would make this future not `Send` for every
+    // lifetime (the compiler's higher-ranked closure limitation).
+    let sends: Vec<_> = parts
         .iter()
-        .map(|(part, _)| send_part(conn, part, 0, part.len()));
-    let answers = futures_util::future::join_all(sends).await;
+        .zip(gates)
+        .map(|((_, part, _), gate)| async move {
+            let _permit = gate.acquire().await.map_err(|_| {
+                RedisError::from((ErrorKind::Client, "redis cluster connection closed"))
+            })?;
+            send_part(conn, part, 0, part.len()).await
+        })
+        .collect();
+    let answers: Vec<Vec<Value>> = futures_util::stream::iter(sends)
+        .buffered(PARTS_IN_FLIGHT)
+        .try_collect()
+        .await?;
     let mut out = vec![Value::Nil; len];
-    for ((_, positions), answer) in parts.iter().zip(answers) {
-        for (&i, value) in positions.iter().zip(answer?) {
+    for ((_, _, positions), answer) in parts.iter().zip(answers) {
+        for (&i, value) in positions.iter().zip(answer) {
             if let Some(slot) = out.get_mut(i) {
                 *slot = value;
             }
@@ -1066,6 +1103,9 @@ struct ClusterConn {
     current: RwLock<ClusterConnection>,
     client: ClusterClient,
     response_timeout: Duration,
+    /// Per master (`None`: its slot's owner is not known yet), the permits for the parts of cut
+    /// pipelines in flight to it, over every caller ([`PARTS_IN_FLIGHT`]).
+    gates: std::sync::Mutex<HashMap<Option<Arc<str>>, Arc<tokio::sync::Semaphore>>>,
 }
 
 impl ClusterConn {
@@ -1074,7 +1114,23 @@ impl ClusterConn {
             current: RwLock::new(Self::connect(&client, response_timeout)),
             client,
             response_timeout,
+            gates: Default::default(),
         }
+    }
+
+    /// The gate of `master`'s cut-pipeline parts (see [`PARTS_IN_FLIGHT`]).
+    fn gate(&self, master: Option<Arc<str>>) -> Arc<tokio::sync::Semaphore> {
+        let mut gates = self
+            .gates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if gates.len() >= GATES_KEPT && !gates.contains_key(&master) {
+            gates.retain(|_, g| g.available_permits() < PARTS_IN_FLIGHT);
+        }
+        gates
+            .entry(master)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(PARTS_IN_FLIGHT)))
+            .clone()
     }
 
     /// A connection that connects in the background (commands wait for it).

@@ -129,3 +129,101 @@ async fn stop_and_restart_empty_on_the_same_node_flags() {
     let sizes: Vec<(u16, u64)> = redis.on_every_master(&redis::cmd("DBSIZE")).await;
     assert!(sizes.iter().all(|s| s.1 == 0), "{sizes:?}");
 }
+
+/// The node's connection cuts a pipeline over many slots into one part per slot and puts the
+/// answers back in order. On a cluster at most 32 parts of one call are in flight
+/// (`PARTS_IN_FLIGHT`): while one master's writes are paused, the first 32 of 40 parts waiting
+/// on it hold the call, and its parts for the other masters behind them are not sent until it
+/// answers again. Another call's parts for the other masters go through meanwhile: the bound
+/// per master lets a master that does not answer hold up only its own parts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_over_many_slots_is_answered_in_order_with_few_parts_in_flight() {
+    let redis = Redis::start().await;
+    let masters = redis.master_ports().await;
+    let paused = masters[0];
+    // 40 keys on the first master, then 40 on the others (all of them on one server).
+    let (mut first, mut others) = (Vec::new(), Vec::new());
+    for i in 0.. {
+        let key = format!("parts:{{p{i}}}");
+        if redis.master_port_of(&key).await == paused {
+            if first.len() < 40 {
+                first.push(key);
+            }
+        } else if others.len() < 40 {
+            others.push(key);
+        }
+        if first.len() == 40 && (others.len() == 40 || masters.len() == 1) {
+            break;
+        }
+    }
+    let keys: Vec<String> = first.iter().chain(&others).cloned().collect();
+    let node = redis.node_handle().conn();
+    let _: Option<String> = redis::cmd("GET")
+        .arg(&keys[0])
+        .query_async(&mut node.clone())
+        .await
+        .expect("the node's connection answers");
+
+    let mut writes = redis::pipe();
+    for k in &keys {
+        writes.cmd("SET").arg(k).arg(k);
+    }
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1000)
+        .arg("WRITE")
+        .query_async(&mut server_conn(paused).await)
+        .await
+        .expect("CLIENT PAUSE");
+    let mut sender = node.clone();
+    let sent = tokio::spawn(async move { writes.query_async::<Vec<String>>(&mut sender).await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    if redis.kind() == RedisKind::Cluster {
+        let mut check = redis.conn().await;
+        let mut written = 0;
+        for k in &others {
+            let n: u64 = redis::cmd("EXISTS")
+                .arg(k)
+                .query_async(&mut check)
+                .await
+                .expect("EXISTS");
+            written += n;
+        }
+        assert_eq!(
+            written, 0,
+            "parts behind 32 waiting on a paused master were sent anyway"
+        );
+        let mut other = redis::pipe();
+        for k in &others {
+            other.cmd("EXISTS").arg(k);
+        }
+        let t = Instant::now();
+        let found = tokio::time::timeout(
+            Duration::from_millis(300),
+            other.query_async::<Vec<u64>>(&mut node.clone()),
+        )
+        .await;
+        assert!(
+            matches!(&found, Ok(Ok(v)) if v.len() == others.len()),
+            "a pipeline over the healthy masters waited on the paused one's parts: {found:?} \
+             after {:?}",
+            t.elapsed()
+        );
+    }
+    let answers = sent
+        .await
+        .expect("pipeline task")
+        .expect("the pipeline is answered once the master answers again");
+    assert_eq!(answers.len(), keys.len());
+    assert!(answers.iter().all(|a| a == "OK"), "{answers:?}");
+
+    let mut reads = redis::pipe();
+    for k in &keys {
+        reads.cmd("GET").arg(k);
+    }
+    let values: Vec<String> = reads
+        .query_async(&mut node.clone())
+        .await
+        .expect("the reads are answered");
+    assert_eq!(values, keys, "each answer at its command's position");
+}
