@@ -647,8 +647,8 @@ async fn send_part(
 /// connection (docs/reliability.md). Per master, so that parts waiting on a master that does not
 /// answer never hold up the others' (a single bound did: a paused master's parts took every
 /// permit, and the healthy masters' presence refreshes timed out behind them). A part is one
-/// round trip, so 1 000 parts to one master take ~32 of them.
-pub(crate) const PARTS_IN_FLIGHT: usize = 32;
+/// round trip, so 1 000 parts to one master take ~16 of them.
+pub const PARTS_IN_FLIGHT: usize = 64;
 
 /// Distinct masters whose gates are kept before idle ones are dropped (failovers to new
 /// addresses add masters).
