@@ -82,7 +82,7 @@ impl SubConn {
     pub async fn subscribe(&mut self, channels: &[String]) -> RedisResult<()> {
         match self {
             SubConn::Plain(c) => c.subscribe(channels).await,
-            SubConn::Sharded(c) => each_shard_channel(c, channels, true).await,
+            SubConn::Sharded(c) => c.each(channels, true).await,
         }
     }
 
@@ -90,7 +90,7 @@ impl SubConn {
     pub async fn unsubscribe(&mut self, channels: &[String]) -> RedisResult<()> {
         match self {
             SubConn::Plain(c) => c.unsubscribe(channels).await,
-            SubConn::Sharded(c) => each_shard_channel(c, channels, false).await,
+            SubConn::Sharded(c) => c.each(channels, false).await,
         }
     }
 
@@ -113,29 +113,6 @@ impl SubConn {
             )))
         })
     }
-}
-
-/// `SSUBSCRIBE` (or `SUNSUBSCRIBE`) each of `channels`, concurrently: each goes to the master
-/// of its own slot.
-async fn each_shard_channel(
-    c: &crate::redis::ClusterSubscriber,
-    channels: &[String],
-    subscribe: bool,
-) -> RedisResult<()> {
-    let each = channels.iter().map(|ch| {
-        let mut c = c.clone();
-        async move {
-            if subscribe {
-                c.ssubscribe(ch).await
-            } else {
-                c.sunsubscribe(ch).await
-            }
-        }
-    });
-    futures_util::future::join_all(each)
-        .await
-        .into_iter()
-        .collect()
 }
 
 /// The subscriber connection's `CLIENT SETNAME`: `fanout-sub:<node id>`, so operators (and

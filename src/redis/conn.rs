@@ -913,6 +913,34 @@ impl ClusterSubscriber {
         redis::cmd("PING").query_async(&mut self.conn).await
     }
 
+    /// `SSUBSCRIBE` (or, `subscribe` false, `SUNSUBSCRIBE`) each of `channels`, each to the
+    /// master of its own slot, at most [`PARTS_IN_FLIGHT`] at once: a resubscription after a
+    /// failover is every room of the node, and a thousand requests in flight through redis-rs's
+    /// cluster connection while it recovers is the load that wedged the command connection.
+    /// Every channel is tried; the first error is returned.
+    pub async fn each(&self, channels: &[String], subscribe: bool) -> RedisResult<()> {
+        // Collected first: a lazy map's closure would make this future not `Send` for every
+        // lifetime (the compiler's higher-ranked closure limitation).
+        let each: Vec<_> = channels
+            .iter()
+            .map(|ch| {
+                let mut c = self.clone();
+                async move {
+                    if subscribe {
+                        c.ssubscribe(ch).await
+                    } else {
+                        c.sunsubscribe(ch).await
+                    }
+                }
+            })
+            .collect();
+        let results: Vec<RedisResult<()>> = futures_util::stream::iter(each)
+            .buffer_unordered(PARTS_IN_FLIGHT)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
     /// `SUNSUBSCRIBE channel`.
     pub async fn sunsubscribe(&mut self, channel: &str) -> RedisResult<()> {
         self.conn.sunsubscribe(channel).await?;

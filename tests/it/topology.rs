@@ -1297,3 +1297,93 @@ async fn presence_of_the_healthy_masters_users_is_refreshed_while_one_master_doe
     );
     drop(clients);
 }
+
+/// A node's shard-channel subscriber sends at most `PARTS_IN_FLIGHT` `SSUBSCRIBE`s at once (a
+/// resubscription is every room of the node, and a thousand requests in flight is the load that
+/// wedges redis-rs's cluster connection): with one master paused, the channels queued behind
+/// those waiting on it are not subscribed until it answers, then every one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_channels_are_subscribed_a_bounded_number_at_once() {
+    if !require_tools(
+        "topology::shard_channels_are_subscribed_a_bounded_number_at_once",
+        topo::TOOLS,
+        topo::HINT,
+    ) {
+        return;
+    }
+    let cluster = RedisCluster::start().await;
+    let redis = Redis::new(&settings(&["--redis-cluster-nodes", &cluster.seeds()])).expect("redis");
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let sub = redis
+        .cluster_subscriber(tx)
+        .await
+        .expect("cluster mode")
+        .expect("subscriber connection");
+    let masters = cluster.masters().await;
+    let paused = masters[0].clone();
+    let on_paused = |ch: &str| {
+        let slot = slot_of(ch.as_bytes());
+        paused
+            .slots
+            .iter()
+            .any(|&(lo, hi)| lo <= slot && slot <= hi)
+    };
+    let held = fanout::redis::conn::PARTS_IN_FLIGHT + 8;
+    let (mut first, mut others) = (Vec::new(), Vec::new());
+    for i in 0.. {
+        let ch = fanout::redis::keys::room_channel(&format!("bounded-{i}"));
+        if on_paused(&ch) {
+            if first.len() < held {
+                first.push(ch);
+            }
+        } else if others.len() < 40 {
+            others.push(ch);
+        }
+        if first.len() == held && others.len() == 40 {
+            break;
+        }
+    }
+    let channels: Vec<String> = first.iter().chain(&others).cloned().collect();
+    let masters = &masters;
+    let subscribers = |channels: Vec<String>| async move {
+        let mut n = 0;
+        for ch in &channels {
+            let port = masters
+                .iter()
+                .find(|m| {
+                    let slot = slot_of(ch.as_bytes());
+                    m.slots.iter().any(|&(lo, hi)| lo <= slot && slot <= hi)
+                })
+                .expect("a master serves every slot")
+                .port;
+            let counts: Option<(String, i64)> =
+                topo::query(port, redis::cmd("PUBSUB").arg("SHARDNUMSUB").arg(ch)).await;
+            n += counts.map_or(0, |c| c.1);
+        }
+        n
+    };
+
+    let mut master = topo::conn_to(paused.port).await.expect("master");
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1500)
+        .arg("ALL")
+        .query_async::<()>(&mut master)
+        .await
+        .expect("CLIENT PAUSE");
+    let subscribing = {
+        let (sub, channels) = (sub.clone(), channels.clone());
+        tokio::spawn(async move { sub.each(&channels, true).await })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        subscribers(others.clone()).await,
+        0,
+        "channels behind the bound were subscribed while the first ones waited"
+    );
+    subscribing
+        .await
+        .expect("subscribe task")
+        .expect("every channel subscribed once the master answers");
+    assert_eq!(subscribers(channels).await, (held + 40) as i64);
+}
