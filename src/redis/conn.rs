@@ -642,13 +642,15 @@ async fn send_part(
 
 /// Parts of cut pipelines in flight at once to one master, over all the callers of the node's
 /// cluster connection, and in one call. A pipeline of 1 000 users' or chats' keys is cut into
-/// up to 1 000 parts, and a node sends several at once (a presence refresh per master, syncs);
-/// hundreds of requests in flight while redis-rs recovers from a failover is what wedged its
-/// connection (docs/reliability.md). Per master, so that parts waiting on a master that does not
-/// answer never hold up the others' (a single bound did: a paused master's parts took every
-/// permit, and the healthy masters' presence refreshes timed out behind them). A part is one
-/// round trip, so 1 000 parts to one master take ~16 of them.
-pub const PARTS_IN_FLIGHT: usize = 64;
+/// up to 1 000 parts, and a node sends several at once (a presence refresh per master, syncs).
+/// Requests in flight while redis-rs recovers from a failover are what wedges its connection
+/// (docs/reliability.md), and few is what counts: in `chaos_failover` (about 30 parts per master
+/// at once) the nodes' connections wedged 6 times per run unbounded, 5 with 64, 0-3 with 32 and
+/// 0 with 8 (docs/architecture.md section 16). Per master, so that parts waiting on a master
+/// that does not answer never hold up the others' (a single bound did: a paused master's parts
+/// took every permit, and the healthy masters' presence refreshes timed out behind them). The
+/// price is latency: 1 000 parts to one master are ~125 round trips (32 ms here).
+pub const PARTS_IN_FLIGHT: usize = 8;
 
 /// Distinct masters whose gates are kept before idle ones are dropped (failovers to new
 /// addresses add masters).
@@ -866,6 +868,13 @@ fn cluster_builder(
 
 // ---- Cluster: shard-channel subscriber ------------------------------------------------------
 
+/// `SSUBSCRIBE`s in flight at once on a subscriber connection. A resubscription after a
+/// failover is every room of the node, one request each, and requests in flight while redis-rs
+/// recovers are what wedges a cluster connection ([`PARTS_IN_FLIGHT`]); this connection carries
+/// nothing else at once and was never seen wedged, so the bound is looser, for the time a node
+/// of many rooms takes to subscribe them again (it misses their frames meanwhile).
+pub const SUBSCRIBES_IN_FLIGHT: usize = 64;
+
 /// A subscriber connection of Cluster mode for shard channels (`SSUBSCRIBE`), built by
 /// [`Redis::cluster_subscriber`]: one room's channel `fanout:{<room>}:ch` is served by the
 /// master of the room's slot, and the connection routes each channel there. redis-rs
@@ -914,10 +923,8 @@ impl ClusterSubscriber {
     }
 
     /// `SSUBSCRIBE` (or, `subscribe` false, `SUNSUBSCRIBE`) each of `channels`, each to the
-    /// master of its own slot, at most [`PARTS_IN_FLIGHT`] at once: a resubscription after a
-    /// failover is every room of the node, and a thousand requests in flight through redis-rs's
-    /// cluster connection while it recovers is the load that wedged the command connection.
-    /// Every channel is tried; the first error is returned.
+    /// master of its own slot, at most [`SUBSCRIBES_IN_FLIGHT`] at once. Every channel is tried;
+    /// the first error is returned.
     pub async fn each(&self, channels: &[String], subscribe: bool) -> RedisResult<()> {
         // Collected first: a lazy map's closure would make this future not `Send` for every
         // lifetime (the compiler's higher-ranked closure limitation).
@@ -935,7 +942,7 @@ impl ClusterSubscriber {
             })
             .collect();
         let results: Vec<RedisResult<()>> = futures_util::stream::iter(each)
-            .buffer_unordered(PARTS_IN_FLIGHT)
+            .buffer_unordered(SUBSCRIBES_IN_FLIGHT)
             .collect()
             .await;
         results.into_iter().collect()

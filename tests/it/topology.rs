@@ -1298,8 +1298,8 @@ async fn presence_of_the_healthy_masters_users_is_refreshed_while_one_master_doe
     drop(clients);
 }
 
-/// A node's shard-channel subscriber sends at most `PARTS_IN_FLIGHT` `SSUBSCRIBE`s at once (a
-/// resubscription is every room of the node, and a thousand requests in flight is the load that
+/// A node's shard-channel subscriber sends at most `SUBSCRIBES_IN_FLIGHT` `SSUBSCRIBE`s at once
+/// (a resubscription is every room of the node, and many requests in flight is the load that
 /// wedges redis-rs's cluster connection): with one master paused, the channels queued behind
 /// those waiting on it are not subscribed until it answers, then every one is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1328,7 +1328,7 @@ async fn shard_channels_are_subscribed_a_bounded_number_at_once() {
             .iter()
             .any(|&(lo, hi)| lo <= slot && slot <= hi)
     };
-    let held = fanout::redis::conn::PARTS_IN_FLIGHT + 8;
+    let held = fanout::redis::conn::SUBSCRIBES_IN_FLIGHT + 8;
     let (mut first, mut others) = (Vec::new(), Vec::new());
     for i in 0.. {
         let ch = fanout::redis::keys::room_channel(&format!("bounded-{i}"));
