@@ -644,9 +644,9 @@ async fn send_part(
 /// cluster connection, and in one call. A pipeline of 1 000 users' or chats' keys is cut into
 /// up to 1 000 parts, and a node sends several at once (a presence refresh per master, syncs).
 /// Requests in flight while redis-rs recovers from a failover are what wedges its connection
-/// (docs/reliability.md), and few is what counts: in `chaos_failover` (about 30 parts per master
-/// at once) the nodes' connections wedged 6 times per run unbounded, 5 with 64, 0-3 with 32 and
-/// 0 with 8 (docs/architecture.md section 16). Per master, so that parts waiting on a master
+/// (docs/reliability.md), and even tens of them do: in `chaos_failover` (about 30 parts per
+/// master at once) the nodes' connections wedged 6 times per run unbounded, 5 with 64, 0-3 with
+/// 32 and 0 with 8 (docs/architecture.md section 16). Per master, so that parts waiting on a master
 /// that does not answer never hold up the others' (a single bound did: a paused master's parts
 /// took every permit, and the healthy masters' presence refreshes timed out behind them). The
 /// price is latency: 1 000 parts to one master are ~125 round trips (32 ms here).
