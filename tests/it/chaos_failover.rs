@@ -41,7 +41,7 @@ use serde_json::{Value, json};
 use crate::bench::{Bench, num};
 use crate::chaos::{LOAD, LOAD_CLIENTS, LOAD_ROOM, Row, Seen, count, enabled, phase};
 use crate::harness::*;
-use crate::redis_topology::{self as topo, RedisCluster, RedisSentinel};
+use crate::redis_topology::{self as topo, ClusterNode, RedisCluster, RedisSentinel};
 use crate::skip::{record_skip, require_tools};
 
 const TEST: &str = "chaos_failover::chaos_redis_failover_loses_nothing_confirmed";
@@ -180,11 +180,6 @@ fn name_where(prefix: &str, keep: impl Fn(&str) -> bool) -> String {
         .map(|n| format!("{prefix}{n}"))
         .find(|s| keep(s))
         .expect("some name fits")
-}
-
-/// Whether `slot` is in one of `ranges`.
-fn in_ranges(ranges: &[(u16, u16)], slot: u16) -> bool {
-    ranges.iter().any(|&(a, b)| a <= slot && slot <= b)
 }
 
 /// The slot of the channel of chat `chat_id` (its keys' slot).
@@ -390,17 +385,17 @@ async fn cluster_master_kill(
     let masters = cluster.masters().await;
     assert_eq!(masters.len(), 3, "{masters:?}");
     let rooms = LOAD_CLIENTS / LOAD_ROOM;
-    let chats_on = |ranges: &[(u16, u16)]| {
+    let chats_on = |m: &ClusterNode| {
         (0..rooms)
-            .filter(|r| in_ranges(ranges, chat_slot(&format!("bench-{run_id}-r{r}"))))
+            .filter(|r| m.serves(chat_slot(&format!("bench-{run_id}-r{r}"))))
             .count()
     };
     let victim = masters
         .iter()
-        .max_by_key(|m| chats_on(&m.slots))
+        .max_by_key(|m| chats_on(m))
         .expect("a master")
         .clone();
-    let victim_chats = chats_on(&victim.slots);
+    let victim_chats = chats_on(&victim);
     let replica = cluster
         .replica_of(victim.port)
         .await
@@ -410,10 +405,10 @@ async fn cluster_master_kill(
     // channel does not (events are at most once across an outage of the channel's master, see
     // docs/reliability.md, so an observer there could miss one for reasons other than the
     // presence state machine).
-    let on_victim = |u: &str| in_ranges(&victim.slots, slot_of(u.as_bytes()));
+    let on_victim = |u: &str| victim.serves(slot_of(u.as_bytes()));
     let obs = name_where(&format!("obs{run_id}-"), |u| {
         let ch = fanout::redis::keys::room_channel(&fanout::chat::user_room(u));
-        !in_ranges(&victim.slots, slot_of(ch.as_bytes()))
+        !victim.serves(slot_of(ch.as_bytes()))
     });
     let users = [
         obs,

@@ -141,6 +141,13 @@ pub struct ClusterNode {
     pub slots: Vec<(u16, u16)>,
 }
 
+impl ClusterNode {
+    /// Whether this node serves `slot` (as last read).
+    pub fn serves(&self, slot: u16) -> bool {
+        self.slots.iter().any(|&(a, b)| a <= slot && slot <= b)
+    }
+}
+
 fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
     text.lines()
         .filter_map(|line| {
@@ -332,10 +339,7 @@ impl RedisCluster {
 
     /// The master serving `slot`.
     pub async fn master_of_slot(&self, slot: u16) -> Option<ClusterNode> {
-        self.masters()
-            .await
-            .into_iter()
-            .find(|m| m.slots.iter().any(|&(a, b)| a <= slot && slot <= b))
+        self.masters().await.into_iter().find(|m| m.serves(slot))
     }
 
     /// The replica of the master on `master_port`.

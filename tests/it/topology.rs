@@ -468,9 +468,9 @@ async fn chats_on_every_master(cluster: &RedisCluster, per_master: usize) -> Vec
         let mine = (0u32..)
             .map(|n| format!("c{n}"))
             .filter(|c| {
-                let slot =
-                    slot_of(fanout::redis::keys::room_channel(&format!("chat:{c}")).as_bytes());
-                m.slots.iter().any(|&(a, b)| a <= slot && slot <= b)
+                m.serves(slot_of(
+                    fanout::redis::keys::room_channel(&format!("chat:{c}")).as_bytes(),
+                ))
             })
             .take(per_master);
         for c in mine {
@@ -1251,13 +1251,7 @@ async fn presence_of_the_healthy_masters_users_is_refreshed_while_one_master_doe
     let mut conn = redis.conn();
     let key = |i: usize| fanout::redis::keys::presence_user(&format!("u{i}"));
     let paused = cluster.masters().await[0].clone();
-    let on_paused = |i: usize| {
-        let slot = slot_of(key(i).as_bytes());
-        paused
-            .slots
-            .iter()
-            .any(|&(lo, hi)| lo <= slot && slot <= hi)
-    };
+    let on_paused = |i: usize| paused.serves(slot_of(key(i).as_bytes()));
     let healthy: Vec<usize> = (0..USERS).filter(|&i| !on_paused(i)).collect();
     // Each user's transition version: a key that expired meanwhile shows as two more (the
     // offline its master's expiry caused, the online of the refresh that brought it back),
@@ -1321,13 +1315,7 @@ async fn shard_channels_are_subscribed_a_bounded_number_at_once() {
         .expect("subscriber connection");
     let masters = cluster.masters().await;
     let paused = masters[0].clone();
-    let on_paused = |ch: &str| {
-        let slot = slot_of(ch.as_bytes());
-        paused
-            .slots
-            .iter()
-            .any(|&(lo, hi)| lo <= slot && slot <= hi)
-    };
+    let on_paused = |ch: &str| paused.serves(slot_of(ch.as_bytes()));
     let held = fanout::redis::conn::SUBSCRIBES_IN_FLIGHT + 8;
     let (mut first, mut others) = (Vec::new(), Vec::new());
     for i in 0.. {
@@ -1350,10 +1338,7 @@ async fn shard_channels_are_subscribed_a_bounded_number_at_once() {
         for ch in &channels {
             let port = masters
                 .iter()
-                .find(|m| {
-                    let slot = slot_of(ch.as_bytes());
-                    m.slots.iter().any(|&(lo, hi)| lo <= slot && slot <= hi)
-                })
+                .find(|m| m.serves(slot_of(ch.as_bytes())))
                 .expect("a master serves every slot")
                 .port;
             let counts: Option<(String, i64)> =
