@@ -505,11 +505,8 @@ impl ConnectionLike for Conn {
                     let send = async {
                         match (offset == 0).then(|| split_by_slot(pipeline)).flatten() {
                             Some(parts) => {
-                                let gates = parts
-                                    .iter()
-                                    .map(|(slot, _, _)| shared.gate(map.owner(*slot)))
-                                    .collect();
-                                run_split(&conn, gates, pipeline.len(), parts).await
+                                let gate = |slot| shared.gate(map.owner(slot));
+                                run_split(&conn, gate, pipeline.len(), parts).await
                             }
                             None => send_part(&conn, pipeline, offset, count).await,
                         }
@@ -657,12 +654,12 @@ pub const PARTS_IN_FLIGHT: usize = 8;
 const GATES_KEPT: usize = 64;
 
 /// Sends the parts of a cut pipeline, at most [`PARTS_IN_FLIGHT`] at once, each only with a
-/// permit of its master's gate (`gates`, one per part), and returns the `len` answers in the
-/// original order; the first failed part fails the whole (as one pipeline would) and the parts
-/// not yet sent are not sent.
+/// permit of the gate `gate` gives its slot (its master's), and returns the `len` answers in
+/// the original order; the first failed part fails the whole (as one pipeline would) and the
+/// parts not yet sent are not sent.
 async fn run_split(
     conn: &ClusterConnection,
-    gates: Vec<Arc<tokio::sync::Semaphore>>,
+    gate: impl Fn(u16) -> Arc<tokio::sync::Semaphore>,
     len: usize,
     parts: Vec<(u16, Pipeline, Vec<usize>)>,
 ) -> RedisResult<Vec<Value>> {
@@ -670,12 +667,14 @@ async fn run_split(
     // lifetime (the compiler's higher-ranked closure limitation).
     let sends: Vec<_> = parts
         .iter()
-        .zip(gates)
-        .map(|((_, part, _), gate)| async move {
-            let _permit = gate.acquire().await.map_err(|_| {
-                RedisError::from((ErrorKind::Client, "redis cluster connection closed"))
-            })?;
-            send_part(conn, part, 0, part.len()).await
+        .map(|(slot, part, _)| {
+            let gate = gate(*slot);
+            async move {
+                let _permit = gate.acquire().await.map_err(|_| {
+                    RedisError::from((ErrorKind::Client, "redis cluster connection closed"))
+                })?;
+                send_part(conn, part, 0, part.len()).await
+            }
         })
         .collect();
     let answers: Vec<Vec<Value>> = futures_util::stream::iter(sends)
