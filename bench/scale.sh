@@ -54,6 +54,11 @@
 #   REDIS_CPUS, OTHER_CPUS  taskset CPU lists: Redis on REDIS_CPUS, the nodes and the generator
 #                     on OTHER_CPUS (e.g. REDIS_CPUS=1 OTHER_CPUS=0: Redis on a core of its own,
 #                     as in production, where it does not share a core with the gateway)
+#   REDIS_CPU_HOG [0]  1 = keep Redis's CPUs from going idle: bench/paced-cost.c's `hog` (a
+#                     spin loop that touches no memory) runs as SCHED_IDLE on REDIS_CPUS (which
+#                     it needs, as one CPU), so Redis gets its CPU whenever it can run but the CPU never
+#                     halts between Redis's calls (docs/benchmarks.md, "Why a paced call costs
+#                     more"); its CPU is counted with ours, not as other processes'
 #   FANOUT_BIN_DIR [target/release]  holds fanout and fanout-bench
 #   OUT [bench/results/scale-n<NODES>-r<RATE>.json]  the result file
 #   KEEP [0]  1 = keep the work dir (node and Redis logs, fanout-bench's own JSON)
@@ -189,7 +194,7 @@ snapshot() {
     local file=$1 gen=${2:-} t node_ticks other_ticks machine info
     t=$(date +%s.%N)
     node_ticks=$(ticks "${NODE_PIDS[@]}")
-    other_ticks=$(ticks "$REDIS_PID" ${gen:+"$gen"})
+    other_ticks=$(ticks "$REDIS_PID" "${gen:-none}" "${HOG_PID:-none}")
     machine=$(awk '/^cpu / { idle = $5 + $6; t = 0; for (i = 2; i <= 9; i++) t += $i; print t - idle, t; exit }' /proc/stat)
     info=$(rcli info everything | tr -d '\r')
     jq -n --arg t "$t" --arg nt "$node_ticks" --arg ot "$other_ticks" --arg m "$machine" \
@@ -201,6 +206,7 @@ snapshot() {
             node_ticks: ($nt | nums),
             redis_ticks: ($ot | nums)[0],
             gen_ticks: ($ot | nums)[1],
+            hog_ticks: ($ot | nums)[2],
             machine_busy: ($m | nums)[0], machine_total: ($m | nums)[1],
             net_output_bytes: ($kv | map(select(.k == "total_net_output_bytes"))[0].v | tonumber),
             net_input_bytes: ($kv | map(select(.k == "total_net_input_bytes"))[0].v | tonumber),
@@ -244,6 +250,16 @@ pin() { # cpus pid
     [[ -z $1 ]] || taskset -a -p -c "$1" "$2" >/dev/null || die "taskset -c $1 $2 failed"
 }
 pin "${REDIS_CPUS:-}" "$REDIS_PID"
+HOG_PID=""
+if [[ ${REDIS_CPU_HOG:-0} == 1 ]]; then
+    # Redis runs its commands on one thread: one CPU, one hog.
+    [[ ${REDIS_CPUS:-} =~ ^[0-9]+$ ]] || die "REDIS_CPU_HOG=1 needs REDIS_CPUS to be one CPU"
+    command -v cc >/dev/null || die "REDIS_CPU_HOG=1 needs cc to build bench/paced-cost.c"
+    cc -O2 -o "$WORK/paced-cost" "$HERE/paced-cost.c" || die "could not build bench/paced-cost.c"
+    taskset -c "$REDIS_CPUS" chrt -i 0 "$WORK/paced-cost" hog &
+    HOG_PID=$!
+    PIDS+=("$HOG_PID")
+fi
 RCLI=(redis-cli -h 127.0.0.1 -p "$REDIS_PORT")
 for _ in $(seq 100); do
     [[ $(rcli ping 2>/dev/null) == PONG ]] && break
@@ -354,7 +370,7 @@ jq -n \
     --argjson room_size "$ROOM_SIZE" --argjson senders "$SENDERS" --argjson payload "$PAYLOAD" \
     --argjson node_threads "$NODE_THREADS" --argjson gen_threads "$GEN_THREADS" \
     --argjson hz "$CLK_TCK" --argjson ncpu "$(nproc)" \
-    --arg redis_cpus "${REDIS_CPUS:-}" --arg other_cpus "${OTHER_CPUS:-}" \
+    --arg redis_cpus "${REDIS_CPUS:-}" --arg other_cpus "${OTHER_CPUS:-}" --arg redis_cpu_hog "${REDIS_CPU_HOG:-0}" \
     --arg node_env "$NODE_ENV" --arg git "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
     --arg dirty "$(git -C "$ROOT" status --porcelain -- src lua crates 2>/dev/null | head -c 1)" \
     --arg started "$(date -u +%FT%TZ)" --arg redis_version "$(redis-server --version | sed 's/"//g')" \
@@ -400,7 +416,8 @@ jq -n \
       | (all($lb) / $load_s) as $all_load | (all($ib) / $idle_s) as $all_idle
       | (($lb.machine_busy - $la.machine_busy) / ($lb.machine_total - $la.machine_total) * $ncpu * 100) as $busy_pct
       | ((($load_cpu | add) / $load_s * 100) + (($lb.redis_ticks - $la.redis_ticks) / $hz / $load_s * 100)
-         + (if $lb.gen_ticks == null then 0 else ($lb.gen_ticks - $la.gen_ticks) / $hz / $load_s * 100 end)) as $ours_pct
+         + (if $lb.gen_ticks == null then 0 else ($lb.gen_ticks - $la.gen_ticks) / $hz / $load_s * 100 end)
+         + (if $lb.hog_ticks == null then 0 else ($lb.hog_ticks - $la.hog_ticks) / $hz / $load_s * 100 end)) as $ours_pct
       | {
         scenario: "issue 17 scale simulation",
         started_utc: $started, git_head: $git, source_dirty: ($dirty != ""),
@@ -409,7 +426,8 @@ jq -n \
         config: { nodes: $nodes, interested_nodes: $interested, rate: $rate, secs: $secs, warmup: $warmup,
                   clients: $clients, room_size: $room_size, senders: $senders, payload_bytes: $payload,
                   node_threads: $node_threads, generator_threads: $gen_threads, node_env: $node_env,
-                  send_path: $nodes_send_path, send_path_cmds: $send_path, redis_cpus: $redis_cpus, other_cpus: $other_cpus },
+                  send_path: $nodes_send_path, send_path_cmds: $send_path, redis_cpus: $redis_cpus, other_cpus: $other_cpus,
+                  redis_cpu_hog: ($redis_cpu_hog == "1") },
         windows: { idle_secs: ($idle_s | r(3)), load_secs: ($load_s | r(3)) },
         accepted: { measured: $b.send.acked, sent: $b.send.sent, per_sec: ($acc_rate | r(1)),
                     in_load_window: ($msgs | r(0)) },
@@ -450,6 +468,8 @@ jq -n \
         machine: { cpus: $ncpu, busy_pct_all_cores_before_start: $busy_before,
                    busy_pct_of_one_core_load: ($busy_pct | r(1)),
                    other_cpu_pct_of_one_core_load: (($busy_pct - $ours_pct) | r(1)),
+                   redis_cpu_hog_pct_of_one_core_load:
+                     (if $lb.hog_ticks == null then null else (($lb.hog_ticks - $la.hog_ticks) / $hz / $load_s * 100 | r(1)) end),
                    generator_cpu_pct_of_one_core: $b.generator.cpu_pct_of_one_core_measured,
                    steal_pct_all_cores: $b.generator.machine_cpu_steal_pct_all_cores_measured },
         bench_watched: $b.watched
