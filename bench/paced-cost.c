@@ -68,9 +68,22 @@ static void **make_cycle(size_t lines) {
 
 static volatile uint64_t sink;
 
+/* A whole decimal number, or -1. */
+static long number(const char *s) {
+    char *end;
+    long v = strtol(s, &end, 10);
+    return (*s == '\0' || *end != '\0') ? -1 : v;
+}
+
 int main(int argc, char **argv) {
     if (argc == 2 && strcmp(argv[1], "hog") == 0) {
-        for (;;) __asm__ volatile("pause");
+        for (;;) {
+#if defined(__x86_64__) || defined(__i386__)
+            __asm__ volatile("pause");
+#else
+            __asm__ volatile("" ::: "memory");
+#endif
+        }
     }
     if (argc != 4 && argc != 5) {
         fprintf(stderr, "usage: paced-cost compute|mem:<KiB> ITERATIONS PAUSE_US [sleep|spin] | hog\n");
@@ -82,15 +95,15 @@ int main(int argc, char **argv) {
         return 2;
     }
     const char *work = argv[1];
-    long iterations = strtol(argv[2], NULL, 10);
-    long sleep_us = strtol(argv[3], NULL, 10);
+    long iterations = number(argv[2]);
+    long sleep_us = number(argv[3]);
     if (iterations < 1 || sleep_us < 0) {
         fprintf(stderr, "paced-cost: ITERATIONS must be >= 1 and PAUSE_US >= 0\n");
         return 2;
     }
     size_t lines = 0;
     if (strncmp(work, "mem:", 4) == 0) {
-        long kib = strtol(work + 4, NULL, 10);
+        long kib = number(work + 4);
         if (kib < 1) {
             fprintf(stderr, "paced-cost: mem:<KiB> needs KiB >= 1\n");
             return 2;
