@@ -326,13 +326,12 @@ const CATCH_UP_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 const CATCH_UP_RETRIES: u32 = 30;
 
 /// The presence catch-up of the loop: its read in flight (polled beside the frames, so a slow
-/// Redis does not hold deliveries), whether that read is a delayed retry, whether another was
-/// asked for meanwhile (it starts when this one is applied: what it reads is newer), and the
-/// retries of reads that missed users.
+/// Redis does not hold deliveries), whether another was asked for meanwhile (it starts when
+/// this one is applied: what it reads is newer), and the retries of reads that missed users
+/// since the last one asked for (so a read in flight while it is above 0 is a delayed retry).
 #[derive(Default)]
 struct CatchUp {
     read: Option<BoxFuture<'static, CatchUpRead>>,
-    retrying: bool,
     again: bool,
     retries: u32,
 }
@@ -343,20 +342,18 @@ impl CatchUp {
     /// read asked for now (Redis back after a failover, most often) is what the retry waited
     /// for; waiting would cost up to [`CATCH_UP_RETRY`] and a second read.
     fn want(&mut self, deliverer: &Deliverer) {
-        self.retries = 0;
-        if self.read.is_some() && !self.retrying {
+        if self.read.is_some() && self.retries == 0 {
             self.again = true;
         } else {
-            self.retrying = false;
             self.read = deliverer.presence_catch_up_read(std::time::Duration::ZERO);
         }
+        self.retries = 0;
     }
 
     /// Applies a finished read, then starts what comes next: a read asked for meanwhile, or a
     /// retry of users it could not read.
     async fn finished(&mut self, read: CatchUpRead, deliverer: &Deliverer) {
         self.read = None;
-        self.retrying = false;
         let unread = read.unread;
         deliverer.apply_presence_catch_up(read.actions).await;
         if std::mem::take(&mut self.again) {
@@ -371,7 +368,6 @@ impl CatchUp {
                 );
             }
             self.read = deliverer.presence_catch_up_read(CATCH_UP_RETRY);
-            self.retrying = self.read.is_some();
         }
     }
 }
