@@ -1,6 +1,6 @@
 #!/bin/bash
 # What a fixed piece of work costs on this machine back to back and after a pause, with no
-# Redis in it (docs/benchmarks.md, "Why a paced call costs more: the machine, not the script").
+# Redis in it (docs/benchmarks.md, "Why a paced call costs more").
 #
 # usage: bench/paced-cost.sh [ROUNDS] [ITERATIONS]
 #

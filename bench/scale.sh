@@ -415,9 +415,10 @@ jq -n \
       | (sp($lb) / $load_s) as $sp_load | (sp($ib) / $idle_s) as $sp_idle
       | (all($lb) / $load_s) as $all_load | (all($ib) / $idle_s) as $all_idle
       | (($lb.machine_busy - $la.machine_busy) / ($lb.machine_total - $la.machine_total) * $ncpu * 100) as $busy_pct
+      | (if $lb.hog_ticks == null then null else ($lb.hog_ticks - $la.hog_ticks) / $hz / $load_s * 100 end) as $hog_pct
       | ((($load_cpu | add) / $load_s * 100) + (($lb.redis_ticks - $la.redis_ticks) / $hz / $load_s * 100)
          + (if $lb.gen_ticks == null then 0 else ($lb.gen_ticks - $la.gen_ticks) / $hz / $load_s * 100 end)
-         + (if $lb.hog_ticks == null then 0 else ($lb.hog_ticks - $la.hog_ticks) / $hz / $load_s * 100 end)) as $ours_pct
+         + ($hog_pct // 0)) as $ours_pct
       | {
         scenario: "issue 17 scale simulation",
         started_utc: $started, git_head: $git, source_dirty: ($dirty != ""),
@@ -468,8 +469,7 @@ jq -n \
         machine: { cpus: $ncpu, busy_pct_all_cores_before_start: $busy_before,
                    busy_pct_of_one_core_load: ($busy_pct | r(1)),
                    other_cpu_pct_of_one_core_load: (($busy_pct - $ours_pct) | r(1)),
-                   redis_cpu_hog_pct_of_one_core_load:
-                     (if $lb.hog_ticks == null then null else (($lb.hog_ticks - $la.hog_ticks) / $hz / $load_s * 100 | r(1)) end),
+                   redis_cpu_hog_pct_of_one_core_load: ($hog_pct | r(1)),
                    generator_cpu_pct_of_one_core: $b.generator.cpu_pct_of_one_core_measured,
                    steal_pct_all_cores: $b.generator.machine_cpu_steal_pct_all_cores_measured },
         bench_watched: $b.watched
